@@ -1,0 +1,80 @@
+"""The two interfaces the search engine and the training jobs talk to: `Policy` and `ValueModel`.
+
+Engines implement them (`models.vllm_engine.VLLMPolicy`, `models.hf_engine.HFPolicy`,
+`models.value.HFValueModel`); test doubles live in `tests/`, never here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from tasks import Problem
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One sampled continuation of a prompt."""
+
+    text: str  # the continuation, without the stop string that ended it
+    tokens: int  # generated tokens
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens served from the engine's prefix cache (0 if unknown)
+
+
+class ModelError(RuntimeError):
+    """A model call failed but the engine is alive: the request may be retried or failed alone."""
+
+
+class EngineDeadError(ModelError):
+    """The engine is gone: every request fails until the process (or engine) is restarted."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or manifest is invalid; the message names the file and what is wrong."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A causal LM that samples continuations of fully rendered prompts.
+
+    ``version`` identifies the weights (base + adapter) for responses, metrics and traces.
+    ``tokenizer`` is the HF tokenizer (chat template, token counting) used by
+    `models.prompting.render_prompt`.
+    """
+
+    version: str
+    tokenizer: Any
+
+    async def sample(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        max_tokens: int = 512,
+        stop: Sequence[str] = (),
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Sample]:
+        """Return ``n`` samples (``temperature == 0`` is greedy). Cancelling the awaiting task aborts
+        the engine request. Raises `ModelError` / `EngineDeadError`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ValueModel(Protocol):
+    """Scores states (partial or complete programs) of a problem with an estimate in [0, 1] of the
+    chance that continuing from the state passes the tests."""
+
+    version: str
+
+    async def score(self, problem: Problem, states: Sequence[str]) -> list[float]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,97 @@
+"""Search configuration, budgets, usage and results: the data that crosses the search boundary.
+
+The server converts its wire requests into `SearchConfig`; strategies report a `SearchResult`.
+Budgets are explicit (RESTRL_SPEC.md section 2): the primary unit is *sampled programs*; policy
+tokens, value-model calls and a wall-clock deadline also bound a search, and the result says
+which limit stopped it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+StrategyName = Literal["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"]
+StopReason = Literal[
+    "samples", "tokens", "value_calls", "deadline", "exhausted", "solved", "cancelled", "done"
+]
+
+
+class Budget(BaseModel):
+    """Limits of one search. ``None`` means unbounded for that unit (samples is always bounded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(default=20, ge=0, le=100_000, description="sampled complete programs (the paper's unit)")
+    tokens: int | None = Field(default=None, ge=0, description="policy tokens generated, all requests together")
+    value_calls: int | None = Field(default=None, ge=0, description="states scored by the value model")
+    deadline_s: float | None = Field(default=None, gt=0, description="wall-clock seconds from the start")
+
+
+class SearchConfig(BaseModel):
+    """Everything a strategy needs besides the problem and the models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: StrategyName = "vm_mcts"
+    budget: Budget = Field(default_factory=Budget)
+    k: int = Field(default=5, ge=1, le=64, description="continuations per expansion (n of one policy request)")
+    num_decision: int | None = Field(default=None, ge=1, description="children kept selectable per node; None = k")
+    c_uct: float = Field(default=0.1, ge=0, description="UCT exploration constant C (0.2 when collecting value data)")
+    eps_uct: float = Field(default=0.1, gt=0, description="UCT epsilon in the visit denominator")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=512, ge=1, le=8192, description="max new tokens per policy request")
+    step: Literal["line"] = Field(default="line", description="step boundary of the tree")
+    beam_width: int = Field(default=2, ge=1, le=64, description="beam: states kept per depth")
+    parallel_expansions: int = Field(default=2, ge=1, le=64, description="expansions of one search in flight (virtual loss)")
+    prompt_mode: Literal["continue", "rewrite"] | None = Field(default=None, description="None = the policy's measured default")
+    rerank_with_tests: bool = Field(default=False, description="execute candidates on the problem's public tests and rank by pass fraction, then value")
+    stop_when_solved: bool = Field(default=False, description="with test-based evaluation: stop at the first candidate passing all public tests")
+    seed: int | None = None
+    record_trace: bool = False
+    top_candidates: int = Field(default=5, ge=0, le=100)
+
+
+class Usage(BaseModel):
+    samples: int = 0
+    policy_requests: int = 0
+    policy_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    value_calls: int = 0
+    wall_s: float = 0.0
+
+
+class Candidate(BaseModel):
+    code: str  # generated code (state + completion) inside the block
+    program: str  # what the sandbox executes (`models.prompting.assemble_program`)
+    value: float | None = None
+    pass_fraction: float | None = None  # set when re-ranked with public tests
+
+
+class SearchResult(BaseModel):
+    strategy: StrategyName
+    program: str | None  # best program, None when the budget allowed no sample
+    code: str | None
+    value: float | None
+    candidates: list[Candidate]
+    usage: Usage
+    stop_reason: StopReason
+    nodes: int = 0
+    max_depth: int = 0
+    policy_version: str = ""
+    value_version: str = ""
+    reranked: bool = False
+    trace: dict[str, Any] | None = None
+
+
+class SearchProgress(BaseModel):
+    """Emitted by strategies after each expansion (the server streams these as SSE)."""
+
+    nodes: int
+    usage: Usage
+    best_code: str | None
+    best_value: float | None
+    new_nodes: list[dict[str, Any]] = Field(default_factory=list)  # {id, parent, line, value, visits, terminal}
