@@ -1,0 +1,152 @@
+"""Loaders on small fixtures (tests/fixtures/) and the packaged HumanEval: our schema round trip,
+APPS- and BigCodeBench-style mapping, format sniffing, and errors that name file, line and field."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks import LOADERS, DatasetError, Problem, TestCase, load_jsonl, load_problems, write_jsonl
+from tasks.apps import load_apps
+from tasks.bigcodebench import load_bigcodebench
+from tasks.humaneval import humaneval_canonical_program, is_eval_only, load_humaneval
+from tasks.loaders import sniff_format
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_restrl_fixture_loads_with_all_kinds_of_tests():
+    problems = load_jsonl(FIX / "restrl_small.jsonl")
+    assert [p.id for p in problems] == ["add-two", "echo-upper", "is-even"]
+    add = problems[0]
+    assert add.entry_point == "add" and add.starter_code.startswith("def add(")
+    assert add.tests == [TestCase(kind="call", args=[1, 2], expected=3), TestCase(kind="call", args=[-4, 4], expected=0)]
+    assert add.public_tests[0].expected == 4
+    assert problems[1].tests[0].kind == "stdio" and problems[1].tests[0].stdin == "abc\n"
+    assert problems[2].tests[0].kind == "assert"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_write_then_load_round_trips(tmp_path, suffix):
+    problems = load_jsonl(FIX / "restrl_small.jsonl")
+    out = tmp_path / f"copy{suffix}"
+    assert write_jsonl(out, problems) == 3
+    assert load_jsonl(out) == problems
+    opener = gzip.open if suffix.endswith(".gz") else open
+    with opener(out, "rt") as fh:
+        first = json.loads(fh.readline())
+    assert first["schema_version"] == 1 and first["id"] == "add-two"
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "field", "words"),
+    [
+        ("restrl_bad_json.jsonl", 2, None, "invalid JSON"),
+        ("restrl_missing_field.jsonl", 2, "prompt", "Field required"),
+        ("restrl_wrong_type.jsonl", 3, "tests.1.args", "list"),
+        ("restrl_bad_version.jsonl", 1, "schema_version", "unsupported schema version 7"),
+    ],
+)
+def test_malformed_restrl_files_name_file_line_and_field(name, line, field, words):
+    with pytest.raises(DatasetError) as info:
+        load_jsonl(FIX / name)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert (err.line, err.field) == (line, field)
+    assert err.path.endswith(name)
+    assert f"{name}:{line}" in str(err) and words in str(err)
+    if field:
+        assert f"'{field}'" in str(err)
+
+
+def test_duplicate_ids_and_missing_file_are_errors(tmp_path):
+    dup = tmp_path / "dup.jsonl"
+    p = Problem(id="a", prompt="x")
+    write_jsonl(dup, [p, p])
+    with pytest.raises(DatasetError, match=r"dup.jsonl:2: field 'id': duplicate id 'a' \(first on line 1\)"):
+        load_jsonl(dup)
+    with pytest.raises(DatasetError, match="nothing.jsonl: no such file"):
+        load_problems(tmp_path / "nothing.jsonl")
+
+
+def test_apps_stdio_and_call_based_tests():
+    stdio, call, klass, lines = load_apps(FIX / "apps_small.jsonl")
+    assert stdio.id == "apps/4001" and stdio.entry_point is None
+    assert stdio.tests == [TestCase(kind="stdio", stdin="1 2\n", expected="3\n"), TestCase(kind="stdio", stdin="10 -3\n", expected="7\n")]
+    assert stdio.metadata == {"source": "apps", "difficulty": "introductory", "url": "https://example.org/a"}
+    # call-based: each input is the argument list; APPS's one-element output wrapping is removed
+    assert call.entry_point == "largest"
+    assert [(t.args, t.expected, t.fn_name) for t in call.tests] == [([[1, 5, 2]], 5, "largest"), ([[-3, -1]], -1, "largest")]
+    assert klass.tests[0].expected == [1, 4, 9] and klass.metadata["call_style"] == "class"
+    assert lines.tests[0].stdin == "a\nb\n" and lines.tests[0].expected == "b\na\n"
+    raw = load_apps(FIX / "apps_small.jsonl", unwrap_call_outputs=False)[1]
+    assert raw.tests[0].expected == [5]
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "field"),
+    [
+        ("apps_missing_outputs.jsonl", 2, "input_output.outputs"),
+        ("apps_bad_io_json.jsonl", 1, "input_output"),
+        ("apps_missing_question.jsonl", 3, "question"),
+    ],
+)
+def test_malformed_apps_files(name, line, field):
+    with pytest.raises(DatasetError) as info:
+        load_problems(FIX / name)
+    assert (info.value.line, info.value.field) == (line, field)
+    assert f"{name}:{line}: field '{field}'" in str(info.value)
+
+
+def test_bigcodebench_variants_and_errors():
+    complete, instruct_only = load_bigcodebench(FIX / "bigcodebench_small.jsonl")
+    assert complete.id == "BigCodeBench/9001" and complete.entry_point == "task_func"
+    assert complete.starter_code.startswith("def task_func(values):\n    \"\"\"Return the values sorted")
+    assert complete.prompt == "Complete the function `task_func` described below."
+    assert complete.tests[0].kind == "unittest" and "class TestCases(unittest.TestCase)" in complete.tests[0].code
+    assert complete.metadata["canonical_solution"] == "    return sorted(values)\n"
+    # no complete_prompt: falls back to the instruct variant
+    assert instruct_only.prompt == "Return the number of words in text." and instruct_only.starter_code.startswith("import re")
+    inst = load_bigcodebench(FIX / "bigcodebench_small.jsonl", variant="instruct")[0]
+    assert inst.prompt.startswith("Sort a list of numbers") and inst.starter_code == "def task_func(values):\n"
+    with pytest.raises(DatasetError, match=r"bigcodebench_wrong_type.jsonl:2: field 'entry_point': expected str, got int"):
+        load_problems(FIX / "bigcodebench_wrong_type.jsonl")
+
+
+def test_format_sniffing_and_registry(tmp_path):
+    assert set(LOADERS) == {"restrl", "apps", "bigcodebench", "humaneval"}
+    assert sniff_format(FIX / "restrl_small.jsonl") == "restrl"
+    assert sniff_format(FIX / "apps_small.jsonl") == "apps"
+    assert sniff_format(FIX / "bigcodebench_small.jsonl") == "bigcodebench"
+    assert [p.id for p in load_problems(FIX / "apps_small.jsonl")] == ["apps/4001", "apps/4002", "apps/4003", "apps/4004"]
+    assert load_problems(FIX / "apps_small.jsonl", "apps", limit=2)[1].id == "apps/4002"
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"foo": 1}\n')
+    with pytest.raises(DatasetError, match=r"odd.jsonl:1: cannot tell the format .* pass format="):
+        load_problems(odd)
+    with pytest.raises(DatasetError, match="unknown format 'mbpp'"):
+        load_problems(odd, "mbpp")  # type: ignore[arg-type]
+    # an explicit format reads the file with that loader, and its errors still name the field
+    with pytest.raises(DatasetError, match=r"restrl_small.jsonl:1: field 'question': field required"):
+        load_problems(FIX / "restrl_small.jsonl", "apps")
+
+
+def test_humaneval_packaged_offline():
+    problems = load_humaneval()
+    assert len(problems) == 164
+    first = problems[0]
+    assert first.id == "HumanEval/0" and first.entry_point == "has_close_elements"
+    assert first.prompt == "Complete the function `has_close_elements` described below."
+    assert first.starter_code.startswith("from typing import List") and '"""' in first.starter_code
+    (test,) = first.tests
+    assert test.kind == "assert" and test.fn_name == "has_close_elements"
+    assert "def check(candidate)" in test.code and test.code.rstrip().endswith("check(has_close_elements)")
+    assert first.metadata["task_id"] == "HumanEval/0" and is_eval_only(first)
+    program = humaneval_canonical_program(first)
+    assert program.startswith(first.starter_code) and "return False" in program
+    assert [p.id for p in load_problems("humaneval", limit=3)] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert all(is_eval_only(p) for p in problems)
+    assert not is_eval_only(load_jsonl(FIX / "restrl_small.jsonl")[0])
