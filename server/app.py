@@ -1,0 +1,160 @@
+"""`build_app(settings, *, services=None) -> FastAPI`: the HTTP service.
+
+The lifespan builds the services (`server.loading.build_services`, unless a test passes its own),
+loads the initial model pair in the background (``/health`` answers at once, ``/ready`` and the
+model routes say 503 until the pair is loaded and probed), and on shutdown refuses new requests,
+drains the admitted ones up to ``drain_timeout_s`` and closes every model. Handlers live in
+`server.routes` and receive the services through `Annotated` dependencies (`server.deps`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.deps import STRATEGY_KEY
+from server.errors import error_body, install_error_handlers
+from server.metrics import Metrics
+from server.routes import admin, openai, ops, solve
+from server.services import Services
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+
+def build_app(settings: Settings | None = None, *, services: Services | None = None,
+              load_models: bool = True) -> FastAPI:
+    """The app. ``services``: prebuilt services (tests); ``load_models=False`` skips the initial
+    load (the services' registry already holds a pair)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = services
+        if svc is None:
+            from server.loading import build_services
+
+            svc = build_services(settings)
+        app.state.services = svc
+        if load_models and svc.registry.active is None:
+            task = asyncio.create_task(_load_initial(svc, settings))
+            svc.background.add(task)
+            task.add_done_callback(svc.background.discard)
+        try:
+            yield
+        finally:
+            drained = await svc.admission.drain(settings.drain_timeout_s)
+            if not drained:
+                logger.warning("drain timeout (%.0fs): %d requests still running are cancelled",
+                               settings.drain_timeout_s, svc.admission.active + svc.admission.queued)
+            for task in list(svc.background):
+                task.cancel()
+            if services is None:  # we built them: we close them
+                await svc.registry.close()
+                close = getattr(svc.sandbox, "close", None)
+                if close is not None:
+                    await close()
+
+    app = FastAPI(
+        title="restrl",
+        version="0.1.0",
+        summary="Code generation with value-model-guided tree search (VM-MCTS) over a policy LLM.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in (solve, openai, admin, ops):
+        app.include_router(module.router)
+    app.add_middleware(RequestMetricsMiddleware, app_ref=app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _load_initial(services: Services, settings: Settings) -> None:
+    try:
+        await services.registry.load_initial(settings.policy, settings.value)
+    except Exception:
+        logger.exception("loading the initial models failed; /ready reports why")
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over ``max_bytes`` (by Content-Length, or counted while it streams in)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(send)
+                return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # an HTTPException: FastAPI turns other errors raised while reading a body into 400s
+                    raise StarletteHTTPException(413, f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _reject(self, send: Send) -> None:
+        import json
+
+        body = json.dumps(error_body("payload_too_large", f"request body over {self.max_bytes} bytes")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetricsMiddleware:
+    """``restrl:requests_total`` and ``restrl:request_latency_seconds`` for every request (SSE
+    streams until their last event). Route = the matched path template."""
+
+    def __init__(self, app: ASGIApp, *, app_ref: FastAPI):
+        self.app = app
+        self._app_ref = app_ref
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            services: Services | None = getattr(self._app_ref.state, "services", None)
+            if services is not None:
+                self._observe(services.metrics, scope, status, time.monotonic() - start)
+
+    @staticmethod
+    def _observe(metrics: Metrics, scope: dict[str, Any], status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        strategy = scope.get(STRATEGY_KEY, "none")
+        metrics.requests.labels(route, strategy, str(status)).inc()
+        metrics.request_latency.labels(route, strategy).observe(seconds)

@@ -1,0 +1,66 @@
+"""The real services: model loading from checkpoint folders, the value batcher, the sandbox.
+
+`EngineLoader` maps a checkpoint folder to `models.EngineConfig` / `models.ValueConfig` using the
+server's engine settings: a LoRA policy adapter (``restrl.json`` format ``lora``) is applied on its
+base and may reuse the running engine; a full checkpoint gets an engine of its own. Every folder is
+verified against its manifest before any weight is read (`models.checkpoints.inspect_directory`).
+`build_services(settings)` assembles what `server.app.build_app` needs when a test gives nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from models.base import Policy, ValueModel
+from server.services import Services, assemble_services
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class EngineLoader:
+    """Loads policies and value models the way the server's settings say."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+
+    def engine_config(self, source: str | None) -> Any:
+        from models import EngineConfig
+        from models.checkpoints import inspect_directory
+
+        s = self._settings
+        options: dict[str, Any] = {"engine": s.engine, "seed": s.seed, "tensor_parallel_size": s.tensor_parallel_size}
+        for name in ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "dtype", "max_lora_rank"):
+            if getattr(s, name) is not None:
+                options[name] = getattr(s, name)
+        if source is None:
+            return EngineConfig(**options)
+        manifest, _ = inspect_directory(source, kind="policy")
+        if manifest is not None and manifest.format == "lora":
+            base = manifest.base if Path(manifest.base).is_dir() else None  # None: the embedded default
+            return EngineConfig(model=base, adapter=source, **options)
+        return EngineConfig(model=source, **options)
+
+    async def load_policy(self, source: str | None, *, reuse: Policy | None = None) -> Policy:
+        from models import load_policy
+
+        return await load_policy(self.engine_config(source), reuse=reuse)
+
+    async def load_value(self, source: str | None) -> ValueModel:
+        from models import ValueConfig, load_value_model
+
+        model = load_value_model(ValueConfig(model=source, seed=self._settings.seed))
+        if hasattr(model, "__await__"):
+            model = await model
+        return model
+
+
+def build_services(settings: Settings) -> Services:
+    """The production services (models are loaded later, by the app's lifespan)."""
+    from sandbox import Sandbox
+    from search import run_search
+
+    return assemble_services(settings, loader=EngineLoader(settings), search_fn=run_search,
+                             sandbox=Sandbox(workers=settings.sandbox_workers))

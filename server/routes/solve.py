@@ -1,0 +1,99 @@
+"""``POST /v1/solve``: a problem in, the search's program out (JSON, or SSE with progress)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+from fastapi import APIRouter, Request
+
+from search.types import SearchConfig, SearchProgress, SearchResult
+from server import sse
+from server.deps import STRATEGY_KEY, ApiKey, ServicesDep
+from server.errors import InvalidRequest, to_api_error
+from server.protocol import ProgressEvent, SolveRequest, SolveResponse, new_id
+from server.registry import ModelPair
+from server.services import Services, progress_forwarder
+from tasks import Problem
+
+router = APIRouter(tags=["solve"], dependencies=[ApiKey])
+
+ERRORS = {code: {"description": text} for code, text in (
+    (401, "missing or invalid API key"), (413, "body too large"), (422, "invalid field (named in error.field)"),
+    (429, "overloaded: retry after Retry-After seconds"), (503, "models loading, engine dead or draining"))}
+
+
+def check_rerank(body_rerank: bool, problem: Problem, services: Services, field_prefix: str) -> None:
+    if not body_rerank:
+        return
+    if services.sandbox is None:
+        raise InvalidRequest("rerank_with_tests is unavailable: this server has no sandbox", field="rerank_with_tests")
+    if not problem.public_tests:
+        raise InvalidRequest("rerank_with_tests needs public tests", field=f"{field_prefix}public_tests")
+
+
+def to_solve_response(request_id: str, result: SearchResult, pair: ModelPair, capped: list[str]) -> SolveResponse:
+    return SolveResponse(
+        id=request_id, strategy=result.strategy, program=result.program, code=result.code, value=result.value,
+        candidates=result.candidates, usage=result.usage, stop_reason=result.stop_reason, nodes=result.nodes,
+        max_depth=result.max_depth, reranked=result.reranked,
+        policy_version=result.policy_version or pair.policy.version,
+        value_version=result.value_version or pair.value.version, budget_capped=capped, tree=result.trace,
+    )
+
+
+@router.post("/v1/solve", response_model=SolveResponse, response_model_exclude_none=False, responses=ERRORS,
+             summary="Solve a coding problem with a search strategy (SSE progress when stream=true)")
+async def solve(body: SolveRequest, request: Request, services: ServicesDep) -> SolveResponse | sse.SSEResponse:
+    request.scope[STRATEGY_KEY] = body.strategy
+    request_id = new_id("solve")
+    config, capped = body.to_config(services.limits, record_trace=body.return_tree)
+    problem = body.problem.to_problem(request_id)
+    check_rerank(body.rerank_with_tests, problem, services, "problem.")
+    stack, pair = await services.hold()
+    if not body.stream:
+        async with stack:
+            result = await services.run_search(request, pair, problem, config)
+        return to_solve_response(request_id, result, pair, capped)
+    return sse.SSEResponse(_stream(services, request, pair, problem, config, request_id, capped), on_close=stack.aclose)
+
+
+async def _stream(services: Services, request: Request, pair: ModelPair, problem: Problem, config: SearchConfig,
+                  request_id: str, capped: list[str]) -> AsyncIterator[str]:
+    """progress events while the search runs, then one result (or error) event."""
+    async with AsyncExitStack() as cleanup:
+        queue: asyncio.Queue[SearchProgress] = asyncio.Queue()
+        task = asyncio.create_task(
+            services.run_search(request, pair, problem, config, on_progress=progress_forwarder(queue)))
+        cleanup.push_async_callback(_cancel, task)
+        async for progress in drain_progress(queue, task):
+            yield sse.event("progress", ProgressEvent(id=request_id, nodes=progress.nodes, usage=progress.usage,
+                                                      best_code=progress.best_code, best_value=progress.best_value,
+                                                      new_nodes=progress.new_nodes))
+        try:
+            result = task.result()
+        except Exception as exc:
+            err = to_api_error(exc)
+            yield sse.event("error", {"error": {"type": err.type, "message": err.message}})
+            return
+        yield sse.event("result", to_solve_response(request_id, result, pair, capped))
+
+
+async def drain_progress(queue: asyncio.Queue[SearchProgress], task: asyncio.Task[SearchResult]) -> AsyncIterator[SearchProgress]:
+    """Yield progress items until ``task`` finishes (then the ones still queued)."""
+    while not task.done():
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield getter.result()
+        else:
+            getter.cancel()
+    while not queue.empty():
+        yield queue.get_nowait()
+
+
+async def _cancel(task: asyncio.Task[object]) -> None:
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

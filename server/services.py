@@ -1,0 +1,171 @@
+"""The services one app holds, and how a request runs a search on them.
+
+`Services` bundles the `ModelRegistry` (active model pair, hot swap), the sandbox (metered), the
+`AdmissionController` and the `Metrics`. `build_services(settings)` makes the real ones (models,
+search and sandbox imported there); tests pass their own to `server.app.build_app`.
+
+`Services.run_search` is the path of every search: it runs the strategy as an asyncio task on the
+pair the request holds, forwards progress to a callback, and cancels the task (and so every engine
+request of the search) when the client disconnects or the server-side deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import Request
+
+from search.types import SearchConfig, SearchProgress, SearchResult
+from server.admission import AdmissionController
+from server.metrics import Metrics
+from server.protocol import ServerLimits
+from server.registry import ModelLoader, ModelPair, ModelRegistry
+from server.settings import Settings
+from tasks import Problem
+
+logger = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.25
+DEADLINE_GRACE_S = 30.0  # beyond the budget's own deadline, before the server cancels a search
+
+
+class SearchFn(Protocol):
+    async def __call__(self, problem: Problem, policy: Any, value: Any, config: SearchConfig, *,
+                       sandbox: Any = None, on_progress: Any = None) -> SearchResult: ...
+
+
+class MeteredSandbox:
+    """Delegates to a sandbox and counts every verdict's status in `restrl:sandbox_verdicts_total`."""
+
+    def __init__(self, sandbox: Any, metrics: Metrics):
+        self._sandbox = sandbox
+        self._metrics = metrics
+
+    def _count(self, verdicts: Any) -> None:
+        for verdict in verdicts:
+            status = getattr(verdict, "status", None)
+            if status is not None:
+                self._metrics.sandbox_verdicts.labels(str(status)).inc()
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        verdict = await self._sandbox.run(*args, **kwargs)
+        self._count([verdict])
+        return verdict
+
+    async def run_many(self, *args: Any, **kwargs: Any) -> Any:
+        verdicts = await self._sandbox.run_many(*args, **kwargs)
+        self._count(verdicts)
+        return verdicts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sandbox, name)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: ModelRegistry
+    admission: AdmissionController
+    metrics: Metrics
+    search_fn: SearchFn
+    sandbox: Any = None  # MeteredSandbox (None: re-ranking with tests unavailable)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    ready_cache: tuple[float, int, dict[str, Any]] | None = None  # (time, pair id, report)
+
+    @property
+    def limits(self) -> ServerLimits:
+        s = self.settings
+        return ServerLimits(max_samples=s.max_samples, max_tokens_budget=s.max_tokens_budget,
+                            max_deadline_s=s.max_deadline_s, max_new_tokens=s.max_new_tokens)
+
+    async def hold(self) -> tuple[AsyncExitStack, ModelPair]:
+        """Admission slot + the active pair, held until the returned stack is closed (a streamed
+        response closes it when its stream ends). Raises 429/503 before anything is held."""
+        stack = AsyncExitStack()
+        try:
+            await stack.enter_async_context(self.admission.slot())
+            pair = await stack.enter_async_context(self.registry.acquire())
+        except BaseException:
+            await stack.aclose()
+            raise
+        return stack, pair
+
+    async def run_search(
+        self,
+        request: Request,
+        pair: ModelPair,
+        problem: Problem,
+        config: SearchConfig,
+        *,
+        on_progress: Callable[[SearchProgress], Awaitable[None] | None] | None = None,
+    ) -> SearchResult:
+        """Run one search on ``pair``; cancelled on client disconnect or past the deadline."""
+        sandbox = self.sandbox if config.rerank_with_tests else None
+        task = asyncio.create_task(
+            self.search_fn(problem, pair.policy, pair.value, config, sandbox=sandbox, on_progress=on_progress)
+        )
+        limit = (config.budget.deadline_s or self.settings.max_deadline_s) + DEADLINE_GRACE_S
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + limit
+        reason = "error"
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    result = task.result()
+                    break
+                if await request.is_disconnected():
+                    reason = "disconnect"
+                    raise asyncio.CancelledError("client disconnected")
+                if loop.time() > give_up_at:
+                    reason = "deadline"
+                    raise asyncio.TimeoutError(f"search exceeded {limit:.0f}s")
+        except BaseException:
+            if not task.done():
+                if reason == "error":
+                    reason = "cancelled"  # the request itself was cancelled (stream closed, shutdown)
+                task.cancel()
+                self.metrics.searches_cancelled.labels(reason).inc()
+                await asyncio.gather(task, return_exceptions=True)
+                logger.info("search %s cancelled (%s)", problem.id, reason)
+            raise
+        self.metrics.observe_search(result)  # `search` logs the one summary line of the search
+        return result
+
+
+def progress_forwarder(queue: asyncio.Queue[SearchProgress]) -> Callable[[SearchProgress], None]:
+    """An ``on_progress`` callback that puts progress into a queue without blocking the search."""
+
+    def forward(progress: SearchProgress) -> None:
+        queue.put_nowait(progress)
+
+    return forward
+
+
+async def maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def assemble_services(settings: Settings, *, loader: ModelLoader, search_fn: SearchFn, sandbox: Any = None,
+                      metrics: Metrics | None = None) -> Services:
+    """Services around a model loader: metrics, registry (value calls batched by `ValueBatcher`),
+    admission control, and the sandbox wrapped to count verdicts."""
+    from search import ValueBatcher
+
+    metrics = metrics or Metrics()
+
+    def batcher(value: Any) -> Any:
+        return ValueBatcher(value, max_batch=settings.value_batch_max, max_wait_ms=settings.value_batch_wait_ms,
+                            on_batch=metrics.value_batch_size.observe)
+
+    registry = ModelRegistry(loader, metrics, batcher_factory=batcher, probe_timeout_s=settings.ready_timeout_s)
+    admission = AdmissionController(max_active=settings.max_concurrent_searches, max_queued=settings.max_queued,
+                                    metrics=metrics)
+    return Services(settings=settings, registry=registry, admission=admission, metrics=metrics,
+                    search_fn=search_fn, sandbox=MeteredSandbox(sandbox, metrics) if sandbox is not None else None)

@@ -1,0 +1,307 @@
+"""The HTTP API through a real uvicorn server on loopback, with the real search (`search.run_search`)
+over policy/value doubles: protocol, SSE, auth, admission, hot-swap bookkeeping, metrics.
+The same routes on the real engine and model: test_real_engine.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from search import run_search
+from server import Settings, build_app
+from server.services import Services, assemble_services
+from tests.server.conftest import running
+from tests.server.doubles import PROGRAM, FakeLoader, FakePolicy
+
+ADMIN = "admin-secret"
+PROBLEM = {"statement": "Return the sum of a and b.", "starter_code": "def add(a, b):\n", "entry_point": "add"}
+
+
+async def start(**overrides: Any) -> tuple[Services, Settings]:
+    settings = Settings(**{"admin_token": ADMIN, "max_samples": 8, "value_batch_wait_ms": 0, **overrides})
+    services = assemble_services(settings, loader=FakeLoader(), search_fn=run_search)
+    await services.registry.load_initial(None, None)
+    return services, settings
+
+
+async def serve(**overrides: Any) -> tuple[Services, Any]:
+    services, settings = await start(**overrides)
+    return services, running(build_app(settings, services=services, load_models=False))
+
+
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        name, data = "message", None
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+        events.append((name, json.loads(data) if data and data != "[DONE]" else data))
+    return events
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[Services, httpx.AsyncClient]]:
+    services, server = await serve()
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        yield services, client
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"])
+async def test_solve_every_strategy(api: tuple[Services, httpx.AsyncClient], strategy: str) -> None:
+    _, client = api
+    r = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": strategy, "budget": {"samples": 4},
+                                             "k": 2, "seed": 1})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["strategy"] == strategy
+    assert body["code"] == PROGRAM
+    assert body["program"].startswith("def add(a, b):\n")
+    assert body["value"] == 0.5
+    assert 1 <= body["usage"]["samples"] <= 4
+    assert body["policy_version"] == "policy@default" and body["value_version"] == "value@default"
+    assert body["id"].startswith("solve-") and body["budget_capped"] == []
+
+
+async def test_solve_stream_sends_progress_then_result(api: tuple[Services, httpx.AsyncClient]) -> None:
+    _, client = api
+    r = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "vm_mcts", "budget": {"samples": 6},
+                                             "k": 2, "stream": True, "return_tree": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    names = [n for n, _ in events]
+    assert names[-1] == "result" and names.count("result") == 1 and "progress" in names
+    progress = [d for n, d in events if n == "progress"]
+    assert [p["nodes"] for p in progress] == sorted(p["nodes"] for p in progress)
+    assert progress[-1]["usage"]["samples"] <= 6 and progress[-1]["best_code"] == PROGRAM
+    result = events[-1][1]
+    assert result["program"] and result["tree"] is not None
+
+
+async def test_budget_is_capped_and_reported(api: tuple[Services, httpx.AsyncClient]) -> None:
+    _, client = api
+    r = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "best_of_n", "budget": {"samples": 500},
+                                             "max_tokens": 10**6})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["budget_capped"] == ["budget.samples", "max_tokens"]
+    assert body["usage"]["samples"] <= 8
+
+
+@pytest.mark.parametrize(("payload", "field"), [
+    ({"problem": PROBLEM, "strategy": "dfs"}, "strategy"),
+    ({"problem": {"starter_code": "x"}}, "problem.statement"),
+    ({"problem": PROBLEM, "budget": {"samples": 0}}, "budget.samples"),
+    ({"problem": PROBLEM, "k": 1000}, "k"),
+    ({"problem": PROBLEM, "bogus": 1}, "bogus"),
+    ({"problem": {**PROBLEM, "public_tests": [{"kind": "call"}]}}, "problem.public_tests.0"),
+    ({"problem": PROBLEM, "rerank_with_tests": True}, "rerank_with_tests"),
+])
+async def test_bad_inputs_name_the_field(api: tuple[Services, httpx.AsyncClient], payload: dict[str, Any],
+                                         field: str) -> None:
+    _, client = api
+    r = await client.post("/v1/solve", json=payload)
+    assert r.status_code in (400, 422), r.text
+    error = r.json()["error"]
+    assert error["field"] == field and error["type"] == "invalid_request" and error["message"]
+
+
+async def test_malformed_json_oversized_body_and_unknown_route(api: tuple[Services, httpx.AsyncClient]) -> None:
+    _, client = api
+    r = await client.post("/v1/solve", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+    big = {"problem": {**PROBLEM, "statement": "x" * 2_000_000}}
+    r = await client.post("/v1/solve", json=big)
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while it streams in
+        yield b'{"problem": {"statement": "'
+        for _ in range(40):
+            yield b"y" * 50_000
+        yield b'"}}'
+
+    r = await client.post("/v1/solve", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+    r = await client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json() == {"error": {"type": "not_found", "message": "Not Found"}}
+
+
+async def test_api_keys_and_admin_token() -> None:
+    services, server = await serve(api_keys="k1,k2")
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        body = {"problem": PROBLEM, "strategy": "greedy"}
+        r = await client.post("/v1/solve", json=body)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["type"] == "unauthorized"
+        assert (await client.post("/v1/solve", json=body, headers={"Authorization": "Bearer k3"})).status_code == 401
+        assert (await client.post("/v1/solve", json=body, headers={"Authorization": "Bearer k2"})).status_code == 200
+        assert (await client.post("/v1/solve", json=body, headers={"X-API-Key": "k1"})).status_code == 200
+        for open_route in ("/health", "/ready", "/metrics"):
+            assert (await client.get(open_route)).status_code == 200, open_route
+        assert (await client.get("/admin/models")).status_code == 401
+        assert (await client.get("/admin/models", headers={"Authorization": "Bearer k1"})).status_code == 403
+        r = await client.get("/admin/models", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 200 and r.json()["active"]["policy_version"] == "policy@default"
+    services, server = await serve(admin_token=None)
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        r = await client.get("/admin/models", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 403 and "RESTRL_ADMIN_TOKEN" in r.json()["error"]["message"]
+
+
+async def test_overload_gets_429_with_retry_after() -> None:
+    services, server = await serve(max_concurrent_searches=1, max_queued=1)
+    policy = services.registry.active.policy  # type: ignore[union-attr]
+    policy.gate = asyncio.Event()
+    body = {"problem": PROBLEM, "strategy": "greedy"}
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        first = asyncio.create_task(client.post("/v1/solve", json=body))
+        second = asyncio.create_task(client.post("/v1/solve", json=body))
+        while services.admission.active + services.admission.queued < 2:
+            await asyncio.sleep(0.01)
+        r = await client.post("/v1/solve", json=body)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["type"] == "overloaded"
+        metrics = (await client.get("/metrics")).text
+        assert 'restrl:queue_depth 1.0' in metrics and 'restrl:active_searches 1.0' in metrics
+        policy.gate.set()
+        assert (await first).status_code == 200 and (await second).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert 'restrl:rejected_requests_total{reason="queue_full"} 1.0' in metrics
+
+
+async def test_client_disconnect_cancels_the_search() -> None:
+    services, server = await serve()
+    policy = services.registry.active.policy  # type: ignore[union-attr]
+    policy.gate = asyncio.Event()  # the search blocks in its first policy call
+    async with server as url:
+        for stream in (False, True):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                task = asyncio.create_task(client.post("/v1/solve", json={"problem": PROBLEM, "stream": stream}))
+                while services.admission.active == 0:
+                    await asyncio.sleep(0.01)
+                task.cancel()  # closes the connection
+            for _ in range(200):
+                if services.admission.active == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert services.admission.active == 0
+        text = services.metrics.render().decode()
+        cancelled = {s.labels["reason"]: s.value for f in text_string_to_metric_families(text)
+                     if f.name == "restrl:searches_cancelled" for s in f.samples}
+        assert sum(cancelled.values()) == 2, cancelled
+
+
+async def test_hot_swap_keeps_in_flight_searches_on_their_pair() -> None:
+    services, server = await serve()
+    old_policy = services.registry.active.policy  # type: ignore[union-attr]
+    old_policy.gate = asyncio.Event()
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        in_flight = [asyncio.create_task(client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "greedy"}))
+                     for _ in range(3)]
+        while services.admission.active < 3:
+            await asyncio.sleep(0.01)
+        r = await client.post("/admin/models", json={"policy": "/ckpt/corrupt"}, headers=auth)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "swap_failed"
+        assert "/ckpt/corrupt/restrl.json" in r.json()["error"]["message"]
+        r = await client.post("/admin/models", json={"policy": "/ckpt/v2"}, headers=auth)
+        assert r.status_code == 200, r.text
+        status = r.json()
+        assert status["active"]["policy_version"] == "policy@/ckpt/v2"
+        assert status["draining"][0]["in_flight"] == 3 and not old_policy.closed
+        new = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "greedy"})
+        assert new.json()["policy_version"] == "policy@/ckpt/v2"
+        old_policy.gate.set()
+        for task in in_flight:
+            response = await task
+            assert response.status_code == 200 and response.json()["policy_version"] == "policy@default"
+        assert old_policy.closed
+        r = await client.post("/admin/models/rollback", headers=auth)
+        assert r.status_code == 200 and r.json()["active"]["policy_version"] == "policy@default"
+        history = [(e["kind"], e["result"]) for e in r.json()["history"]]
+        assert history == [("load", "ok"), ("swap", "failed"), ("swap", "ok"), ("rollback", "ok")]
+        families = {f.name: f for f in text_string_to_metric_families((await client.get("/metrics")).text)}
+        swaps = {(s.labels["kind"], s.labels["result"]): s.value for s in families["restrl:swap_events"].samples
+                 if s.name.endswith("_total")}
+        assert swaps == {("load", "ok"): 1, ("swap", "failed"): 1, ("swap", "ok"): 1, ("rollback", "ok"): 1}
+        info = [s.labels for s in families["restrl:model_info"].samples if s.value == 1]
+        assert info == [{"policy_version": "policy@default", "value_version": "value@default"}]
+
+
+async def test_ready_probes_and_reports_failure() -> None:
+    services, server = await serve(ready_cache_s=0)
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        r = await client.get("/ready")
+        assert r.status_code == 200 and r.json()["probe"]["value"] == 0.5
+        services.registry.active.policy.fail = RuntimeError("engine wedged")  # type: ignore[union-attr]
+        r = await client.get("/ready")
+        assert r.status_code == 503 and "engine wedged" in r.json()["error"]["message"]
+        assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_metrics_names_parse_with_the_prometheus_parser(api: tuple[Services, httpx.AsyncClient]) -> None:
+    _, client = api
+    await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "vm_mcts", "budget": {"samples": 4}, "k": 2})
+    await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "nope"})
+    r = await client.get("/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    expected = {
+        "restrl:requests": "counter", "restrl:request_latency_seconds": "histogram",
+        "restrl:search_nodes": "histogram", "restrl:search_samples": "histogram",
+        "restrl:search_policy_tokens": "histogram", "restrl:search_value_calls": "histogram",
+        "restrl:value_batch_size": "histogram", "restrl:engine_generated_tokens": "counter",
+        "restrl:engine_prompt_tokens": "counter", "restrl:engine_cached_prompt_tokens": "counter",
+        "restrl:queue_depth": "gauge", "restrl:active_searches": "gauge", "restrl:rejected_requests": "counter",
+        "restrl:searches_cancelled": "counter", "restrl:swap_events": "counter", "restrl:model_info": "gauge",
+        "restrl:sandbox_verdicts": "counter",
+    }
+    for name, kind in expected.items():
+        assert families[name].type == kind, name
+    requests = {(s.labels["route"], s.labels["strategy"], s.labels["status"]): s.value
+                for s in families["restrl:requests"].samples if s.name == "restrl:requests_total"}
+    assert requests[("/v1/solve", "vm_mcts", "200")] == 1
+    assert requests[("/v1/solve", "none", "422")] == 1
+    samples = {s.name: s.value for s in families["restrl:search_samples"].samples if s.labels.get("strategy") == "vm_mcts"}
+    assert samples["restrl:search_samples_count"] == 1 and 1 <= samples["restrl:search_samples_sum"] <= 4
+    assert sum(s.value for s in families["restrl:value_batch_size"].samples if s.name.endswith("_count")) >= 1
+    generated = [s.value for s in families["restrl:engine_generated_tokens"].samples if s.name.endswith("_total")]
+    assert generated[0] > 0
+
+
+async def test_drain_refuses_new_work_and_waits_for_admitted() -> None:
+    services, _ = await start()
+    policy = services.registry.active.policy  # type: ignore[union-attr]
+    policy.gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with services.admission.slot():
+            await policy.gate.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.01)
+    assert not await services.admission.drain(0.05)  # still running
+    with pytest.raises(Exception, match="shutting down"):
+        async with services.admission.slot():
+            pass
+    policy.gate.set()
+    await holder
+    assert await services.admission.drain(1.0)
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTRL_PORT", "9001")
+    monkeypatch.setenv("RESTRL_API_KEYS", "a, b")
+    monkeypatch.setenv("RESTRL_ADMIN_TOKEN", "s3cr3t-admin")
+    s = Settings()
+    assert s.port == 9001 and [k.get_secret_value() for k in s.api_keys] == ["a", "b"]
+    assert "s3cr3t" not in repr(s) and "s3cr3t" not in str(s.model_dump())
+    assert Settings(port=7).port == 7  # flags (init arguments) win over the environment
+    FakePolicy()  # doubles import cleanly
