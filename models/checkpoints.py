@@ -1,0 +1,202 @@
+"""Checkpoint directories and their `restrl.json` manifest.
+
+A checkpoint is a directory holding either a full transformers model (``format="full"``) or a PEFT
+LoRA adapter (``format="lora"``, naming its ``base``), plus ``restrl.json``: what it is (``kind``
+policy or value), where it came from (``base``, ``parent``, ``job``, ``config``), how good it was
+(``metrics``) and the sha256 of every file in the directory. `write_manifest` hashes the files;
+`verify_checkpoint` is what every loader calls before touching weights: only ``.safetensors``
+weights are accepted (pickled ``.bin``/``.pt`` files can execute code when loaded), and a missing,
+extra or altered file, bad JSON or the wrong kind raises `CheckpointError` naming the file and field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.base import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "restrl.json"
+CheckpointKind = Literal["policy", "value"]
+CheckpointFormat = Literal["full", "lora"]
+
+# Weight files that unpickle (and so may run code) when loaded: refused everywhere.
+UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_HASH_CHUNK = 1 << 20
+
+
+class Manifest(BaseModel):
+    """The content of ``restrl.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: CheckpointKind = Field(description="policy (causal LM) or value (scalar-head scorer)")
+    format: CheckpointFormat = Field(description="full transformers folder, or a PEFT LoRA adapter")
+    base: str = Field(min_length=1, description="the base model (name or path) the weights derive from")
+    parent: str | None = Field(default=None, description="the checkpoint this one was trained from")
+    created: str = Field(description="ISO-8601 UTC time of writing")
+    job: str | None = Field(default=None, description="the training job that wrote it")
+    config: dict[str, Any] = Field(default_factory=dict, description="the job's configuration")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation results")
+    files: dict[str, str] = Field(description="relative path -> sha256 of every file except restrl.json")
+
+    def digest(self) -> str:
+        """A stable hash of the weights and configuration files (not of the metadata)."""
+        blob = json.dumps(sorted(self.files.items())).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _listed_files(directory: Path) -> list[str]:
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME and "__pycache__" not in p.parts
+    )
+
+
+def _refuse_unsafe(directory: Path, names: list[str]) -> None:
+    for name in names:
+        if name.endswith(UNSAFE_SUFFIXES):
+            raise CheckpointError(
+                f"{directory / name}: pickled weight files are refused (they can run code when loaded);"
+                " save the model with safetensors (save_pretrained(..., safe_serialization=True))"
+            )
+
+
+def hash_files(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 of every file under ``directory`` except the manifest."""
+    root = Path(directory)
+    return {name: sha256_file(root / name) for name in _listed_files(root)}
+
+
+def write_manifest(
+    directory: str | os.PathLike[str],
+    *,
+    kind: CheckpointKind,
+    format: CheckpointFormat,
+    base: str,
+    parent: str | None = None,
+    job: str | None = None,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Manifest:
+    """Hash the directory's files and write ``restrl.json`` atomically. Call it last, after every
+    other file of the checkpoint is written."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a directory")
+    names = _listed_files(root)
+    _refuse_unsafe(root, names)
+    if not any(n.endswith(".safetensors") for n in names):
+        raise CheckpointError(f"{root}: no .safetensors weights to describe")
+    manifest = Manifest(
+        kind=kind,
+        format=format,
+        base=base,
+        parent=parent,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        job=job,
+        config=config or {},
+        metrics=metrics or {},
+        files={name: sha256_file(root / name) for name in names},
+    )
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".restrl.", suffix=".json.tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(manifest.model_dump_json(indent=2))
+    os.replace(tmp, root / MANIFEST_NAME)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
+    """Parse ``restrl.json`` without checking the files (see `verify_checkpoint`)."""
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (every checkpoint directory needs its manifest)") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise CheckpointError(f"{path}: field '{field}': {err['msg']}") from None
+
+
+def verify_checkpoint(
+    directory: str | os.PathLike[str],
+    *,
+    kind: CheckpointKind | None = None,
+    check_hashes: bool = True,
+) -> Manifest:
+    """Validate a checkpoint directory against its manifest and return the manifest.
+
+    Raises `CheckpointError` (naming the file and field) when: the directory or manifest is missing,
+    the JSON is bad or a field invalid, ``kind`` differs, a pickled weight file is present, there
+    are no safetensors weights, a listed file is missing, an unlisted file is present, or a hash
+    differs.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: checkpoint directory does not exist")
+    manifest = read_manifest(root)
+    mpath = root / MANIFEST_NAME
+    if kind is not None and manifest.kind != kind:
+        raise CheckpointError(f"{mpath}: field 'kind' is '{manifest.kind}' but a '{kind}' checkpoint is needed")
+    present = _listed_files(root)
+    _refuse_unsafe(root, present)
+    if not any(n.endswith(".safetensors") for n in manifest.files):
+        raise CheckpointError(f"{mpath}: field 'files' lists no .safetensors weights")
+    missing = sorted(set(manifest.files) - set(present))
+    if missing:
+        raise CheckpointError(f"{root / missing[0]}: listed in {MANIFEST_NAME} field 'files' but missing")
+    extra = sorted(set(present) - set(manifest.files))
+    if extra:
+        raise CheckpointError(f"{root / extra[0]}: present but not listed in {MANIFEST_NAME} field 'files'")
+    if check_hashes:
+        for name, expected in manifest.files.items():
+            actual = sha256_file(root / name)
+            if actual != expected:
+                raise CheckpointError(
+                    f"{root / name}: sha256 {actual[:12]}... does not match {MANIFEST_NAME} field"
+                    f" 'files.{name}' ({expected[:12]}...): the file changed after the manifest was written"
+                )
+    return manifest
+
+
+def inspect_directory(directory: str | os.PathLike[str], *, kind: CheckpointKind) -> tuple[Manifest | None, str]:
+    """For loaders: verify a checkpoint with a manifest, or accept a plain HF/PEFT folder without
+    one (safetensors only, logged as unverified). Returns the manifest (or None) and an 8-hex hash
+    identifying the weights for version strings."""
+    root = Path(directory)
+    if (root / MANIFEST_NAME).exists():
+        manifest = verify_checkpoint(root, kind=kind)
+        return manifest, manifest.digest()[:8]
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: checkpoint directory does not exist")
+    names = _listed_files(root)
+    _refuse_unsafe(root, names)
+    if not any(n.endswith(".safetensors") for n in names):
+        raise CheckpointError(f"{root}: no .safetensors weights found")
+    logger.warning("%s has no %s: loading it unverified", root, MANIFEST_NAME)
+    digest = hashlib.sha256(json.dumps(sorted(hash_files(root).items())).encode()).hexdigest()
+    return None, digest[:8]

