@@ -1,0 +1,44 @@
+"""Search: VM-MCTS and the baseline strategies over a policy and a value model.
+
+In: a `tasks.Problem`, a `models.base.Policy` (sampling continuations of a code state), a
+`models.base.ValueModel` (scoring states) or an `Evaluator` replacing it (test execution when
+collecting value-training data), a `SearchConfig` with an explicit `Budget`, optionally a
+`sandbox.Sandbox` for public-test re-ranking. Out: a `SearchResult` (program, value, candidates,
+usage, stop reason, tree size, versions, optional replayable trace) and `SearchProgress` events
+after each expansion. `ValueBatcher` groups the value calls of all concurrent searches into
+batched forward passes. This package imports `models.base`, `models.prompting`, `tasks` and
+nothing that needs vLLM or FastAPI.
+"""
+
+from search.batcher import ValueBatcher
+from search.evaluators import Evaluation, Evaluator, ORMEvaluator, TestEvaluator, VMEvaluator
+from search.replay import ReplayMismatch, ReplayPolicy, ReplayValue, replay_inputs
+from search.runner import run_search
+from search.strategies import STRATEGIES, Strategy
+from search.trace import load_trace, save_trace
+from search.types import Budget, Candidate, SearchConfig, SearchProgress, SearchResult, StopReason, Usage
+
+__all__ = [
+    "STRATEGIES",
+    "Budget",
+    "Candidate",
+    "Evaluation",
+    "Evaluator",
+    "ORMEvaluator",
+    "ReplayMismatch",
+    "ReplayPolicy",
+    "ReplayValue",
+    "SearchConfig",
+    "SearchProgress",
+    "SearchResult",
+    "StopReason",
+    "Strategy",
+    "TestEvaluator",
+    "Usage",
+    "VMEvaluator",
+    "ValueBatcher",
+    "load_trace",
+    "replay_inputs",
+    "run_search",
+    "save_trace",
+]

@@ -1,0 +1,182 @@
+"""Evaluators: what gives the children and rollouts of an expansion their values.
+
+In: the problem, an expansion's proposed children (states) and rollouts (full programs). Out: one
+value in [0, 1] per child and per rollout, plus what it cost. Strategies never call a value model
+or the sandbox directly; they call an `Evaluator`, so the same MCTS serves decoding and the
+value-data collection of RESTRL_SPEC.md section 3:
+
+* `VMEvaluator(value)` - VM-MCTS: the value model scores every new child state and every full
+  program in ONE batched call per expansion (terminal children are full programs: scored once).
+* `ORMEvaluator(value)` - ORM-MCTS: only full programs are scored; a child's value is the mean
+  (or max) of the rollouts passing through it. State nodes are never scored directly.
+* `TestEvaluator(sandbox)` - training: rollouts are executed on the problem's tests; a rollout's
+  value is its pass fraction, a child's value the mean of the rollouts through it.
+
+Each evaluator keeps a per-search cache (a state sampled twice is scored once); build one per
+search with `fork()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from models.base import ValueModel
+from models.prompting import PromptMode, assemble_program
+from search.tree import ChildSpec, RolloutSpec
+from tasks import Problem, TestCase
+
+
+@dataclass
+class Evaluation:
+    child_values: list[float]
+    rollout_values: list[float]
+    value_calls: int = 0  # states the value model scored (after de-duplication and caching)
+    scored: dict[str, float] = field(default_factory=dict)  # newly scored state -> value (traces)
+    pass_fractions: list[float | None] | None = None  # per rollout, test-based evaluators only
+    statuses: list[str] | None = None  # per rollout sandbox verdict status, test-based only
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    version: str
+
+    def max_value_calls(self, n: int) -> int:
+        """Worst-case value-model calls of an expansion with ``n`` continuations (budgeting)."""
+        ...
+
+    def fork(self) -> Evaluator:
+        """A fresh instance for one search (own cache, same models)."""
+        ...
+
+    async def evaluate(
+        self, problem: Problem, children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec], *, mode: PromptMode
+    ) -> Evaluation: ...
+
+
+def _aggregate(values: list[float], how: Literal["mean", "max"]) -> float:
+    if not values:
+        return 0.0
+    return max(values) if how == "max" else sum(values) / len(values)
+
+
+def _through(children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec]) -> list[list[int]]:
+    """For each child, the indices of the rollouts passing through it."""
+    out: list[list[int]] = [[] for _ in children]
+    for r, ro in enumerate(rollouts):
+        if ro.child is not None:
+            out[ro.child].append(r)
+    return out
+
+
+class _CachedScorer:
+    def __init__(self, value: ValueModel) -> None:
+        self.value = value
+        self.cache: dict[str, float] = {}
+
+    async def score(self, problem: Problem, states: Sequence[str]) -> tuple[dict[str, float], int, dict[str, float]]:
+        todo = list(dict.fromkeys(s for s in states if s not in self.cache))
+        new: dict[str, float] = {}
+        if todo:
+            values = await self.value.score(problem, todo)
+            new = {s: float(v) for s, v in zip(todo, values, strict=True)}
+            self.cache.update(new)
+        return self.cache, len(todo), new
+
+
+class VMEvaluator:
+    """Value-model evaluation of child states and full programs (VM-MCTS, beam, best-of-N)."""
+
+    def __init__(self, value: ValueModel) -> None:
+        self.value = value
+        self.version = value.version
+        self._scorer = _CachedScorer(value)
+
+    def max_value_calls(self, n: int) -> int:
+        return 2 * n
+
+    def fork(self) -> VMEvaluator:
+        return VMEvaluator(self.value)
+
+    async def evaluate(
+        self, problem: Problem, children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec], *, mode: PromptMode
+    ) -> Evaluation:
+        states = [c.state for c in children] + [r.code for r in rollouts]
+        table, calls, new = await self._scorer.score(problem, states)
+        return Evaluation(
+            child_values=[table[c.state] for c in children],
+            rollout_values=[table[r.code] for r in rollouts],
+            value_calls=calls,
+            scored=new,
+        )
+
+
+class ORMEvaluator:
+    """Outcome-only evaluation: the value model scores full programs; children inherit the mean
+    (or max) of the rollouts through them (ORM-MCTS)."""
+
+    def __init__(self, value: ValueModel, *, aggregate: Literal["mean", "max"] = "mean") -> None:
+        self.value = value
+        self.aggregate = aggregate
+        self.version = value.version
+        self._scorer = _CachedScorer(value)
+
+    def max_value_calls(self, n: int) -> int:
+        return n
+
+    def fork(self) -> ORMEvaluator:
+        return ORMEvaluator(self.value, aggregate=self.aggregate)
+
+    async def evaluate(
+        self, problem: Problem, children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec], *, mode: PromptMode
+    ) -> Evaluation:
+        table, calls, new = await self._scorer.score(problem, [r.code for r in rollouts])
+        rollout_values = [table[r.code] for r in rollouts]
+        child_values = [_aggregate([rollout_values[i] for i in ids], self.aggregate) for ids in _through(children, rollouts)]
+        return Evaluation(child_values=child_values, rollout_values=rollout_values, value_calls=calls, scored=new)
+
+
+class TestEvaluator:
+    """Test execution as the evaluator (value-data collection, RESTRL_SPEC.md section 3).
+
+    ``sandbox`` is a `sandbox.Sandbox` (anything with ``async run_many([(program, tests), ...])``
+    returning verdicts with ``status`` and ``pass_fraction``). ``which`` picks the problem's hidden
+    ``tests`` (training problems) or its ``public_tests``. An ``infra_error`` verdict counts as 0
+    and is reported in `Evaluation.statuses`, never as a pass."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, sandbox: Any, *, which: Literal["tests", "public_tests"] = "tests", limits: Any = None) -> None:
+        self.sandbox = sandbox
+        self.which = which
+        self.limits = limits
+        self.version = f"tests:{which}"
+        self._cache: dict[str, tuple[float, str]] = {}
+
+    def max_value_calls(self, n: int) -> int:
+        return 0
+
+    def fork(self) -> TestEvaluator:
+        return TestEvaluator(self.sandbox, which=self.which, limits=self.limits)
+
+    async def evaluate(
+        self, problem: Problem, children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec], *, mode: PromptMode
+    ) -> Evaluation:
+        tests: list[TestCase] = list(getattr(problem, self.which))
+        programs = [assemble_program(problem, r.code, mode) for r in rollouts]
+        todo = list(dict.fromkeys(p for p in programs if p not in self._cache))
+        if todo:
+            kwargs = {"limits": self.limits} if self.limits is not None else {}
+            verdicts = await self.sandbox.run_many([(p, tests) for p in todo], **kwargs)
+            for p, v in zip(todo, verdicts, strict=True):
+                ok = v.status != "infra_error"
+                self._cache[p] = (float(v.pass_fraction) if ok else 0.0, str(v.status))
+        rollout_values = [self._cache[p][0] for p in programs]
+        child_values = [_aggregate([rollout_values[i] for i in ids], "mean") for ids in _through(children, rollouts)]
+        return Evaluation(
+            child_values=child_values,
+            rollout_values=rollout_values,
+            pass_fractions=list(rollout_values),
+            statuses=[self._cache[p][1] for p in programs],
+        )

@@ -1,0 +1,259 @@
+"""The search tree: nodes are code states, edges are lines (RESTRL_SPEC.md section 2).
+
+Pure data and arithmetic, no I/O: strategies (`search.strategies`) grow the tree from policy
+samples; this module owns how continuations become children, value back-up, UCT selection with
+virtual loss and exhaustion.
+
+Rules implemented here, exactly as the spec fixes them:
+
+* A continuation ``c`` sampled from a state with no newline is the last line: a *terminal* child
+  whose state is the full program. Otherwise the child's action is ``c``'s first line (with its
+  newline); children with the same line merge into one child.
+* A child starts with ``N = 1`` and ``W = V(child)``; the expanded node and all its ancestors
+  receive ``n = sum of the children's N`` and ``W += sum of the children's values``.
+* Only the ``num_decision`` best children (by initial value; ties keep sampling order) are
+  selectable.
+* ``UCT(c) = V(c) + C * sqrt((1 + ln N(parent)) / (eps + N(c)))``, ties broken by the search's
+  seeded random generator.
+* A terminal node that is selected is marked *exhausted* (no budget is spent on it); an expanded
+  node whose selectable children are all exhausted, or that produced no child, is exhausted too.
+  When the root is exhausted the search is over.
+
+Our decisions where the spec is silent:
+
+* A continuation cut off by the token limit (finish reason ``length``) is still a rollout and a
+  final-answer candidate (its program may well run), but it never makes a terminal node: if it
+  holds a newline its complete first line becomes an ordinary child, otherwise it adds no child.
+  Continuations the engine aborted are dropped.
+* Several expansions of one search may be in flight at once. Each in-flight expansion adds a
+  *virtual loss* to every node on its path (one pending visit that contributes value 0), so UCT
+  steers the next selections elsewhere; the node being expanded is not selectable until its
+  result is applied.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """A child an expansion proposes: its line, its state, and the samples that chose it."""
+
+    line: str
+    state: str
+    terminal: bool
+    samples: tuple[int, ...]  # indices of the continuations whose first line is ``line``
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSpec:
+    """A full program sampled during an expansion (state + continuation): a final-answer candidate."""
+
+    code: str
+    sample: int  # index of the continuation in the policy's answer
+    finish_reason: str
+    child: int | None  # index into the expansion's children, None when it made no child
+
+
+def split_continuations(
+    state: str, texts: Sequence[str], finish_reasons: Sequence[str]
+) -> tuple[list[ChildSpec], list[RolloutSpec]]:
+    """Turn the K continuations of ``state`` into merged first-line children and rollouts."""
+    order: list[str] = []
+    members: dict[str, list[int]] = {}
+    terminal: dict[str, bool] = {}
+    child_of: dict[int, str] = {}
+    for i, (text, reason) in enumerate(zip(texts, finish_reasons, strict=True)):
+        if reason == "abort":
+            continue
+        cut = text.find("\n")
+        if cut >= 0:
+            key, is_terminal = text[: cut + 1], False
+        elif reason == "stop":
+            key, is_terminal = text, True
+        else:  # truncated inside its first line: a candidate, but no step of the tree
+            continue
+        if key not in members:
+            order.append(key)
+            members[key] = []
+            terminal[key] = is_terminal
+        members[key].append(i)
+        child_of[i] = key
+    children = [ChildSpec(line=k, state=state + k, terminal=terminal[k], samples=tuple(members[k])) for k in order]
+    index = {k: j for j, k in enumerate(order)}
+    rollouts = [
+        RolloutSpec(code=state + text, sample=i, finish_reason=reason, child=index[child_of[i]] if i in child_of else None)
+        for i, (text, reason) in enumerate(zip(texts, finish_reasons, strict=True))
+        if reason != "abort"
+    ]
+    return children, rollouts
+
+
+@dataclass(eq=False)
+class Node:
+    id: int
+    parent: Node | None
+    line: str
+    state: str
+    depth: int
+    terminal: bool = False
+    initial_value: float | None = None  # V assigned at creation (VM(child) or rollout aggregate)
+    visits: int = 0
+    value_sum: float = 0.0
+    expanded: bool = False
+    exhausted: bool = False
+    busy: bool = False  # an expansion of this node is in flight
+    pending: int = 0  # virtual losses: in-flight expansions at or below this node
+    children: list[Node] = field(default_factory=list)
+    selectable: list[Node] = field(default_factory=list)
+    rollout_values: list[float] = field(default_factory=list)  # values of rollouts sampled here
+
+    @property
+    def value(self) -> float:
+        return self.value_sum / self.visits if self.visits else 0.0
+
+    def path(self) -> list[Node]:
+        """This node and its ancestors, root last."""
+        out: list[Node] = []
+        node: Node | None = self
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The streamed view of a node (`SearchProgress.new_nodes`)."""
+        return {
+            "id": self.id,
+            "parent": self.parent.id if self.parent else None,
+            "line": self.line,
+            "value": self.value,
+            "visits": self.visits,
+            "terminal": self.terminal,
+        }
+
+
+class _Blocked:
+    """Selection found only nodes whose expansion is in flight: wait for one to finish."""
+
+
+BLOCKED = _Blocked()
+_TERMINAL_HIT = object()
+
+
+def uct(parent: Node, child: Node, *, c: float, eps: float) -> float:
+    """UCT of ``child`` with virtual losses counted as pending zero-value visits."""
+    n_child = child.visits + child.pending
+    n_parent = parent.visits + parent.pending
+    v = child.value_sum / n_child if n_child else 0.0
+    return v + c * math.sqrt((1.0 + math.log(max(n_parent, 1))) / (eps + n_child))
+
+
+class Tree:
+    """A search tree rooted at ``root_state``; node ids are creation order."""
+
+    def __init__(self, root_state: str) -> None:
+        self.root = Node(id=0, parent=None, line="", state=root_state, depth=0)
+        self.nodes: list[Node] = [self.root]
+
+    @property
+    def max_depth(self) -> int:
+        return max(n.depth for n in self.nodes)
+
+    def add_child(self, parent: Node, spec: ChildSpec, value: float) -> Node:
+        child = Node(
+            id=len(self.nodes),
+            parent=parent,
+            line=spec.line,
+            state=spec.state,
+            depth=parent.depth + 1,
+            terminal=spec.terminal,
+            initial_value=value,
+            visits=1,
+            value_sum=value,
+        )
+        parent.children.append(child)
+        self.nodes.append(child)
+        return child
+
+    def expand(
+        self, node: Node, specs: Sequence[ChildSpec], values: Sequence[float], *, num_decision: int
+    ) -> list[Node]:
+        """Attach the evaluated children of ``node``, keep the best ``num_decision`` selectable and
+        back the children's visits and values up to the root."""
+        new = [self.add_child(node, spec, v) for spec, v in zip(specs, values, strict=True)]
+        node.expanded = True
+        ranked = sorted(new, key=lambda ch: -(ch.initial_value or 0.0))  # stable: ties keep order
+        node.selectable = ranked[:num_decision]
+        self.backup(node, n=sum(ch.visits for ch in new), total=sum(ch.value_sum for ch in new))
+        if not node.selectable:
+            self.exhaust(node)
+        return new
+
+    @staticmethod
+    def backup(node: Node, *, n: int, total: float) -> None:
+        for a in node.path():
+            a.visits += n
+            a.value_sum += total
+
+    @staticmethod
+    def exhaust(node: Node) -> None:
+        """Mark ``node`` exhausted and every ancestor whose selectable children all are."""
+        node.exhausted = True
+        parent = node.parent
+        while parent is not None and parent.expanded and all(ch.exhausted for ch in parent.selectable):
+            parent.exhausted = True
+            parent = parent.parent
+
+    @staticmethod
+    def add_virtual_loss(node: Node) -> None:
+        node.busy = True
+        for a in node.path():
+            a.pending += 1
+
+    @staticmethod
+    def remove_virtual_loss(node: Node) -> None:
+        node.busy = False
+        for a in node.path():
+            a.pending -= 1
+
+    def select(self, rng: random.Random, *, c: float, eps: float) -> Node | _Blocked | None:
+        """Descend from the root by UCT to an unexpanded, non-terminal node that is not in flight.
+
+        Terminal nodes reached on the way are marked exhausted and selection restarts (they cost
+        no budget). Returns `BLOCKED` when only in-flight nodes remain reachable, None when the
+        whole tree is exhausted."""
+        while True:
+            found = self._descend(self.root, rng, c, eps)
+            if found is not _TERMINAL_HIT:
+                return found  # type: ignore[return-value]
+
+    def _descend(self, node: Node, rng: random.Random, c: float, eps: float) -> object:
+        if node.exhausted:
+            return None
+        if not node.expanded:
+            if node.terminal:
+                self.exhaust(node)
+                return _TERMINAL_HIT
+            return BLOCKED if node.busy else node
+        options = [ch for ch in node.selectable if not ch.exhausted]
+        if not options:
+            self.exhaust(node)
+            return None
+        rng.shuffle(options)  # seeded tie-break: the sort below is stable
+        options.sort(key=lambda ch: -uct(node, ch, c=c, eps=eps))
+        blocked = False
+        for ch in options:
+            found = self._descend(ch, rng, c, eps)
+            if found is _TERMINAL_HIT:
+                return found
+            if found is BLOCKED:
+                blocked = True
+            elif found is not None:
+                return found
+        return BLOCKED if blocked else None

@@ -1,0 +1,128 @@
+"""Tree arithmetic: children from continuations, back-up, UCT, exhaustion, virtual loss."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from search.tree import BLOCKED, ChildSpec, Tree, split_continuations, uct
+
+
+def test_split_merges_first_lines_and_makes_terminals():
+    texts = ["a = 1\nreturn a", "a = 1\nreturn 2", "return 3", "b = 2\n", "return 3", "xx"]
+    reasons = ["stop", "stop", "stop", "stop", "stop", "length"]
+    children, rollouts = split_continuations("S\n", texts, reasons)
+    assert [(c.line, c.terminal, c.samples) for c in children] == [
+        ("a = 1\n", False, (0, 1)),
+        ("return 3", True, (2, 4)),
+        ("b = 2\n", False, (3,)),
+    ]
+    assert children[1].state == "S\nreturn 3"  # a terminal's state is the full program
+    assert [r.code for r in rollouts] == ["S\n" + t for t in texts]
+    assert [r.child for r in rollouts] == [0, 0, 1, 2, 1, None]  # the truncated one-liner makes no child
+
+
+def test_split_truncated_with_newline_keeps_first_line_and_drops_abort():
+    children, rollouts = split_continuations("", ["x = 1\ny = (", "zzz"], ["length", "abort"])
+    assert [(c.line, c.terminal) for c in children] == [("x = 1\n", False)]
+    assert len(rollouts) == 1 and rollouts[0].finish_reason == "length"
+
+
+def _spec(line: str, terminal: bool = False, state: str = "") -> ChildSpec:
+    return ChildSpec(line=line, state=state + line, terminal=terminal, samples=(0,))
+
+
+def test_backup_on_hand_built_tree():
+    t = Tree("")
+    a, b = t.expand(t.root, [_spec("a\n"), _spec("b\n")], [0.2, 0.6], num_decision=2)
+    assert (t.root.visits, t.root.value_sum) == (2, pytest.approx(0.8))
+    c, d, e = t.expand(a, [_spec("c\n", state="a\n"), _spec("d\n", state="a\n"), _spec("e", True, "a\n")], [0.5, 0.1, 0.9], num_decision=3)
+    # a: its own N=1, W=0.2 plus the children's 3 visits and 1.5 value
+    assert (a.visits, a.value_sum) == (4, pytest.approx(1.7))
+    assert (t.root.visits, t.root.value_sum) == (5, pytest.approx(2.3))
+    assert (b.visits, b.value_sum) == (1, pytest.approx(0.6))
+    assert e.terminal and e.depth == 2 and t.max_depth == 2
+    # invariant: N(non-root) = 1 + descendants, N(root) = descendants
+    assert c.visits == d.visits == e.visits == 1
+
+
+def test_uct_formula_and_choice():
+    t = Tree("")
+    a, b = t.expand(t.root, [_spec("a\n"), _spec("b\n")], [0.5, 0.4], num_decision=2)
+    t.expand(a, [_spec("c\n", state="a\n")], [0.1], num_decision=1)  # a: N=2, V=0.3 ; root N=3
+    c, eps = 0.1, 0.1
+    ua = 0.3 + c * math.sqrt((1 + math.log(3)) / (eps + 2))
+    ub = 0.4 + c * math.sqrt((1 + math.log(3)) / (eps + 1))
+    assert uct(t.root, a, c=c, eps=eps) == pytest.approx(ua)
+    assert uct(t.root, b, c=c, eps=eps) == pytest.approx(ub)
+    assert t.select(random.Random(0), c=c, eps=eps) is b
+    # a large C favours the less visited child too; C=0 picks the highest mean value
+    t2 = Tree("")
+    x, y = t2.expand(t2.root, [_spec("x\n"), _spec("y\n")], [0.9, 0.1], num_decision=2)
+    assert t2.select(random.Random(0), c=0.0, eps=eps) is x
+
+
+def test_ties_are_broken_by_the_seed():
+    picks = set()
+    for seed in range(20):
+        t = Tree("")
+        t.expand(t.root, [_spec(f"{i}\n") for i in range(4)], [0.5] * 4, num_decision=4)
+        picks.add(t.select(random.Random(seed), c=0.1, eps=0.1).line)
+    assert len(picks) > 1
+
+
+def test_same_seed_same_choice():
+    def pick(seed):
+        t = Tree("")
+        t.expand(t.root, [_spec(f"{i}\n") for i in range(4)], [0.5] * 4, num_decision=4)
+        return t.select(random.Random(seed), c=0.1, eps=0.1).line
+
+    assert [pick(s) for s in range(10)] == [pick(s) for s in range(10)]
+
+
+def test_num_decision_limits_selectable_children():
+    t = Tree("")
+    kids = t.expand(t.root, [_spec(f"{i}\n") for i in range(4)], [0.1, 0.9, 0.5, 0.7], num_decision=2)
+    assert [k.line for k in t.root.selectable] == ["1\n", "3\n"]
+    assert t.root.visits == 4  # every child still backs up
+    chosen = {t.select(random.Random(s), c=10.0, eps=0.1).line for s in range(10)}
+    assert chosen <= {"1\n", "3\n"} and kids[0] not in t.root.selectable
+
+
+def test_terminal_selected_is_exhausted_and_exhaustion_propagates():
+    t = Tree("")
+    a, b = t.expand(t.root, [_spec("a", True), _spec("b", True)], [0.9, 0.1], num_decision=2)
+    assert t.select(random.Random(0), c=0.1, eps=0.1) is None
+    assert a.exhausted and b.exhausted and t.root.exhausted
+
+
+def test_terminal_hit_continues_to_other_branch():
+    t = Tree("")
+    a, b = t.expand(t.root, [_spec("a", True), _spec("b\n")], [0.9, 0.1], num_decision=2)
+    assert t.select(random.Random(0), c=0.0, eps=0.1) is b  # the terminal is skipped at no cost
+    assert a.exhausted and not t.root.exhausted
+
+
+def test_expansion_without_children_exhausts_node():
+    t = Tree("")
+    t.expand(t.root, [], [], num_decision=5)
+    assert t.root.exhausted
+    assert t.select(random.Random(0), c=0.1, eps=0.1) is None
+
+
+def test_virtual_loss_steers_and_blocks():
+    t = Tree("")
+    a, b = t.expand(t.root, [_spec("a\n"), _spec("b\n")], [0.6, 0.5], num_decision=2)
+    rng = random.Random(0)
+    first = t.select(rng, c=0.1, eps=0.1)
+    assert first is a
+    Tree.add_virtual_loss(a)
+    assert t.root.pending == 1 and a.busy
+    assert t.select(rng, c=0.1, eps=0.1) is b
+    Tree.add_virtual_loss(b)
+    assert t.select(rng, c=0.1, eps=0.1) is BLOCKED
+    Tree.remove_virtual_loss(a)
+    Tree.remove_virtual_loss(b)
+    assert t.root.pending == 0 and not a.busy
