@@ -1,0 +1,96 @@
+"""ValueBatcher: grouping across concurrent callers, splitting, cancellation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from models.base import ModelError
+from search import ValueBatcher
+from tests.search.doubles import HashValue, hash_value, make_problem
+
+
+class PairValue(HashValue):
+    """A value model that also scores (problem, state) pairs of several problems in one pass."""
+
+    async def score_pairs(self, pairs):
+        self.batch_sizes.append(len(pairs))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return [self.fn(s) for _, s in pairs]
+
+
+async def test_concurrent_callers_share_forward_passes():
+    inner = PairValue()
+    sizes = []
+    vb = ValueBatcher(inner, max_batch=64, max_wait_ms=5.0, on_batch=sizes.append)
+    problems = [make_problem(f"p{i}") for i in range(4)]
+    calls = [vb.score(p, [f"s{i}-{j}" for j in range(3)]) for i, p in enumerate(problems)]
+    out = await asyncio.gather(*calls)
+    assert out == [[hash_value(f"s{i}-{j}") for j in range(3)] for i in range(4)]
+    assert inner.batch_sizes == [12] and sizes == [12] and vb.batches == 1
+    assert vb.version == inner.version
+    await vb.close()
+
+
+async def test_without_score_pairs_batches_split_per_problem():
+    inner = HashValue()
+    vb = ValueBatcher(inner, max_batch=64, max_wait_ms=5.0)
+    p, q = make_problem("p"), make_problem("q")
+    out = await asyncio.gather(vb.score(p, ["a", "b"]), vb.score(q, ["c"]), vb.score(p, ["d"]))
+    assert out == [[hash_value("a"), hash_value("b")], [hash_value("c")], [hash_value("d")]]
+    assert sorted(inner.batch_sizes) == [1, 3] and vb.batches == 1
+    await vb.close()
+
+
+async def test_max_batch_one_is_the_reference_pattern():
+    inner = HashValue()
+    vb = ValueBatcher(inner, max_batch=1, max_wait_ms=0.0)
+    assert await vb.score(make_problem(), ["a", "b", "c"]) == [hash_value(s) for s in "abc"]
+    assert inner.batch_sizes == [1, 1, 1]
+    await vb.close()
+
+
+async def test_large_requests_are_split_at_max_batch():
+    inner = PairValue()
+    vb = ValueBatcher(inner, max_batch=4, max_wait_ms=1.0)
+    states = [f"s{i}" for i in range(10)]
+    assert await vb.score(make_problem(), states) == [hash_value(s) for s in states]
+    assert inner.batch_sizes == [4, 4, 2]
+    await vb.close()
+
+
+async def test_cancelled_caller_is_not_scored():
+    inner = PairValue(delay=0.05)
+    vb = ValueBatcher(inner, max_batch=2, max_wait_ms=0.0)
+    first = asyncio.create_task(vb.score(make_problem(), ["a", "b"]))  # occupies the model
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(vb.score(make_problem(), ["c", "d"]))
+    await asyncio.sleep(0.01)
+    second.cancel()
+    assert await first == [hash_value("a"), hash_value("b")]
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await asyncio.sleep(0.1)
+    assert inner.batch_sizes == [2]  # "c", "d" never reached the model
+    await vb.close()
+
+
+async def test_model_errors_reach_every_waiter_of_the_batch():
+    class Broken(HashValue):
+        async def score(self, problem, states):
+            raise ModelError("boom")
+
+    vb = ValueBatcher(Broken(), max_wait_ms=2.0)
+    results = await asyncio.gather(vb.score(make_problem(), ["a"]), vb.score(make_problem(), ["b"]), return_exceptions=True)
+    assert all(isinstance(r, ModelError) for r in results)
+    assert await ValueBatcher(HashValue()).score(make_problem(), []) == []
+    await vb.close()
+    with pytest.raises(ModelError):
+        await vb.score(make_problem(), ["a"])
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="max_batch"):
+        ValueBatcher(HashValue(), max_batch=0)
