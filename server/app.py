@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import playground
 from server.deps import STRATEGY_KEY
 from server.errors import error_body, install_error_handlers
 from server.metrics import Metrics
@@ -72,8 +73,9 @@ def build_app(settings: Settings | None = None, *, services: Services | None = N
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (solve, openai, admin, ops):
+    for module in (solve, openai, admin, ops, playground):
         app.include_router(module.router)
+    app.include_router(playground.router)  # the page at / (server/static)
     app.add_middleware(RequestMetricsMiddleware, app_ref=app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
