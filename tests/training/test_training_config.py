@@ -1,0 +1,110 @@
+"""Config validation and bad-input errors, all before any compute starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training.config import ConfigError, RestGRPOConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def base(tmp_path: Path, **extra: object) -> dict:
+    return {"output_dir": str(tmp_path / "run"), "data": {"train_file": str(tmp_path / "train.jsonl")}, **extra}
+
+
+def test_spec_defaults(tmp_path: Path) -> None:
+    cfg = RestGRPOConfig.model_validate(base(tmp_path))
+    assert cfg.algorithm == "rest_grpo"
+    assert (cfg.sampling.n, cfg.sampling.temperature) == (5, 0.7)
+    assert (cfg.filter.sigma_0, cfg.partial_states.r_0, cfg.partial_states.alpha) == (0.05, 0.9, 0.95)
+    assert cfg.partial_states.exclude_full_solution and not cfg.partial_states.replacement
+    assert cfg.grpo.num_generations == 8 and cfg.grpo.beta == 0.04 and cfg.grpo.epsilon == 0.2
+    assert cfg.partial_state_count(7) == 4  # ceil(0.5 * 7)
+
+
+def test_batch_must_be_divisible_by_group_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"divisible by grpo.num_generations = 8.*multiple of 8"):
+        RestGRPOConfig.model_validate(base(tmp_path, grpo={"per_device_batch_size": 6}))
+    ok = RestGRPOConfig.model_validate(base(tmp_path, grpo={"per_device_batch_size": 4, "gradient_accumulation_steps": 2}))
+    assert ok.prompts_per_step == 1
+
+
+def test_dapo_needs_clip_higher(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="epsilon_high"):
+        RestGRPOConfig.model_validate(base(tmp_path, algorithm="dapo"))
+    with pytest.raises(ValueError, match="must be >= grpo.epsilon"):
+        RestGRPOConfig.model_validate(base(tmp_path, grpo={"epsilon_high": 0.1}))
+
+
+def test_unknown_fields_and_bad_values_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(base(tmp_path, algorithm="ppo", sampling={"n": 1, "tempreature": 0.5})))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "algorithm" in text and "sampling.n" in text and "sampling.tempreature" in text
+
+
+def test_missing_and_malformed_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm: [grpo\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(bad)
+    listy = tmp_path / "list.json"
+    listy.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+
+
+def test_overrides_replace_dotted_fields(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(base(tmp_path)))
+    cfg = load_config(path, overrides={"grpo.max_steps": 3, "algorithm": "grpo"})
+    assert cfg.grpo.max_steps == 3 and cfg.algorithm == "grpo"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_example_configs_validate(name: str) -> None:
+    cfg = load_config(CONFIGS / name)
+    assert cfg.grpo.max_steps >= 1
+
+
+def _run_config(tmp_path: Path, train: Path) -> RestGRPOConfig:
+    return RestGRPOConfig.model_validate({"output_dir": str(tmp_path / "run"), "data": {"train_file": str(train)}})
+
+
+def test_missing_dataset_is_a_clear_error_before_compute(tmp_path: Path) -> None:
+    from tasks.jsonl import DatasetError
+    from training.rest_grpo import load_training_problems
+
+    with pytest.raises(DatasetError, match="no such file"):
+        load_training_problems(_run_config(tmp_path, tmp_path / "missing.jsonl"))
+
+
+def test_malformed_dataset_names_the_line(tmp_path: Path) -> None:
+    from tasks.jsonl import DatasetError
+    from training.rest_grpo import load_training_problems
+
+    train = tmp_path / "train.jsonl"
+    good = {"id": "a", "prompt": "p", "tests": [{"kind": "call", "args": [1], "expected": 1}]}
+    train.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(DatasetError, match=r"train.jsonl:2"):
+        load_training_problems(_run_config(tmp_path, train))
+
+
+def test_problems_without_tests_or_from_humaneval_are_refused(tmp_path: Path) -> None:
+    from training.rest_grpo import TrainingDataError, load_training_problems
+
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"id": "a", "prompt": "p"}) + "\n")
+    with pytest.raises(TrainingDataError, match="no tests"):
+        load_training_problems(_run_config(tmp_path, train))
+    train.write_text("")
+    with pytest.raises(TrainingDataError, match="empty"):
+        load_training_problems(_run_config(tmp_path, train))
