@@ -75,7 +75,6 @@ def build_app(settings: Settings | None = None, *, services: Services | None = N
     install_error_handlers(app)
     for module in (solve, openai, admin, ops, playground):
         app.include_router(module.router)
-    app.include_router(playground.router)  # the page at / (server/static)
     app.add_middleware(RequestMetricsMiddleware, app_ref=app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
