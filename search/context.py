@@ -326,7 +326,7 @@ class SearchRun:
         todo = list(dict.fromkeys(c.program for c in cands if c.program not in self._public_pass))
         if todo:
             tests = list(self.problem.public_tests)
-            verdicts = await self.sandbox.run_many([(p, tests) for p in todo])
+            verdicts = await self.sandbox.run_many([(p, tests, self.problem.entry_point) for p in todo])
             for p, v in zip(todo, verdicts, strict=True):
                 self._public_pass[p] = float(v.pass_fraction) if v.status != "infra_error" else 0.0
         for c in cands:

@@ -140,7 +140,7 @@ class ORMEvaluator:
 class TestEvaluator:
     """Test execution as the evaluator (value-data collection, RESTRL_SPEC.md section 3).
 
-    ``sandbox`` is a `sandbox.Sandbox` (anything with ``async run_many([(program, tests), ...])``
+    ``sandbox`` is a `sandbox.Sandbox` (``async run_many([(program, tests, entry_point), ...])``
     returning verdicts with ``status`` and ``pass_fraction``). ``which`` picks the problem's hidden
     ``tests`` (training problems) or its ``public_tests``. An ``infra_error`` verdict counts as 0
     and is reported in `Evaluation.statuses`, never as a pass."""
@@ -168,7 +168,7 @@ class TestEvaluator:
         todo = list(dict.fromkeys(p for p in programs if p not in self._cache))
         if todo:
             kwargs = {"limits": self.limits} if self.limits is not None else {}
-            verdicts = await self.sandbox.run_many([(p, tests) for p in todo], **kwargs)
+            verdicts = await self.sandbox.run_many([(p, tests, problem.entry_point) for p in todo], **kwargs)
             for p, v in zip(todo, verdicts, strict=True):
                 ok = v.status != "infra_error"
                 self._cache[p] = (float(v.pass_fraction) if ok else 0.0, str(v.status))
