@@ -1,0 +1,317 @@
+"""`Sandbox`: a bounded pool of isolated worker processes that run untrusted programs against tests.
+
+Each worker is a separate ``python -I sandbox/_worker.py`` process (never the caller's process),
+started with a scrubbed environment and talking over a pipe. A run takes one idle worker, which
+forks a fresh, isolated child per program (``mode="forkserver"``, the default: the worker has
+already imported the harness and the usual stdlib, so a run costs a fork, not an interpreter start)
+or execs a fresh ``python -I -S`` in that child (``mode="spawn"``: the same isolation, a full
+interpreter start per program; kept for comparison, see ``bench/sandbox.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from sandbox.limits import Limits, TestOutcome, Verdict
+from tasks.problem import TestCase
+
+logger = logging.getLogger(__name__)
+
+SandboxMode = Literal["forkserver", "spawn"]
+WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
+_STARTUP_TIMEOUT_S = 60.0
+_RESPONSE_MARGIN_S = 30.0  # beyond the wall limit: the worker's own cleanup, a loaded machine
+
+Job = tuple[str, Sequence[TestCase]] | tuple[str, Sequence[TestCase], str | None]
+
+
+class WorkerDied(RuntimeError):
+    """A worker process failed (exited, stopped answering, or broke the protocol)."""
+
+
+class _Worker:
+    """The caller's handle on one worker process."""
+
+    def __init__(self, *, mode: SandboxMode, tmp_mb: int) -> None:
+        config = {"mode": mode, "tmp_mb": tmp_mb}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", str(WORKER_SCRIPT), json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,
+        )
+        hello = self._receive(time.monotonic() + _STARTUP_TIMEOUT_S)
+        if not hello.get("ready"):
+            self.kill()
+            raise WorkerDied(f"worker did not start: {hello}")
+        self.capabilities: dict[str, Any] = hello["capabilities"]
+
+    def request(self, payload: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        body = json.dumps(payload).encode()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(struct.pack(">I", len(body)) + body)
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise WorkerDied(f"cannot write to the worker: {exc}") from exc
+        return self._receive(time.monotonic() + timeout_s)
+
+    def _receive(self, deadline: float) -> dict[str, Any]:
+        header = self._read_exact(4, deadline)
+        return json.loads(self._read_exact(struct.unpack(">I", header)[0], deadline))
+
+    def _read_exact(self, size: int, deadline: float) -> bytes:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        data = bytearray()
+        while len(data) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise WorkerDied("the worker stopped answering")
+            chunk = os.read(fd, size - len(data))
+            if not chunk:
+                raise WorkerDied(f"the worker exited (status {self.proc.poll()})")
+            data += chunk
+        return bytes(data)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.request({"op": "exit"}, timeout_s=0.0)
+        except (WorkerDied, ValueError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+
+class Sandbox:
+    """Runs programs against tests in isolated processes; thread-safe and asyncio-friendly.
+
+    ``workers`` bounds the concurrency: at most that many programs run at once; further calls wait
+    for a free worker. Workers start in ``__init__`` (so `capabilities` and any isolation gap are
+    known and logged at start-up) and are restarted after a failure, which the affected run reports
+    as ``infra_error``. Use as a context manager or call `close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        limits: Limits | None = None,
+        mode: SandboxMode = "forkserver",
+        tmp_mb: int = 256,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.limits = limits or Limits()
+        self.mode: SandboxMode = mode
+        self._tmp_mb = tmp_mb
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
+        for _ in range(workers):
+            self._add_worker(self._start_worker())
+        caps = self.capabilities()
+        for note in caps.get("notes", []):
+            logger.warning("sandbox: %s", note) if "NO " in note else logger.info("sandbox: %s", note)
+        logger.info(
+            "sandbox ready: %d %s workers, netns=%s uid_drop=%s private_tmp=%s",
+            workers,
+            mode,
+            caps.get("netns"),
+            caps.get("uid_drop"),
+            caps.get("private_tmp"),
+        )
+
+    # ---- public API -------------------------------------------------------------------------
+    def run(
+        self,
+        program: str,
+        tests: Sequence[TestCase],
+        limits: Limits | None = None,
+        *,
+        entry_point: str | None = None,
+    ) -> Verdict:
+        """Run ``program`` against ``tests`` (blocking) and return its verdict."""
+        limits = limits or self.limits
+        payload = {
+            "op": "run",
+            "mode": self.mode,
+            "program": program,
+            "tests": [_test_dict(t) for t in tests],
+            "entry_point": entry_point,
+            "limits": limits.model_dump(),
+        }
+        started = time.monotonic()
+        worker = self._take()
+        healthy = True
+        try:
+            raw = worker.request(payload, timeout_s=limits.wall_s + _RESPONSE_MARGIN_S)
+        except WorkerDied as exc:
+            healthy = False
+            logger.error("sandbox worker failed during a run: %s", exc)
+            return Verdict.infra_error(f"sandbox worker failed: {exc}", wall_s=time.monotonic() - started)
+        finally:
+            self._give_back(worker, healthy=healthy)
+        return _to_verdict(raw, wall_s=time.monotonic() - started)
+
+    async def arun(
+        self,
+        program: str,
+        tests: Sequence[TestCase],
+        limits: Limits | None = None,
+        *,
+        entry_point: str | None = None,
+    ) -> Verdict:
+        """`run` without blocking the event loop. Cancelling the await abandons the result; the
+        program itself still runs to its limits in the worker."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, partial(self.run, program, tests, limits, entry_point=entry_point)
+        )
+
+    async def run_many(
+        self, jobs: Sequence[Job], limits: Limits | None = None, *, entry_point: str | None = None
+    ) -> list[Verdict]:
+        """Run every ``(program, tests)`` or ``(program, tests, entry_point)`` job, at most
+        ``workers`` at a time; verdicts in job order."""
+        calls = []
+        for job in jobs:
+            program, tests = job[0], job[1]
+            entry = job[2] if len(job) > 2 else entry_point  # type: ignore[misc]
+            calls.append(self.arun(program, tests, limits, entry_point=entry))
+        return list(await asyncio.gather(*calls))
+
+    def capabilities(self) -> dict[str, Any]:
+        """What isolation the workers achieved on this machine (for logs and readiness checks)."""
+        with self._lock:
+            caps = dict(self._all[0].capabilities) if self._all else {}
+        caps["mode"] = self.mode
+        caps["workers"] = len(self._all)
+        return caps
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers, self._all = self._all, []
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort: never leave worker processes behind
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---- worker management ------------------------------------------------------------------
+    def _start_worker(self) -> _Worker:
+        return _Worker(mode=self.mode, tmp_mb=self._tmp_mb)
+
+    def _add_worker(self, worker: _Worker) -> None:
+        with self._lock:
+            self._all.append(worker)
+        self._idle.put(worker)
+
+    def _take(self) -> _Worker:
+        if self._closed:
+            raise RuntimeError("the sandbox is closed")
+        return self._idle.get()
+
+    def _give_back(self, worker: _Worker, *, healthy: bool) -> None:
+        if healthy and worker.alive():
+            self._idle.put(worker)
+            return
+        worker.kill()
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+            closed = self._closed
+        if closed:
+            return
+        try:
+            self._add_worker(self._start_worker())
+        except (WorkerDied, OSError) as exc:  # the next run will wait; log loudly
+            logger.error("could not restart a sandbox worker: %s", exc)
+
+
+def _test_dict(test: TestCase | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(test, TestCase):
+        return test.model_dump()
+    return TestCase.model_validate(test).model_dump()
+
+
+def _to_verdict(raw: dict[str, Any], *, wall_s: float) -> Verdict:
+    if raw.get("status") == "infra_error":
+        return Verdict(
+            status="infra_error",
+            pass_fraction=0.0,
+            detail=str(raw.get("detail", "")),
+            stderr=str(raw.get("stderr", "")),
+            wall_s=wall_s,
+        )
+    outcomes = [TestOutcome.model_validate(o) for o in raw.get("outcomes", [])]
+    status = raw["status"]
+    if outcomes:
+        fraction = sum(o.passed for o in outcomes) / len(outcomes)
+    else:
+        fraction = 1.0 if status == "passed" else 0.0
+    return Verdict(
+        status=status,
+        tests=outcomes,
+        pass_fraction=fraction,
+        stderr=str(raw.get("stderr", "")),
+        wall_s=float(raw.get("wall_s", wall_s)),
+        cpu_s=float(raw.get("cpu_s", 0.0)),
+        detail=str(raw.get("detail", "")),
+    )
