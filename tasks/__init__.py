@@ -9,6 +9,7 @@ Malformed input raises `DatasetError` naming the file, line and field. This pack
 nothing else of ours.
 """
 
+from tasks.gym import GymConfig, GymSplits, make_gym
 from tasks.humaneval import humaneval_canonical_program, is_eval_only, load_humaneval
 from tasks.jsonl import SCHEMA_VERSION, DatasetError, load_jsonl, write_jsonl
 from tasks.loaders import LOADERS, load_problems
@@ -18,6 +19,8 @@ __all__ = [
     "LOADERS",
     "SCHEMA_VERSION",
     "DatasetError",
+    "GymConfig",
+    "GymSplits",
     "Problem",
     "TestCase",
     "TestKind",
@@ -26,5 +29,6 @@ __all__ = [
     "load_humaneval",
     "load_jsonl",
     "load_problems",
+    "make_gym",
     "write_jsonl",
 ]
