@@ -318,26 +318,24 @@ class Worker:
             "nonce": nonce,
             "sys_path": [p for p in sys.path if p != HERE],
         }
-        res_r, res_w = os.pipe()
-        err_r, err_w = os.pipe()
+        res_fd = os.open(self.scratch, os.O_TMPFILE | os.O_RDWR, 0o600)
+        err_fd = os.open(self.scratch, os.O_TMPFILE | os.O_RDWR, 0o600)
         started = time.monotonic()
         try:
             pid = os.fork()
         except OSError as exc:
-            for fd in (res_r, res_w, err_r, err_w):
+            for fd in (res_fd, err_fd):
                 os.close(fd)
             shutil.rmtree(workdir, ignore_errors=True)
             return {"status": "infra_error", "detail": f"fork failed: {exc}", "outcomes": [], "stderr": ""}
         if pid == 0:
-            self._child(job, req.get("mode", "forkserver"), limits, workdir, res_w, err_w)
-        os.close(res_w)
-        os.close(err_w)
+            self._child(job, req.get("mode", "forkserver"), limits, workdir, res_fd, err_fd)
         try:
-            return self._supervise(pid, job, limits, started, res_r, err_r)
+            return self._supervise(pid, job, limits, started, res_fd, err_fd)
         finally:
             self._cleanup(pid, workdir)
-            os.close(res_r)
-            os.close(err_r)
+            os.close(res_fd)
+            os.close(err_fd)
 
     def _child(self, job: dict, mode: str, limits: dict, workdir: str, res_w: int, err_w: int) -> None:
         """In the forked child: isolate, then run the harness. Never returns."""
@@ -407,47 +405,27 @@ class Worker:
             os._exit(SETUP_FAILED if mode == "spawn" else 1)
         os._exit(0)
 
-    def _supervise(self, pid: int, job: dict, limits: dict, started: float, res_r: int, err_r: int) -> dict:
+    def _supervise(self, pid: int, job: dict, limits: dict, started: float, res_fd: int, err_fd: int) -> dict:
+        """Wait for the child's exit or the wall-clock deadline (one wake-up: its stderr and result
+        channel are unlinked files, capped by RLIMIT_FSIZE, so it can never block on a full pipe)."""
         deadline = started + float(limits["wall_s"])
-        err_cap = int(limits["max_stderr_bytes"])
-        stderr = bytearray()
-        results = bytearray()
+        wall_killed = False
         try:
             pidfd: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):
             pidfd = None
-        open_fds = {res_r, err_r}
-        wall_killed = False
-        exited = False
-
-        def drain(fd: int) -> bool:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return True
-            if not chunk:
-                return False
-            if fd == err_r:
-                if len(stderr) < err_cap:
-                    stderr.extend(chunk[: err_cap - len(stderr)])
-            elif len(results) < RESULT_CAP:
-                results.extend(chunk)
-            return True
-
-        while not exited:
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 wall_killed = True
                 break
-            watch = list(open_fds) + ([pidfd] if pidfd is not None else [])
-            ready, _, _ = select.select(watch, [], [], min(remaining, 0.05 if pidfd is None else remaining))
-            for fd in ready:
-                if fd == pidfd:
-                    exited = True
-                elif not drain(fd):
-                    open_fds.discard(fd)
-            if pidfd is None and not ready and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                exited = True
+            if pidfd is not None:
+                if select.select([pidfd], [], [], remaining)[0]:
+                    break
+            elif os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                break
+            else:
+                time.sleep(min(remaining, 0.002))
         if pidfd is not None:
             os.close(pidfd)
         try:
@@ -457,13 +435,10 @@ class Worker:
         _, wait_status, usage = os.wait4(pid, 0)
         wall = time.monotonic() - started
         self._sweep()
-        for fd in (res_r, err_r):  # every writer is dead now: read what is left
-            os.set_blocking(fd, False)
-            while fd in open_fds and drain(fd):
-                if not select.select([fd], [], [], 0.2)[0]:
-                    break
+        stderr = os.pread(err_fd, int(limits["max_stderr_bytes"]), 0) if limits["max_stderr_bytes"] else b""
+        results = os.pread(res_fd, RESULT_CAP, 0)
         cpu = usage.ru_utime + usage.ru_stime
-        return self._verdict(job, results, bytes(stderr), wait_status, wall_killed, wall, cpu, limits)
+        return self._verdict(job, results, stderr, wait_status, wall_killed, wall, cpu, limits)
 
     def _verdict(
         self,
