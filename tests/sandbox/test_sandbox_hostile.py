@@ -1,0 +1,220 @@
+"""Hostile-program battery (issue 3, item 4): each program is contained with the right verdict and
+the host is unharmed (no process of the run left, no file outside the run's scratch space, the
+workers alive, the network and the parent's environment out of reach)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sandbox_support import processes_of_uid, run_uids, worker_pids
+
+from sandbox import Limits, Sandbox
+from tasks import TestCase
+
+LIMITS = Limits(wall_s=2.0, cpu_s=1.0, max_procs=16, memory_mb=256)
+REPO = Path(__file__).resolve().parents[2]
+DOUBLE = "def double(x):\n    return x * 2\n"
+CALL = [TestCase(kind="call", args=[2], expected=4, fn_name="double")]
+
+
+@dataclass
+class Case:
+    program: str
+    expected: str
+    tests: list[TestCase] = field(default_factory=lambda: list(CALL))
+
+
+TOKEN = secrets.token_hex(6)
+OUTSIDE = [REPO / f"pwned-{TOKEN}", Path(f"/tmp/pwned-{TOKEN}"), Path(f"/var/tmp/pwned-{TOKEN}"),
+           Path(f"/dev/shm/pwned-{TOKEN}"), Path(f"/root/pwned-{TOKEN}"), Path(f"/pwned-{TOKEN}")]
+
+BATTERY = {
+    "infinite_loop": Case("while True:\n    pass\n", "timeout"),
+    "fork_bomb": Case("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
+    "memory_bomb_at_once": Case("x = bytearray(64 << 30)\n" + DOUBLE, "error"),
+    "memory_bomb_growing": Case("xs = []\nwhile True:\n    xs.append(bytearray(64 << 20))\n" + DOUBLE, "error"),
+    "huge_stdout": Case("while True:\n    print('x' * 65536)\n", "timeout"),
+    "huge_stderr": Case("import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n", "error"),
+    "huge_file": Case("with open('big', 'wb') as f:\n    f.write(b'x' * (256 << 20))\n" + DOUBLE, "error"),
+    "deep_recursion_segv": Case(
+        # through a C call (map) so each level uses C stack: overflows it, SIGSEGV
+        "import sys\nsys.setrecursionlimit(10**8)\ndef f(n):\n    return next(map(f, [n + 1]))\nf(0)\n" + DOUBLE, "error"
+    ),
+    "deep_recursion_in_test": Case("def double(x):\n    return double(x + 1)\n", "failed"),
+    "os_exit_at_import": Case("import os\nos._exit(0)\n" + DOUBLE, "error"),
+    "os_exit_in_test": Case("import os\ndef double(x):\n    os._exit(0)\n", "failed"),
+    "system_exit_at_import": Case("raise SystemExit(0)\n" + DOUBLE, "error"),
+    "system_exit_in_test": Case("import sys\ndef double(x):\n    sys.exit(0)\n", "failed"),
+    "keyboard_interrupt": Case("raise KeyboardInterrupt\n" + DOUBLE, "error"),
+    "keyboard_interrupt_in_test": Case("def double(x):\n    raise KeyboardInterrupt\n", "failed"),
+    "sigterm_ignored": Case(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n" + DOUBLE, "timeout"
+    ),
+    "sleep_past_deadline": Case("import time\ntime.sleep(60)\n" + DOUBLE, "timeout"),
+    "segfault_ctypes": Case("import ctypes\nctypes.string_at(0)\n" + DOUBLE, "error"),
+    "segfault_in_test": Case("import ctypes\ndef double(x):\n    return ctypes.string_at(0)\n", "failed"),
+    "detached_daemon": Case(
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        for i in range(600):\n"
+        "            time.sleep(0.1)\n"
+        f"            open('/tmp/daemon-{TOKEN}', 'a').write('alive')\n"
+        "    os._exit(0)\n"
+        "os.wait()\n" + DOUBLE,
+        "passed",
+    ),
+    "write_outside_workdir": Case(
+        "import os\n"
+        f"for p in {[str(p) for p in OUTSIDE]!r}:\n"
+        "    try:\n"
+        "        open(p, 'w').write('pwned')\n"
+        "    except OSError:\n"
+        "        pass\n" + DOUBLE,
+        "passed",
+    ),
+}
+
+
+def _host_clean(sb: Sandbox, workers_before: list[int]) -> None:
+    for uid in run_uids(sb):
+        assert processes_of_uid(uid) == [], f"processes of run uid {uid} left behind"
+    assert worker_pids(sb) == workers_before, "a worker died"
+    for path in OUTSIDE + [Path(f"/tmp/daemon-{TOKEN}")]:
+        assert not path.exists(), f"{path} written on the host"
+    subprocess.run([sys.executable, "-c", "pass"], check=True)  # the host can still start processes
+
+
+@pytest.mark.parametrize("name", sorted(BATTERY))
+def test_hostile_program_is_contained(sb: Sandbox, name: str):
+    case = BATTERY[name]
+    before = worker_pids(sb)
+    verdict = sb.run(case.program, case.tests, LIMITS)
+    assert verdict.status == case.expected, (verdict.status, verdict.detail, verdict.stderr[-300:])
+    assert not verdict.passed or case.expected == "passed"
+    assert len(verdict.stderr) <= LIMITS.max_stderr_bytes
+    _host_clean(sb, before)
+    assert sb.run(DOUBLE, CALL).status == "passed"  # and the same worker pool still works
+
+
+def test_reading_the_parents_environment_finds_no_secret(monkeypatch: pytest.MonkeyPatch):
+    canary = f"restrl-canary-{secrets.token_hex(8)}"
+    monkeypatch.setenv("RESTRL_TEST_SECRET", canary)
+    host = subprocess.Popen(["sleep", "30"], env={"RESTRL_TEST_SECRET": canary, "PATH": "/usr/bin:/bin"})
+    program = (
+        "import os\n"
+        "def leaked(canary):\n"
+        "    found = [k for k, v in os.environ.items() if canary in v]\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        for name in ('environ', 'cmdline'):\n"
+        "            try:\n"
+        "                with open(f'/proc/{pid}/{name}', 'rb') as f:\n"
+        "                    if canary.encode() in f.read():\n"
+        "                        found.append(f'{pid}/{name}')\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "    return found\n"
+    )
+    try:
+        with Sandbox(workers=1, limits=LIMITS) as sandbox:  # started after the secret was set
+            verdict = sandbox.run(program, [TestCase(kind="call", args=[canary], expected=[], fn_name="leaked")])
+        assert verdict.status == "passed", verdict.tests[0].message
+        # the check itself works: the same scan in a normal process finds the host's copy
+        scan = program + f"print(leaked({canary!r}))\n"
+        out = subprocess.run([sys.executable, "-c", scan], capture_output=True, text=True, check=True).stdout
+        assert str(host.pid) in out
+    finally:
+        host.kill()
+        host.wait()
+
+
+def test_socket_to_localhost_is_blocked(sb: Sandbox):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(0.5)
+        port = server.getsockname()[1]
+        program = (
+            "import socket\n"
+            "def probe(port):\n"
+            "    try:\n"
+            "        s = socket.create_connection(('127.0.0.1', port), timeout=1)\n"
+            "        s.sendall(b'pwned')\n"
+            "        return 'connected'\n"
+            "    except OSError:\n"
+            "        return 'blocked'\n"
+        )
+        verdict = sb.run(program, [TestCase(kind="call", args=[port], expected="blocked", fn_name="probe")], LIMITS)
+        assert verdict.status == "passed", verdict.tests[0].message
+        with pytest.raises(TimeoutError):
+            server.accept()
+    if not sb.capabilities()["netns"]:
+        pytest.fail("no network namespace on this machine: the sandbox cannot block the network")
+
+
+def test_killing_the_parent_fails(sb: Sandbox):
+    before = worker_pids(sb)
+    targets = [os.getpid(), *before]
+    program = (
+        "import os, signal\n"
+        "def attack(targets):\n"
+        "    hit = []\n"
+        "    for pid in [os.getppid(), 1, *targets]:\n"
+        "        try:\n"
+        "            os.kill(pid, signal.SIGKILL)\n"
+        "            hit.append(pid)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        if pid.isdigit() and int(pid) != os.getpid():\n"
+        "            try:\n"
+        "                os.kill(int(pid), signal.SIGTERM)\n"
+        "                hit.append(int(pid))\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "    return hit\n"
+    )
+    verdict = sb.run(program, [TestCase(kind="call", args=[targets], expected=[], fn_name="attack")], LIMITS)
+    assert verdict.status == "passed", verdict.tests[0].message
+    _host_clean(sb, before)
+
+
+async def test_two_programs_at_once_cannot_see_each_others_files(sb: Sandbox):
+    secret = secrets.token_hex(8)
+    writer = (
+        "import os, time\n"
+        f"open('mine-{secret}', 'w').write('{secret}')\n"
+        f"open('/tmp/also-{secret}', 'w').write('{secret}')\n"
+        "time.sleep(1.5)\n"
+        f"assert open('mine-{secret}').read() == '{secret}'\n"
+    )
+    reader = (
+        "import os, time\n"
+        "def find(secret):\n"
+        "    time.sleep(0.5)\n"
+        "    hits = []\n"
+        "    roots = ['/tmp', '/var/tmp', '/dev/shm', os.path.dirname(os.getcwd())]\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        if pid.isdigit():\n"
+        "            roots += [f'/proc/{pid}/cwd', f'/proc/{pid}/root/tmp']\n"
+        "    for root in roots:\n"
+        "        for dirpath, dirs, files in os.walk(root, onerror=lambda e: None):\n"
+        "            hits += [os.path.join(dirpath, f) for f in files if secret in f]\n"
+        "            if dirpath.count('/') > 8:\n"
+        "                dirs[:] = []\n"
+        "    return hits\n"
+    )
+    w, r = await sb.run_many(
+        [(writer, []), (reader, [TestCase(kind="call", args=[secret], expected=[], fn_name="find")])],
+        Limits(wall_s=10.0, cpu_s=5.0),
+    )
+    assert w.status == "passed", w.stderr
+    assert r.status == "passed", r.tests[0].message
