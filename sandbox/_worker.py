@@ -396,7 +396,7 @@ class Worker:
         try:
             if mode == "spawn":
                 harness = os.path.join(HERE, "_harness.py")
-                os.execve(sys.executable, [sys.executable, "-I", "-S", harness, job_file], os.environ)
+                os.execve(sys.executable, [sys.executable, "-I", "-S", harness, str(job_file)], os.environ)
             sys.path[:] = job["sys_path"]
             sys.argv = ["<program>"]
             _harness.main(job, job["nonce"])
@@ -443,7 +443,7 @@ class Worker:
     def _verdict(
         self,
         job: dict,
-        raw: bytearray,
+        raw: bytes,
         stderr: bytes,
         wait_status: int,
         wall_killed: bool,
@@ -478,7 +478,7 @@ class Worker:
         elif cpu_killed:
             ended = f"killed at the CPU-time limit ({limits['cpu_s']} s)"
         elif signalled:
-            ended = f"the program process died of {signal.Signals(sig).name}"
+            ended = f"the program process died of {signal.Signals(sig or 0).name if sig else 'a signal'}"
         else:
             ended = f"the program process exited with status {exit_code}"
         stderr_text = stderr.decode("utf-8", errors="replace")
@@ -489,7 +489,7 @@ class Worker:
                 "outcomes": [],
                 "stderr": stderr_text,
             }
-        outcomes = []
+        outcomes: list[dict] = []
         for index in range(len(job["tests"])):
             reported = by_test.get(index)
             if reported:

@@ -48,7 +48,9 @@ async def _agreement(sb: Sandbox, problems) -> None:
     rows = _programs(problems)
     ours = await _ours(sb, rows)
     peer = harness_verdicts([p for p, _, _ in rows], [program for _, _, program in rows], threads=2)["passed"]
-    disagreements = [(p.id, kind, a, b) for (p, kind, _), a, b in zip(rows, ours, peer, strict=True) if a != b]
+    disagreements = [
+        (p.id, kind, a, b) for (p, kind, _), a, b in zip(rows, ours, peer, strict=True) if a != b
+    ]
     assert disagreements == []
     assert all(ok for (_, kind, _), ok in zip(rows, peer, strict=True) if kind == "canonical")
     assert not any(ok for (_, kind, _), ok in zip(rows, peer, strict=True) if kind == "return_none")

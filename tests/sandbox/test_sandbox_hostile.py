@@ -32,20 +32,32 @@ class Case:
 
 
 TOKEN = secrets.token_hex(6)
-OUTSIDE = [REPO / f"pwned-{TOKEN}", Path(f"/tmp/pwned-{TOKEN}"), Path(f"/var/tmp/pwned-{TOKEN}"),
-           Path(f"/dev/shm/pwned-{TOKEN}"), Path(f"/root/pwned-{TOKEN}"), Path(f"/pwned-{TOKEN}")]
+OUTSIDE = [
+    REPO / f"pwned-{TOKEN}",
+    Path(f"/tmp/pwned-{TOKEN}"),
+    Path(f"/var/tmp/pwned-{TOKEN}"),
+    Path(f"/dev/shm/pwned-{TOKEN}"),
+    Path(f"/root/pwned-{TOKEN}"),
+    Path(f"/pwned-{TOKEN}"),
+]
 
 BATTERY = {
     "infinite_loop": Case("while True:\n    pass\n", "timeout"),
-    "fork_bomb": Case("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
+    "fork_bomb": Case(
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"
+    ),
     "memory_bomb_at_once": Case("x = bytearray(64 << 30)\n" + DOUBLE, "error"),
-    "memory_bomb_growing": Case("xs = []\nwhile True:\n    xs.append(bytearray(64 << 20))\n" + DOUBLE, "error"),
+    "memory_bomb_growing": Case(
+        "xs = []\nwhile True:\n    xs.append(bytearray(64 << 20))\n" + DOUBLE, "error"
+    ),
     "huge_stdout": Case("while True:\n    print('x' * 65536)\n", "timeout"),
     "huge_stderr": Case("import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n", "error"),
     "huge_file": Case("with open('big', 'wb') as f:\n    f.write(b'x' * (256 << 20))\n" + DOUBLE, "error"),
     "deep_recursion_segv": Case(
         # through a C call (map) so each level uses C stack: overflows it, SIGSEGV
-        "import sys\nsys.setrecursionlimit(10**8)\ndef f(n):\n    return next(map(f, [n + 1]))\nf(0)\n" + DOUBLE, "error"
+        "import sys\nsys.setrecursionlimit(10**8)\ndef f(n):\n    return next(map(f, [n + 1]))\nf(0)\n"
+        + DOUBLE,
+        "error",
     ),
     "deep_recursion_in_test": Case("def double(x):\n    return double(x + 1)\n", "failed"),
     "os_exit_at_import": Case("import os\nos._exit(0)\n" + DOUBLE, "error"),
@@ -55,7 +67,8 @@ BATTERY = {
     "keyboard_interrupt": Case("raise KeyboardInterrupt\n" + DOUBLE, "error"),
     "keyboard_interrupt_in_test": Case("def double(x):\n    raise KeyboardInterrupt\n", "failed"),
     "sigterm_ignored": Case(
-        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n" + DOUBLE, "timeout"
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n" + DOUBLE,
+        "timeout",
     ),
     "sleep_past_deadline": Case("import time\ntime.sleep(60)\n" + DOUBLE, "timeout"),
     "segfault_ctypes": Case("import ctypes\nctypes.string_at(0)\n" + DOUBLE, "error"),
@@ -125,7 +138,9 @@ def test_reading_the_parents_environment_finds_no_secret(monkeypatch: pytest.Mon
     )
     try:
         with Sandbox(workers=1, limits=LIMITS) as sandbox:  # started after the secret was set
-            verdict = sandbox.run(program, [TestCase(kind="call", args=[canary], expected=[], fn_name="leaked")])
+            verdict = sandbox.run(
+                program, [TestCase(kind="call", args=[canary], expected=[], fn_name="leaked")]
+            )
         assert verdict.status == "passed", verdict.tests[0].message
         # the check itself works: the same scan in a normal process finds the host's copy
         scan = program + f"print(leaked({canary!r}))\n"
@@ -152,7 +167,9 @@ def test_socket_to_localhost_is_blocked(sb: Sandbox):
             "    except OSError:\n"
             "        return 'blocked'\n"
         )
-        verdict = sb.run(program, [TestCase(kind="call", args=[port], expected="blocked", fn_name="probe")], LIMITS)
+        verdict = sb.run(
+            program, [TestCase(kind="call", args=[port], expected="blocked", fn_name="probe")], LIMITS
+        )
         assert verdict.status == "passed", verdict.tests[0].message
         with pytest.raises(TimeoutError):
             server.accept()

@@ -151,7 +151,9 @@ def test_stdio_output_cap(sb: Sandbox):
 
 # ---- assert and unittest tests -----------------------------------------------------------------------
 def test_assert_scripts_are_one_outcome_each(sb: Sandbox):
-    good = "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(0) == 0\ncheck(double)\n"
+    good = (
+        "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(0) == 0\ncheck(double)\n"
+    )
     bad = "def check(candidate):\n    assert candidate(1) == 3, 'one'\ncheck(double)\n"
     v = sb.run(DOUBLE, [TestCase(kind="assert", code=good), TestCase(kind="assert", code=bad)])
     assert [o.status for o in v.tests] == ["passed", "failed"]
@@ -179,7 +181,11 @@ class Helper:
 def test_unittest_methods_are_outcomes(sb: Sandbox):
     v = sb.run(DOUBLE, [TestCase(kind="unittest", code=UNITTEST)])
     names = {o.name: o.status for o in v.tests}
-    assert names == {"TestDouble.test_two": "passed", "TestDouble.test_neg": "passed", "TestDouble.test_wrong": "failed"}
+    assert names == {
+        "TestDouble.test_two": "passed",
+        "TestDouble.test_neg": "passed",
+        "TestDouble.test_wrong": "failed",
+    }
     assert v.pass_fraction == pytest.approx(2 / 3)
     assert v.status == "failed"
 
