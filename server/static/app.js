@@ -172,6 +172,7 @@
       $(".run-title", this.root).textContent = label ? `${label} · ${strategy}` : strategy;
       this.tree = $(".tree", this.root);
       this.nodes = new Map(); // node id -> {item, summary, children, fields}
+      this.progressEvents = 0;
       this.state = "running";
       this.setStatus("running", "Running…");
     }
@@ -195,9 +196,52 @@
     }
 
     progress(data) {
+      this.progressEvents += 1;
+      this.root.dataset.progressEvents = String(this.progressEvents);
       this.setUsage(data.usage, data.nodes);
       this.setBest(data.best_code, data.best_value);
-      for (const node of data.new_nodes || []) this.upsertNode(node);
+      // The stream carries only the nodes an expansion created. The search backs their visits and
+      // values up to the expanded node and its ancestors (RESTRL_SPEC.md section 2); the page applies
+      // the same rule so that N and V stay live. The result's tree replaces them with the server's.
+      const backups = new Map(); // parent id -> {n, total}
+      for (const node of data.new_nodes || []) {
+        const known = this.nodes.get(node.id);
+        const isNew = !known || known.placeholder;
+        this.upsertNode(node);
+        if (isNew && node.parent !== null && node.parent !== undefined && typeof node.visits === "number"
+            && typeof node.value === "number") {
+          const acc = backups.get(node.parent) || { n: 0, total: 0 };
+          acc.n += node.visits;
+          acc.total += node.value * node.visits;
+          backups.set(node.parent, acc);
+        }
+      }
+      for (const [parent, acc] of backups) this.backup(parent, acc.n, acc.total);
+    }
+
+    backup(id, n, total) {
+      const seen = new Set();
+      let entry = this.nodes.get(id);
+      while (entry && !seen.has(entry)) {
+        seen.add(entry);
+        entry.visits += n;
+        entry.valueSum += total;
+        this.renderStats(entry);
+        entry = entry.parent === null || entry.parent === undefined ? undefined : this.nodes.get(entry.parent);
+      }
+    }
+
+    renderStats(entry) {
+      const { fields } = entry;
+      if (entry.visits > 0) {
+        const value = entry.valueSum / entry.visits;
+        fields.meter.value = Math.min(1, Math.max(0, value));
+        fields.value.textContent = formatValue(value);
+        fields.visits.textContent = `N ${entry.visits}`;
+      }
+      const line = fields.line.textContent;
+      const terminal = entry.item.classList.contains("terminal") ? "; complete program" : "";
+      entry.summary.setAttribute("aria-label", `${line}; value ${fields.value.textContent}; ${fields.visits.textContent || "no visits"}${terminal}`);
     }
 
     nodeElement(id) {
@@ -219,11 +263,13 @@
         terminal: el("span", "node-terminal", "end"),
       };
       fields.terminal.hidden = true;
+      fields.line.classList.add("root-line");
+      fields.line.textContent = "(root)"; // a parent the stream has not described (the root)
       summary.append(meter, fields.value, fields.visits, fields.line, fields.terminal);
       const children = el("ul", "children");
       details.append(summary, children);
       item.append(details);
-      entry = { item, details, summary, children, fields, parent: undefined };
+      entry = { item, details, summary, children, fields, parent: undefined, placeholder: true, visits: 0, valueSum: 0 };
       this.nodes.set(id, entry);
       this.tree.append(item); // until its parent is known
       return entry;
@@ -244,21 +290,21 @@
         }
       }
       const { fields } = entry;
-      if (typeof node.value === "number") {
-        fields.meter.value = Math.min(1, Math.max(0, node.value));
-        fields.value.textContent = formatValue(node.value);
+      entry.placeholder = false;
+      if (typeof node.visits === "number" && typeof node.value === "number") {
+        entry.visits = node.visits;
+        entry.valueSum = node.value * node.visits;
       }
-      if (typeof node.visits === "number") fields.visits.textContent = `N ${node.visits}`;
       if (typeof node.line === "string") {
-        const isRoot = parent === null && node.line.trim() === "";
-        fields.line.textContent = isRoot ? "(root: the starter code)" : node.line;
-        fields.line.classList.toggle("root-line", isRoot);
+        const blank = node.line.trim() === "";
+        const isRoot = parent === null && blank;
+        fields.line.textContent = isRoot ? "(root: the starter code)" : blank ? "(blank line)" : node.line;
+        fields.line.classList.toggle("root-line", blank);
         fields.line.title = node.line;
       }
       fields.terminal.hidden = !node.terminal;
       entry.item.classList.toggle("terminal", Boolean(node.terminal));
-      const label = `${fields.line.textContent}; value ${fields.value.textContent}; ${fields.visits.textContent || "no visits"}${node.terminal ? "; complete program" : ""}`;
-      entry.summary.setAttribute("aria-label", label);
+      this.renderStats(entry);
       $(".tree-empty", this.root).hidden = true;
     }
 

@@ -61,6 +61,7 @@ def test_solve_draws_the_tree_live_then_the_answer(double: Double, new_page: Any
     expect(panel.locator('[data-usage="nodes"]')).to_have_text(str(last["nodes"]))
     expect(panel.locator(".best-code")).to_have_text(last["best_code"])
     expect(panel.locator(".final")).to_be_hidden()
+    expect(panel).to_have_attribute("data-progress-events", str(len(progress)))
     # Still before the result: every node sits under its parent with its line, and shows the visits and
     # value that the search's own tree holds at the end (the page backs new nodes up as the search does).
     for node in final_nodes:
@@ -68,7 +69,7 @@ def test_solve_draws_the_tree_live_then_the_answer(double: Double, new_page: Any
         summary = item.locator(":scope > details > summary")
         if node["parent"] is not None:
             assert item.evaluate("e => e.parentElement.closest('li.node').dataset.nodeId") == str(node["parent"])
-            expect(summary.locator(".node-line")).to_have_text(node["line"])
+            expect(summary.locator(".node-line")).to_have_text(node["line"] if node["line"].strip() else "(blank line)")
         expect(summary.locator(".node-visits")).to_have_text(f"N {node['visits']}")
         assert abs(float(summary.locator(".node-value").inner_text()) - node["value"]) < 0.0011, node
     save_screenshot(page, "playground-double-running.png")
