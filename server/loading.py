@@ -21,27 +21,42 @@ logger = logging.getLogger(__name__)
 
 
 class EngineLoader:
-    """Loads policies and value models the way the server's settings say."""
+    """Loads policies and value models the way the server's settings say. ``engine_config``: a
+    template `models.EngineConfig` used instead of the settings' engine options (its ``model`` and
+    ``adapter`` are replaced per checkpoint)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, engine_config: Any = None):
         self._settings = settings
+        self._template = engine_config
 
-    def engine_config(self, source: str | None) -> Any:
+    def _base_config(self) -> Any:
         from models import EngineConfig
-        from models.checkpoints import inspect_directory
 
+        if self._template is not None:
+            return self._template.model_copy(update={"model": None, "adapter": None})
         s = self._settings
         options: dict[str, Any] = {"engine": s.engine, "seed": s.seed, "tensor_parallel_size": s.tensor_parallel_size}
         for name in ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "dtype", "max_lora_rank"):
             if getattr(s, name) is not None:
                 options[name] = getattr(s, name)
+        return EngineConfig(**options)
+
+    def engine_config(self, source: str | None) -> Any:
+        """The `EngineConfig` of a policy checkpoint folder (None = the embedded default)."""
+        from models import default_model_path
+        from models.checkpoints import inspect_directory
+
+        config = self._base_config()
         if source is None:
-            return EngineConfig(**options)
+            return config
         manifest, _ = inspect_directory(source, kind="policy")
         if manifest is not None and manifest.format == "lora":
-            base = manifest.base if Path(manifest.base).is_dir() else None  # None: the embedded default
-            return EngineConfig(model=base, adapter=source, **options)
-        return EngineConfig(model=source, **options)
+            base = Path(manifest.base).expanduser()
+            # the default base stays model=None so that the adapter can reuse the running default engine
+            default = base.is_dir() and base.resolve() == default_model_path().resolve()
+            model = str(base) if base.is_dir() and not default else None
+            return config.model_copy(update={"model": model, "adapter": source})
+        return config.model_copy(update={"model": source})
 
     async def load_policy(self, source: str | None, *, reuse: Policy | None = None) -> Policy:
         from models import load_policy
@@ -51,10 +66,7 @@ class EngineLoader:
     async def load_value(self, source: str | None) -> ValueModel:
         from models import ValueConfig, load_value_model
 
-        model = load_value_model(ValueConfig(model=source, seed=self._settings.seed))
-        if hasattr(model, "__await__"):
-            model = await model
-        return model
+        return await load_value_model(ValueConfig(model=source, seed=self._settings.seed))
 
 
 def build_services(settings: Settings) -> Services:

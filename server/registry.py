@@ -51,7 +51,7 @@ class ModelLoader(Protocol):
 BatcherFactory = Callable[[ValueModel], ValueModel]
 
 
-async def probe(policy: Policy, value: ValueModel) -> dict[str, Any]:
+async def probe(policy: Policy, value: ValueModel, *, metrics: Metrics | None = None) -> dict[str, Any]:
     """One real expansion (a short greedy continuation of a fixed problem) and one value call."""
     start = time.monotonic()
     mode = getattr(policy, "prompt_mode", "rewrite")
@@ -60,6 +60,9 @@ async def probe(policy: Policy, value: ValueModel) -> dict[str, Any]:
     samples = await policy.sample(prompt, n=1, max_tokens=8, temperature=0.0)
     if len(samples) != 1:
         raise RuntimeError(f"probe expansion returned {len(samples)} samples instead of 1")
+    if metrics is not None:
+        s = samples[0]
+        metrics.observe_engine(generated=s.tokens, prompt=s.prompt_tokens, cached=s.cached_prompt_tokens)
     scores = await value.score(PROBE_PROBLEM, [state + samples[0].text])
     if len(scores) != 1 or not 0.0 <= scores[0] <= 1.0:
         raise RuntimeError(f"probe value call returned {scores!r}, expected one score in [0, 1]")
@@ -125,6 +128,20 @@ class ModelRegistry:
             self.load_error = str(exc)
             raise
 
+    async def install(self, policy: Policy, value: ValueModel, *, policy_source: str | None = None,
+                      value_source: str | None = None) -> ModelPair:
+        """Make already-loaded models the first active pair (probed first). For embedding the app
+        next to engines the caller owns; the registry closes them when they are swapped out."""
+        if self.active is not None:
+            raise RuntimeError("install() is for the first pair; use swap() afterwards")
+        batcher = self._batcher_factory(value)
+        await asyncio.wait_for(probe(policy, batcher, metrics=self._metrics), self._probe_timeout_s)
+        self.active = ModelPair(pair_id=next(self._ids), policy=policy, value=batcher, raw_value=value,
+                                policy_source=policy_source, value_source=value_source)
+        self._metrics.set_active_pair(policy.version, batcher.version)
+        self._record("load", "ok", policy_source, value_source, "installed", 0.0)
+        return self.active
+
     async def swap(self, *, policy: str | None = None, value: str | None = None) -> ModelPair:
         """Load the given side(s) (an omitted side keeps its model), probe, make active."""
         if policy is None and value is None:
@@ -157,7 +174,7 @@ class ModelRegistry:
                 policy = new_policy if new_policy is not None else old.policy  # type: ignore[union-attr]
                 raw_value = new_value if new_value is not None else old.raw_value  # type: ignore[union-attr]
                 batcher = self._batcher_factory(raw_value) if new_value is not None or old is None else old.value
-                result = await asyncio.wait_for(probe(policy, batcher), self._probe_timeout_s)
+                result = await asyncio.wait_for(probe(policy, batcher, metrics=self._metrics), self._probe_timeout_s)
             except BaseException as exc:
                 for model in (batcher if batcher is not (old.value if old else None) else None, new_value, new_policy):
                     if model is not None:

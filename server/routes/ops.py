@@ -38,7 +38,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
         return JSONResponse(cached[2])
     try:
         async with services.registry.acquire() as held:
-            result = await asyncio.wait_for(probe(held.policy, held.value), settings.ready_timeout_s)
+            result = await asyncio.wait_for(probe(held.policy, held.value, metrics=services.metrics), settings.ready_timeout_s)
     except asyncio.TimeoutError:
         return _not_ready(f"probe took longer than {settings.ready_timeout_s:.0f}s")
     except Exception as exc:
