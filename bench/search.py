@@ -1,0 +1,255 @@
+"""Search benchmark (issue 4 item 8) on the real engine: vLLM CPU + SmolLM2-135M-Instruct + the
+default value model (untrained head unless a trained adapter is shipped: the JSON says which).
+
+(a) throughput: policy tokens/s generated inside C concurrent VM-MCTS searches (one engine, one
+    `ValueBatcher`) vs raw batched sampling of the same request shape (n=k, T, max_tokens) at the
+    same concurrency on the same engine; and the reference pattern (one search at a time, one
+    expansion at a time, value batch size 1). Also sweeps ``parallel_expansions``.
+(b) quality: HumanEval pass@1 of the returned program per strategy and sample budget, scored
+    in the sandbox on the problem's tests (`--limit` problems: the first N of HumanEval).
+
+    python -m bench.search [--limit 20] [--budgets 1,5,10,20] [--skip-quality] [--skip-throughput]
+
+Prints both tables and writes bench/results/search.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results" / "search.json"
+
+
+async def _raw_sampling(policy: Any, problems: list[Any], *, requests: int, n: int, max_tokens: int, temperature: float) -> dict[str, float]:
+    """C workers (one per problem) each send ``requests`` root requests in sequence: the engine
+    sees the same concurrency and request shape as C searches."""
+    from models.prompting import STOP, render_prompt, root_state
+
+    async def worker(p: Any) -> int:
+        prompt = render_prompt(policy.tokenizer, p, root_state(p, policy.prompt_mode), policy.prompt_mode)
+        tokens = 0
+        for _ in range(requests):
+            out = await policy.sample(prompt, n=n, max_tokens=max_tokens, stop=STOP, temperature=temperature)
+            tokens += sum(s.tokens for s in out)
+        return tokens
+
+    t0 = time.perf_counter()
+    tokens = sum(await asyncio.gather(*(worker(p) for p in problems)))
+    wall = time.perf_counter() - t0
+    return {"tokens": tokens, "wall_s": wall, "tok_s": tokens / wall}
+
+
+async def _searches(policy: Any, value: Any, problems: list[Any], cfg: Any, *, concurrent: bool) -> dict[str, float]:
+    from search import run_search
+
+    t0 = time.perf_counter()
+    if concurrent:
+        results = await asyncio.gather(*(run_search(p, policy, value, cfg) for p in problems))
+    else:
+        results = [await run_search(p, policy, value, cfg) for p in problems]
+    wall = time.perf_counter() - t0
+    tokens = sum(r.usage.policy_tokens for r in results)
+    return {
+        "tokens": tokens,
+        "wall_s": wall,
+        "tok_s": tokens / wall,
+        "samples": sum(r.usage.samples for r in results),
+        "value_calls": sum(r.usage.value_calls for r in results),
+        "cached_prompt_tokens": sum(r.usage.cached_prompt_tokens for r in results),
+        "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
+    }
+
+
+async def throughput(policy: Any, value_model: Any, problems: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    from search import Budget, SearchConfig, ValueBatcher
+
+    k, budget = args.k, args.throughput_budget
+    out: dict[str, Any] = {"concurrency": len(problems), "k": k, "budget_samples": budget, "max_tokens": args.max_tokens}
+    # warm-up: engine and value model first calls (prefix cache reset is not needed: raw runs first)
+    await _raw_sampling(policy, problems[:2], requests=1, n=k, max_tokens=32, temperature=args.temperature)
+    raw = await _raw_sampling(policy, problems, requests=budget // k, n=k, max_tokens=args.max_tokens, temperature=args.temperature)
+    out["raw"] = raw
+    print(f"raw batched sampling  : {raw['tok_s']:7.1f} tok/s ({raw['tokens']} tokens, {raw['wall_s']:.1f}s)", flush=True)
+    sweep: dict[str, Any] = {}
+    for par in args.parallel:
+        sizes: list[int] = []
+        vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0, on_batch=sizes.append)
+        cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
+                           temperature=args.temperature, parallel_expansions=par, seed=0)
+        res = await _searches(policy, vb, problems, cfg, concurrent=True)
+        await vb.close()
+        res["value_batches"] = len(sizes)
+        res["mean_value_batch"] = sum(sizes) / max(len(sizes), 1)
+        res["ratio_vs_raw"] = res["tok_s"] / raw["tok_s"]
+        sweep[str(par)] = res
+        print(f"vm_mcts parallel={par:<2}    : {res['tok_s']:7.1f} tok/s  ratio {res['ratio_vs_raw']:.2f}  "
+              f"mean value batch {res['mean_value_batch']:.1f}  ({res['wall_s']:.1f}s)", flush=True)
+    out["parallel_sweep"] = sweep
+    best_par = max(sweep, key=lambda p: sweep[p]["tok_s"])
+    out["best_parallel_expansions"] = int(best_par)
+    vb1 = ValueBatcher(value_model, max_batch=1, max_wait_ms=0.0)
+    ref_cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
+                           temperature=args.temperature, parallel_expansions=1, seed=0)
+    ref = await _searches(policy, vb1, problems[: args.reference_problems], ref_cfg, concurrent=False)
+    await vb1.close()
+    ref["problems"] = args.reference_problems
+    ref["ratio_vs_raw"] = ref["tok_s"] / raw["tok_s"]
+    out["reference_style"] = ref
+    print(f"reference style       : {ref['tok_s']:7.1f} tok/s  ratio {ref['ratio_vs_raw']:.2f}  ({ref['wall_s']:.1f}s, "
+          f"{args.reference_problems} searches one after another)", flush=True)
+    return out
+
+
+async def quality(policy: Any, value_model: Any, sandbox: Any, problems: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    from search import Budget, SearchConfig, ValueBatcher, run_search
+
+    vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0)
+    sem = asyncio.Semaphore(args.concurrency)
+    pass1: dict[str, dict[str, float]] = {}
+    detail: dict[str, dict[str, Any]] = {}
+
+    async def one(p: Any, cfg: Any) -> tuple[bool, Any]:
+        async with sem:
+            r = await run_search(p, policy, vb, cfg)
+        if r.program is None:
+            return False, r
+        verdict = await sandbox.arun(r.program, p.tests, entry_point=p.entry_point)
+        return verdict.status == "passed", r
+
+    for strategy in args.strategies:
+        pass1[strategy] = {}
+        for budget in args.budgets:
+            if strategy == "greedy" and budget != args.budgets[0]:  # one sample whatever the budget
+                pass1[strategy][str(budget)] = pass1[strategy][str(args.budgets[0])]
+                continue
+            cfg = SearchConfig(strategy=strategy, budget=Budget(samples=budget), k=args.k, max_tokens=args.max_tokens,
+                               temperature=args.temperature, parallel_expansions=args.quality_parallel, seed=0)
+            t0 = time.perf_counter()
+            outs = await asyncio.gather(*(one(p, cfg) for p in problems))
+            wall = time.perf_counter() - t0
+            rate = sum(ok for ok, _ in outs) / len(outs)
+            pass1[strategy][str(budget)] = rate
+            detail[f"{strategy}@{budget}"] = {
+                "wall_s": wall,
+                "solved": [p.id for p, (ok, _) in zip(problems, outs, strict=True) if ok],
+                "mean_samples": sum(r.usage.samples for _, r in outs) / len(outs),
+                "stop_reasons": sorted({r.stop_reason for _, r in outs}),
+            }
+            print(f"{strategy:10s} budget {budget:3d}: pass@1 {rate:.3f}  ({wall:.0f}s)", flush=True)
+    await vb.close()
+    return {"pass1": pass1, "detail": detail}
+
+
+def _tables(result: dict[str, Any]) -> str:
+    lines = []
+    tp = result.get("throughput")
+    if tp:
+        lines += [
+            f"Throughput: {tp['concurrency']} concurrent searches, k={tp['k']}, {tp['budget_samples']} samples each, "
+            f"max_tokens={tp['max_tokens']}",
+            "",
+            "| pattern | policy tok/s | ratio vs raw | mean value batch |",
+            "|---|---:|---:|---:|",
+            f"| raw batched sampling (same concurrency, n={tp['k']}) | {tp['raw']['tok_s']:.1f} | 1.00 | - |",
+        ]
+        for par, r in tp["parallel_sweep"].items():
+            lines.append(f"| vm_mcts, parallel_expansions={par} | {r['tok_s']:.1f} | {r['ratio_vs_raw']:.2f} | {r['mean_value_batch']:.1f} |")
+        ref = tp["reference_style"]
+        lines.append(f"| reference style ({ref['problems']} searches in sequence, 1 expansion at a time, value batch 1) "
+                     f"| {ref['tok_s']:.1f} | {ref['ratio_vs_raw']:.2f} | 1.0 |")
+        lines.append("")
+    q = result.get("quality")
+    if q:
+        budgets = list(next(iter(q["pass1"].values())).keys())
+        lines += [
+            f"HumanEval pass@1 of the returned program ({result['quality_problems']} problems), value model "
+            f"`{result['value_version']}`",
+            "",
+            "| strategy | " + " | ".join(f"budget {b}" for b in budgets) + " |",
+            "|---|" + "---:|" * len(budgets),
+        ]
+        for strategy, row in q["pass1"].items():
+            lines.append(f"| {strategy} | " + " | ".join(f"{row[b]:.3f}" for b in budgets) + " |")
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    from models import EngineConfig, load_policy, load_value_model
+    from models.config import ValueConfig
+    from tasks.humaneval import load_humaneval
+
+    problems = load_humaneval()
+    t0 = time.perf_counter()
+    policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))
+    value_model = await load_value_model(ValueConfig(batch_size=16, max_length=768))
+    print(f"engines ready in {time.perf_counter() - t0:.1f}s: {policy.version} / {value_model.version}", flush=True)
+    result: dict[str, Any] = {
+        "policy_version": policy.version,
+        "value_version": value_model.version,
+        "value_model_trained": "untrained" not in value_model.version,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    try:
+        if not args.skip_throughput:
+            tp_problems = problems[: args.throughput_concurrency]
+            result["throughput"] = await throughput(policy, value_model, tp_problems, args)
+            best = result["throughput"]["parallel_sweep"][str(result["throughput"]["best_parallel_expansions"])]
+            result["throughput_ratio_vs_raw"] = best["ratio_vs_raw"]
+            result["reference_style_ratio_vs_raw"] = result["throughput"]["reference_style"]["ratio_vs_raw"]
+        if not args.skip_quality:
+            from sandbox import Sandbox
+
+            with Sandbox(workers=2) as sandbox:
+                q = await quality(policy, value_model, sandbox, problems[: args.limit], args)
+            result["quality"] = q
+            result["quality_problems"] = args.limit
+            result["pass1"] = q["pass1"]
+    finally:
+        await value_model.close()
+        await policy.close()
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=20, help="HumanEval problems for the quality table (first N)")
+    ap.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5, 10, 20])
+    ap.add_argument("--strategies", type=lambda s: s.split(","), default=["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"])
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--concurrency", type=int, default=8, help="quality: searches in flight at once")
+    ap.add_argument("--quality-parallel", type=int, default=2, help="quality: parallel_expansions")
+    ap.add_argument("--throughput-concurrency", type=int, default=8)
+    ap.add_argument("--throughput-budget", type=int, default=20)
+    ap.add_argument("--parallel", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
+    ap.add_argument("--reference-problems", type=int, default=4, help="searches run one after another in the reference pattern")
+    ap.add_argument("--kv-cache-gib", type=float, default=2.0)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    return ap.parse_args(argv)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args()
+    result = asyncio.run(main(args))
+    previous: dict[str, Any] = {}
+    if args.out.exists():  # keep the other half when only one half was run
+        previous = json.loads(args.out.read_text())
+    merged = {**previous, **result}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(merged, indent=2, default=str))
+    print()
+    print(_tables(merged))
+    print(f"\nwrote {args.out}")
