@@ -150,3 +150,28 @@ def test_grafana_provisioning_points_at_the_mounted_dashboard() -> None:
     assert ds_var["current"]["value"] == datasources[0]["uid"]
     home = config["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{dashboards_in_container}/restrl.json"
+
+
+def test_replicas_override_pins_one_gpu_per_replica() -> None:
+    out = compose("-f", str(ROOT / "deploy" / "compose.replicas.yml"), "--profile", "gpu", "config", "--format", "json",
+                  env=STACK_ENV)
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    replicas = {name: s for name, s in services.items() if name.startswith("restrl-gpu")}
+    assert set(replicas) == {"restrl-gpu", "restrl-gpu-1"}
+    pinned = []
+    for service in replicas.values():
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert len(devices) == 1 and "count" not in devices[0], "the base `count: all` must be replaced, not appended"
+        pinned.append(tuple(devices[0]["device_ids"]))
+        assert "restrl" in service["networks"]["default"]["aliases"] and service["image"] == replicas["restrl-gpu"]["image"]
+    assert sorted(pinned) == [("0",), ("1",)]
+
+
+def test_env_example_names_only_variables_the_stack_reads() -> None:
+    names = {line.lstrip("# ").split("=", 1)[0] for line in (ROOT / "deploy" / "env.example").read_text().splitlines()
+             if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()}
+    raw = COMPOSE_FILE.read_text()
+    unknown = {n for n in names if n not in raw}
+    assert not unknown, f"deploy/env.example names variables docker-compose.yml does not use: {unknown}"
+    assert {"GRAFANA_ADMIN_PASSWORD", "RESTRL_ADMIN_TOKEN", "RESTRL_CHECKPOINTS_DIR", "RESTRL_POLICY"} <= names
