@@ -8,6 +8,7 @@ Starlette's HTTP errors and the model errors of `models.base` to that shape in o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -83,6 +84,14 @@ class Unavailable(APIError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)} if retry_after_s else None)
 
 
+class Timeout(APIError):
+    """The server gave up on a search that overran its deadline (the search's own deadline stops it
+    with a result first; this is the safety net)."""
+
+    status = 504
+    type = "timeout"
+
+
 class SwapFailed(APIError):
     """A hot swap failed; the previous pair keeps serving. The message names the file at fault."""
 
@@ -113,6 +122,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return err
     if isinstance(exc, CheckpointError):
         return SwapFailed(str(exc))
+    if isinstance(exc, asyncio.TimeoutError):
+        return Timeout(f"the search overran its deadline: {exc}")
     return APIError("internal server error")
 
 

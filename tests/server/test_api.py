@@ -305,3 +305,50 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s3cr3t" not in repr(s) and "s3cr3t" not in str(s.model_dump())
     assert Settings(port=7).port == 7  # flags (init arguments) win over the environment
     FakePolicy()  # doubles import cleanly
+
+
+@pytest.mark.parametrize(("error", "status", "kind"), [
+    ("dead", 503, "unavailable"), ("model", 500, "model_error")])
+async def test_engine_errors_map_to_http(error: str, status: int, kind: str) -> None:
+    from models.base import EngineDeadError, ModelError
+
+    services, server = await serve()
+    policy = services.registry.active.policy  # type: ignore[union-attr]
+    policy.fail = EngineDeadError("engine core died") if error == "dead" else ModelError("bad request to engine")
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        r = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "greedy"})
+        assert r.status_code == status and r.json()["error"]["type"] == kind
+        r = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "greedy", "stream": True})
+        assert sse_events(r.text)[-1][0] == "error"
+        r = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4})
+        assert r.status_code == status and r.json()["error"]["type"] == kind
+
+
+async def test_models_loading_answers_503_and_ready_says_why() -> None:
+    settings = Settings(admin_token=ADMIN)
+    services = assemble_services(settings, loader=FakeLoader(), search_fn=run_search)
+    async with running(build_app(settings, services=services, load_models=False)) as url, \
+            httpx.AsyncClient(base_url=url, timeout=30) as client:
+        r = await client.post("/v1/solve", json={"problem": PROBLEM})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        r = await client.get("/ready")
+        assert r.status_code == 503 and r.json()["error"]["message"] == "models are loading"
+        assert (await client.get("/v1/models")).json() == {"object": "list", "data": []}
+
+
+async def test_plain_openai_routes_with_doubles(api: tuple[Services, httpx.AsyncClient]) -> None:
+    _, client = api
+    r = await client.post("/v1/completions", json={"prompt": ["a", "b"], "n": 2, "max_tokens": 3})
+    body = r.json()
+    assert r.status_code == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 12
+    r = await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 10**6})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "max_tokens"
+    r = await client.post("/v1/chat/completions", json={"messages": []})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "messages"
+    r = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                        "stream": True, "stream_options": {"include_usage": True}})
+    events = sse_events(r.text)
+    assert events[-1] == ("message", "[DONE]")
+    content = "".join(d["choices"][0]["delta"].get("content", "") for _, d in events[:-1] if isinstance(d, dict) and d["choices"])
+    assert content == PROGRAM and events[-2][1]["usage"]["completion_tokens"] > 0
