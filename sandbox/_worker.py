@@ -103,6 +103,13 @@ def _prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), "prctl")
 
 
+def _drop_capabilities() -> None:
+    """capset(2) with empty sets: no capabilities left (those a user namespace grants included)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable x 2 words, all zero
+    _check(_libc.capset(header, data), "capset")
+
+
 def _read_frame(fd: int) -> dict | None:
     header = _read_exact(fd, 4)
     if header is None:
@@ -138,7 +145,8 @@ def _world_traversable(path: str) -> bool:
 class Worker:
     def __init__(self, config: dict) -> None:
         self.config = config
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # how isolation was achieved here
+        self.warnings: list[str] = []  # protections this machine did not allow
         self.caps: dict = {
             "root": os.geteuid() == 0,
             "netns": False,
@@ -151,6 +159,7 @@ class Worker:
             "rlimits": ["CPU", "AS", "NPROC", "FSIZE", "NOFILE", "CORE"],
             "fork_server": config.get("mode") == "forkserver",
             "notes": self.notes,
+            "warnings": self.warnings,
         }
         self.uid_lock: int | None = None
         self.scratch = "/tmp"
@@ -166,17 +175,20 @@ class Worker:
         try:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
         except OSError as exc:
-            self.notes.append(f"no child subreaper ({exc}); orphans of a program reparent to init")
+            self.warnings.append(f"no child subreaper ({exc}): orphans of a program may escape cleanup")
         if self.caps["root"]:
             self._setup_as_root()
         else:
             self._setup_unprivileged()
         if not self.caps["netns"]:
-            self.notes.append("NO network isolation: programs can reach the network")
+            self.warnings.append("no network namespace: programs can reach the network")
+        if not self.caps["private_tmp"]:
+            self.warnings.append("no private /tmp: programs share the host's scratch directories")
         if not self.caps["uid_drop"]:
-            self.notes.append(
-                "programs run as the worker's own uid: RLIMIT_NPROC counts all of its processes, files it "
-                "can write are writable by programs, and daemons that call setsid can escape cleanup"
+            self.caps["rlimits"].remove("NPROC")
+            self.warnings.append(
+                "no dedicated uid: programs run as the worker's own user (no RLIMIT_NPROC, since it would count "
+                "all of that user's processes; files that user can write are writable by programs)"
             )
 
     def _setup_as_root(self) -> None:
@@ -199,21 +211,23 @@ class Worker:
             try:
                 self._expose_runtime(uid)
             except OSError as exc:
-                self.notes.append(f"could not expose the Python installation to uid {uid}: {exc}")
+                self.warnings.append(f"could not expose the Python installation to uid {uid}: {exc}")
         if self._runtime_reachable():
             self.caps["uid_drop"] = True
             self.caps["run_uid"] = uid
             self.caps["cleanup"] = "process_group+uid"
             self._kill_uid(uid)  # leftovers of a previous holder of this uid (reparented to init)
         else:
-            self.notes.append("the Python installation is not reachable by an unprivileged uid")
+            self.warnings.append("the Python installation is not reachable by an unprivileged uid")
 
     def _setup_unprivileged(self) -> None:
+        """Not root: a user namespace for the network and mount namespaces; programs keep the
+        worker's uid and lose the capabilities the namespace gave it (`_drop_capabilities`)."""
         uid, gid = os.getuid(), os.getgid()
         try:
             _unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS)
         except OSError as exc:
-            self.notes.append(f"user namespace refused ({exc}): no network or mount isolation")
+            self.warnings.append(f"user namespace refused ({exc})")
             return
         self.caps["userns"] = self.caps["netns"] = self.caps["mountns"] = True
         try:
@@ -377,8 +391,8 @@ class Worker:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
             resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_procs"],) * 2)
             if self.caps["uid_drop"]:
+                resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_procs"],) * 2)
                 uid = self.caps["run_uid"]
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
@@ -590,7 +604,7 @@ class Worker:
                 self._kill_children()
             if attempt:
                 time.sleep(0.001)
-        self.notes.append("processes of a run survived cleanup")
+        self.warnings.append("processes of a run survived cleanup")
 
     def _cleanup(self, pid: int, workdir: str) -> None:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -155,7 +155,9 @@ class Sandbox:
             self._add_worker(self._start_worker())
         caps = self.capabilities()
         for note in caps.get("notes", []):
-            logger.warning("sandbox: %s", note) if "NO " in note else logger.info("sandbox: %s", note)
+            logger.info("sandbox: %s", note)
+        for warning in caps.get("warnings", []):
+            logger.warning("sandbox isolation gap: %s", warning)
         logger.info(
             "sandbox ready: %d %s workers, netns=%s uid_drop=%s private_tmp=%s",
             workers,

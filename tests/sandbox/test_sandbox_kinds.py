@@ -277,7 +277,17 @@ def test_worker_death_is_infra_error_and_the_pool_recovers():
 
 def test_capabilities_report(sb: Sandbox):
     caps = sb.capabilities()
-    for key in ("netns", "mountns", "private_tmp", "uid_drop", "rlimits", "fork_server", "notes", "mode"):
+    for key in (
+        "netns",
+        "mountns",
+        "private_tmp",
+        "uid_drop",
+        "rlimits",
+        "fork_server",
+        "notes",
+        "warnings",
+        "mode",
+    ):
         assert key in caps
     assert caps["fork_server"] is True and caps["mode"] == "forkserver"
     assert set(caps["rlimits"]) == {"CPU", "AS", "NPROC", "FSIZE", "NOFILE", "CORE"}
