@@ -109,6 +109,7 @@ class SolveDouble:
         self.gate = threading.Event()
         self.gate.set()
         self.event_delay_s = 0.05
+        self.crlf = False  # frame the stream with CRLF line ends and keep-alive comments
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -126,6 +127,8 @@ class SolveDouble:
             double.requests.append(body.model_dump(mode="json"))
             double.headers.append(dict(request.headers))
             events = recorded_events(double.streams[body.strategy])
+            if double.crlf:
+                events = [": keep-alive\r\n\r\n" + e.replace("\n", "\r\n") for e in events]
             if not body.stream:
                 last = events[-1].split("data: ", 1)[1]
                 return JSONResponse(json.loads(last))

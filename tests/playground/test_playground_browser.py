@@ -214,3 +214,32 @@ def test_phone_width_fits_without_horizontal_scrolling(double: Double, new_page:
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 375, selector
     save_screenshot(page, "playground-double-phone.png")
     assert_same_origin(rec.urls, url)
+
+
+def test_crlf_framing_and_comments_in_the_stream_are_understood(double: Double, new_page: Any) -> None:
+    state, url = double
+    state.crlf = True
+    _, result = _stream_data("vm_mcts")
+    page = new_page().page
+    page.goto(url)
+    page.click("#run")
+    expect(page.locator(".final-program")).to_have_text(result["program"])
+    expect(page.locator(".tree li.node")).to_have_count(len(result["tree"]["nodes"]))
+
+
+def test_every_control_is_labelled_and_tab_order_follows_the_form(double: Double, new_page: Any) -> None:
+    _, url = double
+    page = new_page().page
+    page.goto(url)
+    page.check("#compare")
+    page.locator(".auth summary").click()
+    unlabelled = page.evaluate(
+        "[...document.querySelectorAll('input, select, textarea')].filter(e => !e.labels.length).map(e => e.id)")
+    assert unlabelled == []
+    page.focus("#statement")
+    order = ["statement"]
+    for _ in range(13):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    assert order == ["statement", "starter-code", "entry-point", "strategy", "samples", "tokens", "deadline",
+                     "max-tokens", "seed", "compare", "strategy-b", "SUMMARY", "api-key", "run"]
