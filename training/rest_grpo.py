@@ -355,6 +355,8 @@ def build_trainer(
     from trl import GRPOConfig, GRPOTrainer
 
     g = config.grpo
+    if g.torch_threads is not None:
+        torch.set_num_threads(g.torch_threads)
     use_cpu = g.use_cpu if g.use_cpu is not None else not torch.cuda.is_available()
     dtype = torch.bfloat16 if g.bf16 else torch.float32
     model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)

@@ -51,7 +51,7 @@ def test_line_prefixes_are_cumulative_and_end_in_newline() -> None:
     prefixes = line_prefixes(BEST)
     assert len(prefixes) == 5
     assert prefixes[0] == "def f(x):\n" and prefixes[-1] == BEST
-    assert all(b.startswith(a) for a, b in zip(prefixes, prefixes[1:]))
+    assert all(b.startswith(a) for a, b in zip(prefixes, prefixes[1:], strict=False))
     assert line_prefixes("x = 1\n\n\n") == ["x = 1\n"]
     assert line_prefixes("   \n") == []
 
