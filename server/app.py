@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -154,7 +153,7 @@ class RequestMetricsMiddleware:
                 self._observe(services.metrics, scope, status, time.monotonic() - start)
 
     @staticmethod
-    def _observe(metrics: Metrics, scope: dict[str, Any], status: int, seconds: float) -> None:
+    def _observe(metrics: Metrics, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         strategy = scope.get(STRATEGY_KEY, "none")
         metrics.requests.labels(route, strategy, str(status)).inc()

@@ -145,7 +145,8 @@ def _solve(args: argparse.Namespace) -> int:
 
 
 def _sse(lines: Any) -> Any:
-    name, data = "message", []
+    name = "message"
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:

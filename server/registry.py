@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from models.base import CheckpointError, Policy, ValueModel
-from models.prompting import render_prompt, root_state
+from models.prompting import PromptMode, render_prompt, root_state
 from server.errors import SwapFailed, Unavailable
 from server.metrics import Metrics
 from server.protocol import ModelsStatus, PairInfo, SwapEvent
@@ -54,7 +54,7 @@ BatcherFactory = Callable[[ValueModel], ValueModel]
 async def probe(policy: Policy, value: ValueModel, *, metrics: Metrics | None = None) -> dict[str, Any]:
     """One real expansion (a short greedy continuation of a fixed problem) and one value call."""
     start = time.monotonic()
-    mode = getattr(policy, "prompt_mode", "rewrite")
+    mode: PromptMode = getattr(policy, "prompt_mode", "rewrite")
     state = root_state(PROBE_PROBLEM, mode)
     prompt = render_prompt(policy.tokenizer, PROBE_PROBLEM, state, mode)
     samples = await policy.sample(prompt, n=1, max_tokens=8, temperature=0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from server.deps import Admin, ServicesDep
@@ -9,7 +11,7 @@ from server.protocol import ModelsStatus, SwapRequest
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Admin])
 
-ERRORS = {code: {"description": text} for code, text in (
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"description": text} for code, text in (
     (400, "swap failed (the message names the file); the previous pair keeps serving"),
     (401, "no bearer token"), (403, "wrong token, or admin API disabled"), (503, "no models loaded yet"))}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -19,7 +20,7 @@ from tasks import Problem
 
 router = APIRouter(tags=["solve"], dependencies=[ApiKey])
 
-ERRORS = {code: {"description": text} for code, text in (
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"description": text} for code, text in (
     (401, "missing or invalid API key"), (413, "body too large"), (422, "invalid field (named in error.field)"),
     (429, "overloaded: retry after Retry-After seconds"), (503, "models loading, engine dead or draining"))}
 
