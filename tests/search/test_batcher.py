@@ -94,3 +94,19 @@ async def test_model_errors_reach_every_waiter_of_the_batch():
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch"):
         ValueBatcher(HashValue(), max_batch=0)
+
+
+async def test_concurrent_searches_share_value_batches():
+    from search import Budget, SearchConfig, run_search
+    from tests.search.doubles import ScriptedPolicy
+
+    inner = PairValue(delay=0.002)
+    vb = ValueBatcher(inner, max_batch=64, max_wait_ms=2.0)
+    cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=15), parallel_expansions=2, seed=0)
+    problems = [make_problem(f"p{i}") for i in range(4)]
+    alone = [await run_search(p, ScriptedPolicy(delay=0.002), HashValue(), cfg) for p in problems]
+    together = await asyncio.gather(*(run_search(p, ScriptedPolicy(delay=0.002), vb, cfg) for p in problems))
+    assert [r.code for r in together] == [r.code for r in alone]  # batching changes nothing but speed
+    expansions = sum(r.usage.policy_requests for r in together)
+    assert vb.batches < expansions and max(inner.batch_sizes) > 10
+    await vb.close()
