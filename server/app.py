@@ -24,7 +24,7 @@ from server.deps import STRATEGY_KEY
 from server.errors import error_body, install_error_handlers
 from server.metrics import Metrics
 from server.routes import admin, openai, ops, solve
-from server.services import Services
+from server.services import Services, maybe_await
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def build_app(settings: Settings | None = None, *, services: Services | None = N
                 await svc.registry.close()
                 close = getattr(svc.sandbox, "close", None)
                 if close is not None:
-                    await close()
+                    await maybe_await(close())
 
     app = FastAPI(
         title="restrl",

@@ -53,8 +53,13 @@ class MeteredSandbox:
             if status is not None:
                 self._metrics.sandbox_verdicts.labels(str(status)).inc()
 
-    async def run(self, *args: Any, **kwargs: Any) -> Any:
-        verdict = await self._sandbox.run(*args, **kwargs)
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        verdict = self._sandbox.run(*args, **kwargs)
+        self._count([verdict])
+        return verdict
+
+    async def arun(self, *args: Any, **kwargs: Any) -> Any:
+        verdict = await self._sandbox.arun(*args, **kwargs)
         self._count([verdict])
         return verdict
 

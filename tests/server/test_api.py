@@ -20,7 +20,9 @@ from tests.server.conftest import running
 from tests.server.doubles import PROGRAM, FakeLoader, FakePolicy
 
 ADMIN = "admin-secret"
-PROBLEM = {"statement": "Return the sum of a and b.", "starter_code": "def add(a, b):\n", "entry_point": "add"}
+# the stub has a body: the rewrite-mode program is the starter code followed by the model's code
+PROBLEM = {"statement": "Return the sum of a and b.", "starter_code": 'def add(a, b):\n    """Return a + b."""\n',
+           "entry_point": "add"}
 
 
 async def start(**overrides: Any) -> tuple[Services, Settings]:
@@ -352,3 +354,30 @@ async def test_plain_openai_routes_with_doubles(api: tuple[Services, httpx.Async
     assert events[-1] == ("message", "[DONE]")
     content = "".join(d["choices"][0]["delta"].get("content", "") for _, d in events[:-1] if isinstance(d, dict) and d["choices"])
     assert content == PROGRAM and events[-2][1]["usage"]["completion_tokens"] > 0
+
+
+async def test_rerank_with_public_tests_runs_the_real_sandbox() -> None:
+    from sandbox import Sandbox
+
+    settings = Settings(admin_token=ADMIN, value_batch_wait_ms=0)
+    sandbox = Sandbox(workers=1)
+    try:
+        services = assemble_services(settings, loader=FakeLoader(), search_fn=run_search, sandbox=sandbox)
+        await services.registry.load_initial(None, None)
+        problem = {**PROBLEM, "public_tests": [{"kind": "call", "args": [1, 2], "expected": 3},
+                                               {"kind": "call", "args": [2, 2], "expected": 5}]}
+        async with running(build_app(settings, services=services, load_models=False)) as url, \
+                httpx.AsyncClient(base_url=url, timeout=60) as client:
+            r = await client.post("/v1/solve", json={"problem": problem, "strategy": "best_of_n",
+                                                     "budget": {"samples": 2}, "rerank_with_tests": True})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["reranked"] and body["candidates"][0]["pass_fraction"] == 0.5
+            ready = (await client.get("/ready")).json()
+            assert ready["sandbox"]["workers"] == 1
+            verdicts = {s.labels["status"]: s.value
+                        for f in text_string_to_metric_families((await client.get("/metrics")).text)
+                        if f.name == "restrl:sandbox_verdicts" for s in f.samples}
+            assert sum(verdicts.values()) >= 1 and set(verdicts) <= {"passed", "failed", "timeout", "error", "infra_error"}
+    finally:
+        sandbox.close()
