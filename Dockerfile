@@ -72,6 +72,11 @@ EXPOSE 8000
 
 # ---- CPU image -----------------------------------------------------------------------------------
 FROM runtime AS cpu
+# vLLM's CPU kernels link libnuma (tests/deploy check the libraries against this list).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnuma1 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build-cpu /opt/venv /opt/venv
 VOLUME ["/data", "/models", "/checkpoints"]
 USER 10001:10001

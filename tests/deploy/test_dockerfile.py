@@ -4,10 +4,14 @@ the same install recipe and pins as the Makefile)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from deploy_checks import ROOT, VENV_BIN
@@ -170,3 +174,41 @@ def test_copied_sources_exist_and_match_the_packaged_layout(stages) -> None:
         assert dockerignored(private, patterns), private
     # the shipped default value adapter is package data: it must reach the image
     assert not dockerignored("models/default/value/adapter_model.safetensors", patterns)
+
+
+# Debian packages every python:*-slim-bookworm image has (apt itself needs them).
+SLIM_BASE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}
+
+
+def debian_package(path: str) -> str | None:
+    variants = {path, os.path.realpath(path), path.replace("/usr/lib/", "/lib/"), path.replace("/lib/", "/usr/lib/", 1)}
+    for variant in variants:
+        out = subprocess.run(["dpkg", "-S", variant], capture_output=True, text=True)
+        if out.returncode == 0:
+            return out.stdout.split(":", 1)[0]
+    return None
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None or shutil.which("ldd") is None, reason="needs Debian's dpkg and ldd")
+def test_cpu_image_installs_the_system_libraries_vllm_links(stages) -> None:
+    """The installed vLLM CPU build's native kernels link system libraries; the slim runtime must have them."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        pytest.skip("vLLM is not installed")
+    kernels = sorted(Path(spec.origin).parent.glob("_C*.so"))
+    assert kernels, "vLLM's native kernels not found"
+    installed = set(SLIM_BASE_PACKAGES)
+    for run in values(stages["cpu"], "RUN"):
+        if "apt-get install" in run:
+            installed.update(w for w in run.split("apt-get install", 1)[1].split("&&")[0].split() if not w.startswith("-"))
+    needed: dict[str, str] = {}
+    for kernel in kernels:
+        for line in subprocess.run(["ldd", str(kernel)], capture_output=True, text=True).stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == "=>" and parts[2].startswith(("/lib", "/usr/lib")):
+                package = debian_package(parts[2])
+                if package:
+                    needed[package] = parts[0]
+    missing = {pkg: lib for pkg, lib in needed.items() if pkg not in installed}
+    assert not missing, f"the cpu image lacks Debian packages vLLM links: {missing}"
+    assert "libnuma1" in needed, "expected vLLM's CPU kernels to link libnuma (did the check find them?)"

@@ -88,7 +88,8 @@ def restrl_url(default_model_dir, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("restrl-serve") / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTRL_") or k == "RESTRL_CACHE"}
     env.update(RESTRL_HOST="127.0.0.1", RESTRL_PORT=str(port), RESTRL_ADMIN_TOKEN=ADMIN_TOKEN,
-               RESTRL_KV_CACHE_GIB="0.5", RESTRL_MAX_MODEL_LEN="2048", RESTRL_SANDBOX_WORKERS="1")
+               RESTRL_KV_CACHE_GIB="0.5", RESTRL_MAX_MODEL_LEN="2048", RESTRL_SANDBOX_WORKERS="1",
+               RESTRL_READY_TIMEOUT_S="300")  # generous: the probe is slow on a shared 2-core machine
     with log.open("wb") as out:
         proc = subprocess.Popen([str(VENV_BIN / "restrl"), "serve"], stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=ROOT, start_new_session=True)
@@ -235,3 +236,54 @@ def test_dashboard_queries_run_and_reference_live_series(prometheus_url, restrl_
     # With traffic sent, only panels of events that did not happen may be empty.
     allowed_empty = {"Cancelled searches", "429s and rejections"}
     assert all(any(f"'{title}'" in where for title in allowed_empty) for where in empty), empty
+
+
+def swap_all(*args: str) -> tuple[int, list[dict[str, Any]]]:
+    out = subprocess.run([sys.executable, str(ROOT / "deploy" / "swap_all.py"), *args, "--timeout", "300"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "RESTRL_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert ADMIN_TOKEN not in out.stdout + out.stderr
+    return out.returncode, [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def active_pair(url: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/admin/models", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["active"]
+
+
+def test_fan_out_touches_nothing_when_a_replica_is_unreachable(restrl_url, traffic) -> None:
+    before = active_pair(restrl_url)
+    code, steps = swap_all("--replica", restrl_url, "--replica", f"http://127.0.0.1:{free_port()}",
+                           "--policy", "/nonexistent/checkpoint")
+    assert code == 1
+    assert [s["step"] for s in steps] == ["preflight", "preflight"] and steps[0]["ok"] and not steps[1]["ok"]
+    assert active_pair(restrl_url)["pair_id"] == before["pair_id"]
+
+
+@pytest.mark.slow
+def test_fan_out_swaps_a_lora_adapter_and_rolls_back(restrl_url, default_model_dir, tmp_path, traffic) -> None:
+    """A real adapter (random rank-8 LoRA with its manifest) swapped in through swap_all.py, then undone."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from models.checkpoints import write_manifest
+
+    torch.manual_seed(7)
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    adapter = tmp_path / "policy-lora"
+    get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                     init_lora_weights=False)).save_pretrained(adapter)
+    write_manifest(adapter, kind="policy", format="lora", base=str(default_model_dir), job="tests/deploy")
+    before = active_pair(restrl_url)
+
+    code, steps = swap_all("--replica", restrl_url, "--policy", str(adapter))
+    assert code == 0, steps
+    swapped = active_pair(restrl_url)
+    assert swapped["policy_version"] != before["policy_version"] and steps[-1] == {
+        "step": "verify", "ok": True, "versions": {restrl_url: [swapped["policy_version"], swapped["value_version"]]}}
+    assert solve(restrl_url)["policy_version"] == swapped["policy_version"]
+
+    code, steps = swap_all("--replica", restrl_url, "--rollback")
+    assert code == 0, steps
+    assert active_pair(restrl_url)["policy_version"] == before["policy_version"]
