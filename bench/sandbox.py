@@ -183,24 +183,19 @@ async def ours(problems: list[Problem], programs: list[str], *, workers: int, mo
     limits = Limits(wall_s=TIMEOUT_S, cpu_s=TIMEOUT_S)
     with Sandbox(workers=workers, mode=mode, limits=limits) as sb:  # type: ignore[arg-type]
         await sb.run_many([("pass\n", [])] * workers)  # warm up
-        latencies: list[float] = [0.0] * len(programs)
-
-        async def one(i: int) -> Any:
-            verdict = await sb.arun(programs[i], problems[i].tests, entry_point=problems[i].entry_point)
-            latencies[i] = verdict.wall_s  # in the worker: fork to cleanup (not the queueing in this process)
-            return verdict
-
         pids = [w.proc.pid for w in sb._all]
         cpu0 = _own_cpu() + sum(_proc_cpu(pid) for pid in pids)
         started = time.perf_counter()
-        verdicts = await asyncio.gather(*(one(i) for i in range(len(programs))))
+        verdicts = await sb.run_many(
+            [(program, p.tests, p.entry_point) for p, program in zip(problems, programs, strict=True)]
+        )
         elapsed = time.perf_counter() - started
         cpu = _own_cpu() + sum(_proc_cpu(pid) for pid in pids) - cpu0  # this process + workers + programs
         caps = sb.capabilities()
     return {
         "verdicts": verdicts,
         "elapsed_s": elapsed,
-        "latencies_s": latencies,
+        "latencies_s": [v.wall_s for v in verdicts],  # in the worker: fork to cleanup (no queueing)
         "capabilities": caps,
         "cpu_s": cpu,
     }

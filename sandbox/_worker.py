@@ -2,7 +2,8 @@
 
 Started by `sandbox.pool.Sandbox` as ``python -I _worker.py CONFIG_JSON`` with a scrubbed
 environment. It talks to its parent over stdin/stdout with length-prefixed JSON frames:
-``{"op": "run", ...}`` -> a verdict dict, ``{"op": "capabilities"}`` -> what isolation it achieved.
+``{"op": "run", ...}`` -> a verdict dict, ``{"op": "batch", "runs": [...]}`` -> ``{"results": [...]}``,
+``{"op": "capabilities"}`` -> what isolation it achieved.
 
 At start-up (once per worker, see `_setup_worker`):
 * it becomes a child subreaper, so every orphaned descendant of a program is reparented to it;
@@ -642,11 +643,21 @@ def main() -> None:
         if req.get("op") == "capabilities":
             _write_frame(proto_out, worker.caps)
             continue
-        try:
-            resp = worker.run(req)
-        except BaseException as exc:  # report, keep serving
-            resp = {"status": "infra_error", "detail": f"worker error: {exc!r}", "outcomes": [], "stderr": ""}
-        _write_frame(proto_out, resp)
+        runs = req["runs"] if req.get("op") == "batch" else [req]
+        results = []
+        for run in runs:
+            try:
+                results.append(worker.run(run))
+            except BaseException as exc:  # report, keep serving
+                results.append(
+                    {
+                        "status": "infra_error",
+                        "detail": f"worker error: {exc!r}",
+                        "outcomes": [],
+                        "stderr": "",
+                    }
+                )
+        _write_frame(proto_out, {"results": results} if req.get("op") == "batch" else results[0])
 
 
 if __name__ == "__main__":

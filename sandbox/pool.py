@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 SandboxMode = Literal["forkserver", "spawn"]
 WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
 _STARTUP_TIMEOUT_S = 60.0
+_MAX_BATCH = 8  # runs per round trip in run_many
 _RESPONSE_MARGIN_S = 30.0  # beyond the wall limit: the worker's own cleanup, a loaded machine
 
 Job = tuple[str, Sequence[TestCase]] | tuple[str, Sequence[TestCase], str | None]
@@ -178,26 +179,38 @@ class Sandbox:
     ) -> Verdict:
         """Run ``program`` against ``tests`` (blocking) and return its verdict."""
         limits = limits or self.limits
-        payload = {
-            "op": "run",
+        return self._run_batch([self._payload(program, tests, limits, entry_point)], limits)[0]
+
+    def _payload(
+        self, program: str, tests: Sequence[TestCase], limits: Limits, entry_point: str | None
+    ) -> dict[str, Any]:
+        return {
             "mode": self.mode,
             "program": program,
             "tests": [_test_dict(t) for t in tests],
             "entry_point": entry_point,
             "limits": limits.model_dump(),
         }
+
+    def _run_batch(self, payloads: list[dict[str, Any]], limits: Limits) -> list[Verdict]:
+        """Run ``payloads`` one after the other on one worker, in one round trip."""
         started = time.monotonic()
         worker = self._take()
         healthy = True
         try:
-            raw = worker.request(payload, timeout_s=limits.wall_s + _RESPONSE_MARGIN_S)
+            raw = worker.request(
+                {"op": "batch", "runs": payloads},
+                timeout_s=len(payloads) * limits.wall_s + _RESPONSE_MARGIN_S,
+            )
         except WorkerDied as exc:
             healthy = False
             logger.error("sandbox worker failed during a run: %s", exc)
-            return Verdict.infra_error(f"sandbox worker failed: {exc}", wall_s=time.monotonic() - started)
+            wall = time.monotonic() - started
+            return [Verdict.infra_error(f"sandbox worker failed: {exc}", wall_s=wall) for _ in payloads]
         finally:
             self._give_back(worker, healthy=healthy)
-        return _to_verdict(raw, wall_s=time.monotonic() - started)
+        wall = time.monotonic() - started
+        return [_to_verdict(r, wall_s=wall) for r in raw["results"]]
 
     async def arun(
         self,
@@ -218,13 +231,20 @@ class Sandbox:
         self, jobs: Sequence[Job], limits: Limits | None = None, *, entry_point: str | None = None
     ) -> list[Verdict]:
         """Run every ``(program, tests)`` or ``(program, tests, entry_point)`` job, at most
-        ``workers`` at a time; verdicts in job order."""
-        calls = []
-        for job in jobs:
-            program, tests = job[0], job[1]
-            entry = job[2] if len(job) > 2 else entry_point  # type: ignore[misc]
-            calls.append(self.arun(program, tests, limits, entry_point=entry))
-        return list(await asyncio.gather(*calls))
+        ``workers`` at a time; verdicts in job order. Long lists go to the workers in small batches
+        (one round trip per batch, so a worker never idles waiting for this process)."""
+        limits = limits or self.limits
+        payloads = [
+            self._payload(job[0], job[1], limits, job[2] if len(job) > 2 else entry_point)  # type: ignore[misc]
+            for job in jobs
+        ]
+        size = max(1, min(_MAX_BATCH, len(payloads) // (4 * max(1, len(self._all)))))
+        loop = asyncio.get_running_loop()
+        chunks = [payloads[i : i + size] for i in range(0, len(payloads), size)]
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._executor, self._run_batch, chunk, limits) for chunk in chunks)
+        )
+        return [verdict for chunk in results for verdict in chunk]
 
     def capabilities(self) -> dict[str, Any]:
         """What isolation the workers achieved on this machine (for logs and readiness checks)."""

@@ -11,5 +11,5 @@ from sandbox import Limits, Sandbox
 
 @pytest.fixture(scope="session")
 def sb() -> Iterator[Sandbox]:
-    with Sandbox(workers=2, limits=Limits(wall_s=5.0, cpu_s=3.0)) as sandbox:
+    with Sandbox(workers=2, limits=Limits(wall_s=20.0, cpu_s=10.0)) as sandbox:
         yield sandbox
