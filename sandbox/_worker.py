@@ -71,6 +71,22 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+SYSTEM_DIRS = {
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+}
 RESULT_CAP = 4 << 20
 SETUP_FAILED = 121  # a child exit status meaning "our isolation setup failed", never the program's
 
@@ -273,10 +289,22 @@ class Worker:
         self.notes.append(f"no free uid in {base}..{base + count - 1}")
         return None
 
+    def _hidden(self) -> set[str]:
+        """Directories to cover in the worker's mount namespace (the caller's working directory and
+        home by default): data, hidden tests and secrets there stay out of programs' reach."""
+        hidden = set()
+        for path in self.config.get("hide", []):
+            real = os.path.realpath(path)
+            top = "/" + real.strip("/").split("/")[0]
+            if real != "/" and top not in SYSTEM_DIRS and os.path.isdir(real):
+                hidden.add(real)
+        return hidden
+
     def _runtime_paths(self) -> list[str]:
         paths = {os.path.realpath(sys.executable), HERE, sys.base_prefix, sys.prefix}
         paths.update(os.path.realpath(p) for p in sys.path if p and os.path.exists(p))
-        return sorted(os.path.realpath(p) for p in paths)
+        hidden = self._hidden()
+        return sorted(p for p in paths if p not in hidden)
 
     def _runtime_reachable(self) -> bool:
         for path in self._runtime_paths():
@@ -288,35 +316,51 @@ class Worker:
         return True
 
     def _expose_runtime(self, uid: int) -> None:
-        """Inside our private mount namespace: for each closed directory on the way to the Python
-        installation, cover it with a 0755 tmpfs that holds bind mounts of only the needed entries."""
+        """Inside our private mount namespace: cover each closed directory on the way to the Python
+        installation, and each hidden one, with a 0755 tmpfs holding bind mounts of only the needed
+        entries (none for a hidden directory the runtime does not go through)."""
+        hidden = self._hidden()
+        covered: set[str] = set()
         for _ in range(16):
             blocked: dict[str, set[str]] = {}
             for path in self._runtime_paths():
                 parts = path.split("/")
                 for depth in range(2, len(parts)):
                     ancestor = "/".join(parts[:depth])
-                    if not _world_traversable(ancestor):
+                    if ancestor in covered:
+                        continue
+                    if ancestor in hidden or not _world_traversable(ancestor):
                         blocked.setdefault(ancestor, set()).add(parts[depth])
                         break
+            for path in hidden - covered:
+                if os.path.isdir(path) and not any(path.startswith(b + "/") for b in blocked):  # else covered in a later pass
+                    blocked.setdefault(path, set())
             if not blocked:
                 return
             for ancestor, names in sorted(blocked.items()):
-                fds = {n: os.open(os.path.join(ancestor, n), os.O_PATH) for n in names}
-                try:
-                    _mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-                    for name, fd in fds.items():
-                        target = os.path.join(ancestor, name)
-                        if stat.S_ISDIR(os.fstat(fd).st_mode):
-                            os.mkdir(target)
-                        else:
-                            open(target, "w").close()
-                        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
-                finally:
-                    for fd in fds.values():
-                        os.close(fd)
-                self.notes.append(f"{ancestor} is closed to others: only {sorted(names)} exposed to programs")
+                if any(ancestor.startswith(c + "/") for c in blocked if c != ancestor):
+                    continue  # below another directory covered in this pass: next pass
+                self._cover(ancestor, names)
+                covered.add(ancestor)
+                why = "hidden" if ancestor in hidden else "closed to others"
+                self.notes.append(f"{ancestor} is {why}: programs see only {sorted(names)} there")
         raise OSError(errno.ELOOP, "could not expose the Python installation")
+
+    @staticmethod
+    def _cover(directory: str, names: set[str]) -> None:
+        fds = {n: os.open(os.path.join(directory, n), os.O_PATH) for n in names}
+        try:
+            _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+            for name, fd in fds.items():
+                target = os.path.join(directory, name)
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    os.mkdir(target)
+                else:
+                    open(target, "w").close()
+                _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     # ---- one run ------------------------------------------------------------------------------
     def run(self, req: dict) -> dict:

@@ -48,8 +48,8 @@ class WorkerDied(RuntimeError):
 class _Worker:
     """The caller's handle on one worker process."""
 
-    def __init__(self, *, mode: SandboxMode, tmp_mb: int) -> None:
-        config = {"mode": mode, "tmp_mb": tmp_mb}
+    def __init__(self, *, mode: SandboxMode, tmp_mb: int, hide: list[str]) -> None:
+        config = {"mode": mode, "tmp_mb": tmp_mb, "hide": hide}
         env = {
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -132,6 +132,11 @@ class Sandbox:
     for a free worker. Workers start in ``__init__`` (so `capabilities` and any isolation gap are
     known and logged at start-up) and are restarted after a failure, which the affected run reports
     as ``infra_error``. Use as a context manager or call `close`.
+
+    ``hide``: directories programs must not see (covered by an empty tmpfs in the workers' mount
+    namespace, except the Python installation beneath them). Default: the caller's working directory
+    and home, where data sets with hidden tests, checkpoints and ``.env`` files tend to live. Add a
+    training job's data directory here. ``tmp_mb`` sizes each worker's private /tmp.
     """
 
     def __init__(
@@ -141,12 +146,15 @@ class Sandbox:
         limits: Limits | None = None,
         mode: SandboxMode = "forkserver",
         tmp_mb: int = 256,
+        hide: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.limits = limits or Limits()
         self.mode: SandboxMode = mode
         self._tmp_mb = tmp_mb
+        hidden = hide if hide is not None else [os.getcwd(), os.path.expanduser("~")]
+        self._hide = [os.path.realpath(p) for p in hidden]
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -278,7 +286,7 @@ class Sandbox:
 
     # ---- worker management ------------------------------------------------------------------
     def _start_worker(self) -> _Worker:
-        return _Worker(mode=self.mode, tmp_mb=self._tmp_mb)
+        return _Worker(mode=self.mode, tmp_mb=self._tmp_mb, hide=self._hide)
 
     def _add_worker(self, worker: _Worker) -> None:
         with self._lock:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,3 +240,28 @@ async def test_two_programs_at_once_cannot_see_each_others_files(sb: Sandbox):
     )
     assert w.status == "passed", w.stderr
     assert r.status == "passed", r.tests[0].message
+
+
+def test_hidden_directories_are_out_of_reach():
+    secret_dir = Path(tempfile.mkdtemp(dir=REPO / "tests" / "sandbox", prefix=".hidden-"))
+    try:
+        secret_dir.chmod(0o755)
+        secret = secret_dir / "hidden_tests.jsonl"
+        secret.write_text("expected answers\n")
+        secret.chmod(0o644)
+        program = (
+            "def peek(path):\n"
+            "    try:\n"
+            "        return open(path).read()\n"
+            "    except OSError as exc:\n"
+            "        return type(exc).__name__\n"
+        )
+        test = [TestCase(kind="call", args=[str(secret)], expected="FileNotFoundError", fn_name="peek")]
+        with Sandbox(workers=1, limits=LIMITS, hide=[secret_dir]) as hidden:
+            verdict = hidden.run(program, test)
+        assert verdict.status == "passed", verdict.tests[0].message
+        with Sandbox(workers=1, limits=LIMITS, hide=[]) as visible:  # the probe can see it otherwise
+            verdict = visible.run(program, test)
+        assert verdict.status == "failed" and "expected answers" in verdict.tests[0].message
+    finally:
+        shutil.rmtree(secret_dir)
