@@ -177,8 +177,10 @@ class Worker:
             "fork_server": config.get("mode") == "forkserver",
             "notes": self.notes,
             "warnings": self.warnings,
+            "cgroups": [],
         }
         self.uid_lock: int | None = None
+        self.cgroups: dict[str, str] = {}  # controller -> this worker's cgroup directory
         self.scratch = "/tmp"
         self._setup_worker()
 
@@ -234,6 +236,7 @@ class Worker:
             self.caps["run_uid"] = uid
             self.caps["cleanup"] = "process_group+uid"
             self._kill_uid(uid)  # leftovers of a previous holder of this uid (reparented to init)
+            self._setup_cgroups(uid)
         else:
             self.warnings.append("the Python installation is not reachable by an unprivileged uid")
 
@@ -268,6 +271,65 @@ class Worker:
             self.caps["private_tmp"] = True
         except OSError as exc:
             self.notes.append(f"no private /tmp: {exc}")
+
+    def _setup_cgroups(self, uid: int) -> None:
+        """A cgroup (v1 memory and pids controllers) per worker, below the worker's own: it bounds a
+        run's total memory and process count, whatever the number of processes (RLIMIT_AS is per
+        process), and measures its peak memory."""
+        own: dict[str, str] = {}
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for controller in controllers.split(","):
+                    own[controller] = path
+        for controller, limit_file in (("memory", "memory.limit_in_bytes"), ("pids", "pids.max")):
+            base = f"/sys/fs/cgroup/{controller}{own.get(controller, '/')}"
+            if controller not in own or not os.path.isdir(base):
+                self.warnings.append(f"no cgroup v1 '{controller}' controller: no per-run {controller} total")
+                continue
+            path = os.path.join(base, f"restrl-sandbox-{uid}")
+            try:
+                os.makedirs(path, exist_ok=True)
+                if not os.path.exists(os.path.join(path, limit_file)):
+                    raise OSError(errno.ENOENT, f"no {limit_file}")
+                self.cgroups[controller] = path
+            except OSError as exc:
+                self.warnings.append(f"cannot create a '{controller}' cgroup: {exc}")
+        self.caps["cgroups"] = sorted(self.cgroups)
+
+    def _cgroup_write(self, controller: str, name: str, value: str) -> None:
+        with open(os.path.join(self.cgroups[controller], name), "w") as f:
+            f.write(value)
+
+    def _cgroup_limits(self, limits: dict) -> None:
+        try:
+            if "memory" in self.cgroups:
+                limit = str(int(limits["memory_mb"]) << 20)
+                try:
+                    self._cgroup_write("memory", "memory.limit_in_bytes", limit)
+                except OSError:  # charges left below the new limit: drop them, then retry
+                    self._cgroup_write("memory", "memory.force_empty", "0")
+                    self._cgroup_write("memory", "memory.limit_in_bytes", limit)
+                self._cgroup_write("memory", "memory.max_usage_in_bytes", "0")
+            if "pids" in self.cgroups:
+                self._cgroup_write("pids", "pids.max", str(int(limits["max_procs"])))
+        except OSError as exc:
+            note = f"cgroup limits not applied: {exc}"
+            if note not in self.warnings:
+                self.warnings.append(note)
+
+    def _memory_peak_mb(self) -> float | None:
+        if "memory" not in self.cgroups:
+            return None
+        with open(os.path.join(self.cgroups["memory"], "memory.max_usage_in_bytes")) as f:
+            return int(f.read()) / (1 << 20)
+
+    def close(self) -> None:
+        for path in self.cgroups.values():
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
 
     def _claim_uid(self) -> int | None:
         base, count = int(self.config.get("uid_base", 61000)), int(self.config.get("uid_count", 512))
@@ -333,7 +395,9 @@ class Worker:
                         blocked.setdefault(ancestor, set()).add(parts[depth])
                         break
             for path in hidden - covered:
-                if os.path.isdir(path) and not any(path.startswith(b + "/") for b in blocked):  # else covered in a later pass
+                if os.path.isdir(path) and not any(
+                    path.startswith(b + "/") for b in blocked
+                ):  # else covered in a later pass
                     blocked.setdefault(path, set())
             if not blocked:
                 return
@@ -381,6 +445,7 @@ class Worker:
         }
         res_fd = os.open(self.scratch, os.O_TMPFILE | os.O_RDWR, 0o600)
         err_fd = os.open(self.scratch, os.O_TMPFILE | os.O_RDWR, 0o600)
+        self._cgroup_limits(limits)
         started = time.monotonic()
         gc.freeze()  # the child's garbage collector then never touches (and copies) the worker's pages
         try:
@@ -403,6 +468,9 @@ class Worker:
         """In the forked child: isolate, then run the harness. Never returns."""
         try:
             os.setsid()
+            for path in self.cgroups.values():
+                with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(null, 1)
@@ -500,7 +568,9 @@ class Worker:
         stderr = os.pread(err_fd, int(limits["max_stderr_bytes"]), 0) if limits["max_stderr_bytes"] else b""
         results = os.pread(res_fd, RESULT_CAP, 0)
         cpu = usage.ru_utime + usage.ru_stime
-        return self._verdict(job, results, stderr, wait_status, wall_killed, wall, cpu, limits)
+        verdict = self._verdict(job, results, stderr, wait_status, wall_killed, wall, cpu, limits)
+        verdict["memory_peak_mb"] = self._memory_peak_mb()
+        return verdict
 
     def _verdict(
         self,
@@ -680,6 +750,13 @@ def main() -> None:
     os.close(null)
     worker = Worker(config)
     _write_frame(proto_out, {"ready": True, "capabilities": worker.caps})
+    try:
+        serve(worker, proto_in, proto_out)
+    finally:
+        worker.close()
+
+
+def serve(worker: Worker, proto_in: int, proto_out: int) -> None:
     while True:
         req = _read_frame(proto_in)
         if req is None or req.get("op") == "exit":

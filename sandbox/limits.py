@@ -77,6 +77,10 @@ class Verdict(BaseModel):
     wall_s: float = Field(default=0.0, ge=0.0)
     cpu_s: float = Field(default=0.0, ge=0.0)
     detail: str = Field(default="", description="why the run ended as it did")
+    memory_peak_mb: float | None = Field(
+        default=None,
+        description="peak memory of all the run's processes together (where a memory cgroup exists)",
+    )
 
     @property
     def passed(self) -> bool:

@@ -344,4 +344,5 @@ def _to_verdict(raw: dict[str, Any], *, wall_s: float) -> Verdict:
         wall_s=float(raw.get("wall_s", wall_s)),
         cpu_s=float(raw.get("cpu_s", 0.0)),
         detail=str(raw.get("detail", "")),
+        memory_peak_mb=raw.get("memory_peak_mb"),
     )

@@ -265,3 +265,29 @@ def test_hidden_directories_are_out_of_reach():
         assert verdict.status == "failed" and "expected answers" in verdict.tests[0].message
     finally:
         shutil.rmtree(secret_dir)
+
+
+def test_memory_bomb_spread_over_processes_is_bounded_in_total(sb: Sandbox):
+    """RLIMIT_AS is per process; the run's memory cgroup bounds the sum (6 x 200 MiB > 256 MiB)."""
+    if "memory" not in sb.capabilities().get("cgroups", []):
+        pytest.skip("no memory cgroup on this machine: only the per-process RLIMIT_AS applies")
+    program = (
+        "import os, time\n"
+        "kids = []\n"
+        "for _ in range(6):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        x = bytearray(200 << 20)\n"
+        "        time.sleep(2)\n"
+        "        os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "codes = [os.waitpid(k, 0)[1] for k in kids]\n"
+        "def exit_codes():\n"
+        "    return codes\n"
+    )
+    before = worker_pids(sb)
+    test = [TestCase(kind="call", args=[], expected=[0] * 6, fn_name="exit_codes")]
+    verdict = sb.run(program, test, LIMITS)
+    assert verdict.status in ("failed", "error"), verdict  # some processes were killed, or the parent
+    assert verdict.memory_peak_mb is not None and verdict.memory_peak_mb <= LIMITS.memory_mb
+    _host_clean(sb, before)
