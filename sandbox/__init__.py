@@ -4,9 +4,10 @@ In: a program (source text), its `tasks.TestCase`s (call / stdio / assert / unit
 `Limits`. Out: a `Verdict` (passed / failed / timeout / error / infra_error, one `TestOutcome` per
 test or unittest method, pass fraction, truncated stderr, wall and CPU time). `Sandbox` keeps a
 bounded pool of separate worker processes; each program runs in its own forked child with its own
-session, rlimits, scratch directory, scrubbed environment, no network and (as root) its own
-unprivileged uid; generated code never runs in the caller's process. `capabilities()` reports
-which of these protections the machine allowed. Imports only `tasks`.
+session, rlimits, scratch directory, scrubbed environment, no network, the caller's directories
+hidden and (as root) its own unprivileged uid and memory/pids cgroup; generated code never runs in
+the caller's process. `capabilities()` reports which protections the machine allowed, with a
+``warnings`` list of the gaps. Imports only `tasks`.
 """
 
 from sandbox.limits import Limits, OutcomeStatus, TestOutcome, Verdict, VerdictStatus

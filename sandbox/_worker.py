@@ -12,18 +12,22 @@ At start-up (once per worker, see `_setup_worker`):
   the host and are wiped after each run); it claims a dedicated unprivileged uid (a lock file makes
   it unique on the machine) that its programs run as, and makes the Python installation reachable
   for that uid by bind-mounting only the needed directories over a 0755 tmpfs where an ancestor
-  (e.g. /root) is closed;
+  (e.g. /root) is closed; the directories in ``hide`` (the caller's working directory and home by
+  default) are covered the same way; a memory and a pids cgroup (v1) below its own bound the totals
+  of each run, whatever its number of processes;
 * not root: a user namespace with the same network and mount isolation when the kernel allows it,
-  and no uid change (stated in the capabilities).
+  no uid change and no capabilities left in the child (every gap is listed in the capabilities'
+  ``warnings``).
 
 Per run (`Worker.run`): a fresh 0700 work directory owned by the run uid; fork a child which
-calls setsid, closes every inherited descriptor, scrubs the environment, sets rlimits (CPU, AS,
+calls setsid, joins the worker's cgroups, closes every inherited descriptor, scrubs the environment, sets rlimits (CPU, AS,
 NPROC, FSIZE, NOFILE, CORE=0), drops to the run uid (setgroups/setresgid/setresuid, no new
 privileges, parent-death signal) and then runs `_harness` (fork-server mode) or execs a fresh
-interpreter on it (spawn mode). The worker enforces the wall-clock limit, drains stderr and the
-result channel with caps, and afterwards kills the process group and every process of the run uid
-(a helper with that uid calls ``kill(-1, SIGKILL)`` until nothing is left: this catches
-double-forked ``setsid`` daemons), reaps them, and wipes the scratch space.
+interpreter on it (spawn mode). Its stderr and result channel are unlinked files capped by
+RLIMIT_FSIZE. The worker enforces the wall-clock limit, then kills the process group and every
+process of the run uid (a helper with that uid calls ``kill(-1, SIGKILL)``, which catches
+double-forked ``setsid`` daemons) until it has no child left, reaps them, and wipes the scratch
+space.
 """
 
 from __future__ import annotations
