@@ -160,6 +160,7 @@ class Sandbox:
         self._lock = threading.Lock()
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
+        self._size = workers
         for _ in range(workers):
             self._add_worker(self._start_worker())
         caps = self.capabilities()
@@ -204,6 +205,8 @@ class Sandbox:
         """Run ``payloads`` one after the other on one worker, in one round trip."""
         started = time.monotonic()
         worker = self._take()
+        if worker is None:
+            return [Verdict.infra_error("no sandbox worker could be started") for _ in payloads]
         healthy = True
         try:
             raw = worker.request(
@@ -293,10 +296,23 @@ class Sandbox:
             self._all.append(worker)
         self._idle.put(worker)
 
-    def _take(self) -> _Worker:
-        if self._closed:
-            raise RuntimeError("the sandbox is closed")
-        return self._idle.get()
+    def _take(self) -> _Worker | None:
+        """An idle worker; None when none is left and none can be started (an infra error)."""
+        while True:
+            if self._closed:
+                raise RuntimeError("the sandbox is closed")
+            try:
+                return self._idle.get(timeout=1.0)
+            except queue.Empty:
+                pass
+            with self._lock:
+                missing = len(self._all) < self._size
+            if missing:  # a restart failed earlier: try again now
+                try:
+                    self._add_worker(self._start_worker())
+                except (WorkerDied, OSError) as exc:
+                    logger.error("no sandbox worker can be started: %s", exc)
+                    return None
 
     def _give_back(self, worker: _Worker, *, healthy: bool) -> None:
         if healthy and worker.alive():

@@ -315,3 +315,21 @@ def test_closed_sandbox_refuses_runs():
     with pytest.raises(RuntimeError):
         sandbox.run(DOUBLE, [])
     asyncio.run(asyncio.sleep(0))
+
+
+def test_no_startable_worker_is_infra_error_until_one_starts(monkeypatch: pytest.MonkeyPatch):
+    from sandbox.pool import WorkerDied
+
+    with Sandbox(workers=1) as sandbox:
+        (pid,) = worker_pids(sandbox)
+        os.kill(pid, signal.SIGKILL)
+
+        def refuse(self):
+            raise WorkerDied("cannot start (test)")
+
+        monkeypatch.setattr(Sandbox, "_start_worker", refuse)
+        first = sandbox.run(DOUBLE, [call([1], 2)])  # the dead worker: infra_error, restart refused
+        second = sandbox.run(DOUBLE, [call([1], 2)])  # no worker at all: infra_error, no hang
+        assert first.status == "infra_error" and second.status == "infra_error"
+        monkeypatch.undo()
+        assert sandbox.run(DOUBLE, [call([1], 2)]).status == "passed"
