@@ -24,7 +24,10 @@ class Limits(BaseModel):
         default=1024, ge=64, le=1 << 20, description="address-space limit (RLIMIT_AS), MiB"
     )
     max_procs: int = Field(
-        default=32, ge=1, le=4096, description="processes the run uid may hold (RLIMIT_NPROC)"
+        default=32,
+        ge=1,
+        le=4096,
+        description="processes and threads a run may hold (RLIMIT_NPROC, pids cgroup)",
     )
     max_file_mb: int = Field(
         default=16, ge=0, le=1 << 16, description="largest file a program may write (RLIMIT_FSIZE), MiB"
