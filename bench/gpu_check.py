@@ -15,8 +15,8 @@ scoring states/s at batch 64 x 512 tokens.
 from __future__ import annotations
 
 import argparse
-import copy
 import asyncio
+import copy
 import json
 import platform
 import sys
@@ -144,7 +144,7 @@ def bench_policy_loop(model: Any, *, batch: int, prompt_len: int, new_tokens: in
     return asyncio.run(timed())
 
 
-def bench_value(cfg: Any, *, batch: int, length: int, rounds: int, device: str) -> tuple[float, str]:
+def bench_value(cfg: Any, *, batch: int, length: int, rounds: int, device: str) -> tuple[float, float, str]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -191,8 +191,14 @@ def bench_value(cfg: Any, *, batch: int, length: int, rounds: int, device: str) 
     t0 = time.perf_counter()
     scores = forward(encoded)
     sync(device)
+    padded = len(encoded) / (time.perf_counter() - t0)
     assert len(scores) == len(encoded) and all(0.0 <= s <= 1.0 for s in scores)
-    return len(encoded) / (time.perf_counter() - t0), path
+    equal = [e[:length - 6] for e in encoded]  # same lengths: no padding, the mask is all ones
+    t0 = time.perf_counter()
+    forward(equal)
+    sync(device)
+    unpadded = len(equal) / (time.perf_counter() - t0)
+    return padded, unpadded, path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-        states, path = bench_value(cfg, batch=vbatch, length=vlen, rounds=vrounds, device=device)
+        states, unpadded, path = bench_value(cfg, batch=vbatch, length=vlen, rounds=vrounds, device=device)
         row[f"value_states_s_b{vbatch}"] = round(states, 1)
+        row[f"value_states_s_b{vbatch}_equal_len"] = round(unpadded, 1)
         row["value_path"] = path
-        print(f"{name}: value batch {vbatch} x {vlen} tokens: {states:.1f} states/s ({path})", flush=True)
+        print(f"{name}: value batch {vbatch} x {vlen} tokens: {states:.1f} states/s padded, {unpadded:.1f} equal lengths ({path})", flush=True)
         if device == "cuda":
             row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             torch.cuda.reset_peak_memory_stats()
