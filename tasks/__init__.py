@@ -10,7 +10,7 @@ nothing else of ours.
 """
 
 from tasks.gym import GymConfig, GymSplits, make_gym
-from tasks.humaneval import humaneval_canonical_program, is_eval_only, load_humaneval
+from tasks.humaneval import check_trainable, humaneval_canonical_program, is_eval_only, load_humaneval
 from tasks.jsonl import SCHEMA_VERSION, DatasetError, load_jsonl, write_jsonl
 from tasks.loaders import LOADERS, load_problems
 from tasks.problem import Problem, TestCase, TestKind
@@ -24,6 +24,7 @@ __all__ = [
     "Problem",
     "TestCase",
     "TestKind",
+    "check_trainable",
     "humaneval_canonical_program",
     "is_eval_only",
     "load_humaneval",

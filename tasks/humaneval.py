@@ -66,3 +66,14 @@ def humaneval_canonical_program(problem: Problem) -> str:
 def is_eval_only(problem: Problem) -> bool:
     """True for problems that must never be offered to training (HumanEval and similar)."""
     return problem.metadata.get("split") == EVAL_ONLY
+
+
+def check_trainable(problems: list[Problem]) -> list[Problem]:
+    """Return ``problems`` unchanged, or raise `ValueError` naming the first evaluation-only one:
+    training jobs call this before any compute so that HumanEval can never leak into training."""
+    for problem in problems:
+        if is_eval_only(problem):
+            raise ValueError(
+                f"problem {problem.id!r} is evaluation-only (metadata split={EVAL_ONLY!r}): it must not be used for training"
+            )
+    return problems

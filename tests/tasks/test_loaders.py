@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tasks import LOADERS, DatasetError, Problem, TestCase, load_jsonl, load_problems, write_jsonl
+from tasks import (
+    LOADERS,
+    DatasetError,
+    Problem,
+    TestCase,
+    check_trainable,
+    load_jsonl,
+    load_problems,
+    write_jsonl,
+)
 from tasks.apps import load_apps
 from tasks.bigcodebench import load_bigcodebench
 from tasks.humaneval import humaneval_canonical_program, is_eval_only, load_humaneval
@@ -150,3 +159,10 @@ def test_humaneval_packaged_offline():
     assert [p.id for p in load_problems("humaneval", limit=3)] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     assert all(is_eval_only(p) for p in problems)
     assert not is_eval_only(load_jsonl(FIX / "restrl_small.jsonl")[0])
+
+
+def test_training_refuses_eval_only_problems():
+    mine = load_jsonl(FIX / "restrl_small.jsonl")
+    assert check_trainable(mine) == mine
+    with pytest.raises(ValueError, match="'HumanEval/1' is evaluation-only"):
+        check_trainable([*mine, *load_humaneval(limit=2)[1:]])
