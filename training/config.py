@@ -48,8 +48,9 @@ class PolicyConfig(_Strict):
 
 
 class SamplingConfig(_Strict):
-    """Step 1 (ReST-GRPO only): N programs per problem from the serving engine (vLLM)."""
+    """Step 1 (ReST-GRPO and DAPO screening): N programs per problem from the serving engine."""
 
+    engine: Literal["vllm", "hf"] = Field(default="vllm", description="vllm (the serving engine) or hf (transformers)")
     n: int = Field(default=5, ge=2, description="samples per problem (N); >= 2 or no std exists")
     temperature: float = Field(default=0.7, gt=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)

@@ -222,6 +222,7 @@ async def _sample_all(
 
     s = config.sampling
     engine = EngineConfig(
+        engine=s.engine,
         model=base_model,
         adapter=str(config.policy.adapter) if config.policy.adapter else None,
         kv_cache_gib=s.kv_cache_gib,
