@@ -26,7 +26,9 @@ STACK_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RESTRL_", "GRAFANA_", "COMPOSE_"))}
-    return subprocess.run([str(COMPOSE_BIN), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), *args],
+    # --env-file: a developer's own .env must not change what the tests see
+    return subprocess.run([str(COMPOSE_BIN), "--project-directory", str(ROOT), "--env-file", os.devnull,
+                           "-f", str(COMPOSE_FILE), *args],
                           capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
 
 
