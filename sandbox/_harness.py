@@ -10,6 +10,8 @@ event on file descriptor 3, each carrying the run's nonce so that stray writes a
 * ``{"t": "load_error", "msg": ...}``      - it did not (syntax error, exception at import);
 * ``{"t": "outcome", "i": k, "name": ..., "status": ..., "msg": ...}`` - one per test outcome
   (a ``unittest`` test yields one per test method);
+* ``{"t": "value", "i": k, "value": ..., "repr": ...}`` / ``{"t": "output", "i": k, "out": ...}`` -
+  what a call test returned / a stdio test printed, for the worker to judge;
 * ``{"t": "done"}``                         - every test ran.
 
 Semantics (the `sandbox` package documents them for users):
@@ -20,6 +22,9 @@ Semantics (the `sandbox` package documents them for users):
 * stdio: each test runs the program as ``__main__`` in its own forked process with the test's stdin;
   stdout is compared by `outputs_match` (line-wise after stripping trailing whitespace and trailing
   blank lines, else token-wise with the same float tolerance).
+* For these two kinds the child only reports what the program returned or printed (``value`` /
+  ``output`` events) and the worker judges them (`judge`): the expected values are never in the
+  program's process, so a program cannot read them from its own memory.
 * assert: the test source runs in the program's namespace; one outcome per script.
 * unittest: the test source runs in the program's namespace; every test method of every
   ``unittest.TestCase`` class it defines is one outcome.
@@ -247,18 +252,8 @@ def _stdio_test(code: types.CodeType, index: int, test: dict, max_output: int, e
     exit_code = os.WEXITSTATUS(wait_status)
     if exit_code != 0:
         emit({"t": "outcome", "i": index, "name": name, "status": "error", "msg": f"exit status {exit_code}"})
-    elif outputs_match(got, test.get("expected") or ""):
-        emit({"t": "outcome", "i": index, "name": name, "status": "passed", "msg": ""})
-    else:
-        emit(
-            {
-                "t": "outcome",
-                "i": index,
-                "name": name,
-                "status": "failed",
-                "msg": _short(f"wrong output: {got!r}"),
-            }
-        )
+    else:  # judged by the worker (`judge`): the expected output never enters this process
+        emit({"t": "output", "i": index, "name": name, "out": got})
 
 
 def _call_test(namespace: dict, index: int, test: dict, entry_point: str | None, emit: _Emitter) -> None:
@@ -281,13 +276,37 @@ def _call_test(namespace: dict, index: int, test: dict, entry_point: str | None,
     except BaseException as exc:
         emit({"t": "outcome", "i": index, "name": label, "status": "failed", "msg": _describe(exc)})
         return
-    try:
-        ok = values_equal(got, test.get("expected"))
+    try:  # judged by the worker (`judge`): the expected value never enters this process
+        plain = _plain(got)
+        json.dumps(plain)
+        shown = _short(repr(plain))
     except BaseException as exc:
         emit({"t": "outcome", "i": index, "name": label, "status": "failed", "msg": _describe(exc)})
         return
-    msg = "" if ok else _short(f"returned {got!r}, expected {test.get('expected')!r}")
-    emit({"t": "outcome", "i": index, "name": label, "status": "passed" if ok else "failed", "msg": msg})
+    emit({"t": "value", "i": index, "name": label, "value": plain, "repr": shown})
+
+
+def judge(event: dict, test: dict) -> dict:
+    """The outcome of a ``value`` (call test) or ``output`` (stdio test) event, judged outside the
+    program's process against the test's expected value."""
+    expected = test.get("expected")
+    if event.get("t") == "output":
+        ok = outputs_match(str(event.get("out", "")), expected or "")
+        msg = "" if ok else _short(f"wrong output: {event.get('out')!r}")
+    else:
+        try:
+            ok = _equal(event.get("value"), json.loads(json.dumps(_plain(expected))))
+        except (TypeError, ValueError) as exc:
+            ok, msg = False, _describe(exc)
+        else:
+            msg = "" if ok else _short(f"returned {event.get('repr')}, expected {expected!r}")
+    return {
+        "t": "outcome",
+        "i": event["i"],
+        "name": event.get("name"),
+        "status": "passed" if ok else "failed",
+        "msg": msg,
+    }
 
 
 def _assert_test(namespace: dict, index: int, test: dict, emit: _Emitter) -> None:

@@ -441,7 +441,11 @@ class Worker:
         nonce = secrets.token_hex(16)
         job = {
             "program": req["program"],
-            "tests": req["tests"],
+            # what the child gets: no expected values for the kinds the worker judges itself
+            "tests": [
+                {k: v for k, v in t.items() if k != "expected"} if t["kind"] in ("call", "stdio") else t
+                for t in req["tests"]
+            ],
             "entry_point": req.get("entry_point"),
             "max_output_bytes": limits["max_output_bytes"],
             "nonce": nonce,
@@ -462,7 +466,8 @@ class Worker:
         if pid == 0:
             self._child(job, req.get("mode", "forkserver"), limits, workdir, res_fd, err_fd)
         try:
-            return self._supervise(pid, job, limits, started, res_fd, err_fd)
+            judged = {**job, "tests": req["tests"]}  # with the expected values the child never saw
+            return self._supervise(pid, judged, limits, started, res_fd, err_fd)
         finally:
             self._cleanup(pid, workdir)
             os.close(res_fd)
@@ -570,7 +575,7 @@ class Worker:
         wall = time.monotonic() - started
         self._sweep()
         stderr = os.pread(err_fd, int(limits["max_stderr_bytes"]), 0) if limits["max_stderr_bytes"] else b""
-        results = os.pread(res_fd, RESULT_CAP, 0)
+        results = os.pread(res_fd, max(RESULT_CAP, (int(limits["max_file_mb"]) + 1) << 20), 0)
         cpu = usage.ru_utime + usage.ru_stime
         verdict = self._verdict(job, results, stderr, wait_status, wall_killed, wall, cpu, limits)
         verdict["memory_peak_mb"] = self._memory_peak_mb()
@@ -595,6 +600,13 @@ class Worker:
             except ValueError:
                 continue
             if isinstance(event, dict) and event.pop("n", None) == nonce:
+                index = event.get("i")
+                if (
+                    event.get("t") in ("value", "output")
+                    and isinstance(index, int)
+                    and 0 <= index < len(job["tests"])
+                ):
+                    event = _harness.judge(event, job["tests"][index])
                 events.append(event)
         kinds = {e.get("t") for e in events}
         load_error = next((e.get("msg", "") for e in events if e.get("t") == "load_error"), None)

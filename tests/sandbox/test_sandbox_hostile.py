@@ -291,3 +291,30 @@ def test_memory_bomb_spread_over_processes_is_bounded_in_total(sb: Sandbox):
     assert verdict.status in ("failed", "error"), verdict  # some processes were killed, or the parent
     assert verdict.memory_peak_mb is not None and verdict.memory_peak_mb <= LIMITS.memory_mb
     _host_clean(sb, before)
+
+
+STEAL = (
+    "import gc\n"
+    "def steal():\n"
+    "    for obj in gc.get_objects():\n"
+    "        if isinstance(obj, dict) and obj.get('kind') in ('call', 'stdio') and 'expected' in obj:\n"
+    "            return obj['expected']\n"
+    "        if isinstance(obj, list):\n"
+    "            for item in obj:\n"
+    "                if isinstance(item, dict) and 'expected' in item:\n"
+    "                    return item['expected']\n"
+    "    return 'not found'\n"
+)
+
+
+def test_call_tests_expected_values_are_not_in_the_programs_memory(sb: Sandbox):
+    expected = f"answer-{secrets.token_hex(8)}"
+    verdict = sb.run(STEAL, [TestCase(kind="call", args=[], expected=expected, fn_name="steal")], LIMITS)
+    assert verdict.status == "failed" and "not found" in verdict.tests[0].message
+
+
+def test_stdio_tests_expected_output_is_not_in_the_programs_memory(sb: Sandbox):
+    expected = f"answer-{secrets.token_hex(8)}\n"
+    program = STEAL + "print(steal(), end='')\n"
+    verdict = sb.run(program, [TestCase(kind="stdio", stdin="", expected=expected)], LIMITS)
+    assert verdict.status == "failed" and "not found" in verdict.tests[0].message
