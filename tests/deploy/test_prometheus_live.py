@@ -98,7 +98,8 @@ def restrl_url(default_model_dir, tmp_path_factory) -> Iterator[str]:
         wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, timeout=300,
                  what="restrl serve /health", proc=proc, log=log)
         # /health is liveness only; /ready runs a real expansion and value call once the models are loaded
-        wait_for(lambda: httpx.get(f"{url}/ready", timeout=60).status_code == 200, timeout=300,
+        # (bounds sized for a 2-core machine shared with other test runs; uncontended it takes seconds)
+        wait_for(lambda: httpx.get(f"{url}/ready", timeout=300).status_code == 200, timeout=600,
                  what="restrl serve /ready", proc=proc, log=log)
         yield url
     finally:
