@@ -36,7 +36,10 @@ from deploy_checks import (
 )
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus package is not installed (see .ci/run)")
+pytestmark = [
+    pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus package is not installed (see .ci/run)"),
+    pytest.mark.timeout(1500),  # the first test also pays for the module's server start (bounded below)
+]
 
 ADMIN_TOKEN = "deploy-test-admin-token"
 PROBLEM = {"statement": "Write a function add(a, b) that returns the sum of a and b.",
