@@ -23,7 +23,7 @@ from tasks import TestCase
 # Programs expected to time out get a short wall; the others a long one, so that a loaded machine
 # cannot turn their verdict into a timeout.
 LIMITS = Limits(wall_s=20.0, cpu_s=5.0, max_procs=16, memory_mb=256)
-SHORT = LIMITS.model_copy(update={"wall_s": 2.0, "cpu_s": 1.0})
+SHORT = LIMITS.model_copy(update={"wall_s": 1.0, "cpu_s": 1.0})
 REPO = Path(__file__).resolve().parents[2]
 DOUBLE = "def double(x):\n    return x * 2\n"
 CALL = [TestCase(kind="call", args=[2], expected=4, fn_name="double")]
@@ -268,7 +268,7 @@ def test_hidden_directories_are_out_of_reach():
 
 
 def test_memory_bomb_spread_over_processes_is_bounded_in_total(sb: Sandbox):
-    """RLIMIT_AS is per process; the run's memory cgroup bounds the sum (6 x 200 MiB > 256 MiB)."""
+    """RLIMIT_AS is per process; the run's memory cgroup bounds the sum (6 x 100 MiB > 256 MiB)."""
     if "memory" not in sb.capabilities().get("cgroups", []):
         pytest.skip("no memory cgroup on this machine: only the per-process RLIMIT_AS applies")
     program = (
@@ -277,8 +277,8 @@ def test_memory_bomb_spread_over_processes_is_bounded_in_total(sb: Sandbox):
         "for _ in range(6):\n"
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
-        "        x = bytearray(200 << 20)\n"
-        "        time.sleep(2)\n"
+        "        x = bytearray(100 << 20)\n"
+        "        time.sleep(0.5)\n"
         "        os._exit(0)\n"
         "    kids.append(pid)\n"
         "codes = [os.waitpid(k, 0)[1] for k in kids]\n"

@@ -254,7 +254,7 @@ async def test_run_many_uses_the_workers_concurrently(sb: Sandbox):
     uids = run_uids(sb)
     if len(uids) < 2:
         pytest.skip("no dedicated run uids on this machine")
-    task = asyncio.ensure_future(sb.run_many([("import time\ntime.sleep(3)\n", [])] * 2))
+    task = asyncio.ensure_future(sb.run_many([("import time\ntime.sleep(2)\n", [])] * 2))
     both = False
     while not task.done() and not both:
         both = all(processes_of_uid(uid) for uid in uids)
