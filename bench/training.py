@@ -1,14 +1,16 @@
 """The policy-training experiment of issue 6 (item 7): ReST-GRPO vs vanilla GRPO at equal steps.
 
-    python -m bench.training [--n-per-tier 40] [--humaneval-limit 164] [--skip-train]
+    python -m bench.training [all|gym|train|eval|report] [MODELS...] [--n-per-tier 60] [--humaneval-limit 20]
 
-1. writes the gym (seed 0) to runs/training/gym/{train,validation,test}.jsonl;
-2. trains one ReST-GRPO iteration and one vanilla-GRPO run from SmolLM2-135M-Instruct with
+Phases (``all`` runs them in order; each can run alone, e.g. the base model's evaluation beside
+the training runs):
+1. ``gym``: writes the gym (seed 0) to runs/training/gym/{train,validation,test}.jsonl;
+2. ``train``: one ReST-GRPO iteration and one vanilla-GRPO run from SmolLM2-135M-Instruct with
    configs/cpu_experiment_{rest_grpo,grpo}.yaml, each as the exact CLI command
    ``restrl train policy --config ...`` in a subprocess (wall time recorded);
-3. evaluates base / GRPO / ReST-GRPO greedily (pass@1) on the gym test split and HumanEval with one
-   vLLM engine (the adapters are LoRA views of it);
-4. draws the plots (`restrl report training`) and writes bench/results/training.json; prints a table.
+3. ``eval``: greedy pass@1 of base / GRPO / ReST-GRPO on the gym test split and the first
+   ``--humaneval-limit`` HumanEval problems with one vLLM engine (adapters are LoRA views of it);
+4. ``report``: the plots (`restrl report training`) and bench/results/training.json; prints a table.
 """
 
 from __future__ import annotations
@@ -98,48 +100,73 @@ def run_stats(run: Path) -> dict[str, Any]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-per-tier", type=int, default=40)
-    parser.add_argument("--humaneval-limit", type=int, default=164)
-    parser.add_argument("--eval-max-tokens", type=int, default=256)
-    parser.add_argument("--skip-train", action="store_true", help="evaluate existing runs only")
-    parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def eval_models(names: list[str], *, n_per_tier: int, humaneval_limit: int, max_tokens: int) -> None:
+    """Greedy pass@1 of the named models (base and/or trained runs); one JSON per model in runs/training/."""
     from tasks.humaneval import load_humaneval
     from tasks.jsonl import load_jsonl
+
+    test_path = RUNS / "gym" / "test.jsonl"
+    if not test_path.exists():
+        write_gym(n_per_tier)
+    problems = {"gym_test": load_jsonl(test_path), "humaneval": load_humaneval(limit=humaneval_limit)}
+    adapters = {name: None if name == "base" else str(RUNS / name / "final") for name in names}
+    evals = asyncio.run(evaluate_all(problems, adapters, max_tokens=max_tokens))
+    for name, row in evals.items():
+        row["max_tokens"] = max_tokens
+        (RUNS / f"eval_{name}.json").write_text(json.dumps(row, indent=2))
+
+
+def report(*, n_per_tier: int, humaneval_limit: int) -> dict[str, Any]:
+    """Merge the evaluations and run statistics into bench/results/training.json; draw the plots."""
     from training.report import report_training
 
-    t_all = time.perf_counter()
-    paths = write_gym(args.n_per_tier)
-    runs: dict[str, dict[str, Any]] = {}
-    if not args.skip_train:
-        for algo in ALGOS:
-            runs[algo] = train(algo, resume=args.resume)
-    problems = {"gym_test": load_jsonl(paths["test"]), "humaneval": load_humaneval(limit=args.humaneval_limit)}
-    adapters = {"base": None, **{algo: str(RUNS / algo / "final") for algo in ALGOS}}
-    evals = asyncio.run(evaluate_all(problems, adapters, max_tokens=args.eval_max_tokens))
-    plots = report_training([RUNS / a for a in ALGOS], out_dir=PLOTS, labels=list(ALGOS))
-    out: dict[str, Any] = {"runs": {}, "gym": {"seed": 0, "n_per_tier": args.n_per_tier, "test_problems": len(problems["gym_test"])}}
-    out["humaneval_problems"] = len(problems["humaneval"])
-    for name in adapters:
-        row = {"gym_test_pass1": evals[name]["gym_test_pass1"], "humaneval_pass1": evals[name]["humaneval_pass1"], "eval": evals[name]}
-        if name in ALGOS:
+    runs_present = [a for a in ALGOS if (RUNS / a / "summary.json").exists()]
+    plots = report_training([RUNS / a for a in runs_present], out_dir=PLOTS, labels=runs_present)
+    out: dict[str, Any] = {"gym": {"seed": 0, "n_per_tier": n_per_tier}, "humaneval_limit": humaneval_limit, "runs": {}}
+    for name in ("base", *ALGOS):
+        path = RUNS / f"eval_{name}.json"
+        ev = json.loads(path.read_text()) if path.exists() else {}
+        row: dict[str, Any] = {"gym_test_pass1": ev.get("gym_test_pass1"), "humaneval_pass1": ev.get("humaneval_pass1"), "eval": ev}
+        if name in runs_present:
             row.update(run_stats(RUNS / name))
-            row.update(runs.get(name, {}))
-        else:
+            cmd = RUNS / f"command_{name}.json"
+            if cmd.exists():
+                row.update(json.loads(cmd.read_text()))
+        elif name == "base":
             row.update({"steps": 0, "mean_group_reward_std": None})
         out["runs"][name] = row
     out["plots"] = [str(p.relative_to(ROOT)) for p in plots]
-    out["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     print(f"{'run':<10} {'steps':>5} {'gym_test_pass1':>15} {'humaneval_pass1':>16} {'mean_group_std':>15}")
     for name, row in out["runs"].items():
-        std = row.get("mean_group_reward_std")
-        print(f"{name:<10} {row['steps'] or 0:>5} {row['gym_test_pass1']:>15.3f} {row['humaneval_pass1']:>16.3f} {std if std is not None else '-':>15}")
+        def fmt(v: Any) -> str:
+            return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+        print(f"{name:<10} {fmt(row.get('steps')):>5} {fmt(row['gym_test_pass1']):>15} {fmt(row['humaneval_pass1']):>16} {fmt(row.get('mean_group_reward_std')):>15}")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("phase", nargs="?", default="all", choices=["all", "gym", "train", "eval", "report"])
+    parser.add_argument("models", nargs="*", help="eval: base grpo rest_grpo (default: all three)")
+    parser.add_argument("--n-per-tier", type=int, default=60)
+    parser.add_argument("--humaneval-limit", type=int, default=20)
+    parser.add_argument("--eval-max-tokens", type=int, default=192)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.phase in ("all", "gym"):
+        write_gym(args.n_per_tier)
+    if args.phase in ("all", "train"):
+        for algo in (args.models or ALGOS):
+            (RUNS / f"command_{algo}.json").write_text(json.dumps(train(algo, resume=args.resume)))
+    if args.phase in ("all", "eval"):
+        eval_models(args.models or ["base", *ALGOS], n_per_tier=args.n_per_tier, humaneval_limit=args.humaneval_limit, max_tokens=args.eval_max_tokens)
+    if args.phase in ("all", "report"):
+        report(n_per_tier=args.n_per_tier, humaneval_limit=args.humaneval_limit)
     return 0
 
 

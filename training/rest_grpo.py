@@ -480,11 +480,11 @@ def run_iteration(config: RestGRPOConfig, *, resume: bool = False) -> Path:
     """Run one iteration (sample -> reward -> curate -> GRPO update -> checkpoint) and return the
     checkpoint directory. Every stage's output is on disk, so an interrupted run resumes from the
     last finished stage (and, inside the update, the last saved trainer step)."""
+    spec = ALGORITHMS[config.algorithm]
+    problems = load_training_problems(config)  # data errors before any compute (and before heavy imports)
     from accelerate import PartialState
     from transformers import AutoTokenizer
 
-    spec = ALGORITHMS[config.algorithm]
-    problems = load_training_problems(config)  # data errors before any compute
     if config.policy.adapter is not None and not (Path(config.policy.adapter) / "adapter_config.json").exists():
         raise FileNotFoundError(f"policy.adapter: {config.policy.adapter} is not a PEFT adapter folder (no adapter_config.json)")
     paths = RunPaths(Path(config.output_dir))
