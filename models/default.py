@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from models.base import CheckpointError
 from models.checkpoints import MANIFEST_NAME, sha256_file, verify_checkpoint, write_manifest
@@ -94,7 +95,7 @@ def _convert(gguf: Path, out: Path, progress: Progress) -> None:
     progress(f"loading {gguf.name} and dequantising (about 25 s)")
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A plain folder: no quantizer left behind, so it loads like any transformers checkpoint.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -75,7 +75,7 @@ class HFPolicy:
         self.prompt_mode = prompt_mode
         self.adapter_dir = adapter_dir
         self.device = next(model.parameters()).device
-        self._rng = torch.Generator(device="cpu").manual_seed(config.seed)
+        self._rng = torch.Generator(device=self.device).manual_seed(config.seed)
         self._pending: list[_Request] = []
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -110,7 +110,8 @@ class HFPolicy:
                 config.resolved_dtype()
             ]
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+            model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+            model = model.to(device)
             if adapter_dir is not None:
                 from peft import PeftModel
 
@@ -222,7 +223,9 @@ class HFPolicy:
             for _ in range(req.n):
                 owners.append(i)
                 prompts.append(req.ids)
-        generators = [torch.Generator().manual_seed(r.seed) if r.seed is not None else self._rng for r in reqs]
+        generators = [
+            torch.Generator(device=self.device).manual_seed(r.seed) if r.seed is not None else self._rng for r in reqs
+        ]
         rows_of = [[j for j, o in enumerate(owners) if o == i] for i in range(len(reqs))]
         width = max(len(p) for p in prompts)
         batch = len(prompts)
@@ -299,9 +302,8 @@ class HFPolicy:
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
             probs = probs / probs.sum(dim=-1, keepdim=True)
         chosen = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-        cpu_probs = probs.cpu()
-        for gen, rows in zip(generators, rows_of, strict=True):
-            chosen[rows] = torch.multinomial(cpu_probs[rows], 1, generator=gen).squeeze(1).to(probs.device)
+        for gen, rows in zip(generators, rows_of, strict=True):  # sampled where the logits are
+            chosen[rows] = torch.multinomial(probs[rows], 1, generator=gen).squeeze(1)
         return chosen
 
     async def ping(self) -> dict[str, Any]:

@@ -1,0 +1,103 @@
+"""`HFValueModel`: batched scoring in [0, 1], order and batch independence, truncation, and the
+LoRA adapter + head save/load round trip through a verified checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+
+from models import CheckpointError, ValueConfig, ValueModel, load_value_model, verify_checkpoint
+from models.value import HFValueModel, encode_value_inputs, save_value_checkpoint, value_lora_config
+from tasks import Problem
+
+PROBLEM = Problem(id="add", prompt="Write a function add(a, b) that returns a + b.", starter_code="def add(a, b):\n")
+STATES = ["", "def add(a, b):\n", "def add(a, b):\n    return a + b\n", "def add(a, b):\n    return a - b\n", "import os\n" * 30]
+
+
+async def test_scores_in_unit_interval_and_version(value_model):
+    assert isinstance(value_model, ValueModel)
+    scores = await value_model.score(PROBLEM, STATES)
+    assert len(scores) == len(STATES) and all(0.0 <= s <= 1.0 for s in scores)
+    if not value_model.trained:
+        assert "untrained" in value_model.version
+    assert await value_model.score(PROBLEM, []) == []
+
+
+async def test_order_and_batch_independent(value_model):
+    scores = await value_model.score(PROBLEM, STATES)
+    reversed_scores = await value_model.score(PROBLEM, STATES[::-1])
+    assert reversed_scores[::-1] == pytest.approx(scores, abs=1e-4)
+    singles = [(await value_model.score(PROBLEM, [s]))[0] for s in STATES]
+    assert singles == pytest.approx(scores, abs=1e-4)  # right padding does not leak into the score
+    pairs = await value_model.score_pairs([(PROBLEM, s) for s in STATES])
+    assert pairs == pytest.approx(scores, abs=1e-4)
+
+
+def test_untrained_head_is_seeded(value_model):
+    if value_model.trained:
+        pytest.skip("the shipped value adapter is present")
+    again = HFValueModel.load(ValueConfig(seed=value_model.config.seed, batch_size=4, max_length=128))
+    assert again.version == value_model.version and f"seed{value_model.config.seed}" in again.version
+    assert again.score_sync(PROBLEM, STATES[:3]) == pytest.approx(value_model.score_sync(PROBLEM, STATES[:3]), abs=1e-5)
+
+
+def test_raw_outputs_are_clamped(value_model):
+    import torch
+
+    head = value_model.model.score if hasattr(value_model.model, "score") else None
+    if head is None or value_model.trained:
+        pytest.skip("needs the untrained head")
+    saved = head.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            head.weight.mul_(1000.0)
+        scores = value_model.score_sync(PROBLEM, STATES)
+        assert all(s in (0.0, 1.0) for s in scores)  # raw outputs far outside [0, 1]
+        with torch.no_grad():
+            head.weight.copy_(-saved * 1000.0)
+        flipped = value_model.score_sync(PROBLEM, STATES)
+        assert flipped == [1.0 - s for s in scores]  # each side clamps to its own bound
+    finally:
+        with torch.no_grad():
+            head.weight.copy_(saved)
+
+
+def test_truncation_keeps_problem_and_end_of_state(value_model):
+    tok = value_model.tokenizer
+    state = "".join(f"line_{i} = {i}\n" for i in range(400)) + "final_marker = 1\n"
+    [ids] = encode_value_inputs(tok, PROBLEM, [state], 128)
+    assert len(ids) == 128
+    text = tok.decode(ids)
+    assert text.startswith("Problem:\nWrite a function add") and text.endswith("final_marker = 1\n")
+
+
+def test_lora_round_trip(tmp_path, default_model_dir, value_model):
+    import torch
+    from peft import get_peft_model
+
+    cfg = ValueConfig(batch_size=4, max_length=256, seed=1)
+    base = HFValueModel.load(cfg)
+    peft_model = get_peft_model(base.model, value_lora_config(r=4))
+    with torch.no_grad():  # a trained adapter in miniature: change the LoRA B matrices and the head
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or ("score" in name and p.requires_grad):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    trained = HFValueModel(model=peft_model.eval(), tokenizer=base.tokenizer, config=cfg, version="in-memory", trained=True)
+    expected = trained.score_sync(PROBLEM, STATES)
+    out = tmp_path / "value-adapter"
+    manifest = save_value_checkpoint(peft_model, base.tokenizer, out, base=str(default_model_dir), job="test")
+    assert manifest.kind == "value" and manifest.format == "lora"
+    assert all(name.endswith((".safetensors", ".json", ".md")) for name in manifest.files)
+    verify_checkpoint(out, kind="value")
+    loaded = HFValueModel.load(ValueConfig(model=str(out), batch_size=4, max_length=256, seed=99))
+    assert loaded.trained and loaded.version.startswith("value-value-adapter@")
+    assert loaded.score_sync(PROBLEM, STATES) == pytest.approx(expected, abs=1e-5)
+    # a tampered adapter is refused before loading
+    weights = next(out.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="sha256"):
+        HFValueModel.load(ValueConfig(model=str(out)))
+
+
+async def test_policy_checkpoint_is_refused_as_value(default_model_dir):
+    with pytest.raises(CheckpointError, match="field 'kind'"):
+        await load_value_model(ValueConfig(model=str(default_model_dir)))
