@@ -130,3 +130,18 @@ def test_too_long_prompt_loses_prefix_lines_not_statement() -> None:
     assert all(c.state == "a\nb\nc\n"[: len(c.state)] for c in partial)
     _, stats = curate([sample], filter_config=None, partial_config=cfg, seed=0, fits=lambda pid, st: False)
     assert stats.skipped_too_long == 7 and stats.partial_prompts == 0
+
+
+def test_algorithms_share_one_curation_path() -> None:
+    from training.config import RestGRPOConfig
+    from training.rest_grpo import ALGORITHMS, curate_for
+
+    samples = [ps("flat0", [0, 0, 0, 0]), ps("flat1", [1, 1, 1, 1]), ps("tiny", [0.5, 0.5, 0.5, 0.52]), ps("div", [0, 1, 1, 0])]
+    cfg = RestGRPOConfig.model_validate({"output_dir": "r", "data": {"train_file": "t.jsonl"}})
+    ok = lambda pid, st: True  # noqa: E731
+    rest, _ = curate_for(ALGORITHMS["rest_grpo"], samples, cfg, ok)
+    assert {c.problem_id for c in rest} == {"div"} and any(c.kind == "partial" for c in rest)
+    dapo, _ = curate_for(ALGORITHMS["dapo"], samples, cfg, ok)
+    # dynamic sampling drops exactly the zero-variance groups (a small but non-zero std survives) and adds no partial states
+    assert [c.problem_id for c in dapo] == ["tiny", "div"] and all(c.kind == "base" for c in dapo)
+    assert not ALGORITHMS["grpo"].sample and not ALGORITHMS["grpo"].filter and not ALGORITHMS["grpo"].partial_states
