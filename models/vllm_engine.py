@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -63,6 +64,15 @@ def _prepare_cpu_environment(rpc_dir: str) -> None:
         logger.warning("VLLM_CPU_KVCACHE_SPACE is set: it overrides EngineConfig.kv_cache_gib")
 
 
+def _adapter_rank(path: str) -> int | None:
+    try:
+        raw = json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rank = raw.get("r")
+    return int(rank) if isinstance(rank, int) else None
+
+
 class _ClosedEngine:
     """Stands in for a shut-down engine so that late calls fail clearly."""
 
@@ -93,10 +103,10 @@ class _SharedEngine:
             return
         self.closed = True
         try:
-            self.engine.shutdown()
-            # Drop the last reference now, while the interpreter is whole: AsyncLLM.__del__ shuts
-            # down again and fails during interpreter teardown.
-            self.engine = _ClosedEngine()
+            engine, self.engine = self.engine, _ClosedEngine()
+            engine.shutdown()
+            # AsyncLLM.__del__ calls shutdown again, which fails during interpreter teardown.
+            engine.shutdown = lambda timeout=None: None
         finally:
             if self.rpc_dir:
                 shutil.rmtree(self.rpc_dir, ignore_errors=True)
@@ -222,6 +232,12 @@ class VLLMPolicy:
             from vllm.lora.request import LoRARequest
 
             path = str(Path(adapter_dir).resolve())
+            rank = _adapter_rank(path)
+            if rank is not None and rank > self.config.max_lora_rank:
+                raise ModelError(
+                    f"{path}: adapter rank r={rank} exceeds this engine's max_lora_rank={self.config.max_lora_rank};"
+                    " start the engine with EngineConfig.max_lora_rank >= the adapter's rank"
+                )
             lora_id = self._shared.lora_id(path)
             lora_request = LoRARequest(lora_name=f"adapter-{lora_id}", lora_int_id=lora_id, lora_path=path)
         self._shared.holders += 1

@@ -1,0 +1,140 @@
+"""The sampling contract of `VLLMPolicy` on the real vLLM CPU engine with the real SmolLM2.
+
+The engine is the session fixture `vllm_policy` (started once). Prompts are rendered by
+`models.prompting`, exactly as the search does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from models import EngineConfig, EngineDeadError, ModelError, Policy, load_policy
+from models.prompting import STOP, render_prompt
+from tasks import Problem
+
+pytestmark = pytest.mark.vllm
+
+ADD = Problem(id="add", prompt="Write a function add(a, b) that returns a + b.", starter_code="def add(a, b):\n", entry_point="add")
+
+
+def prompt_for(policy, problem: Problem = ADD, state: str = "") -> str:
+    return render_prompt(policy.tokenizer, problem, state, policy.prompt_mode)
+
+
+async def test_identity_and_protocol(vllm_policy):
+    assert isinstance(vllm_policy, Policy)
+    assert vllm_policy.version.startswith("smollm2-135m-instruct@")
+    assert vllm_policy.prompt_mode == "rewrite"  # the measured default for SmolLM2
+    assert (await vllm_policy.ping())["engine"] == "vllm"
+
+
+async def test_n_and_length_finish(vllm_policy):
+    samples = await vllm_policy.sample(prompt_for(vllm_policy), n=3, max_tokens=5, temperature=1.0)
+    assert len(samples) == 3
+    for s in samples:
+        assert s.finish_reason == "length" and s.tokens == 5 and s.prompt_tokens > 20
+
+
+async def test_greedy_stops_at_fence_and_strips_it(vllm_policy):
+    samples = await vllm_policy.sample(prompt_for(vllm_policy), n=2, max_tokens=128, stop=STOP, temperature=0)
+    assert len(samples) == 2 and samples[0] == samples[1]
+    s = samples[0]
+    assert s.finish_reason == "stop" and "```" not in s.text
+    assert "def add" in s.text  # SmolLM2 writes this one correctly
+
+
+async def test_stop_string_ends_early(vllm_policy):
+    [s] = await vllm_policy.sample(prompt_for(vllm_policy), max_tokens=64, stop=["\n"], temperature=0)
+    assert s.finish_reason == "stop" and "\n" not in s.text and s.text
+
+
+async def test_per_request_seed_reproducible(vllm_policy):
+    prompt = prompt_for(vllm_policy)
+    a = await vllm_policy.sample(prompt, n=3, max_tokens=24, temperature=1.0, seed=11)
+    b = await vllm_policy.sample(prompt, n=3, max_tokens=24, temperature=1.0, seed=11)
+    c = await vllm_policy.sample(prompt, n=3, max_tokens=24, temperature=1.0, seed=12)
+    assert [s.text for s in a] == [s.text for s in b]
+    assert [s.text for s in a] != [s.text for s in c]
+    assert len({s.text for s in a}) > 1  # the n children get distinct seeds
+
+
+async def test_seeded_request_with_long_prompt_does_not_kill_engine(vllm_policy):
+    # A per-request seed used to crash the CPU engine when the prompt was prefilled in chunks
+    # (ENVIRONMENT.md); chunked prefill is off, so a prompt longer than the default chunk works.
+    long_state = "".join(f"x{i} = {i}\n" for i in range(170))
+    prompt = prompt_for(vllm_policy, state=long_state)
+    samples = await vllm_policy.sample(prompt, n=2, max_tokens=8, temperature=0.8, seed=5)
+    assert samples[0].prompt_tokens > 1500, samples[0].prompt_tokens and len(samples) == 2
+    assert (await vllm_policy.ping())["engine"] == "vllm"
+
+
+async def test_repeated_prefix_reports_cached_tokens(vllm_policy):
+    await vllm_policy.reset_prefix_cache()
+    state = "".join(f"    # step {i}: keep going\n" for i in range(40))
+    prompt = prompt_for(vllm_policy, state="def add(a, b):\n" + state)
+    [first] = await vllm_policy.sample(prompt, max_tokens=4, temperature=0)
+    [second] = await vllm_policy.sample(prompt + "    total = a\n", max_tokens=4, temperature=0)
+    assert first.prompt_tokens > 256
+    assert first.cached_prompt_tokens == 0
+    assert second.cached_prompt_tokens >= 128  # whole 128-token blocks of the shared prefix
+    assert second.cached_prompt_tokens <= second.prompt_tokens
+
+
+async def test_cancellation_aborts_engine_request(vllm_policy):
+    engine = vllm_policy.engine
+    task = asyncio.create_task(vllm_policy.sample(prompt_for(vllm_policy), n=4, max_tokens=1500, temperature=1.0))
+    for _ in range(100):  # wait until the engine has it
+        await asyncio.sleep(0.05)
+        if engine.get_num_unfinished_requests() > 0:
+            break
+    assert engine.get_num_unfinished_requests() > 0
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if engine.get_num_unfinished_requests() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.get_num_unfinished_requests() == 0
+    [s] = await vllm_policy.sample(prompt_for(vllm_policy), max_tokens=4, temperature=0)  # still serving
+    assert s.tokens == 4
+
+
+async def test_prompt_too_long_is_a_model_error(vllm_policy):
+    with pytest.raises(ModelError, match="max_model_len"):
+        await vllm_policy.sample("word " * 5000, max_tokens=4)
+
+
+async def test_concurrent_requests_batch(vllm_policy):
+    prompt = prompt_for(vllm_policy)
+    results = await asyncio.gather(*[vllm_policy.sample(prompt, n=2, max_tokens=8, temperature=0.7, seed=i) for i in range(6)])
+    assert [len(r) for r in results] == [2] * 6
+
+
+@pytest.mark.slow  # starts a second engine
+async def test_closed_engine_fails_with_engine_dead(default_model_dir):
+    policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=0.25, max_model_len=512, enable_lora=False))
+    [s] = await policy.sample("def f():", max_tokens=2, temperature=0)
+    assert s.tokens == 2
+    view = policy.with_adapter(None, version="same")
+    await policy.close()
+    assert (await view.sample("def f():", max_tokens=2, temperature=0))[0].tokens == 2  # view keeps it alive
+    await view.close()
+    with pytest.raises(EngineDeadError):
+        await view.ping()
+
+
+@pytest.mark.slow  # starts two engines
+async def test_engine_level_seed_reproduces_unseeded_requests(default_model_dir):
+    cfg = EngineConfig(engine="vllm", kv_cache_gib=0.25, max_model_len=512, enable_lora=False, seed=123)
+    texts = []
+    for _ in range(2):
+        policy = await load_policy(cfg)
+        try:
+            samples = await policy.sample("def fibonacci(n):", n=3, max_tokens=16, temperature=1.0)
+            texts.append([s.text for s in samples])
+        finally:
+            await policy.close()
+    assert texts[0] == texts[1] and len(set(texts[0])) > 1
