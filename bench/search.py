@@ -26,87 +26,139 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results" / "search.json"
 
 
-async def _raw_sampling(policy: Any, problems: list[Any], *, requests: int, n: int, max_tokens: int, temperature: float) -> dict[str, float]:
-    """C workers (one per problem) each send ``requests`` root requests in sequence: the engine
-    sees the same concurrency and request shape as C searches."""
+def _cpu_s() -> float:
+    """CPU seconds of this process and its children (the vLLM engine core, the sandbox workers):
+    a throughput denominator that other jobs on a shared machine do not distort."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - vLLM brings psutil
+        return float("nan")
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+def _rates(tokens: int, wall: float, cpu: float) -> dict[str, float]:
+    return {"tokens": tokens, "wall_s": wall, "cpu_s": cpu, "tok_s": tokens / wall, "tok_per_cpu_s": tokens / cpu if cpu else 0.0}
+
+
+async def _raw_sampling(
+    policy: Any, problems: list[Any], *, requests: int, lanes: int, n: int, max_tokens: int, temperature: float
+) -> dict[str, float]:
+    """Raw batched sampling with the request shape of the searches: per problem ``lanes`` workers
+    send ``requests`` root requests between them, so the engine sees as many requests in flight
+    as C searches with ``parallel_expansions = lanes``."""
     from models.prompting import STOP, render_prompt, root_state
 
-    async def worker(p: Any) -> int:
+    async def worker(p: Any, count: int) -> int:
         prompt = render_prompt(policy.tokenizer, p, root_state(p, policy.prompt_mode), policy.prompt_mode)
         tokens = 0
-        for _ in range(requests):
+        for _ in range(count):
             out = await policy.sample(prompt, n=n, max_tokens=max_tokens, stop=STOP, temperature=temperature)
             tokens += sum(s.tokens for s in out)
         return tokens
 
-    t0 = time.perf_counter()
-    tokens = sum(await asyncio.gather(*(worker(p) for p in problems)))
-    wall = time.perf_counter() - t0
-    return {"tokens": tokens, "wall_s": wall, "tok_s": tokens / wall}
+    counts = [requests // lanes + (1 if i < requests % lanes else 0) for i in range(lanes)]
+    t0, c0 = time.perf_counter(), _cpu_s()
+    tokens = sum(await asyncio.gather(*(worker(p, c) for p in problems for c in counts if c)))
+    return _rates(tokens, time.perf_counter() - t0, _cpu_s() - c0)
 
 
 async def _searches(policy: Any, value: Any, problems: list[Any], cfg: Any, *, concurrent: bool) -> dict[str, float]:
     from search import run_search
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     if concurrent:
         results = await asyncio.gather(*(run_search(p, policy, value, cfg) for p in problems))
     else:
         results = [await run_search(p, policy, value, cfg) for p in problems]
-    wall = time.perf_counter() - t0
-    tokens = sum(r.usage.policy_tokens for r in results)
-    return {
-        "tokens": tokens,
-        "wall_s": wall,
-        "tok_s": tokens / wall,
-        "samples": sum(r.usage.samples for r in results),
-        "value_calls": sum(r.usage.value_calls for r in results),
-        "cached_prompt_tokens": sum(r.usage.cached_prompt_tokens for r in results),
-        "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
-    }
-
-
-async def throughput(policy: Any, value_model: Any, problems: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    from search import Budget, SearchConfig, ValueBatcher
-
-    k, budget = args.k, args.throughput_budget
-    out: dict[str, Any] = {"concurrency": len(problems), "k": k, "budget_samples": budget, "max_tokens": args.max_tokens}
-    # warm-up: engine and value model first calls (prefix cache reset is not needed: raw runs first)
-    await _raw_sampling(policy, problems[:2], requests=1, n=k, max_tokens=32, temperature=args.temperature)
-    raw = await _raw_sampling(policy, problems, requests=budget // k, n=k, max_tokens=args.max_tokens, temperature=args.temperature)
-    out["raw"] = raw
-    print(f"raw batched sampling  : {raw['tok_s']:7.1f} tok/s ({raw['tokens']} tokens, {raw['wall_s']:.1f}s)", flush=True)
-    sweep: dict[str, Any] = {}
-    for par in args.parallel:
-        sizes: list[int] = []
-        vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0, on_batch=sizes.append)
-        cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
-                           temperature=args.temperature, parallel_expansions=par, seed=0)
-        res = await _searches(policy, vb, problems, cfg, concurrent=True)
-        await vb.close()
-        res["value_batches"] = len(sizes)
-        res["mean_value_batch"] = sum(sizes) / max(len(sizes), 1)
-        res["ratio_vs_raw"] = res["tok_s"] / raw["tok_s"]
-        sweep[str(par)] = res
-        print(f"vm_mcts parallel={par:<2}    : {res['tok_s']:7.1f} tok/s  ratio {res['ratio_vs_raw']:.2f}  "
-              f"mean value batch {res['mean_value_batch']:.1f}  ({res['wall_s']:.1f}s)", flush=True)
-    out["parallel_sweep"] = sweep
-    best_par = max(sweep, key=lambda p: sweep[p]["tok_s"])
-    out["best_parallel_expansions"] = int(best_par)
-    vb1 = ValueBatcher(value_model, max_batch=1, max_wait_ms=0.0)
-    ref_cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
-                           temperature=args.temperature, parallel_expansions=1, seed=0)
-    ref = await _searches(policy, vb1, problems[: args.reference_problems], ref_cfg, concurrent=False)
-    await vb1.close()
-    ref["problems"] = args.reference_problems
-    ref["ratio_vs_raw"] = ref["tok_s"] / raw["tok_s"]
-    out["reference_style"] = ref
-    print(f"reference style       : {ref['tok_s']:7.1f} tok/s  ratio {ref['ratio_vs_raw']:.2f}  ({ref['wall_s']:.1f}s, "
-          f"{args.reference_problems} searches one after another)", flush=True)
+    out = _rates(sum(r.usage.policy_tokens for r in results), time.perf_counter() - t0, _cpu_s() - c0)
+    out.update(
+        samples=sum(r.usage.samples for r in results),
+        value_calls=sum(r.usage.value_calls for r in results),
+        cached_prompt_tokens=sum(r.usage.cached_prompt_tokens for r in results),
+        prompt_tokens=sum(r.usage.prompt_tokens for r in results),
+    )
     return out
 
 
-async def quality(policy: Any, value_model: Any, sandbox: Any, problems: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+def _pooled(runs: list[dict[str, float]]) -> dict[str, float]:
+    tokens = sum(r["tokens"] for r in runs)
+    return _rates(tokens, sum(r["wall_s"] for r in runs), sum(r["cpu_s"] for r in runs))
+
+
+async def throughput(policy: Any, value_model: Any, problems: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Raw and VM-MCTS runs alternate for ``rounds`` rounds (the machine is shared: alternating
+    spreads other jobs' load over both); ratios use the pooled tokens / wall seconds."""
+    from search import Budget, SearchConfig, ValueBatcher
+
+    k, budget = args.k, args.throughput_budget
+    out: dict[str, Any] = {"concurrency": len(problems), "k": k, "budget_samples": budget, "max_tokens": args.max_tokens,
+                           "rounds": args.rounds}
+    await _raw_sampling(policy, problems[:2], requests=1, lanes=1, n=k, max_tokens=16, temperature=args.temperature)  # warm-up
+    await value_model.score(problems[0], ["x = 1\n"])
+    raw_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
+    mcts_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
+    batch_sizes: dict[int, list[int]] = {p: [] for p in args.parallel}
+    for rnd in range(args.rounds):
+        for par in args.parallel:
+            raw = await _raw_sampling(policy, problems, requests=budget // k, lanes=par, n=k, max_tokens=args.max_tokens,
+                                      temperature=args.temperature)
+            raw_runs[par].append(raw)
+            vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0, on_batch=batch_sizes[par].append)
+            cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
+                               temperature=args.temperature, parallel_expansions=par, seed=rnd)
+            res = await _searches(policy, vb, problems, cfg, concurrent=True)
+            await vb.close()
+            mcts_runs[par].append(res)
+            print(f"round {rnd} parallel={par}: raw {raw['tok_s']:6.1f} tok/s, vm_mcts {res['tok_s']:6.1f} tok/s "
+                  f"(ratio {res['tok_s'] / raw['tok_s']:.2f}; per CPU-s {res['tok_per_cpu_s'] / raw['tok_per_cpu_s']:.2f})",
+                  flush=True)
+    sweep: dict[str, Any] = {}
+    for par in args.parallel:
+        raw, res = _pooled(raw_runs[par]), _pooled(mcts_runs[par])
+        sizes = batch_sizes[par]
+        sweep[str(par)] = {
+            "raw": raw,
+            "vm_mcts": res,
+            "ratio_vs_raw": res["tok_s"] / raw["tok_s"],
+            "cpu_ratio_vs_raw": res["tok_per_cpu_s"] / raw["tok_per_cpu_s"],
+            "round_ratios": [m["tok_s"] / r["tok_s"] for m, r in zip(mcts_runs[par], raw_runs[par], strict=True)],
+            "mean_value_batch": sum(sizes) / max(len(sizes), 1),
+            "cached_prompt_fraction": sum(m["cached_prompt_tokens"] for m in mcts_runs[par])
+            / max(sum(m["prompt_tokens"] for m in mcts_runs[par]), 1),
+        }
+    out["parallel_sweep"] = sweep
+    out["best_parallel_expansions"] = int(max(sweep, key=lambda p: sweep[p]["ratio_vs_raw"]))
+    # the reference pattern: searches one after another, one expansion at a time, value batch 1
+    n_ref = args.reference_problems
+    raw1 = await _raw_sampling(policy, problems[:n_ref], requests=budget // k, lanes=1, n=k, max_tokens=args.max_tokens,
+                               temperature=args.temperature)
+    vb1 = ValueBatcher(value_model, max_batch=1, max_wait_ms=0.0)
+    ref_cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
+                           temperature=args.temperature, parallel_expansions=1, seed=0)
+    ref = await _searches(policy, vb1, problems[:n_ref], ref_cfg, concurrent=False)
+    await vb1.close()
+    base = _pooled(raw_runs[args.parallel[0]])  # raw batched sampling at the searches' concurrency
+    out["reference_style"] = {
+        **ref,
+        "problems": n_ref,
+        "ratio_vs_raw": ref["tok_s"] / base["tok_s"],
+        "cpu_ratio_vs_raw": ref["tok_per_cpu_s"] / base["tok_per_cpu_s"],
+        "raw_same_problems_concurrent": raw1,
+    }
+    print(f"reference style: {ref['tok_s']:6.1f} tok/s, ratio vs raw {out['reference_style']['ratio_vs_raw']:.2f}", flush=True)
+    return out
+
+
+async def quality(
+    policy: Any, value_model: Any, sandbox: Any, problems: list[Any], args: argparse.Namespace, on_cell: Any = None
+) -> dict[str, Any]:
     from search import Budget, SearchConfig, ValueBatcher, run_search
 
     vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0)
@@ -124,7 +176,8 @@ async def quality(policy: Any, value_model: Any, sandbox: Any, problems: list[An
 
     for strategy in args.strategies:
         pass1[strategy] = {}
-        for budget in args.budgets:
+    for budget in args.budgets:  # budget-major: a run cut short still covers every strategy
+        for strategy in args.strategies:
             if strategy == "greedy" and budget != args.budgets[0]:  # one sample whatever the budget
                 pass1[strategy][str(budget)] = pass1[strategy][str(args.budgets[0])]
                 continue
@@ -142,8 +195,19 @@ async def quality(policy: Any, value_model: Any, sandbox: Any, problems: list[An
                 "stop_reasons": sorted({r.stop_reason for _, r in outs}),
             }
             print(f"{strategy:10s} budget {budget:3d}: pass@1 {rate:.3f}  ({wall:.0f}s)", flush=True)
+            if on_cell is not None:
+                on_cell({"pass1": pass1, "detail": detail})
     await vb.close()
     return {"pass1": pass1, "detail": detail}
+
+
+def _save(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Merge into the JSON file (a run of one half keeps the other half's numbers)."""
+    previous: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    merged = {**previous, **result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2, default=str))
+    return merged
 
 
 def _tables(result: dict[str, Any]) -> str:
@@ -152,17 +216,22 @@ def _tables(result: dict[str, Any]) -> str:
     if tp:
         lines += [
             f"Throughput: {tp['concurrency']} concurrent searches, k={tp['k']}, {tp['budget_samples']} samples each, "
-            f"max_tokens={tp['max_tokens']}",
+            f"max_tokens={tp['max_tokens']}, {tp['rounds']} alternating round(s)",
             "",
-            "| pattern | policy tok/s | ratio vs raw | mean value batch |",
-            "|---|---:|---:|---:|",
-            f"| raw batched sampling (same concurrency, n={tp['k']}) | {tp['raw']['tok_s']:.1f} | 1.00 | - |",
+            "| pattern | raw tok/s (same in-flight requests) | vm_mcts tok/s | ratio (wall) | ratio (per CPU-s) | mean value batch | cached prompt share |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for par, r in tp["parallel_sweep"].items():
-            lines.append(f"| vm_mcts, parallel_expansions={par} | {r['tok_s']:.1f} | {r['ratio_vs_raw']:.2f} | {r['mean_value_batch']:.1f} |")
+            lines.append(
+                f"| vm_mcts, parallel_expansions={par} | {r['raw']['tok_s']:.1f} | {r['vm_mcts']['tok_s']:.1f} | "
+                f"{r['ratio_vs_raw']:.2f} | {r['cpu_ratio_vs_raw']:.2f} | {r['mean_value_batch']:.1f} | {r['cached_prompt_fraction']:.2f} |"
+            )
         ref = tp["reference_style"]
-        lines.append(f"| reference style ({ref['problems']} searches in sequence, 1 expansion at a time, value batch 1) "
-                     f"| {ref['tok_s']:.1f} | {ref['ratio_vs_raw']:.2f} | 1.0 |")
+        lines.append(
+            f"| reference style ({ref['problems']} searches in sequence, 1 expansion at a time, value batch 1) | "
+            f"{tp['parallel_sweep'][next(iter(tp['parallel_sweep']))]['raw']['tok_s']:.1f} | {ref['tok_s']:.1f} | "
+            f"{ref['ratio_vs_raw']:.2f} | {ref['cpu_ratio_vs_raw']:.2f} | 1.0 | - |"
+        )
         lines.append("")
     q = result.get("quality")
     if q:
@@ -202,12 +271,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["throughput"] = await throughput(policy, value_model, tp_problems, args)
             best = result["throughput"]["parallel_sweep"][str(result["throughput"]["best_parallel_expansions"])]
             result["throughput_ratio_vs_raw"] = best["ratio_vs_raw"]
+            result["throughput_cpu_ratio_vs_raw"] = best["cpu_ratio_vs_raw"]
             result["reference_style_ratio_vs_raw"] = result["throughput"]["reference_style"]["ratio_vs_raw"]
         if not args.skip_quality:
             from sandbox import Sandbox
 
+            def save_partial(q: dict[str, Any]) -> None:
+                _save(args.out, {**result, "quality": q, "quality_problems": args.limit, "pass1": q["pass1"],
+                                 "quality_complete": False})
+
             with Sandbox(workers=2) as sandbox:
-                q = await quality(policy, value_model, sandbox, problems[: args.limit], args)
+                q = await quality(policy, value_model, sandbox, problems[: args.limit], args, on_cell=save_partial)
+            result["quality_complete"] = True
             result["quality"] = q
             result["quality_problems"] = args.limit
             result["pass1"] = q["pass1"]
@@ -230,6 +305,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--throughput-concurrency", type=int, default=8)
     ap.add_argument("--throughput-budget", type=int, default=20)
     ap.add_argument("--parallel", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
+    ap.add_argument("--rounds", type=int, default=2, help="throughput: alternating raw / search rounds")
     ap.add_argument("--reference-problems", type=int, default=4, help="searches run one after another in the reference pattern")
     ap.add_argument("--kv-cache-gib", type=float, default=2.0)
     ap.add_argument("--skip-quality", action="store_true")
@@ -244,12 +320,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     args = parse_args()
     result = asyncio.run(main(args))
-    previous: dict[str, Any] = {}
-    if args.out.exists():  # keep the other half when only one half was run
-        previous = json.loads(args.out.read_text())
-    merged = {**previous, **result}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(merged, indent=2, default=str))
+    merged = _save(args.out, result)
     print()
     print(_tables(merged))
     print(f"\nwrote {args.out}")

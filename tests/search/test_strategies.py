@@ -219,7 +219,7 @@ async def test_cancelling_the_search_cancels_inflight_requests():
 
 async def test_deadline_returns_best_so_far_and_cancels_requests():
     policy = ScriptedPolicy(delay=lambda i: 0.0 if i < 3 else 30.0)
-    cfg = config("vm_mcts", budget=Budget(samples=500, deadline_s=0.5), parallel_expansions=2)
+    cfg = config("vm_mcts", budget=Budget(samples=500, deadline_s=1.5), parallel_expansions=2)
     r = await run_search(make_problem(), policy, HashValue(), cfg)
     assert r.stop_reason == "deadline"
     assert r.program is not None and r.usage.samples == 15
@@ -229,7 +229,7 @@ async def test_deadline_returns_best_so_far_and_cancels_requests():
 async def test_deadline_during_value_call_keeps_the_unscored_sample():
     policy = ScriptedPolicy()
     value = HashValue(delay=30.0)
-    r = await run_search(make_problem(), policy, value, config("greedy", budget=Budget(samples=1, deadline_s=0.3)))
+    r = await run_search(make_problem(), policy, value, config("greedy", budget=Budget(samples=1, deadline_s=1.0)))
     assert r.stop_reason == "deadline" and r.usage.samples == 1
     assert r.program is not None and r.value is None
 
