@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from sandbox._harness import judge
 from sandbox.limits import Limits, TestOutcome, Verdict
 from tasks.problem import TestCase
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 SandboxMode = Literal["forkserver", "spawn"]
 WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
 _STARTUP_TIMEOUT_S = 60.0
+_JUDGED_HERE = ("call", "stdio")  # test kinds whose expected values never leave this process
 _MAX_BATCH = 8  # runs per round trip in run_many
 _RESPONSE_MARGIN_S = 30.0  # beyond the wall limit: the worker's own cleanup, a loaded machine
 
@@ -192,17 +194,28 @@ class Sandbox:
 
     def _payload(
         self, program: str, tests: Sequence[TestCase], limits: Limits, entry_point: str | None
-    ) -> dict[str, Any]:
-        return {
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The worker's request and the full tests. Call and stdio tests travel WITHOUT their
+        expected values: the child reports what the program returned or printed and this process
+        judges it, so no process a program runs in (nor its parent) ever holds those values."""
+        full = [_test_dict(t) for t in tests]
+        sent = [
+            {k: v for k, v in t.items() if k != "expected"} if t["kind"] in _JUDGED_HERE else t for t in full
+        ]
+        payload = {
             "mode": self.mode,
             "program": program,
-            "tests": [_test_dict(t) for t in tests],
+            "tests": sent,
             "entry_point": entry_point,
             "limits": limits.model_dump(),
         }
+        return payload, full
 
-    def _run_batch(self, payloads: list[dict[str, Any]], limits: Limits) -> list[Verdict]:
-        """Run ``payloads`` one after the other on one worker, in one round trip."""
+    def _run_batch(
+        self, jobs: list[tuple[dict[str, Any], list[dict[str, Any]]]], limits: Limits
+    ) -> list[Verdict]:
+        """Run ``jobs`` (payload, full tests) one after the other on one worker, in one round trip."""
+        payloads = [payload for payload, _ in jobs]
         started = time.monotonic()
         worker = self._take()
         if worker is None:
@@ -221,7 +234,9 @@ class Sandbox:
         finally:
             self._give_back(worker, healthy=healthy)
         wall = time.monotonic() - started
-        return [_to_verdict(r, wall_s=wall) for r in raw["results"]]
+        return [
+            _to_verdict(r, tests, wall_s=wall) for r, (_, tests) in zip(raw["results"], jobs, strict=True)
+        ]
 
     async def arun(
         self,
@@ -337,7 +352,7 @@ def _test_dict(test: TestCase | dict[str, Any]) -> dict[str, Any]:
     return TestCase.model_validate(test).model_dump()
 
 
-def _to_verdict(raw: dict[str, Any], *, wall_s: float) -> Verdict:
+def _to_verdict(raw: dict[str, Any], tests: list[dict[str, Any]], *, wall_s: float) -> Verdict:
     if raw.get("status") == "infra_error":
         return Verdict(
             status="infra_error",
@@ -346,8 +361,20 @@ def _to_verdict(raw: dict[str, Any], *, wall_s: float) -> Verdict:
             stderr=str(raw.get("stderr", "")),
             wall_s=wall_s,
         )
-    outcomes = [TestOutcome.model_validate(o) for o in raw.get("outcomes", [])]
     status = raw["status"]
+    outcomes = []
+    for o in raw.get("outcomes", []):
+        event = o.pop("judge", None)
+        if event is not None:
+            index = o.get("index")
+            if isinstance(index, int) and 0 <= index < len(tests):
+                judged = judge(event, tests[index])
+                o["status"], o["message"] = judged["status"], judged["msg"]
+            else:
+                o["status"], o["message"] = "failed", "malformed result"
+        outcomes.append(TestOutcome.model_validate(o))
+    if status == "passed" and not all(o.passed for o in outcomes):
+        status = "failed"
     if outcomes:
         fraction = sum(o.passed for o in outcomes) / len(outcomes)
     else:

@@ -293,18 +293,33 @@ def test_memory_bomb_spread_over_processes_is_bounded_in_total(sb: Sandbox):
     _host_clean(sb, before)
 
 
+# Scans every readable anonymous mapping of its own process (heap, arenas, freed buffers, stacks).
 STEAL = (
-    "import gc\n"
+    "import ctypes, re\n"
     "def steal():\n"
-    "    for obj in gc.get_objects():\n"
-    "        if isinstance(obj, dict) and obj.get('kind') in ('call', 'stdio') and 'expected' in obj:\n"
-    "            return obj['expected']\n"
-    "        if isinstance(obj, list):\n"
-    "            for item in obj:\n"
-    "                if isinstance(item, dict) and 'expected' in item:\n"
-    "                    return item['expected']\n"
+    "    pattern = re.compile(rb'answer-[0-9a-f]{16}')\n"
+    "    for line in open('/proc/self/maps'):\n"
+    "        fields = line.split()\n"
+    "        anonymous = fields[4] == '0' and (len(fields) < 6 or fields[5] in ('[heap]', '[stack]'))\n"
+    "        if 'r' not in fields[1] or not anonymous:\n"
+    "            continue\n"
+    "        start, end = (int(x, 16) for x in fields[0].split('-'))\n"
+    "        found = pattern.search(ctypes.string_at(start, end - start))\n"
+    "        if found:\n"
+    "            return found.group().decode()\n"
     "    return 'not found'\n"
 )
+
+
+def test_memory_scan_finds_what_is_there(sb: Sandbox):
+    """The probe works: a token the program's process does hold (its argument) is found."""
+    token = f"probe-{secrets.token_hex(8)}"
+    verdict = sb.run(
+        STEAL.replace("def steal():", "def steal(x):").replace("rb'answer-", "rb'probe-"),
+        [TestCase(kind="call", args=[token], expected=token, fn_name="steal")],
+        LIMITS,
+    )
+    assert verdict.status == "passed", verdict.tests[0].message
 
 
 def test_call_tests_expected_values_are_not_in_the_programs_memory(sb: Sandbox):
