@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def _train_policy(args: argparse.Namespace) -> int:
     from training.config import ConfigError, load_config
-    from training.rest_grpo import TrainingDataError, run_iteration
+    from training.rest_grpo import TrainingDataError, export_saved_step, run_iteration
 
     overrides: dict[str, Any] = {}
     for item in args.set or []:
@@ -33,7 +33,10 @@ def _train_policy(args: argparse.Namespace) -> int:
             overrides[key] = raw
     try:
         config = load_config(args.config, overrides=overrides)
-        out = run_iteration(config, resume=args.resume)
+        if args.export_step is not None:
+            out = export_saved_step(config, step=args.export_step or None)
+        else:
+            out = run_iteration(config, resume=args.resume)
     except (ConfigError, TrainingDataError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -52,6 +55,14 @@ def _register_policy(sub: Any) -> None:
     p.add_argument("--config", required=True, help="YAML or JSON RestGRPOConfig (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same output_dir")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. grpo.max_steps=2")
+    p.add_argument(
+        "--export-step",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="STEP",
+        help="no training: export saved trainer step STEP (default: the last) of this run to final/ with its manifest",
+    )
     p.set_defaults(func=_train_policy)
 
 

@@ -459,6 +459,61 @@ def export_checkpoint(
     return final
 
 
+def _step_metrics(rows: list[dict[str, Any]], max_step: int) -> dict[str, Any]:
+    step_rows = [r for r in rows if "reward" in r and r.get("step", 0) <= max_step]
+    out: dict[str, Any] = {"steps": max_step}
+    if step_rows:
+        out["mean_reward"] = sum(r["reward"] for r in step_rows) / len(step_rows)
+        out["mean_reward_std"] = sum(r.get("reward_std", 0.0) for r in step_rows) / len(step_rows)
+        out["mean_frac_reward_zero_std"] = sum(r.get("frac_reward_zero_std", 0.0) for r in step_rows) / len(step_rows)
+    return out
+
+
+def export_saved_step(config: RestGRPOConfig, *, step: int | None = None) -> Path:
+    """Export a saved trainer step (default: the last) of a LoRA run to RUN/final with its manifest,
+    without training further: for a run that was interrupted, or compared at an earlier step."""
+    import shutil
+
+    from models.checkpoints import write_manifest
+
+    paths = RunPaths(Path(config.output_dir))
+    if step is None:
+        checkpoint = last_checkpoint(paths.trainer)
+        if checkpoint is None:
+            raise FileNotFoundError(f"{paths.trainer}: no saved trainer step to export")
+    else:
+        checkpoint = paths.trainer / f"checkpoint-{step}"
+        if not checkpoint.is_dir():
+            raise FileNotFoundError(f"{checkpoint}: step {step} was not saved (grpo.save_steps={config.grpo.save_steps})")
+    saved = int(checkpoint.name.split("-")[-1])
+    names = ("adapter_model.safetensors", "adapter_config.json")
+    if not all((checkpoint / n).exists() for n in names):
+        raise FileNotFoundError(f"{checkpoint}: no LoRA adapter (a full fine-tuning step is exported by finishing the run)")
+    final = paths.final
+    if final.exists():
+        shutil.rmtree(final)
+    final.mkdir(parents=True)
+    for name in names:
+        shutil.copy2(checkpoint / name, final / name)
+    metrics = _step_metrics(read_jsonl_rows(paths.metrics) if paths.metrics.exists() else [], saved)
+    data_hashes = {"train_file": sha256_path(Path(config.data.train_file))}
+    for key, path in (("curated", paths.curated), ("samples", paths.samples)):
+        if path.exists():
+            data_hashes[key] = sha256_path(path)
+    base = json.loads((final / "adapter_config.json").read_text()).get("base_model_name_or_path") or resolve_base_model(config)
+    write_manifest(
+        final,
+        kind="policy",
+        format="lora",
+        base=base,
+        parent=str(config.policy.adapter) if config.policy.adapter else None,
+        job=f"{JOB_NAME}:{config.algorithm}@step{saved}",
+        config={**json.loads(config.model_dump_json()), "data_hashes": data_hashes},
+        metrics=metrics,
+    )
+    return final
+
+
 # ------------------------------------------------------------------------------------------- job
 
 
@@ -582,14 +637,9 @@ def _run_stages(
         )
         raise
     timings["grpo_update_s"] = time.perf_counter() - t2
-    final_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    final_metrics: dict[str, Any] = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     logged = read_jsonl_rows(paths.metrics) if paths.metrics.exists() else []
-    step_rows = [r for r in logged if "reward" in r]
-    if step_rows:
-        final_metrics["mean_reward"] = sum(r["reward"] for r in step_rows) / len(step_rows)
-        final_metrics["mean_reward_std"] = sum(r.get("reward_std", 0.0) for r in step_rows) / len(step_rows)
-        final_metrics["mean_frac_reward_zero_std"] = sum(r.get("frac_reward_zero_std", 0.0) for r in step_rows) / len(step_rows)
-    final_metrics["steps"] = int(trainer.state.global_step)
+    final_metrics.update(_step_metrics(logged, int(trainer.state.global_step)))
     final_metrics["sandbox_infra_errors"] = reward.infra_errors
     data_hashes = {"train_file": sha256_path(Path(config.data.train_file)), "curated": sha256_path(paths.curated)}
     if paths.samples.exists():

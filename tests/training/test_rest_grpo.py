@@ -71,6 +71,17 @@ def test_grpo_step_writes_a_verified_loadable_checkpoint(tmp_path: Path) -> None
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == cfg.grpo.lora.r
 
+    # a saved step exports without training (interrupted runs, comparisons at equal steps)
+    from training.rest_grpo import export_saved_step
+
+    trained = (out / "adapter_model.safetensors").read_bytes()
+    again = export_saved_step(cfg, step=1)
+    exported = verify_checkpoint(again, kind="policy")
+    assert exported.job and exported.job.endswith(":grpo@step1") and exported.metrics["steps"] == 1
+    assert (again / "adapter_model.safetensors").read_bytes() == trained
+    with pytest.raises(FileNotFoundError, match="step 5 was not saved"):
+        export_saved_step(cfg, step=5)
+
 
 @pytest.mark.slow
 async def test_rest_grpo_iteration_end_to_end(tmp_path: Path, vllm_policy) -> None:
