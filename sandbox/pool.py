@@ -5,7 +5,10 @@ started with a scrubbed environment and talking over a pipe. A run takes one idl
 forks a fresh, isolated child per program (``mode="forkserver"``, the default: the worker has
 already imported the harness and the usual stdlib, so a run costs a fork, not an interpreter start)
 or execs a fresh ``python -I -S`` in that child (``mode="spawn"``: the same isolation, a full
-interpreter start per program; kept for comparison, see ``bench/sandbox.py``).
+interpreter start per program, ~10x the CPU; see ``bench/sandbox.py``). A fork-server child
+inherits the worker's freed memory, where earlier runs' programs, arguments and test sources may
+linger for a program that scans its own memory to find; spawn mode leaves no such trace. Expected
+values of call and stdio tests never leave this process in either mode (see `Sandbox._payload`).
 """
 
 from __future__ import annotations

@@ -333,3 +333,15 @@ def test_stdio_tests_expected_output_is_not_in_the_programs_memory(sb: Sandbox):
     program = STEAL + "print(steal(), end='')\n"
     verdict = sb.run(program, [TestCase(kind="stdio", stdin="", expected=expected)], LIMITS)
     assert verdict.status == "failed" and "not found" in verdict.tests[0].message
+
+
+def test_spawn_mode_leaves_no_trace_of_earlier_runs_in_memory():
+    """Fork-server children inherit the worker's freed memory, where earlier runs' programs, args and
+    test code may linger (a documented residual risk); spawn mode execs a fresh interpreter."""
+    token = f"probe-{secrets.token_hex(8)}"
+    scan = STEAL.replace("rb'answer-", "rb'probe-")
+    with Sandbox(workers=1, mode="spawn", limits=LIMITS) as spawn:
+        first = spawn.run(f"TOKEN = {token!r}\n", [])
+        second = spawn.run(scan, [TestCase(kind="call", args=[], expected="not found", fn_name="steal")])
+    assert first.status == "passed"
+    assert second.status == "passed", second.tests[0].message
