@@ -84,20 +84,42 @@ async def evaluate_all(problems: dict[str, list[Any]], adapters: dict[str, str |
 
 
 def run_stats(run: Path) -> dict[str, Any]:
-    from training.report import group_stds
+    """Statistics of a run up to the step its final/ checkpoint holds (a run may have been stopped
+    and exported at an earlier step for an equal-step comparison)."""
+    from training.curation import population_std
 
-    summary = json.loads((run / "summary.json").read_text())
-    stds = group_stds(run)
-    return {
-        "steps": summary["metrics"].get("steps"),
+    manifest = json.loads((run / "final" / "restrl.json").read_text())
+    steps = int(manifest["metrics"]["steps"])
+    groups = [json.loads(x) for x in (run / "groups.jsonl").read_text().splitlines() if x.strip()]
+    stds = [population_std(g["rewards"]) for g in groups if (g.get("step") or 0) < steps]
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    curated = [json.loads(x) for x in (run / "curated.jsonl").read_text().splitlines() if x.strip()]
+    out: dict[str, Any] = {
+        "steps": steps,
+        "job": manifest["job"],
         "mean_group_reward_std": round(sum(stds) / len(stds), 4) if stds else None,
         "frac_zero_std_groups": round(sum(s == 0 for s in stds) / len(stds), 4) if stds else None,
-        "mean_train_reward": summary["metrics"].get("mean_reward"),
-        "curated_prompts": summary.get("curated_prompts"),
-        "curated_kinds": summary.get("curated_kinds"),
-        "curation": summary.get("curation"),
+        "training_groups": len(stds),
+        "mean_train_reward": manifest["metrics"].get("mean_reward"),
+        "curated_prompts": len(curated),
+        "curated_kinds": {k: sum(r["kind"] == k for r in curated) for k in ("base", "partial")},
         "timings_s": summary.get("timings"),
     }
+    if (run / "samples.jsonl").exists():
+        from training.report import sample_stds
+
+        naive, kept = sample_stds(run)
+        out["sampling_stage"] = {
+            "problems": len(naive),
+            "kept_after_filter": len(kept),
+            "mean_std_naive": round(sum(naive) / len(naive), 4) if naive else None,
+            "mean_std_kept": round(sum(kept) / len(kept), 4) if kept else None,
+        }
+    metrics_path = run / "metrics.jsonl"
+    if metrics_path.exists():
+        rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+        out["step_times_s"] = [round(r["step_time"], 1) for r in rows if "step_time" in r]
+    return out
 
 
 def eval_models(names: list[str], *, n_per_tier: int, humaneval_limit: int, max_tokens: int) -> None:
@@ -120,7 +142,7 @@ def report(*, n_per_tier: int, humaneval_limit: int) -> dict[str, Any]:
     """Merge the evaluations and run statistics into bench/results/training.json; draw the plots."""
     from training.report import report_training
 
-    runs_present = [a for a in ALGOS if (RUNS / a / "summary.json").exists()]
+    runs_present = [a for a in ALGOS if (RUNS / a / "final" / "restrl.json").exists()]
     plots = report_training([RUNS / a for a in runs_present], out_dir=PLOTS, labels=runs_present)
     out: dict[str, Any] = {"gym": {"seed": 0, "n_per_tier": n_per_tier}, "humaneval_limit": humaneval_limit, "runs": {}}
     for name in ("base", *ALGOS):
