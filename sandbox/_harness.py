@@ -3,7 +3,7 @@
 This is the only place where untrusted program text is compiled and executed. The worker
 (`_worker.py`) forks a child, applies the isolation and limits, and then either calls `main()`
 directly (fork-server mode: this module and the usual stdlib are already imported) or execs a fresh
-``python -I -S _harness.py JOBFILE`` (spawn mode). Either way the child reports one JSON line per
+``python -I -S _harness.py NONCE SYS_PATH`` (spawn mode; the job is on fd 4). Either way the child reports one JSON line per
 event on file descriptor 3, each carrying the run's nonce so that stray writes are ignored:
 
 * ``{"t": "loaded"}``                      - the program compiled and (for in-process tests) ran;
@@ -46,6 +46,7 @@ import unittest
 from typing import Any
 
 RESULT_FD = 3
+JOB_FD = 4  # the job (JSON: program, tests, entry_point, max_output_bytes), read once and closed
 MSG_CHARS = 600
 REL_TOL = 1e-6
 ABS_TOL = 1e-9
@@ -424,16 +425,24 @@ def execute(job: dict, emit: _Emitter) -> None:
     emit({"t": "done"})
 
 
+def read_job(fd: int = JOB_FD) -> dict:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    os.close(fd)
+    return json.loads(b"".join(chunks))
+
+
 def main(job: dict, nonce: str) -> None:
     execute(job, _Emitter(nonce))
 
 
-if __name__ == "__main__":  # spawn mode: python -I -S _harness.py JOBFILE
-    with open(sys.argv[1], encoding="utf-8") as _f:
-        _job = json.load(_f)
-    os.unlink(sys.argv[1])
-    sys.path[:] = _job["sys_path"]
+if __name__ == "__main__":  # spawn mode: python -I -S _harness.py NONCE SYS_PATH_JSON (job on fd 4)
+    _nonce = sys.argv[1]
+    sys.path[:] = json.loads(sys.argv[2])
     sys.argv = ["<program>"]
-    main(_job, _job["nonce"])
+    main(read_job(), _nonce)
     _flush_std()
     os._exit(0)

@@ -2,7 +2,7 @@
 
 Started by `sandbox.pool.Sandbox` as ``python -I _worker.py CONFIG_JSON`` with a scrubbed
 environment. It talks to its parent over stdin/stdout with length-prefixed JSON frames:
-``{"op": "run", ...}`` -> a verdict dict, ``{"op": "batch", "runs": [...]}`` -> ``{"results": [...]}``,
+``{"op": "batch", "runs": [...]}`` + the runs' job bytes -> ``{"results": [...]}`` (see `serve`),
 ``{"op": "capabilities"}`` -> what isolation it achieved.
 
 At start-up (once per worker, see `_setup_worker`):
@@ -431,7 +431,11 @@ class Worker:
                 os.close(fd)
 
     # ---- one run ------------------------------------------------------------------------------
-    def run(self, req: dict) -> dict:
+    def run(self, req: dict, job_bytes: bytearray) -> dict:
+        """One run. ``req`` holds only the mode, limits and number of tests; ``job_bytes`` (the
+        program, tests and entry point as JSON) goes to the child through an unlinked file and is
+        zeroed here, never parsed: no earlier run's program or tests linger in this process's
+        memory for a later fork-server child to find."""
         limits = req["limits"]
         uid = self.caps["run_uid"]
         workdir = os.path.join(self.scratch, f"restrl-run-{secrets.token_hex(6)}")
@@ -439,14 +443,13 @@ class Worker:
         if self.caps["uid_drop"]:
             os.chown(workdir, uid, uid)
         nonce = secrets.token_hex(16)
-        job = {
-            "program": req["program"],
-            "tests": req["tests"],  # call/stdio tests come without expected values (see sandbox.pool)
-            "entry_point": req.get("entry_point"),
-            "max_output_bytes": limits["max_output_bytes"],
-            "nonce": nonce,
-            "sys_path": [p for p in sys.path if p != HERE],
-        }
+        facts = {"nonce": nonce, "n_tests": int(req["n_tests"])}
+        job_fd = os.open(self.scratch, os.O_TMPFILE | os.O_RDWR, 0o600)
+        with memoryview(job_bytes) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(job_fd, view[written:])
+        job_bytes[:] = bytes(len(job_bytes))
         res_fd = os.open(self.scratch, os.O_TMPFILE | os.O_RDWR, 0o600)
         err_fd = os.open(self.scratch, os.O_TMPFILE | os.O_RDWR, 0o600)
         self._cgroup_limits(limits)
@@ -455,21 +458,24 @@ class Worker:
         try:
             pid = os.fork()
         except OSError as exc:
-            for fd in (res_fd, err_fd):
+            for fd in (job_fd, res_fd, err_fd):
                 os.close(fd)
             shutil.rmtree(workdir, ignore_errors=True)
             return {"status": "infra_error", "detail": f"fork failed: {exc}", "outcomes": [], "stderr": ""}
         if pid == 0:
-            self._child(job, req.get("mode", "forkserver"), limits, workdir, res_fd, err_fd)
+            self._child(nonce, job_fd, req.get("mode", "forkserver"), limits, workdir, res_fd, err_fd)
+        os.close(job_fd)
         try:
-            return self._supervise(pid, job, limits, started, res_fd, err_fd)
+            return self._supervise(pid, facts, limits, started, res_fd, err_fd)
         finally:
             self._cleanup(pid, workdir)
             os.close(res_fd)
             os.close(err_fd)
 
-    def _child(self, job: dict, mode: str, limits: dict, workdir: str, res_w: int, err_w: int) -> None:
-        """In the forked child: isolate, then run the harness. Never returns."""
+    def _child(
+        self, nonce: str, job_fd: int, mode: str, limits: dict, workdir: str, res_w: int, err_w: int
+    ) -> None:
+        """In the forked child: isolate, then run the harness on the job in ``job_fd``. Never returns."""
         try:
             os.setsid()
             for path in self.cgroups.values():
@@ -480,7 +486,8 @@ class Worker:
             os.dup2(null, 1)
             os.dup2(err_w, 2)
             os.dup2(res_w, _harness.RESULT_FD)
-            os.closerange(_harness.RESULT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            os.dup2(job_fd, _harness.JOB_FD)
+            os.closerange(_harness.JOB_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
             os.chdir(workdir)
             env = {
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -494,13 +501,6 @@ class Worker:
             }
             os.environ.clear()
             os.environ.update(env)
-            job_file = None
-            if mode == "spawn":
-                job_file = os.path.join(workdir, ".job.json")
-                with open(job_file, "w", encoding="utf-8") as f:
-                    json.dump(job, f)
-                if self.caps["uid_drop"]:
-                    os.chown(job_file, self.caps["run_uid"], self.caps["run_uid"])
             cpu = max(1, math.ceil(limits["cpu_s"]))
             mem = int(limits["memory_mb"]) << 20
             fsize = int(limits["max_file_mb"]) << 20
@@ -527,19 +527,23 @@ class Worker:
                 os.write(2, f"sandbox setup failed: {exc!r}\n".encode())
             finally:
                 os._exit(SETUP_FAILED)
+        sys_path = [p for p in sys.path if p != HERE]
         try:
             if mode == "spawn":
                 harness = os.path.join(HERE, "_harness.py")
-                os.execve(sys.executable, [sys.executable, "-I", "-S", harness, str(job_file)], os.environ)
-            sys.path[:] = job["sys_path"]
+                argv = [sys.executable, "-I", "-S", harness, nonce, json.dumps(sys_path)]
+                os.execve(sys.executable, argv, os.environ)
+            sys.path[:] = sys_path
             sys.argv = ["<program>"]
-            _harness.main(job, job["nonce"])
+            _harness.main(_harness.read_job(), nonce)
             _harness._flush_std()
         except BaseException:
             os._exit(SETUP_FAILED if mode == "spawn" else 1)
         os._exit(0)
 
-    def _supervise(self, pid: int, job: dict, limits: dict, started: float, res_fd: int, err_fd: int) -> dict:
+    def _supervise(
+        self, pid: int, facts: dict, limits: dict, started: float, res_fd: int, err_fd: int
+    ) -> dict:
         """Wait for the child's exit or the wall-clock deadline (one wake-up: its stderr and result
         channel are unlinked files, capped by RLIMIT_FSIZE, so it can never block on a full pipe)."""
         deadline = started + float(limits["wall_s"])
@@ -572,13 +576,13 @@ class Worker:
         stderr = os.pread(err_fd, int(limits["max_stderr_bytes"]), 0) if limits["max_stderr_bytes"] else b""
         results = os.pread(res_fd, max(RESULT_CAP, (int(limits["max_file_mb"]) + 1) << 20), 0)
         cpu = usage.ru_utime + usage.ru_stime
-        verdict = self._verdict(job, results, stderr, wait_status, wall_killed, wall, cpu, limits)
+        verdict = self._verdict(facts, results, stderr, wait_status, wall_killed, wall, cpu, limits)
         verdict["memory_peak_mb"] = self._memory_peak_mb()
         return verdict
 
     def _verdict(
         self,
-        job: dict,
+        facts: dict,
         raw: bytes,
         stderr: bytes,
         wait_status: int,
@@ -587,7 +591,7 @@ class Worker:
         cpu: float,
         limits: dict,
     ) -> dict:
-        nonce = job["nonce"]
+        nonce = facts["nonce"]
         events = []
         for line in bytes(raw).split(b"\n"):
             try:
@@ -637,7 +641,7 @@ class Worker:
                 "stderr": stderr_text,
             }
         outcomes: list[dict] = []
-        for index in range(len(job["tests"])):
+        for index in range(facts["n_tests"]):
             reported = by_test.get(index)
             if reported:
                 outcomes.extend(
@@ -670,7 +674,7 @@ class Worker:
             status, detail = "error", f"the program did not load: {ended}"
         elif done and outcomes and all(o["status"] == "passed" for o in outcomes):
             status, detail = "passed", ""
-        elif done and not job["tests"]:
+        elif done and not facts["n_tests"]:
             status, detail = "passed", "the program ran to completion"
         else:
             status, detail = "failed", "" if done else f"the tests did not finish: {ended}"
@@ -772,7 +776,22 @@ def main() -> None:
         worker.close()
 
 
+def _read_raw(fd: int, size: int) -> bytearray | None:
+    """``size`` bytes read straight into one buffer (no intermediate copies left in freed memory)."""
+    buf = bytearray(size)
+    with memoryview(buf) as view:
+        done = 0
+        while done < size:
+            n = os.readv(fd, [view[done:]])
+            if n == 0:
+                return None
+            done += n
+    return buf
+
+
 def serve(worker: Worker, proto_in: int, proto_out: int) -> None:
+    """``{"op": "batch", "runs": [{mode, limits, n_tests, job_len}, ...]}`` followed by the runs'
+    job JSON bytes back to back -> ``{"results": [verdict, ...]}``."""
     while True:
         req = _read_frame(proto_in)
         if req is None or req.get("op") == "exit":
@@ -780,11 +799,13 @@ def serve(worker: Worker, proto_in: int, proto_out: int) -> None:
         if req.get("op") == "capabilities":
             _write_frame(proto_out, worker.caps)
             continue
-        runs = req["runs"] if req.get("op") == "batch" else [req]
         results = []
-        for run in runs:
+        for run in req["runs"]:
+            job_bytes = _read_raw(proto_in, int(run["job_len"]))
+            if job_bytes is None:
+                return
             try:
-                results.append(worker.run(run))
+                results.append(worker.run(run, job_bytes))
             except BaseException as exc:  # report, keep serving
                 results.append(
                     {
@@ -794,7 +815,9 @@ def serve(worker: Worker, proto_in: int, proto_out: int) -> None:
                         "stderr": "",
                     }
                 )
-        _write_frame(proto_out, {"results": results} if req.get("op") == "batch" else results[0])
+            finally:
+                job_bytes[:] = bytes(len(job_bytes))
+        _write_frame(proto_out, {"results": results})
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@ started with a scrubbed environment and talking over a pipe. A run takes one idl
 forks a fresh, isolated child per program (``mode="forkserver"``, the default: the worker has
 already imported the harness and the usual stdlib, so a run costs a fork, not an interpreter start)
 or execs a fresh ``python -I -S`` in that child (``mode="spawn"``: the same isolation, a full
-interpreter start per program, ~10x the CPU; see ``bench/sandbox.py``). A fork-server child
-inherits the worker's freed memory, where earlier runs' programs, arguments and test sources may
-linger for a program that scans its own memory to find; spawn mode leaves no such trace. Expected
-values of call and stdio tests never leave this process in either mode (see `Sandbox._payload`).
+interpreter start per program, ~10x the CPU; see ``bench/sandbox.py``). The worker hands each
+job to its child unparsed, so no run can find an earlier run's program or tests in its memory, and
+the expected values of call and stdio tests never leave this process (see `Sandbox._payload`).
 """
 
 from __future__ import annotations
@@ -76,11 +75,11 @@ class _Worker:
             raise WorkerDied(f"worker did not start: {hello}")
         self.capabilities: dict[str, Any] = hello["capabilities"]
 
-    def request(self, payload: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+    def request(self, payload: dict[str, Any], *, timeout_s: float, raw: bytes = b"") -> dict[str, Any]:
         body = json.dumps(payload).encode()
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(struct.pack(">I", len(body)) + body)
+            self.proc.stdin.write(struct.pack(">I", len(body)) + body + raw)
             self.proc.stdin.flush()
         except OSError as exc:
             raise WorkerDied(f"cannot write to the worker: {exc}") from exc
@@ -197,28 +196,28 @@ class Sandbox:
 
     def _payload(
         self, program: str, tests: Sequence[TestCase], limits: Limits, entry_point: str | None
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The worker's request and the full tests. Call and stdio tests travel WITHOUT their
+    ) -> tuple[dict[str, Any], bytes, list[dict[str, Any]]]:
+        """The worker's run header, the job bytes it passes unread to the child, and the full tests. Call and stdio tests travel WITHOUT their
         expected values: the child reports what the program returned or printed and this process
         judges it, so no process a program runs in (nor its parent) ever holds those values."""
         full = [_test_dict(t) for t in tests]
         sent = [
             {k: v for k, v in t.items() if k != "expected"} if t["kind"] in _JUDGED_HERE else t for t in full
         ]
-        payload = {
-            "mode": self.mode,
+        job = {
             "program": program,
             "tests": sent,
             "entry_point": entry_point,
-            "limits": limits.model_dump(),
+            "max_output_bytes": limits.max_output_bytes,
         }
-        return payload, full
+        header = {"mode": self.mode, "limits": limits.model_dump(), "n_tests": len(sent)}
+        return header, json.dumps(job).encode(), full
 
     def _run_batch(
-        self, jobs: list[tuple[dict[str, Any], list[dict[str, Any]]]], limits: Limits
+        self, jobs: list[tuple[dict[str, Any], bytes, list[dict[str, Any]]]], limits: Limits
     ) -> list[Verdict]:
-        """Run ``jobs`` (payload, full tests) one after the other on one worker, in one round trip."""
-        payloads = [payload for payload, _ in jobs]
+        """Run ``jobs`` (header, job bytes, full tests) one after another on one worker, in one round trip."""
+        payloads = [{**header, "job_len": len(body)} for header, body, _ in jobs]
         started = time.monotonic()
         worker = self._take()
         if worker is None:
@@ -228,6 +227,7 @@ class Sandbox:
             raw = worker.request(
                 {"op": "batch", "runs": payloads},
                 timeout_s=len(payloads) * limits.wall_s + _RESPONSE_MARGIN_S,
+                raw=b"".join(body for _, body, _ in jobs),
             )
         except WorkerDied as exc:
             healthy = False
@@ -238,7 +238,7 @@ class Sandbox:
             self._give_back(worker, healthy=healthy)
         wall = time.monotonic() - started
         return [
-            _to_verdict(r, tests, wall_s=wall) for r, (_, tests) in zip(raw["results"], jobs, strict=True)
+            _to_verdict(r, tests, wall_s=wall) for r, (_, _, tests) in zip(raw["results"], jobs, strict=True)
         ]
 
     async def arun(

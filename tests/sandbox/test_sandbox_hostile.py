@@ -335,13 +335,16 @@ def test_stdio_tests_expected_output_is_not_in_the_programs_memory(sb: Sandbox):
     assert verdict.status == "failed" and "not found" in verdict.tests[0].message
 
 
-def test_spawn_mode_leaves_no_trace_of_earlier_runs_in_memory():
-    """Fork-server children inherit the worker's freed memory, where earlier runs' programs, args and
-    test code may linger (a documented residual risk); spawn mode execs a fresh interpreter."""
+@pytest.mark.parametrize("mode", ["forkserver", "spawn"])
+def test_no_trace_of_earlier_runs_in_a_programs_memory(mode: str):
+    """The worker passes each job to its child unparsed (and zeroes its copy), so a later program
+    scanning its own memory finds nothing of an earlier run's program or tests."""
     token = f"probe-{secrets.token_hex(8)}"
     scan = STEAL.replace("rb'answer-", "rb'probe-")
-    with Sandbox(workers=1, mode="spawn", limits=LIMITS) as spawn:
-        first = spawn.run(f"TOKEN = {token!r}\n", [])
-        second = spawn.run(scan, [TestCase(kind="call", args=[], expected="not found", fn_name="steal")])
+    with Sandbox(workers=1, mode=mode, limits=LIMITS) as sandbox:  # type: ignore[arg-type]
+        first = sandbox.run(
+            f"TOKEN = {token!r}\n", [TestCase(kind="assert", code=f"assert TOKEN == {token!r}\n")]
+        )
+        second = sandbox.run(scan, [TestCase(kind="call", args=[], expected="not found", fn_name="steal")])
     assert first.status == "passed"
     assert second.status == "passed", second.tests[0].message
