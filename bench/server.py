@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import time
@@ -97,6 +98,12 @@ async def overhead(client: Any, services: Any, problems: list[Any], *, rounds: i
             "overhead_abs_ms_p50": 1000 * (statistics.median(http) - statistics.median(direct))}
 
 
+def save(out: dict[str, Any], path: Path) -> None:
+    """Write what is measured so far (a long run interrupted still leaves its finished levels)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
     import uvicorn
@@ -123,9 +130,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(0.01)
     url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     out: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "policy_version": policy.version, "value_version": value.version, "engine_startup_s": startup_s,
         "max_tokens": args.max_tokens, "problems": len(problems), "k": 5,
+        "load_average_start": os.getloadavg(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     try:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -135,21 +144,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             out["overhead"] = await overhead(client, services, problems[: args.overhead_problems],
                                              rounds=args.overhead_rounds, max_tokens=args.max_tokens)
             out["overhead_ratio"] = out["overhead"]["overhead_ratio"]
+            save(out, args.out)
             o = out["overhead"]
             print(f"overhead: direct p50 {o['direct_p50_s']:.3f}s, HTTP p50 {o['http_p50_s']:.3f}s, ratio "
                   f"{o['overhead_ratio']:.3f} (paired median {o['overhead_ratio_paired_median']:.3f}, {o['pairs']} pairs)",
                   flush=True)
-            table = []
+            table: list[dict[str, Any]] = []
+            out["latency"] = table
             for strategy, samples in CONFIGS:
                 for c in args.concurrency:
                     requests = max(args.min_requests, c * args.waves)
                     row = await level(client, problems, strategy=strategy, samples=samples, concurrency=c,
                                       requests=requests, max_tokens=args.max_tokens)
                     table.append(row)
+                    save(out, args.out)
                     print(f"{strategy:8s} budget {samples:3d} c={c:3d} n={requests:3d}: p50 {row['p50_s']:7.2f}s"
                           f" p95 {row['p95_s']:7.2f}s  {row['throughput_rps']:6.2f} req/s"
                           f" {row['policy_tok_s']:7.1f} tok/s errors={row['errors']}", flush=True)
-            out["latency"] = table
             metrics = (await client.get("/metrics")).text
             out["metrics_value_batch"] = [line for line in metrics.splitlines()
                                           if line.startswith("restrl:value_batch_size_")]
@@ -157,6 +168,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         server.should_exit = True
         await serve_task
         await services.registry.close()
+    out["load_average_end"] = os.getloadavg()
+    save(out, args.out)
     print()
     print("| strategy | budget | concurrency | requests | p50 s | p95 s | req/s | policy tok/s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -187,8 +200,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    result = asyncio.run(main(arguments))
-    result["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(arguments).items()}
-    arguments.out.parent.mkdir(parents=True, exist_ok=True)
-    arguments.out.write_text(json.dumps(result, indent=2))
+    asyncio.run(main(arguments))
     print(f"wrote {arguments.out}")
