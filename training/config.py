@@ -105,6 +105,9 @@ class GRPOUpdateConfig(_Strict):
     max_completion_length: int = Field(default=512, ge=8)
     lora: LoraSettings | None = Field(default_factory=LoraSettings, description="null = full fine-tuning")
     save_steps: int = Field(default=1, ge=1, description="checkpoint (resumable state) every N steps")
+    save_total_limit: int | None = Field(
+        default=2, ge=1, description="keep the newest N trainer checkpoints; null keeps every step (equal-step comparisons)"
+    )
     logging_steps: int = Field(default=1, ge=1)
     use_cpu: bool | None = Field(default=None, description="null = CPU unless CUDA is available")
     bf16: bool = Field(default=False, description="bf16 training (GPU)")

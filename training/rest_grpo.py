@@ -395,7 +395,7 @@ def build_trainer(
         logging_steps=g.logging_steps,
         save_strategy="steps",
         save_steps=g.save_steps,
-        save_total_limit=2,
+        save_total_limit=g.save_total_limit,
         save_only_model=False,
         report_to=[],
         seed=config.seed,
