@@ -51,33 +51,42 @@ def train(algo: str, *, resume: bool) -> dict[str, Any]:
 
 
 async def evaluate_all(problems: dict[str, list[Any]], adapters: dict[str, str | None], *, max_tokens: int) -> dict[str, dict[str, Any]]:
+    """Every (model, split) request in flight at once on one engine: adapters are LoRA views of the
+    base engine, so the engine batches all of them together."""
     from models.config import EngineConfig
     from models.loading import load_policy
     from sandbox.pool import Sandbox
     from training.evaluate import greedy_completions, score_pass1
     from training.rewards import TestRewarder
 
-    results: dict[str, dict[str, Any]] = {}
-    base = await load_policy(EngineConfig(kv_cache_gib=1.0, max_lora_rank=16))
+    engine: dict[str, Any] = {"kv_cache_gib": 1.0, "max_lora_rank": 16}
+    base = await load_policy(EngineConfig(**engine))
+    mode = base.prompt_mode  # type: ignore[attr-defined]
+    policies = {
+        name: base if adapter is None else await load_policy(EngineConfig(**engine, adapter=adapter), reuse=base)
+        for name, adapter in adapters.items()
+    }
     sandbox = Sandbox(workers=2)
     try:
-        rewarder = TestRewarder(sandbox, mode=base.prompt_mode)  # type: ignore[attr-defined]
-        for name, adapter in adapters.items():
-            policy = base if adapter is None else await load_policy(EngineConfig(kv_cache_gib=1.0, max_lora_rank=16, adapter=adapter), reuse=base)
-            row: dict[str, Any] = {}
-            for split, probs in problems.items():
-                t0 = time.perf_counter()
-                texts = await greedy_completions(policy, probs, mode=base.prompt_mode, max_tokens=max_tokens, desc=f"{name} {split}")  # type: ignore[attr-defined]
-                score = await asyncio.to_thread(score_pass1, probs, texts, rewarder, base.prompt_mode)  # type: ignore[attr-defined]
-                row[f"{split}_pass1"] = round(score.pass1, 4)
-                row[f"{split}_mean_pass_fraction"] = round(score.mean_pass_fraction, 4)
-                row[f"{split}_problems"] = score.problems
-                row[f"{split}_infra_errors"] = score.infra_errors
-                row[f"{split}_eval_s"] = round(time.perf_counter() - t0, 1)
-            results[name] = row
+        rewarder = TestRewarder(sandbox, mode=mode)
+        t0 = time.perf_counter()
+        jobs = [(name, split) for name in policies for split in problems]
+        texts = await asyncio.gather(
+            *(greedy_completions(policies[n], problems[s], mode=mode, max_tokens=max_tokens, desc=f"{n} {s}") for n, s in jobs)
+        )
+        gen_s = time.perf_counter() - t0
+        results: dict[str, dict[str, Any]] = {name: {"generation_s_all_models": round(gen_s, 1)} for name in policies}
+        for (name, split), completions in zip(jobs, texts, strict=True):
+            score = await asyncio.to_thread(score_pass1, problems[split], completions, rewarder, mode)
+            row = results[name]
+            row[f"{split}_pass1"] = round(score.pass1, 4)
+            row[f"{split}_mean_pass_fraction"] = round(score.mean_pass_fraction, 4)
+            row[f"{split}_problems"] = score.problems
+            row[f"{split}_infra_errors"] = score.infra_errors
+    finally:
+        for policy in policies.values():
             if policy is not base:
                 await policy.close()
-    finally:
         await base.close()
         sandbox.close()
     return results
