@@ -181,7 +181,7 @@ async def quality(
             if strategy == "greedy" and budget != args.budgets[0]:  # one sample whatever the budget
                 pass1[strategy][str(budget)] = pass1[strategy][str(args.budgets[0])]
                 continue
-            cfg = SearchConfig(strategy=strategy, budget=Budget(samples=budget), k=args.k, max_tokens=args.max_tokens,
+            cfg = SearchConfig(strategy=strategy, budget=Budget(samples=budget), k=args.k, max_tokens=args.quality_max_tokens,
                                temperature=args.temperature, parallel_expansions=args.quality_parallel, seed=0)
             t0 = time.perf_counter()
             outs = await asyncio.gather(*(one(p, cfg) for p in problems))
@@ -298,7 +298,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5, 10, 20])
     ap.add_argument("--strategies", type=lambda s: s.split(","), default=["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"])
     ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=256, help="throughput: max new tokens per request")
+    ap.add_argument("--quality-max-tokens", type=int, default=256, help="quality: max new tokens per request")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--concurrency", type=int, default=8, help="quality: searches in flight at once")
     ap.add_argument("--quality-parallel", type=int, default=2, help="quality: parallel_expansions")
