@@ -97,18 +97,26 @@ def run_stats(run: Path) -> dict[str, Any]:
     and exported at an earlier step for an equal-step comparison)."""
     from training.curation import population_std
 
-    manifest = json.loads((run / "final" / "restrl.json").read_text())
-    steps = int(manifest["metrics"]["steps"])
-    groups = [json.loads(x) for x in (run / "groups.jsonl").read_text().splitlines() if x.strip()]
+    manifest_path = run / "final" / "restrl.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"job": None, "metrics": {}}
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()] if (run / "metrics.jsonl").exists() else []
+    steps = int(manifest["metrics"].get("steps", max((int(r["step"]) for r in logged if "reward" in r), default=0)))
+    groups = [json.loads(x) for x in (run / "groups.jsonl").read_text().splitlines() if x.strip()] if (run / "groups.jsonl").exists() else []
     stds = [population_std(g["rewards"]) for g in groups if (g.get("step") or 0) < steps]
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
-    curated = [json.loads(x) for x in (run / "curated.jsonl").read_text().splitlines() if x.strip()]
+    curated = [json.loads(x) for x in (run / "curated.jsonl").read_text().splitlines() if x.strip()] if (run / "curated.jsonl").exists() else []
     out: dict[str, Any] = {
         "steps": steps,
         "job": manifest["job"],
         "mean_group_reward_std": round(sum(stds) / len(stds), 4) if stds else None,
         "frac_zero_std_groups": round(sum(s == 0 for s in stds) / len(stds), 4) if stds else None,
         "training_groups": len(stds),
+        "all_logged_groups": {
+            "groups": len(groups),
+            "mean_reward_std": round(sum(population_std(g["rewards"]) for g in groups) / len(groups), 4) if groups else None,
+            "frac_zero_std": round(sum(population_std(g["rewards"]) == 0 for g in groups) / len(groups), 4) if groups else None,
+        },
+        "checkpoint_exported": manifest_path.exists(),
         "mean_train_reward": manifest["metrics"].get("mean_reward"),
         "curated_prompts": len(curated),
         "curated_kinds": {k: sum(r["kind"] == k for r in curated) for k in ("base", "partial")},
@@ -151,7 +159,7 @@ def report(*, n_per_tier: int, humaneval_limit: int) -> dict[str, Any]:
     """Merge the evaluations and run statistics into bench/results/training.json; draw the plots."""
     from training.report import report_training
 
-    runs_present = [a for a in ALGOS if (RUNS / a / "final" / "restrl.json").exists()]
+    runs_present = [a for a in ALGOS if (RUNS / a / "config.json").exists()]
     plots = report_training([RUNS / a for a in runs_present], out_dir=PLOTS, labels=runs_present)
     out: dict[str, Any] = {"gym": {"seed": 0, "n_per_tier": n_per_tier}, "humaneval_limit": humaneval_limit, "runs": {}}
     for name in ("base", *ALGOS):
