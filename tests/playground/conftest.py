@@ -11,9 +11,13 @@ import pytest
 from playground_support import CHROMIUM, CHROMIUM_FLAGS, PageRecorder, SolveDouble, UvicornThread
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser() -> Iterator[Any]:
-    """Headless Debian chromium through Playwright; skips when either is missing."""
+    """Headless Debian chromium through Playwright; skips when either is missing.
+
+    Module scope: the sync API keeps an event loop running in the main thread while it is
+    open, which breaks every later asyncio test if it outlives this directory's modules.
+    """
     if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
         pytest.skip(f"chromium not installed at {CHROMIUM} (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
