@@ -46,7 +46,7 @@ def _group(rows: list[dict[str, Any]], *keys: str) -> dict[str, dict[str, Any]]:
 
 async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from models import EngineConfig, load_policy
-    from models.prompting import STOP, assemble_program, render_prompt, root_state
+    from models.prompting import STOP, assemble_program, join_code, render_prompt, root_state
     from sandbox import Sandbox
     from tasks.gym import make_gym
 
@@ -66,7 +66,7 @@ async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
             state = root_state(problem, mode)
             prompt = render_prompt(policy.tokenizer, problem, state, mode)
             (sample,) = await policy.sample(prompt, n=1, max_tokens=args.max_tokens, stop=list(STOP), temperature=0.0)
-            program = assemble_program(problem, state + sample.text, mode)
+            program = assemble_program(problem, join_code(state, sample.text), mode)
             verdict = await box.arun(program, problem.tests, entry_point=problem.entry_point)
             row = {
                 "id": problem.id,

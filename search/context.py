@@ -36,7 +36,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.base import Policy, Sample
-from models.prompting import STOP, PromptMode, assemble_program, default_mode, render_prompt, root_state
+from models.prompting import (
+    STOP,
+    PromptMode,
+    assemble_program,
+    default_mode,
+    join_code,
+    render_prompt,
+    root_state,
+)
 from search.evaluators import Evaluation, Evaluator
 from search.tree import ChildSpec, Node, RolloutSpec, Tree, split_continuations
 from search.types import Candidate, SearchConfig, SearchProgress, SearchResult, StopReason, Usage
@@ -240,7 +248,7 @@ class SearchRun:
         rollouts = exp.rollouts
         if rollouts is None:  # sampled but not split yet (deadline): every sample is a rollout
             rollouts = [
-                RolloutSpec(code=exp.node.state + s.text, sample=i, finish_reason=s.finish_reason, child=None)
+                RolloutSpec(code=join_code(exp.node.state, s.text), sample=i, finish_reason=s.finish_reason, child=None)
                 for i, s in enumerate(exp.samples) if s.finish_reason != "abort"
             ]
         new: list[Candidate] = []

@@ -6,6 +6,9 @@ virtual loss and exhaustion.
 
 Rules implemented here, exactly as the spec fixes them:
 
+* The policy continues the state without its final newline (`models.prompting.prompt_code`);
+  a sample that starts with that newline is the continuation ``c`` after it, and one that does not
+  (it extended the last line) is a candidate program but proposes no child.
 * A continuation ``c`` sampled from a state with no newline is the last line: a *terminal* child
   whose state is the full program. Otherwise the child's action is ``c``'s first line (with its
   newline); children with the same line merge into one child.
@@ -39,6 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.prompting import continuation, join_code
+
 
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
@@ -68,8 +73,9 @@ def split_continuations(
     members: dict[str, list[int]] = {}
     terminal: dict[str, bool] = {}
     child_of: dict[int, str] = {}
-    for i, (text, reason) in enumerate(zip(texts, finish_reasons, strict=True)):
-        if reason == "abort":
+    for i, (raw, reason) in enumerate(zip(texts, finish_reasons, strict=True)):
+        text = continuation(state, raw)
+        if reason == "abort" or text is None:
             continue
         cut = text.find("\n")
         if cut >= 0:
@@ -87,7 +93,7 @@ def split_continuations(
     children = [ChildSpec(line=k, state=state + k, terminal=terminal[k], samples=tuple(members[k])) for k in order]
     index = {k: j for j, k in enumerate(order)}
     rollouts = [
-        RolloutSpec(code=state + text, sample=i, finish_reason=reason, child=index[child_of[i]] if i in child_of else None)
+        RolloutSpec(code=join_code(state, text), sample=i, finish_reason=reason, child=index[child_of[i]] if i in child_of else None)
         for i, (text, reason) in enumerate(zip(texts, finish_reasons, strict=True))
         if reason != "abort"
     ]

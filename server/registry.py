@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from models.base import CheckpointError, Policy, ValueModel
-from models.prompting import PromptMode, render_prompt, root_state
+from models.prompting import PromptMode, join_code, render_prompt, root_state
 from server.errors import SwapFailed, Unavailable
 from server.metrics import Metrics
 from server.protocol import ModelsStatus, PairInfo, SwapEvent
@@ -63,7 +63,7 @@ async def probe(policy: Policy, value: ValueModel, *, metrics: Metrics | None = 
     if metrics is not None:
         s = samples[0]
         metrics.observe_engine(generated=s.tokens, prompt=s.prompt_tokens, cached=s.cached_prompt_tokens)
-    scores = await value.score(PROBE_PROBLEM, [state + samples[0].text])
+    scores = await value.score(PROBE_PROBLEM, [join_code(state, samples[0].text)])
     if len(scores) != 1 or not 0.0 <= scores[0] <= 1.0:
         raise RuntimeError(f"probe value call returned {scores!r}, expected one score in [0, 1]")
     return {"expansion_tokens": samples[0].tokens, "value": scores[0], "seconds": round(time.monotonic() - start, 3)}

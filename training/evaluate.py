@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from models.prompting import STOP, PromptMode, render_prompt, root_state
+from models.prompting import STOP, PromptMode, join_code, render_prompt, root_state
 from tasks import Problem
 from training.rewards import TestRewarder
 
@@ -51,7 +51,7 @@ async def greedy_completions(
 
 def score_pass1(problems: Sequence[Problem], completions: Sequence[str], rewarder: TestRewarder, mode: PromptMode) -> PassAtOne:
     """Run each problem's completion (after its root state) against its tests."""
-    items = [(p, root_state(p, mode) + c) for p, c in zip(problems, completions, strict=True)]
+    items = [(p, join_code(root_state(p, mode), c)) for p, c in zip(problems, completions, strict=True)]
     scored = rewarder.score(items)
     return PassAtOne(
         problems=len(items),

@@ -49,7 +49,15 @@ from typing import Any, cast
 
 from tqdm.auto import tqdm
 
-from models.prompting import STOP, PromptMode, default_mode, render_prompt, root_state
+from models.prompting import (
+    STOP,
+    PromptMode,
+    continuation,
+    default_mode,
+    join_code,
+    render_prompt,
+    root_state,
+)
 from tasks import Problem
 from training.config import FilterConfig, RestGRPOConfig
 from training.curation import CuratedPrompt, CurationStats, ProblemSamples, curate
@@ -261,7 +269,10 @@ def sample_and_score(
     roots = [root_state(p, mode) for p in problems]
     prompts = [render_prompt(tokenizer, p, r, mode) for p, r in zip(problems, roots, strict=True)]
     completions = asyncio.run(_sample_all(problems, prompts, n=n, config=config, base_model=base_model, mode=mode))
-    items = [(p, r + c) for p, r, cs in zip(problems, roots, completions, strict=True) for c in cs]
+    items = [(p, join_code(r, c)) for p, r, cs in zip(problems, roots, completions, strict=True) for c in cs]
+    # Kept relative to the root (the prompt held back its final newline): partial states are
+    # root + line prefixes of these. A sample that rewrote the root's last line offers none.
+    completions = [[continuation(r, c) or "" for c in cs] for r, cs in zip(roots, completions, strict=True)]
     scored: list[Any] = []
     chunk = 64
     for start in tqdm(range(0, len(items), chunk), desc="sandbox rewards", unit="batch"):

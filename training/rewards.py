@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.prompting import PromptMode, assemble_program
+from models.prompting import PromptMode, assemble_program, join_code
 from tasks import Problem
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class TestRewarder:
 
 
 class SandboxReward:
-    """TRL reward function: tests passed by ``state + completion`` of each row."""
+    """TRL reward function: tests passed by ``join_code(state, completion)`` of each row."""
 
     __name__ = "tests"  # TRL names the reward column after the function
 
@@ -125,7 +125,7 @@ class SandboxReward:
         log_metric: Any = None,
         **_: Any,
     ) -> list[float]:
-        items = [(self.problems[pid], st + comp) for pid, st, comp in zip(problem_id, state, completions, strict=True)]
+        items = [(self.problems[pid], join_code(st, comp)) for pid, st, comp in zip(problem_id, state, completions, strict=True)]
         scored = self.rewarder.score(items)
         rewards = [s.reward for s in scored]
         infra = sum(s.infra_error for s in scored)

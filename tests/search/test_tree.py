@@ -11,7 +11,8 @@ from search.tree import BLOCKED, ChildSpec, Tree, split_continuations, uct
 
 
 def test_split_merges_first_lines_and_makes_terminals():
-    texts = ["a = 1\nreturn a", "a = 1\nreturn 2", "return 3", "b = 2\n", "return 3", "xx"]
+    # The prompt ends at "S" (the state's final newline held back), so samples start with it.
+    texts = ["\na = 1\nreturn a", "\na = 1\nreturn 2", "\nreturn 3", "\nb = 2\n", "\nreturn 3", "\nxx"]
     reasons = ["stop", "stop", "stop", "stop", "stop", "length"]
     children, rollouts = split_continuations("S\n", texts, reasons)
     assert [(c.line, c.terminal, c.samples) for c in children] == [
@@ -20,8 +21,15 @@ def test_split_merges_first_lines_and_makes_terminals():
         ("b = 2\n", False, (3,)),
     ]
     assert children[1].state == "S\nreturn 3"  # a terminal's state is the full program
-    assert [r.code for r in rollouts] == ["S\n" + t for t in texts]
+    assert [r.code for r in rollouts] == ["S" + t for t in texts]
     assert [r.child for r in rollouts] == [0, 0, 1, 2, 1, None]  # the truncated one-liner makes no child
+
+
+def test_split_sample_that_extends_the_last_line_is_a_candidate_without_child():
+    children, rollouts = split_continuations("x = (1\n", [" + 2)\nreturn x", "\nreturn x"], ["stop", "stop"])
+    assert [c.line for c in children] == ["return x"]
+    assert [r.code for r in rollouts] == ["x = (1 + 2)\nreturn x", "x = (1\nreturn x"]
+    assert [r.child for r in rollouts] == [None, 0]
 
 
 def test_split_truncated_with_newline_keeps_first_line_and_drops_abort():

@@ -37,7 +37,7 @@ def test_reference_solution_scores_one_and_broken_code_less(sandbox, problem) ->
     assert scored[3].reward == 1.0  # text after the closing fence is not part of the program
 
 
-def test_trl_reward_function_scores_state_plus_completion_and_logs_groups(sandbox, problem, tmp_path: Path) -> None:
+def test_trl_reward_function_scores_joined_state_and_completion_and_logs_groups(sandbox, problem, tmp_path: Path) -> None:
     reference = problem.metadata["reference_solution"]
     lines = reference.splitlines(keepends=True)
     state, rest = "".join(lines[:1]), "".join(lines[1:])
@@ -46,7 +46,8 @@ def test_trl_reward_function_scores_state_plus_completion_and_logs_groups(sandbo
     metrics: dict[str, float] = {}
     out = reward(
         prompts=["p"] * 4,
-        completions=[rest, "    return None\n", reference, "x = (\n"],
+        # the prompt held back the state's final newline, so completions of a state start with it
+        completions=["\n" + rest, "\n    return None\n", reference, "x = (\n"],
         problem_id=[problem.id] * 4,
         state=[state, state, "", ""],
         kind=["partial", "partial", "base", "base"],
