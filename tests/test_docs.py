@@ -1,0 +1,40 @@
+"""The README and docs/api.md describe what the code really has: every setting with its variable,
+every exported metric, every make target the quick start names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from server.metrics import Metrics
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = {name: (ROOT / name).read_text() for name in ("README.md", "docs/api.md")}
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS))
+def test_every_setting_is_documented_with_its_variable(doc: str) -> None:
+    missing = [f"RESTRL_{name.upper()}" for name in Settings.model_fields if f"`RESTRL_{name.upper()}`" not in DOCS[doc]]
+    assert not missing, f"{doc} does not document {missing}"
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS))
+def test_every_exported_metric_is_documented_and_no_other(doc: str) -> None:
+    registry = Metrics().registry  # the families the server registers (not the _created series)
+    exported = {f.name + ("_total" if f.type == "counter" else "") for f in registry.collect()}
+    documented = set(re.findall(r"`(restrl:[a-z_]+)`", DOCS[doc]))
+    assert exported <= documented, f"{doc} lacks {sorted(exported - documented)}"
+    assert documented <= exported, f"{doc} names metrics the server does not export: {sorted(documented - exported)}"
+
+
+def test_quick_start_is_the_two_make_targets_first() -> None:
+    readme = DOCS["README.md"]
+    quick = readme[readme.index("## Quick start"):]
+    first_block = quick[quick.index("```bash") + len("```bash"): quick.index("```", quick.index("```bash") + 7)]
+    assert [line.split()[:2] for line in first_block.strip().splitlines()] == [["make", "serve"], ["make", "test"]]
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("serve", "test", "test-all", "lint", "bench", "eval", "prepare"):
+        assert re.search(rf"^{re.escape(target)}:", makefile, re.M), target
