@@ -320,9 +320,17 @@ class Sandbox:
             if self._closed:
                 raise RuntimeError("the sandbox is closed")
             try:
-                return self._idle.get(timeout=1.0)
+                worker = self._idle.get(timeout=1.0)
             except queue.Empty:
                 pass
+            else:
+                if worker.alive():
+                    return worker
+                # died while idle (killed, OOM): replace it instead of failing the run with infra_error
+                logger.warning("sandbox worker %d died while idle (status %s); restarting it",
+                               worker.proc.pid, worker.proc.poll())
+                self._give_back(worker, healthy=False)
+                continue
             with self._lock:
                 missing = len(self._all) < self._size
             if missing:  # a restart failed earlier: try again now
