@@ -5,6 +5,11 @@ loads the initial model pair in the background (``/health`` answers at once, ``/
 model routes say 503 until the pair is loaded and probed), and on shutdown refuses new requests,
 drains the admitted ones up to ``drain_timeout_s`` and closes every model. Handlers live in
 `server.routes` and receive the services through `Annotated` dependencies (`server.deps`).
+
+An engine watchdog pings the active policy every ``ENGINE_WATCH_S`` seconds; when its engine is
+dead (the vLLM EngineCore process was killed or crashed) it records why in
+``services.engine_dead`` (``/health`` then answers 503) and calls ``app.state.request_exit`` if the
+runner set one: `restrl serve` then drains, exits with status 3, and its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.base import EngineDeadError
 from server import playground
 from server.deps import STRATEGY_KEY
-from server.errors import error_body, install_error_handlers
+from server.errors import APIError, error_body, install_error_handlers
 from server.metrics import Metrics
 from server.routes import admin, openai, ops, solve
 from server.services import Services, maybe_await
@@ -29,6 +35,8 @@ from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+ENGINE_WATCH_S = 2.0  # how often the watchdog pings the active policy's engine
+ENGINE_EXIT_DELAY_S = 2.0  # after a death is seen: /health and /ready answer 503 this long before the exit
 
 
 def build_app(settings: Settings | None = None, *, services: Services | None = None,
@@ -49,6 +57,9 @@ def build_app(settings: Settings | None = None, *, services: Services | None = N
             task = asyncio.create_task(_load_initial(svc, settings))
             svc.background.add(task)
             task.add_done_callback(svc.background.discard)
+        watchdog = asyncio.create_task(_watch_engine(app, svc))
+        svc.background.add(watchdog)
+        watchdog.add_done_callback(svc.background.discard)
         try:
             yield
         finally:
@@ -84,6 +95,32 @@ async def _load_initial(services: Services, settings: Settings) -> None:
         await services.registry.load_initial(settings.policy, settings.value)
     except Exception:
         logger.exception("loading the initial models failed; /ready reports why")
+
+
+async def _watch_engine(app: FastAPI, services: Services) -> None:
+    """Ping the active policy (if it has ``ping``); on `EngineDeadError`, record it and ask the
+    runner to exit so that the supervisor restarts the process (the engine cannot be revived)."""
+    while True:
+        await asyncio.sleep(ENGINE_WATCH_S)
+        try:
+            async with services.registry.acquire() as pair:  # held: a swap cannot close it mid-ping
+                ping = getattr(pair.policy, "ping", None)
+                if ping is None or pair.retired:
+                    continue
+                await asyncio.wait_for(ping(), 30)
+        except EngineDeadError as exc:
+            services.engine_dead = str(exc)
+            request_exit = getattr(app.state, "request_exit", None)
+            logger.error("the policy engine is dead (%s): %s", exc, "stopping the server (exit status 3) so that its "
+                         "supervisor restarts it" if request_exit else "/health answers 503 from now on")
+            if request_exit is not None:
+                await asyncio.sleep(ENGINE_EXIT_DELAY_S)  # probes and in-flight requests see the 503 first
+                request_exit()
+            return
+        except (APIError, asyncio.TimeoutError):  # no pair yet / loading; a slow ping is /ready's business
+            continue
+        except Exception:
+            logger.exception("engine watchdog: ping failed")
 
 
 class BodySizeLimitMiddleware:

@@ -20,6 +20,7 @@ import typing
 from typing import Any
 
 SECRET_FIELDS = ("admin_token", "api_keys")
+ENGINE_DEAD_EXIT = 3  # `restrl serve` exit status when the policy engine died (restart the process)
 
 
 def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
@@ -55,8 +56,17 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k[len("setting_"):]: v for k, v in vars(args).items() if k.startswith("setting_") and v is not None}
     settings = Settings(**overrides)
     app = build_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=int(settings.drain_timeout_s),
-                log_level=args.log_level.lower(), access_log=args.access_log)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+                            log_level=args.log_level.lower(), access_log=args.access_log)
+    server = uvicorn.Server(config)
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)  # the engine watchdog's exit
+    server.run()
+    services = getattr(app.state, "services", None)
+    if services is not None and services.engine_dead is not None:
+        print(f"restrl serve: the policy engine died ({services.engine_dead}); exiting with status 3 so that"
+              " the supervisor restarts the server", file=sys.stderr)
+        return ENGINE_DEAD_EXIT
     return 0
 
 

@@ -82,6 +82,7 @@ class Services:
     sandbox: Any = None  # MeteredSandbox (None: re-ranking with tests unavailable)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     ready_cache: tuple[float, int, dict[str, Any]] | None = None  # (time, pair id, report)
+    engine_dead: str | None = None  # set by the app's engine watchdog: why the policy engine died
 
     @property
     def limits(self) -> ServerLimits:

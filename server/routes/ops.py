@@ -18,8 +18,10 @@ from server.registry import probe
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/health", summary="Liveness: the process is up")
-async def health() -> dict[str, str]:
+@router.get("/health", summary="Liveness: the process is up (503 once the policy engine has died)")
+async def health(services: ServicesDep) -> Any:
+    if services.engine_dead is not None:
+        return JSONResponse(error_body("engine_dead", f"the policy engine died: {services.engine_dead}"), status_code=503)
     return {"status": "ok"}
 
 
