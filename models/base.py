@@ -78,3 +78,15 @@ class ValueModel(Protocol):
     async def score(self, problem: Problem, states: Sequence[str]) -> list[float]: ...
 
     async def close(self) -> None: ...
+
+
+def encode_prompt(tokenizer: Any, prompt: str, *, n: int, max_model_len: int) -> tuple[list[int], int]:
+    """The prompt's token ids and the room left for new tokens; `ModelError` for a request no
+    engine can serve (``n < 1``, a prompt that fills the context). Both policy engines use it."""
+    if n < 1:
+        raise ModelError(f"n must be >= 1 (got {n})")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    room = max_model_len - len(ids)
+    if room < 1:
+        raise ModelError(f"prompt of {len(ids)} tokens leaves no room within max_model_len={max_model_len}")
+    return ids, room

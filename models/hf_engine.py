@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.base import ModelError, Sample
+from models.base import ModelError, Sample, encode_prompt
 from models.config import EngineConfig
 from models.prompting import PromptMode
 
@@ -147,12 +147,7 @@ class HFPolicy:
     ) -> list[Sample]:
         if self._closed:
             raise ModelError("this policy is closed")
-        if n < 1:
-            raise ModelError(f"n must be >= 1 (got {n})")
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        room = self.config.max_model_len - len(ids)
-        if room < 1:
-            raise ModelError(f"prompt of {len(ids)} tokens leaves no room within max_model_len={self.config.max_model_len}")
+        ids, room = encode_prompt(self.tokenizer, prompt, n=n, max_model_len=self.config.max_model_len)
         greedy = temperature == 0
         request = _Request(
             ids=ids,

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.base import EngineDeadError, ModelError, Sample
+from models.base import EngineDeadError, ModelError, Sample, encode_prompt
 from models.config import EngineConfig
 from models.prompting import PromptMode
 
@@ -276,12 +276,7 @@ class VLLMPolicy:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
 
-        if n < 1:
-            raise ModelError(f"n must be >= 1 (got {n})")
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        room = self.config.max_model_len - len(ids)
-        if room < 1:
-            raise ModelError(f"prompt of {len(ids)} tokens leaves no room within max_model_len={self.config.max_model_len}")
+        ids, room = encode_prompt(self.tokenizer, prompt, n=n, max_model_len=self.config.max_model_len)
         greedy = temperature == 0
         params = SamplingParams(
             n=1 if greedy else n,  # greedy copies are identical: compute one

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models.base import ModelError, Sample
-from models.prompting import FENCE_OPEN
+from models.prompting import FENCE_OPEN, prompt_code
 from search.types import SearchConfig
 from tasks import Problem
 
@@ -53,7 +53,7 @@ class ReplayPolicy:
         seed: int | None = None,
     ) -> list[Sample]:
         for i, rec in enumerate(self._pending):
-            if rec is not None and rec[1] == n and prompt.endswith(FENCE_OPEN + rec[0]):
+            if rec is not None and rec[1] == n and prompt.endswith(FENCE_OPEN + prompt_code(rec[0])):
                 self._pending[i] = None
                 self.calls += 1
                 return list(rec[2])

@@ -24,8 +24,11 @@ class FakeTokenizer:
 
 
 def state_of(prompt: str) -> str:
-    """The code state a rendered prompt continues (after the last open fence)."""
-    return prompt.rsplit(FENCE_OPEN, 1)[1]
+    """The code state a rendered prompt continues: the code after the last open fence plus the
+    final newline the prompt holds back (`models.prompting.prompt_code`); expanded states are the
+    empty root or end with a newline."""
+    code = prompt.rsplit(FENCE_OPEN, 1)[1]
+    return code + "\n" if code else ""
 
 
 def random_script(state: str, n: int, call: int, seed: int = 0) -> list[str]:
@@ -80,6 +83,8 @@ class ScriptedPolicy:
             self.inflight -= 1
         texts = list(self.script(state, n, index))
         assert len(texts) == n
+        if state:  # like a real model, the sample first ends the line the prompt stopped on
+            texts = ["\n" + t for t in texts]
         out = []
         for t in texts:
             reason = "stop"

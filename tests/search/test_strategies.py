@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from models.prompting import continuation
 from search import (
     STRATEGIES,
     Budget,
@@ -152,11 +153,13 @@ async def test_orm_mcts_values_come_from_rollouts_only():
         state = t["nodes"][e["node"]]["state"]
         for cid in e["children"]:
             child = t["nodes"][cid]
-            texts = [(ro, e["samples"][ro["sample"]]["text"]) for ro in e["rollouts"]]
+            texts = [(ro, continuation(state, e["samples"][ro["sample"]]["text"])) for ro in e["rollouts"]]
             through = [
                 ro["value"] for ro, text in texts
-                if (child["terminal"] and state + text == child["state"])
-                or (not child["terminal"] and "\n" in text and state + text.split("\n")[0] + "\n" == child["state"])
+                if text is not None and (
+                    (child["terminal"] and state + text == child["state"])
+                    or (not child["terminal"] and "\n" in text and state + text.split("\n")[0] + "\n" == child["state"])
+                )
             ]
             assert child["initial_value"] == pytest.approx(sum(through) / len(through))
     assert r.usage.value_calls == len(t["values"]) == len({c["code"] for c in t["candidates"]})
