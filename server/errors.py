@@ -92,6 +92,14 @@ class Timeout(APIError):
     type = "timeout"
 
 
+class ClientDisconnected(APIError):
+    """The client went away mid-search (the search is cancelled). Nobody reads this response; the
+    status (nginx's 499) only shows in the request metrics and the access log."""
+
+    status = 499
+    type = "client_disconnected"
+
+
 class SwapFailed(APIError):
     """A hot swap failed; the previous pair keeps serving. The message names the file at fault."""
 

@@ -23,6 +23,7 @@ from fastapi import Request
 
 from search.types import SearchConfig, SearchProgress, SearchResult
 from server.admission import AdmissionController
+from server.errors import ClientDisconnected
 from server.metrics import Metrics
 from server.protocol import ServerLimits
 from server.registry import ModelLoader, ModelPair, ModelRegistry
@@ -128,7 +129,7 @@ class Services:
                     break
                 if await request.is_disconnected():
                     reason = "disconnect"
-                    raise asyncio.CancelledError("client disconnected")
+                    raise ClientDisconnected("the client disconnected; the search was cancelled")
                 if loop.time() > give_up_at:
                     reason = "deadline"
                     raise asyncio.TimeoutError(f"search exceeded {limit:.0f}s")
@@ -138,8 +139,8 @@ class Services:
                     reason = "cancelled"  # the request itself was cancelled (stream closed, shutdown)
                 task.cancel()
                 self.metrics.searches_cancelled.labels(reason).inc()
+                logger.info("search %s cancelled (%s)", problem.id, reason)  # before the await: it may be cancelled too
                 await asyncio.gather(task, return_exceptions=True)
-                logger.info("search %s cancelled (%s)", problem.id, reason)
             raise
         self.metrics.observe_search(result)  # `search` logs the one summary line of the search
         return result

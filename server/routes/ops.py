@@ -38,9 +38,13 @@ async def ready(services: ServicesDep) -> JSONResponse:
     cached = services.ready_cache
     if cached is not None and cached[1] == pair.pair_id and now - cached[0] < settings.ready_cache_s:
         return JSONResponse(cached[2])
+    engine: Any = None
     try:
         async with services.registry.acquire() as held:
             result = await asyncio.wait_for(probe(held.policy, held.value, metrics=services.metrics), settings.ready_timeout_s)
+            ping = getattr(held.policy, "ping", None)
+            if ping is not None:  # the engine's own view: requests it still holds (none once idle)
+                engine = await asyncio.wait_for(ping(), settings.ready_timeout_s)
     except asyncio.TimeoutError:
         return _not_ready(f"probe took longer than {settings.ready_timeout_s:.0f}s")
     except Exception as exc:
@@ -51,6 +55,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
         "value_version": pair.value.version,
         "probe": result,
         "sandbox": _capabilities(services.sandbox),
+        "engine": engine,
         "active_searches": services.admission.active,
         "queued": services.admission.queued,
     }

@@ -8,8 +8,10 @@ test left it dead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,3 +47,29 @@ def _shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]
 def served(_shared_server: Shared) -> ServeProcess:
     """The running server (restarted if a previous test killed its engine)."""
     return _shared_server.get()
+
+
+@asynccontextmanager
+async def inproc_server(vllm_policy: Any, value_model: Any, *, sandbox: Any = None,
+                        **overrides: Any) -> AsyncIterator[tuple[Any, str]]:
+    """The app on the session's real engine and value model, served by uvicorn on loopback in the
+    test's event loop (for settings a test needs, e.g. tight caps for the fuzzer). Yields (services, url)."""
+    from search import run_search
+    from server import Settings, build_app
+    from server.loading import EngineLoader
+    from server.services import assemble_services
+    from tests.server.conftest import running
+
+    settings = Settings(**{"admin_token": ADMIN_TOKEN, "api_keys": API_KEY, "ready_cache_s": 0,
+                           "value_batch_wait_ms": 2, **overrides})
+    services = assemble_services(settings, loader=EngineLoader(settings, engine_config=vllm_policy.config),
+                                 search_fn=run_search, sandbox=sandbox)
+    await services.registry.install(vllm_policy.with_adapter(None, version=vllm_policy.version), value_model)
+    async with running(build_app(settings, services=services, load_models=False)) as url:
+        yield services, url
+
+
+ADMIN_TOKEN = "inproc-admin-token-7f3a"
+API_KEY = "inproc-api-key-91c2"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
