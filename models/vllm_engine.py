@@ -85,9 +85,10 @@ class _ClosedEngine:
 class _SharedEngine:
     """One `AsyncLLM` shared by a policy and its adapter views; shut down when the last closes."""
 
-    def __init__(self, engine: Any, rpc_dir: str | None) -> None:
+    def __init__(self, engine: Any, rpc_dir: str | None, reaper: EngineReaper | None = None) -> None:
         self.engine = engine
         self.rpc_dir = rpc_dir
+        self.reaper = reaper
         self.holders = 1
         self.lora_ids: dict[str, int] = {}
         self.closed = False
@@ -108,8 +109,69 @@ class _SharedEngine:
             # AsyncLLM.__del__ calls shutdown again, which fails during interpreter teardown.
             engine.shutdown = lambda timeout=None: None
         finally:
+            if self.reaper is not None:
+                self.reaper.stop()
             if self.rpc_dir:
                 shutil.rmtree(self.rpc_dir, ignore_errors=True)
+
+
+_REAPER_SOURCE = """
+import os, signal, sys, time
+parent, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+while os.getppid() == parent:
+    time.sleep(0.5)
+for pid in pids:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class EngineReaper:
+    """Kills the engine's processes if this process dies without shutting the engine down.
+
+    vLLM runs its EngineCore (and, on GPUs, its workers) in child processes that outlive a
+    SIGKILLed parent and keep the model's memory. The reaper is a tiny process of its own
+    session that waits for its parent to disappear, then SIGKILLs the engine processes recorded
+    at start. A normal `close` stops the reaper first, so it never signals a recycled pid.
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        import subprocess
+        import sys
+
+        self.pids = list(pids)
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-c", _REAPER_SOURCE, str(os.getpid()), *map(str, self.pids)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
+
+    @staticmethod
+    def descendants() -> set[int]:
+        import psutil
+
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+
+    @classmethod
+    def for_new_children(cls, before: set[int]) -> EngineReaper | None:
+        """A reaper for the processes started since ``before`` (sandbox workers excluded)."""
+        import psutil
+
+        pids = []
+        for pid in sorted(cls.descendants() - before):
+            try:
+                if "sandbox/_worker.py" not in " ".join(psutil.Process(pid).cmdline()):
+                    pids.append(pid)
+            except psutil.Error:
+                continue
+        return cls(pids) if pids else None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 class VLLMPolicy:
@@ -191,6 +253,7 @@ class VLLMPolicy:
             )
         else:
             kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)))
+        before = EngineReaper.descendants()
         try:
             engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         except Exception:
@@ -198,7 +261,7 @@ class VLLMPolicy:
                 shutil.rmtree(rpc_dir, ignore_errors=True)
             raise
         tokenizer = engine.get_tokenizer()
-        shared = _SharedEngine(engine, rpc_dir)
+        shared = _SharedEngine(engine, rpc_dir, EngineReaper.for_new_children(before))
         policy = cls(
             shared=shared,
             config=config,

@@ -138,3 +138,67 @@ async def test_engine_level_seed_reproduces_unseeded_requests(default_model_dir)
         finally:
             await policy.close()
     assert texts[0] == texts[1] and len(set(texts[0])) > 1
+
+
+_KILLED_SERVER = """
+import asyncio, sys
+from models import EngineConfig, load_policy
+
+async def main():
+    policy = await load_policy(EngineConfig(engine="vllm", **{config!r}))
+    print("ENGINE PIDS", *policy._shared.reaper.pids, flush=True)
+    await asyncio.sleep(600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_engine_processes_die_with_a_killed_parent(tmp_path, default_model_dir):
+    """SIGKILL of the process that owns the engine must not leave vLLM's EngineCore behind
+    (it would keep the model's memory): the reaper kills it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    from tests.conftest import TEST_ENGINE
+
+    script = tmp_path / "owner.py"
+    script.write_text(_KILLED_SERVER.format(config=TEST_ENGINE))
+    root = Path(__file__).resolve().parents[2]
+    owner = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert owner.stdout is not None
+        pids: list[int] = []
+        for line in owner.stdout:  # vLLM logs to stdout too
+            if line.startswith("ENGINE PIDS"):
+                pids = [int(p) for p in line.split()[2:]]
+                break
+        assert pids, "the owner printed no engine pids (did the engine start?)"
+        names = " ".join(psutil.Process(p).name() for p in pids if psutil.pid_exists(p))
+        assert "EngineCore" in names
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        def alive() -> list[int]:
+            out = []
+            for pid in pids:
+                try:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        out.append(pid)
+                except psutil.NoSuchProcess:
+                    pass
+            return out
+
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and alive():
+            time.sleep(0.2)
+        assert not alive(), f"engine processes outlived their killed owner: {alive()}"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
