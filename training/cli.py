@@ -1,7 +1,7 @@
 """`restrl train ...` and `restrl report ...`.
 
-``train`` is a group: each entry of `TRAIN_SUBCOMMANDS` adds one job (``policy`` now; value-data
-collection and value training register here too). ``report`` is a group likewise
+``train`` is a group: each entry of `TRAIN_SUBCOMMANDS` adds one job (``policy``,
+``collect-values``, ``value``); ``eval`` (`register_eval`) runs the strategy x budget evaluation. ``report`` is a group likewise
 (`REPORT_SUBCOMMANDS`). Heavy imports happen inside the handlers.
 
 Multi-GPU: ``accelerate launch -m restrl train policy --config FILE`` (or ``accelerate launch
@@ -83,7 +83,98 @@ def _register_report_training(sub: Any) -> None:
     p.set_defaults(func=_report_training)
 
 
-TRAIN_SUBCOMMANDS: dict[str, Callable[[Any], None]] = {"policy": _register_policy}
+def _load_job_config(cls: Any, path: str | None, overrides: list[str] | None) -> Any:
+    """A pydantic job config from an optional YAML/JSON file plus ``KEY=VALUE`` overrides
+    (values parsed as JSON when they parse, dotted keys reach nested fields)."""
+    from pathlib import Path
+
+    data: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    for item in overrides or []:
+        key, _, raw = item.partition("=")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return cls.model_validate(data)
+
+
+def _job_args(p: Any, default_config: str | None) -> None:
+    p.add_argument("--config", default=default_config, help=f"YAML or JSON config (default: {default_config})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. samples=10")
+
+
+def _run_job(args: argparse.Namespace, cls: Any, job: Callable[[Any], Any]) -> int:
+    from pydantic import ValidationError
+
+    try:
+        config = _load_job_config(cls, args.config, args.set)
+        result = job(config)
+    except (ValidationError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run again with --resume to continue", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _collect_values(args: argparse.Namespace) -> int:
+    from training.value_data import CollectConfig, run_collect
+
+    return _run_job(args, CollectConfig, lambda cfg: run_collect(cfg, resume=args.resume))
+
+
+def _register_collect_values(sub: Any) -> None:
+    p = sub.add_parser("collect-values", help="value-training rows from MCTS with the tests as evaluator")
+    _job_args(p, None)
+    p.add_argument("--resume", action="store_true", help="skip problems whose trace is already written")
+    p.set_defaults(func=_collect_values)
+
+
+def _train_value(args: argparse.Namespace) -> int:
+    from training.value_train import ValueTrainConfig, run_value_training
+
+    return _run_job(args, ValueTrainConfig, run_value_training)
+
+
+def _register_value(sub: Any) -> None:
+    p = sub.add_parser("value", help="train the value model (LoRA + head, MSE) on collected rows")
+    _job_args(p, None)
+    p.set_defaults(func=_train_value)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from training.search_eval import EvalConfig, run_eval
+
+    return _run_job(args, EvalConfig, lambda cfg: run_eval(cfg, resume=args.resume))
+
+
+def register_eval(subparsers: Any) -> None:
+    p = subparsers.add_parser("eval", help="pass@1 of every search strategy x sample budget (HumanEval subset, gym test)")
+    _job_args(p, None)
+    p.add_argument("--resume", action="store_true", help="reuse finished (dataset, strategy, budget) results in the run folder")
+    p.set_defaults(func=_eval)
+
+
+TRAIN_SUBCOMMANDS: dict[str, Callable[[Any], None]] = {
+    "policy": _register_policy,
+    "collect-values": _register_collect_values,
+    "value": _register_value,
+}
 REPORT_SUBCOMMANDS: dict[str, Callable[[Any], None]] = {"training": _register_report_training}
 
 
@@ -98,3 +189,4 @@ def register(subparsers: Any) -> None:
     for add in REPORT_SUBCOMMANDS.values():
         add(report_sub)
     report.set_defaults(func=lambda a: (report.print_help(), 2)[1])
+    register_eval(subparsers)

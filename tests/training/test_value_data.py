@@ -1,0 +1,216 @@
+"""Value-training rows: targets, de-duplication, problem split and resume (collect-values).
+
+The target rules are checked twice: on a hand-built trace with hand-computed numbers, and as
+invariants of traces the real search engine (`search.run_search` + `TestEvaluator`) grows from a
+scripted policy, with a deterministic stand-in for the sandbox's verdicts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from models.prompting import join_code
+from search import TestEvaluator, run_search
+from tasks import Problem, TestCase
+from tests.search.doubles import ScriptedPolicy, make_problem, random_script
+from training.value_data import (
+    CollectConfig,
+    collect,
+    dedupe_rows,
+    read_rows,
+    rows_from_trace,
+    search_config,
+    select_problems,
+    trace_path,
+)
+from training.value_train import split_by_problem
+
+
+def _node(i, parent, state, *, expanded, terminal=False, initial=None, n_sub=0, mean=None):
+    return {"id": i, "parent": parent, "state": state, "line": "", "depth": 0, "value": 0.0, "initial_value": initial,
+            "visits": 1, "terminal": terminal, "expanded": expanded, "exhausted": False,
+            "subtree_rollouts": n_sub, "subtree_mean": mean}
+
+
+def _sample(text):
+    return {"text": text, "tokens": 1, "finish_reason": "stop", "prompt_tokens": 1, "cached_prompt_tokens": 0}
+
+
+def hand_trace() -> dict:
+    """Root "" expanded into A ("a\\n", 2 rollouts 1.0 and 0.5) and B ("b\\n", 1 rollout 0.0);
+    A expanded into a terminal "a\\nx" (rollout 1.0) and a child "a\\ny\\n" (rollout 0.0)."""
+    return {
+        "problem": {"id": "p"},
+        "nodes": [
+            _node(0, None, "", expanded=True, n_sub=5, mean=(1.0 + 0.5 + 0.0 + 1.0 + 0.0) / 5),
+            _node(1, 0, "a\n", expanded=True, initial=0.75, n_sub=2, mean=0.5),
+            _node(2, 0, "b\n", expanded=False, initial=0.0),
+            _node(3, 1, "a\nx", expanded=False, terminal=True, initial=1.0),
+            _node(4, 1, "a\ny\n", expanded=False, initial=0.0),
+        ],
+        "expansions": [
+            {"seq": 0, "node": 0, "complete": True, "children": [1, 2],
+             "samples": [_sample("a\nret1"), _sample("a\nret2"), _sample("b\nret3")],
+             "rollouts": [{"sample": 0, "value": 1.0}, {"sample": 1, "value": 0.5}, {"sample": 2, "value": 0.0}]},
+            {"seq": 1, "node": 1, "complete": True, "children": [3, 4],
+             "samples": [_sample("\nx"), _sample("\ny\nz")],
+             "rollouts": [{"sample": 0, "value": 1.0}, {"sample": 1, "value": 0.0}]},
+        ],
+    }
+
+
+def test_targets_on_a_hand_built_tree() -> None:
+    rows = {(r["kind"], r["state"]): r for r in rows_from_trace(hand_trace())}
+    assert rows[("expanded", "")]["target"] == pytest.approx(0.5) and rows[("expanded", "")]["visits"] == 5
+    assert rows[("expanded", "a\n")]["target"] == pytest.approx(0.5) and rows[("expanded", "a\n")]["visits"] == 2
+    assert rows[("child", "b\n")]["target"] == 0.0 and rows[("child", "b\n")]["visits"] == 1
+    assert rows[("child", "a\ny\n")]["target"] == 0.0
+    assert ("child", "a\nx") not in rows  # a terminal child is a program, not a state to extend
+    programs = {s: r["target"] for (k, s), r in rows.items() if k == "program"}
+    assert programs == {"a\nret1": 1.0, "a\nret2": 0.5, "b\nret3": 0.0, join_code("a\n", "\nx"): 1.0, join_code("a\n", "\ny\nz"): 0.0}
+    assert all(r["problem_id"] == "p" for r in rows.values())
+    without = rows_from_trace(hand_trace(), include_children=False)
+    assert {r["kind"] for r in without} == {"expanded", "program"}
+
+
+def test_dedupe_merges_same_kind_by_visits_and_prefers_programs() -> None:
+    rows = [
+        {"problem_id": "p", "state": "s\n", "target": 1.0, "kind": "expanded", "visits": 3},
+        {"problem_id": "p", "state": "s\n", "target": 0.0, "kind": "expanded", "visits": 1},
+        {"problem_id": "q", "state": "s\n", "target": 0.2, "kind": "expanded", "visits": 1},  # other problem: kept apart
+        {"problem_id": "p", "state": "c", "target": 0.5, "kind": "child", "visits": 2},
+        {"problem_id": "p", "state": "c", "target": 1.0, "kind": "program", "visits": 1},
+        {"problem_id": "p", "state": "c", "target": 0.0, "kind": "child", "visits": 5},  # a child never overrides a program
+    ]
+    out = {(r["problem_id"], r["state"]): r for r in dedupe_rows(rows)}
+    assert len(out) == 3
+    assert out[("p", "s\n")]["target"] == pytest.approx(0.75) and out[("p", "s\n")]["visits"] == 4
+    assert out[("q", "s\n")]["target"] == 0.2
+    assert out[("p", "c")]["kind"] == "program" and out[("p", "c")]["target"] == 1.0
+
+
+def test_split_by_problem_is_disjoint_complete_and_seeded() -> None:
+    rows = [{"problem_id": f"p{i % 10}", "state": str(i), "target": 0.0, "kind": "program", "visits": 1} for i in range(50)]
+    train, held = split_by_problem(rows, holdout_fraction=0.2, seed=3)
+    assert len(train) + len(held) == 50
+    assert not {r["problem_id"] for r in train} & {r["problem_id"] for r in held}
+    assert len({r["problem_id"] for r in held}) == 2
+    assert split_by_problem(rows, holdout_fraction=0.2, seed=3) == (train, held)
+    assert split_by_problem(rows, holdout_fraction=0.2, seed=4)[1] != held
+    one, none = split_by_problem(rows[:1], holdout_fraction=0.5, seed=0)
+    assert len(one) + len(none) == 1
+
+
+# ---------------------------------------------------------------- the real search engine
+
+
+class SeededPolicy(ScriptedPolicy):
+    """A scripted policy whose continuations depend on (state, n, request seed) only, like a
+    seeded engine: the same search issues the same requests and gets the same answers whatever
+    else runs beside it."""
+
+    def __init__(self) -> None:
+        super().__init__(script=lambda state, n, i: random_script(state, n, 0, seed=self._seeds[i]))
+        self._seeds: dict[int, int] = {}
+
+    async def sample(self, prompt, *, n=1, max_tokens=512, stop=(), temperature=0.7, top_p=1.0, seed=None):
+        self._seeds[len(self.calls)] = -1 if seed is None else seed
+        return await super().sample(prompt, n=n, max_tokens=max_tokens, stop=stop, temperature=temperature, top_p=top_p, seed=seed)
+
+
+@dataclass
+class _Verdict:
+    status: str
+    pass_fraction: float
+
+
+class HashSandbox:
+    """Stands in for `sandbox.Sandbox` in these invariants: a program's pass fraction is a fixed
+    function of its text (0, 0.5 or 1). Counts programs run."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run_many(self, jobs, limits=None):
+        self.runs += len(jobs)
+        out = []
+        for program, _tests, _entry in jobs:
+            frac = hashlib.sha256(program.encode()).digest()[0] % 3 / 2
+            out.append(_Verdict("passed" if frac == 1.0 else "failed", frac))
+        return out
+
+
+def _problem(pid: str) -> Problem:
+    return make_problem(pid, tests=[TestCase(kind="call", args=[], expected=0, fn_name="f")])
+
+
+async def test_search_trace_targets_are_subtree_means_of_executed_rollouts() -> None:
+    cfg = CollectConfig(samples=30, k=5, max_tokens=200)
+    problem = _problem("p")
+    box = HashSandbox()
+    result = await run_search(problem, ScriptedPolicy(), None, search_config(cfg, 0), evaluator=TestEvaluator(box))
+    assert result.trace is not None and result.trace["config"]["c_uct"] == 0.2
+    trace = result.trace
+    rows = rows_from_trace(trace)
+    programs = {r["state"]: r["target"] for r in rows if r["kind"] == "program"}
+    assert len(programs) >= 5 and set(programs.values()) <= {0.0, 0.5, 1.0}
+    # every rollout sampled at or below a node counts towards that node's target, each once
+    nodes = {n["id"]: n for n in trace["nodes"]}
+
+    def ancestors(nid):
+        while nid is not None:
+            yield nid
+            nid = nodes[nid]["parent"]
+
+    sums: dict[int, list[float]] = {}
+    for exp in trace["expansions"]:
+        for ro in exp["rollouts"]:
+            for a in ancestors(exp["node"]):
+                sums.setdefault(a, []).append(ro["value"])
+    expanded = [r for r in rows if r["kind"] == "expanded"]
+    assert len(expanded) == len(trace["expansions"]) >= 2
+    by_state = {n["state"]: n["id"] for n in trace["nodes"]}
+    for r in expanded:
+        vals = sums[by_state[r["state"]]]
+        assert r["target"] == pytest.approx(sum(vals) / len(vals)) and r["visits"] == len(vals)
+    root = next(r for r in expanded if r["state"] == nodes[0]["state"])
+    assert root["visits"] == result.usage.samples
+
+
+async def test_collect_writes_traces_and_rows_and_resumes(tmp_path: Path) -> None:
+    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), samples=10, k=5, max_tokens=200, concurrency=2)
+    problems = [_problem(f"p{i}") for i in range(3)]
+    policy = SeededPolicy()
+    summary = await collect(problems, policy, HashSandbox(), cfg)
+    assert summary["problems_searched"] == 3 and summary["rows"] == len(read_rows(tmp_path / "vd" / "rows.jsonl"))
+    rows_before = read_rows(tmp_path / "vd" / "rows.jsonl")
+    assert {r["problem_id"] for r in rows_before} == {"p0", "p1", "p2"}
+    assert len({(r["problem_id"], r["state"]) for r in rows_before}) == len(rows_before)
+    calls = len(policy.calls)
+    trace_path(tmp_path / "vd", "p1").unlink()
+    again = SeededPolicy()
+    summary2 = await collect(problems, again, HashSandbox(), cfg, resume=True)
+    assert len(again.calls) == calls // 3  # only p1 was searched again
+    assert summary2["problems_searched"] == 3
+    assert read_rows(tmp_path / "vd" / "rows.jsonl") == rows_before  # same seed, same search
+    json.loads((tmp_path / "vd" / "summary.json").read_text())
+
+
+def test_humaneval_is_refused_as_training_data(tmp_path: Path) -> None:
+    from tasks import load_humaneval, write_jsonl
+
+    path = tmp_path / "he.jsonl"
+    write_jsonl(path, load_humaneval(limit=2))
+    with pytest.raises(ValueError):
+        select_problems(CollectConfig(problems_file=str(path)))
+
+
+def test_gym_selection_takes_an_even_share_of_train_problems_per_tier() -> None:
+    problems = select_problems(CollectConfig(max_problems=7, gym_tiers=(1, 2), gym_n_per_tier=20))
+    tiers = [p.metadata["tier"] for p in problems]
+    assert tiers.count(1) == 4 and tiers.count(2) == 3
+    assert all(p.metadata["split"] == "train" for p in problems)

@@ -1,0 +1,313 @@
+"""Value-model training data from MCTS with the tests as the evaluator (RESTRL_SPEC.md section 3).
+
+In: training problems (the gym's train split by default, or a JSONL file; HumanEval and any
+``eval_only`` problem are refused), the policy, a sandbox. Each problem gets one search of the
+project's own MCTS (`search.run_search`, strategy ``vm_mcts``) whose evaluator is
+`search.TestEvaluator`: an expansion executes its K rollouts on the hidden tests and backs their
+pass fractions up the tree (C = 0.2, K = 5, the sample budget sets the iterations). Out, in
+``output_dir``:
+
+* ``traces/<problem id>.json`` - the full search trace (`search.trace`), one file per problem,
+  written when its search finishes: a problem with a trace is done (this is what ``--resume``
+  skips);
+* ``rows.jsonl`` - the training rows, rebuilt from all traces at the end: ``{"problem_id",
+  "state", "target", "kind", "visits"}`` with kind ``expanded`` (an expanded node's state ->
+  the mean reward of all rollouts sampled in its subtree), ``program`` (a complete sampled program
+  -> its own executed reward) and, our extension (``include_children``), ``child`` (a state the
+  search created but never expanded -> the mean reward of the rollouts that passed through it:
+  exactly the states VM-MCTS scores when it creates children). ``visits`` is the number of
+  rollouts behind the target. Rows are de-duplicated per (problem, state) (`dedupe_rows`);
+* ``problems.jsonl`` (the problems, so training needs no gym regeneration), ``config.json`` and
+  ``summary.json``.
+
+Several problems are searched concurrently on one engine (``concurrency``) so that vLLM batches
+their requests; a progress bar counts finished problems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from models.prompting import join_code
+from tasks import Problem
+
+logger = logging.getLogger(__name__)
+
+RowKind = Literal["expanded", "program", "child"]
+# Where two rows of one (problem, state) meet, the better-founded target wins: an executed program
+# is exact, then an expanded state's subtree mean, then a child's mean of the rollouts through it.
+KIND_RANK: dict[str, int] = {"program": 0, "expanded": 1, "child": 2}
+
+
+class CollectConfig(BaseModel):
+    """`restrl train collect-values`: which problems, how much search per problem, which engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: str = Field(default="runs/value_data", description="folder for traces/, rows.jsonl, problems.jsonl")
+    problems_file: str | None = Field(default=None, description="JSONL of training problems; None = the gym's split below")
+    gym_seed: int = Field(default=0, ge=0, description="gym seed (the one the policy training used)")
+    gym_n_per_tier: int = Field(default=100, ge=3, description="gym size per tier (ids are stable as it grows)")
+    gym_tiers: tuple[int, ...] = Field(default=(1, 2), description="gym tiers to draw problems from")
+    gym_split: Literal["train", "validation"] = Field(default="train", description="never the test split")
+    max_problems: int | None = Field(default=80, ge=1, description="cap on problems (an even share per tier, in gym order)")
+    samples: int = Field(default=30, ge=1, le=10_000, description="sampled programs per problem (the budget; iterations = samples / k)")
+    k: int = Field(default=5, ge=1, le=64, description="continuations per expansion")
+    c_uct: float = Field(default=0.2, ge=0, description="UCT exploration constant (0.2 for data collection)")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=192, ge=1, le=8192, description="max new tokens per policy request")
+    parallel_expansions: int = Field(default=1, ge=1, le=64, description="expansions of one search in flight")
+    concurrency: int = Field(default=12, ge=1, le=1024, description="problems searched at once on the engine")
+    include_children: bool = Field(default=True, description="also emit unexpanded child states (kind 'child')")
+    seed: int = Field(default=0, ge=0, description="search seed (per problem: seed + its index)")
+    engine: Literal["vllm", "hf"] = Field(default="vllm")
+    kv_cache_gib: float = Field(default=1.0, gt=0)
+    max_model_len: int = Field(default=2048, ge=256)
+    policy_adapter: str | None = Field(default=None, description="LoRA adapter of the policy (None = the base policy)")
+    sandbox_workers: int = Field(default=2, ge=1, le=256)
+    sandbox_timeout_s: float = Field(default=4.0, gt=0, description="wall and CPU seconds per program")
+
+
+# ------------------------------------------------------------------------------------ rows
+
+
+def rows_from_trace(trace: dict[str, Any], *, include_children: bool = True) -> list[dict[str, Any]]:
+    """Training rows of one test-evaluated search trace (see the module doc), not yet de-duplicated."""
+    problem_id = trace["problem"]["id"]
+    nodes = {n["id"]: n for n in trace["nodes"]}
+    rows: list[dict[str, Any]] = []
+    for n in trace["nodes"]:
+        if n["expanded"] and n["subtree_rollouts"]:
+            rows.append(_row(problem_id, n["state"], n["subtree_mean"], "expanded", n["subtree_rollouts"]))
+        elif include_children and not n["expanded"] and not n["terminal"] and n["parent"] is not None:
+            # an unexpanded child: its value is the mean of the rollouts through it (N = 1 node)
+            rows.append(_row(problem_id, n["state"], n["initial_value"], "child", _through_count(trace, n["id"])))
+    for exp in trace["expansions"]:
+        if not exp.get("complete", True):
+            continue
+        state = nodes[exp["node"]]["state"]
+        for ro in exp["rollouts"]:
+            if ro["value"] is None:
+                continue
+            code = join_code(state, exp["samples"][ro["sample"]]["text"])
+            rows.append(_row(problem_id, code, ro["value"], "program", 1))
+    return rows
+
+
+def _through_count(trace: dict[str, Any], node_id: int) -> int:
+    """Rollouts that chose ``node_id``'s line: the samples of its parent's expansions that made it."""
+    node = next(n for n in trace["nodes"] if n["id"] == node_id)
+    count = 0
+    for exp in trace["expansions"]:
+        if exp["node"] != node["parent"] or node_id not in exp["children"]:
+            continue
+        parent_state = next(n for n in trace["nodes"] if n["id"] == node["parent"])["state"]
+        for s in exp["samples"]:
+            code = join_code(parent_state, s["text"])
+            if code.startswith(node["state"]) and s["finish_reason"] != "abort":
+                count += 1
+    return max(count, 1)
+
+
+def _row(problem_id: str, state: str, target: float, kind: RowKind, visits: int) -> dict[str, Any]:
+    return {"problem_id": problem_id, "state": state, "target": float(target), "kind": kind, "visits": int(visits)}
+
+
+def dedupe_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (problem, state). Rows of the same kind merge into their visit-weighted mean
+    target (a program executed twice has one reward; a state reached by two searches pools their
+    rollouts); across kinds the better-founded one wins (`KIND_RANK`). First-seen order is kept."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["problem_id"], row["state"])
+        have = out.get(key)
+        if have is None:
+            out[key] = dict(row)
+        elif KIND_RANK[row["kind"]] < KIND_RANK[have["kind"]]:
+            out[key] = dict(row)
+        elif row["kind"] == have["kind"]:
+            total = have["visits"] + row["visits"]
+            have["target"] = (have["target"] * have["visits"] + row["target"] * row["visits"]) / total
+            have["visits"] = total
+    return list(out.values())
+
+
+# ------------------------------------------------------------------------------------ problems
+
+
+def select_problems(cfg: CollectConfig) -> list[Problem]:
+    """The configured training problems; evaluation-only problems are refused."""
+    from tasks.humaneval import check_trainable
+
+    if cfg.problems_file:
+        from tasks.jsonl import load_jsonl
+
+        problems = list(load_jsonl(cfg.problems_file))
+        if cfg.max_problems is not None:
+            problems = problems[: cfg.max_problems]
+        return check_trainable(problems)
+    from tasks.gym import make_gym
+
+    pool = make_gym(cfg.gym_seed, cfg.gym_n_per_tier, tiers=cfg.gym_tiers).split(cfg.gym_split)
+    if cfg.max_problems is None:
+        return check_trainable(pool)
+    per_tier = {t: [p for p in pool if p.metadata.get("tier") == t] for t in cfg.gym_tiers}
+    share = cfg.max_problems // len(cfg.gym_tiers)
+    picked: list[Problem] = []
+    for i, t in enumerate(cfg.gym_tiers):
+        want = share + (1 if i < cfg.max_problems - share * len(cfg.gym_tiers) else 0)
+        picked.extend(per_tier[t][:want])
+    return check_trainable(picked)
+
+
+def trace_path(output_dir: Path, problem_id: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in problem_id)
+    return output_dir / "traces" / f"{safe}.json"
+
+
+def search_config(cfg: CollectConfig, index: int) -> Any:
+    from search import Budget, SearchConfig
+
+    return SearchConfig(
+        strategy="vm_mcts",
+        budget=Budget(samples=cfg.samples),
+        k=cfg.k,
+        c_uct=cfg.c_uct,
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+        parallel_expansions=cfg.parallel_expansions,
+        seed=cfg.seed + index,
+        record_trace=True,
+        top_candidates=0,
+    )
+
+
+# ------------------------------------------------------------------------------------ the job
+
+
+async def collect(
+    problems: Sequence[Problem], policy: Any, sandbox: Any, cfg: CollectConfig, *, resume: bool = False, limits: Any = None
+) -> dict[str, Any]:
+    """Search every problem without a trace in ``cfg.output_dir`` (all of them unless ``resume``),
+    write traces as they finish, then rebuild ``rows.jsonl`` from every trace; return the summary."""
+    from search import TestEvaluator, run_search, save_trace
+
+    out = Path(cfg.output_dir)
+    (out / "traces").mkdir(parents=True, exist_ok=True)
+    todo = [(i, p) for i, p in enumerate(problems) if not (resume and trace_path(out, p.id).exists())]
+    if not resume:
+        for p in problems:
+            trace_path(out, p.id).unlink(missing_ok=True)
+    logger.info("collect-values: %d problems, %d to search (%d done before)", len(problems), len(todo), len(problems) - len(todo))
+    evaluator = TestEvaluator(sandbox, which="tests", limits=limits)
+    gate = asyncio.Semaphore(cfg.concurrency)
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="collect-values", unit="problem")
+    t0 = time.monotonic()
+
+    async def one(index: int, problem: Problem) -> None:
+        async with gate:
+            result = await run_search(problem, policy, None, search_config(cfg, index), evaluator=evaluator)
+        assert result.trace is not None
+        save_trace(result.trace, trace_path(out, problem.id))
+        bar.update(1)
+
+    try:
+        await asyncio.gather(*(one(i, p) for i, p in todo))
+    finally:
+        bar.close()
+    return write_rows(problems, cfg, wall_s=time.monotonic() - t0)
+
+
+def write_rows(problems: Sequence[Problem], cfg: CollectConfig, *, wall_s: float | None = None) -> dict[str, Any]:
+    """Rebuild ``rows.jsonl`` and ``summary.json`` from the traces of ``problems`` present on disk."""
+    from search import load_trace
+
+    out = Path(cfg.output_dir)
+    rows: list[dict[str, Any]] = []
+    traced = 0
+    for p in problems:
+        path = trace_path(out, p.id)
+        if path.exists():
+            traced += 1
+            rows.extend(rows_from_trace(load_trace(path), include_children=cfg.include_children))
+    raw = len(rows)
+    rows = dedupe_rows(rows)
+    tmp = out / "rows.jsonl.tmp"
+    with tmp.open("w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(out / "rows.jsonl")
+    by_kind: dict[str, dict[str, float]] = {}
+    for kind in KIND_RANK:
+        ts = [r["target"] for r in rows if r["kind"] == kind]
+        if ts:
+            by_kind[kind] = {"rows": len(ts), "mean_target": sum(ts) / len(ts), "share_zero": sum(t == 0 for t in ts) / len(ts)}
+    solved = {r["problem_id"] for r in rows if r["kind"] == "program" and r["target"] >= 1.0}
+    summary = {
+        "problems": len(problems),
+        "problems_searched": traced,
+        "problems_with_a_passing_program": len(solved),
+        "rows_raw": raw,
+        "rows": len(rows),
+        "by_kind": by_kind,
+        "wall_s": wall_s,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    with Path(path).open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+async def _run(cfg: CollectConfig, *, resume: bool) -> dict[str, Any]:
+    from models.config import EngineConfig
+    from models.loading import load_policy
+    from sandbox.limits import Limits
+    from sandbox.pool import Sandbox
+    from tasks.jsonl import write_jsonl
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.json"
+    if resume and config_file.exists():
+        before = json.loads(config_file.read_text())
+        if before != cfg.model_dump(mode="json"):
+            raise ValueError(f"{config_file}: --resume with a different configuration; use a new output_dir or the same settings")
+    config_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    problems = select_problems(cfg)
+    write_jsonl(out / "problems.jsonl", problems)
+    policy = await load_policy(
+        EngineConfig(
+            engine=cfg.engine,
+            adapter=cfg.policy_adapter,
+            kv_cache_gib=cfg.kv_cache_gib,
+            max_model_len=cfg.max_model_len,
+            seed=cfg.seed,
+        )
+    )
+    sandbox = Sandbox(workers=cfg.sandbox_workers, hide=[str(Path.cwd()), str(Path.home()), str(out.resolve())])
+    try:
+        limits = Limits(wall_s=cfg.sandbox_timeout_s, cpu_s=cfg.sandbox_timeout_s)
+        summary = await collect(problems, policy, sandbox, cfg, resume=resume, limits=limits)
+        summary["policy_version"] = str(policy.version)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+    finally:
+        sandbox.close()
+        await policy.close()
+
+
+def run_collect(cfg: CollectConfig, *, resume: bool = False) -> dict[str, Any]:
+    """The ``restrl train collect-values`` job (blocking)."""
+    return asyncio.run(_run(cfg, resume=resume))

@@ -1,0 +1,322 @@
+"""`restrl train value`: regression of the value model on collected (problem, state, target) rows.
+
+In: ``rows.jsonl`` and ``problems.jsonl`` written by `training.value_data` (collect-values). The
+rows are split *by problem* (never by row: a held-out problem contributes no row to training);
+each row's input is tokenized by `models.value.encode_value_inputs`, the function serving uses,
+with the serving ``max_length``, so training and serving see identical tokens. The model is
+`AutoModelForSequenceClassification(num_labels=1)` on the policy's base (`build_value_backbone`)
+with a LoRA adapter on every projection and the ``score`` head trained in full
+(`value_lora_config`: ``modules_to_save``); HF `Trainer` minimises the MSE (transformers'
+regression loss for one float label). Batches are right-padded without an attention mask, as
+in `HFValueModel._forward`.
+
+Out, in ``output_dir``: ``final/`` - the adapter + head with its `restrl.json` manifest (metrics
+included), loadable by ``restrl serve --value DIR`` and checked here by loading it back through
+`HFValueModel.load` and re-scoring held-out rows; ``metrics.json`` - held-out MSE,
+accuracy@0.05 (|clip(pred) - target| < 0.05, RESTRL_SPEC.md section 3), the MSE of predicting the
+training mean (the bar to beat), Pearson r, per-kind figures, and the same on the training rows;
+``predictions.jsonl`` (held-out rows with predictions); ``calibration.png`` - predicted vs
+observed (binned means and every row).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks import Problem
+from training.value_data import RowKind, read_rows
+
+logger = logging.getLogger(__name__)
+
+ACCURACY_TOLERANCE = 0.05
+
+
+class ValueTrainConfig(BaseModel):
+    """Data, split, adapter and optimiser of one value-model training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows_file: str = Field(default="runs/value_data/rows.jsonl", description="rows written by collect-values")
+    problems_file: str = Field(default="runs/value_data/problems.jsonl", description="the problems those rows refer to")
+    output_dir: str = Field(default="runs/value_model", description="folder for final/, metrics.json, predictions, plot")
+    kinds: tuple[RowKind, ...] = Field(default=("expanded", "program", "child"), description="row kinds to train on")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of problems held out for evaluation")
+    split_seed: int = Field(default=0, ge=0, description="seed of the problem split")
+    max_length: int = Field(default=1024, ge=64, le=131072, description="tokens per input: keep equal to the serving ValueConfig.max_length")
+    lora_r: int = Field(default=8, ge=1, le=256)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int = Field(default=-1, ge=-1, description="optimizer steps; -1 = epochs decide")
+    batch_size: int = Field(default=16, ge=1)
+    eval_batch_size: int = Field(default=32, ge=1)
+    bf16: bool = Field(default=False, description="bf16 autocast (recommended on a GPU)")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available")
+    seed: int = Field(default=0, ge=0, description="seed of the head init, LoRA init and data order")
+    max_train_rows: int | None = Field(default=None, ge=1, description="cap on training rows (a seeded sample), for quick runs")
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def split_by_problem(rows: Sequence[dict[str, Any]], *, holdout_fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train rows, held-out rows): a seeded draw of whole problems (at least one each side when
+    there are two or more problems)."""
+    ids = sorted({r["problem_id"] for r in rows})
+    random.Random(seed).shuffle(ids)
+    n_hold = round(len(ids) * holdout_fraction)
+    if len(ids) >= 2:
+        n_hold = min(max(n_hold, 1), len(ids) - 1)
+    held = set(ids[:n_hold])
+    return [r for r in rows if r["problem_id"] not in held], [r for r in rows if r["problem_id"] in held]
+
+
+def load_problems(path: str | Path) -> dict[str, Problem]:
+    from tasks.humaneval import check_trainable
+    from tasks.jsonl import load_jsonl
+
+    return {p.id: p for p in check_trainable(load_jsonl(path))}
+
+
+def encode_rows(rows: Sequence[dict[str, Any]], problems: dict[str, Problem], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    """``{"input_ids", "labels"}`` per row, tokenized exactly as serving tokenizes."""
+    from models.value import encode_value_inputs
+
+    out = []
+    for r in rows:
+        ids = encode_value_inputs(tokenizer, problems[r["problem_id"]], [r["state"]], max_length)[0]
+        out.append({"input_ids": ids, "labels": float(r["target"])})
+    return out
+
+
+class _Collator:
+    """Right-pads with the pad id and no attention mask (as `HFValueModel._forward` scores)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        for i, b in enumerate(batch):
+            ids[i, : len(b["input_ids"])] = torch.tensor(b["input_ids"], dtype=torch.long)
+        return {"input_ids": ids, "labels": torch.tensor([b["labels"] for b in batch], dtype=torch.float32)}
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def regression_metrics(preds: Sequence[float], targets: Sequence[float], *, train_mean: float | None = None) -> dict[str, Any]:
+    """MSE, accuracy@0.05 of the clipped predictions, Pearson r, and the MSE of a constant
+    prediction (the training mean) for comparison."""
+    n = len(preds)
+    if n == 0:
+        return {"rows": 0}
+    p = [min(1.0, max(0.0, x)) for x in preds]
+    mse = sum((a - b) ** 2 for a, b in zip(p, targets, strict=True)) / n
+    acc = sum(abs(a - b) < ACCURACY_TOLERANCE for a, b in zip(p, targets, strict=True)) / n
+    out: dict[str, Any] = {"rows": n, "mse": mse, "accuracy_at_0.05": acc, "mean_target": sum(targets) / n, "mean_pred": sum(p) / n}
+    mp, mt = sum(p) / n, sum(targets) / n
+    sp = math.sqrt(sum((a - mp) ** 2 for a in p))
+    st = math.sqrt(sum((b - mt) ** 2 for b in targets))
+    out["pearson_r"] = sum((a - mp) * (b - mt) for a, b in zip(p, targets, strict=True)) / (sp * st) if sp > 0 and st > 0 else None
+    if train_mean is not None:
+        out["constant_mse"] = sum((train_mean - b) ** 2 for b in targets) / n
+        out["constant_accuracy_at_0.05"] = sum(abs(train_mean - b) < ACCURACY_TOLERANCE for b in targets) / n
+    return out
+
+
+def calibration_bins(preds: Sequence[float], targets: Sequence[float], *, bins: int = 10) -> list[dict[str, float]]:
+    """Rows grouped by clipped prediction into equal-width bins: mean predicted vs mean observed."""
+    groups: list[list[tuple[float, float]]] = [[] for _ in range(bins)]
+    for a, b in zip(preds, targets, strict=True):
+        a = min(1.0, max(0.0, a))
+        groups[min(bins - 1, int(a * bins))].append((a, b))
+    return [
+        {"lo": i / bins, "hi": (i + 1) / bins, "rows": len(g), "mean_pred": sum(x for x, _ in g) / len(g), "mean_target": sum(y for _, y in g) / len(g)}
+        for i, g in enumerate(groups)
+        if g
+    ]
+
+
+def calibration_plot(preds: Sequence[float], targets: Sequence[float], path: str | Path, *, title: str) -> Path | None:
+    """Predicted vs observed: every held-out row (jittered) and the binned means. None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no calibration plot")
+        return None
+    rng = random.Random(0)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter([min(1.0, max(0.0, x)) for x in preds], [t + rng.uniform(-0.01, 0.01) for t in targets], s=6, alpha=0.3, label="rows")
+    cb = calibration_bins(preds, targets)
+    ax.plot([b["mean_pred"] for b in cb], [b["mean_target"] for b in cb], "o-", color="C3", label="binned mean")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect")
+    ax.set_xlabel("predicted value (clipped)")
+    ax.set_ylabel("observed target")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------ the job
+
+
+def _device(cfg: ValueTrainConfig) -> str:
+    import torch
+
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def _predict(model: Any, tokenizer: Any, problems: dict[str, Problem], rows: Sequence[dict[str, Any]], cfg: ValueTrainConfig, device: str) -> list[float]:
+    """Scores through `HFValueModel` itself: the serving code path (clamped to [0, 1])."""
+    from models.config import ValueConfig
+    from models.value import HFValueModel
+
+    vcfg = ValueConfig(batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device)
+    scorer = HFValueModel(model=model, tokenizer=tokenizer, config=vcfg, version="training", trained=True)
+    model.eval()
+    return scorer.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in rows])
+
+
+def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
+    """Train, evaluate on the held-out problems, save ``final/`` and verify it loads (see the module doc)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from models.config import ValueConfig
+    from models.default import DEFAULT_MODEL_BASE, prepare_default_model
+    from models.value import HFValueModel, build_value_backbone, save_value_checkpoint, value_lora_config
+
+    t0 = time.monotonic()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg)
+    problems = load_problems(cfg.problems_file)
+    rows = [r for r in read_rows(cfg.rows_file) if r["kind"] in cfg.kinds and r["problem_id"] in problems]
+    if not rows:
+        raise ValueError(f"{cfg.rows_file}: no rows of kinds {list(cfg.kinds)} for the problems in {cfg.problems_file}")
+    train_rows, held_rows = split_by_problem(rows, holdout_fraction=cfg.holdout_fraction, seed=cfg.split_seed)
+    if cfg.max_train_rows is not None and len(train_rows) > cfg.max_train_rows:
+        train_rows = random.Random(cfg.seed).sample(train_rows, cfg.max_train_rows)
+    logger.info(
+        "value training: %d rows (%d train from %d problems, %d held out from %d problems) on %s",
+        len(rows), len(train_rows), len({r["problem_id"] for r in train_rows}), len(held_rows),
+        len({r["problem_id"] for r in held_rows}), device,
+    )
+    torch.manual_seed(cfg.seed)
+    base_dir = prepare_default_model()
+    model, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
+    model = get_peft_model(model, value_lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+    train_data = encode_rows(train_rows, problems, tokenizer, cfg.max_length)
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        lr_scheduler_type="cosine",
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=cfg.bf16,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=_Collator(tokenizer.pad_token_id))
+    t_train = time.monotonic()
+    result = trainer.train()
+    train_s = time.monotonic() - t_train
+    model = trainer.model
+    held_preds = _predict(model, tokenizer, problems, held_rows, cfg, device)
+    probe = random.Random(cfg.seed).sample(train_rows, min(len(train_rows), max(64, len(held_rows))))
+    train_preds = _predict(model, tokenizer, problems, probe, cfg, device)
+    train_mean = sum(r["target"] for r in train_rows) / len(train_rows)
+    held_targets = [r["target"] for r in held_rows]
+    metrics: dict[str, Any] = {
+        "held_out": regression_metrics(held_preds, held_targets, train_mean=train_mean),
+        "held_out_by_kind": {
+            kind: regression_metrics(
+                [p for p, r in zip(held_preds, held_rows, strict=True) if r["kind"] == kind],
+                [r["target"] for r in held_rows if r["kind"] == kind],
+                train_mean=train_mean,
+            )
+            for kind in cfg.kinds
+        },
+        "train_sample": regression_metrics(train_preds, [r["target"] for r in probe], train_mean=train_mean),
+        "calibration": calibration_bins(held_preds, held_targets),
+        "train_rows": len(train_rows),
+        "held_out_rows": len(held_rows),
+        "train_problems": len({r["problem_id"] for r in train_rows}),
+        "held_out_problems": sorted({r["problem_id"] for r in held_rows}),
+        "train_loss": float(result.training_loss),
+        "steps": int(result.global_step),
+        "train_s": train_s,
+        "device": device,
+    }
+    with (out / "predictions.jsonl").open("w") as fh:
+        for r, p in zip(held_rows, held_preds, strict=True):
+            fh.write(json.dumps({**r, "prediction": p}, ensure_ascii=False) + "\n")
+    final = out / "final"
+    manifest_metrics = {
+        "held_out_mse": metrics["held_out"].get("mse"),
+        "held_out_accuracy_at_0.05": metrics["held_out"].get("accuracy_at_0.05"),
+        "held_out_constant_mse": metrics["held_out"].get("constant_mse"),
+        "held_out_pearson_r": metrics["held_out"].get("pearson_r"),
+        "held_out_rows": len(held_rows),
+        "train_rows": len(train_rows),
+    }
+    save_value_checkpoint(
+        model, tokenizer, final, base=DEFAULT_MODEL_BASE, job="restrl train value",
+        config=cfg.model_dump(mode="json"), metrics=manifest_metrics,
+    )
+    # The saved checkpoint must score like the trained model through the loader serving uses.
+    reloaded = HFValueModel.load(ValueConfig(model=str(final), batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device))
+    check = held_rows[:8] or probe[:8]
+    again = reloaded.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in check])
+    first = held_preds[: len(check)] if held_rows else train_preds[: len(check)]
+    metrics["reload_max_abs_diff"] = max((abs(a - b) for a, b in zip(first, again, strict=True)), default=0.0)
+    metrics["value_version"] = reloaded.version
+    metrics["wall_s"] = time.monotonic() - t0
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    h = metrics["held_out"]
+    calibration_plot(
+        held_preds, held_targets, out / "calibration.png",
+        title=f"value model, held-out problems ({len(held_rows)} rows): MSE {h.get('mse', float('nan')):.3f},"
+        f" acc@0.05 {h.get('accuracy_at_0.05', float('nan')):.2f}",
+    )
+    logger.info("value training done: held-out %s; checkpoint %s", h, final)
+    return {"checkpoint": str(final), **{k: metrics[k] for k in ("held_out", "train_sample", "steps", "train_s", "reload_max_abs_diff", "value_version")}}
