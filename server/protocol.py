@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -183,6 +183,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+StopText = Annotated[str, Field(min_length=1, max_length=1000)]
+
+
 class _OpenAIRequest(BaseModel):
     # Unknown OpenAI fields (frequency_penalty, user, ...) are accepted and ignored, as vLLM does.
     model_config = ConfigDict(extra="ignore")
@@ -192,7 +195,8 @@ class _OpenAIRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=64)
-    stop: str | list[str] | None = None
+    stop: StopText | Annotated[list[StopText], Field(max_length=16)] | None = Field(
+        default=None, description="stop sequences (non-empty strings; an empty one made the engine fail with a 500)")
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
