@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 import httpx
 import psutil
@@ -42,3 +43,31 @@ async def test_engine_core_killed_503_then_exit_for_the_supervisor(served: Serve
     assert "the policy engine is dead" in log and "exiting with status 3" in log
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+
+
+async def test_embedded_app_without_a_runner_marks_health_503() -> None:
+    """The app embedded without `restrl serve` (no ``request_exit``): the watchdog only turns
+    /health 503, which a liveness probe acts on."""
+    from models.base import EngineDeadError
+    from tests.server.test_api import serve
+
+    services, server = await serve()
+    policy: Any = services.registry.active.policy  # type: ignore[union-attr]
+    dead: list[Exception] = []
+
+    async def ping() -> dict[str, Any]:
+        if dead:
+            raise dead[0]
+        return {"engine": "fake"}
+
+    policy.ping = ping
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        assert (await client.get("/health")).status_code == 200
+        dead.append(EngineDeadError("engine core died"))
+        for _ in range(100):
+            health = await client.get("/health")
+            if health.status_code == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert health.status_code == 503 and "engine core died" in health.json()["error"]["message"]
+        assert services.engine_dead is not None
