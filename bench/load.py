@@ -54,7 +54,7 @@ MIX: dict[str, dict[str, Any]] = {
 }
 # what a test server is started with (small caps and engine; the admission limits are the defaults)
 SERVER_ENV = {"RESTRL_KV_CACHE_GIB": "0.5", "RESTRL_MAX_MODEL_LEN": "2048"}
-SERVER_ARGS = ("--max-new-tokens", "64", "--max-samples", "4", "--max-deadline-s", "30", "--max-lora-rank", "8",
+SERVER_ARGS = ("--max-new-tokens", "64", "--max-samples", "8", "--max-deadline-s", "30", "--max-lora-rank", "8",
                "--drain-timeout-s", "10", "--ready-cache-s", "0")
 
 

@@ -20,6 +20,9 @@ import typing
 from typing import Any
 
 SECRET_FIELDS = ("admin_token", "api_keys")
+# idle keep-alive connections are kept this long (uvicorn's default, 5 s, raced clients that waited
+# a Retry-After of 5 s: the server closed the connection as the next request went out)
+KEEP_ALIVE_S = 75
 ENGINE_DEAD_EXIT = 3  # `restrl serve` exit status when the policy engine died (restart the process)
 
 
@@ -57,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     app = build_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+                            timeout_graceful_shutdown=int(settings.drain_timeout_s), timeout_keep_alive=KEEP_ALIVE_S,
                             log_level=args.log_level.lower(), access_log=args.access_log)
     server = uvicorn.Server(config)
     app.state.request_exit = lambda: setattr(server, "should_exit", True)  # the engine watchdog's exit

@@ -85,11 +85,14 @@ async def drain_progress(queue: asyncio.Queue[SearchProgress], task: asyncio.Tas
     """Yield progress items until ``task`` finishes (then the ones still queued)."""
     while not task.done():
         getter = asyncio.ensure_future(queue.get())
-        await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
+        try:
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the stream is closed here (client gone): never leave the getter pending
+            got = getter.done()
+            if not got:
+                getter.cancel()
+        if got:
             yield getter.result()
-        else:
-            getter.cancel()
     while not queue.empty():
         yield queue.get_nowait()
 
