@@ -73,8 +73,9 @@ async def test_corrupt_and_partial_checkpoints_roll_back_while_requests_run(
 
 
 async def test_client_disconnect_cancels_search_and_aborts_engine_requests(served: ServeProcess) -> None:
-    body = {"problem": PROBLEMS[1], "strategy": "vm_mcts", "budget": {"samples": 4, "deadline_s": 30}, "k": 2,
-            "max_tokens": 64}
+    # the server's largest search: seconds of engine work even on an idle machine
+    body = {"problem": PROBLEMS[1], "strategy": "vm_mcts", "budget": {"samples": 8, "deadline_s": 30}, "k": 2,
+            "max_tokens": 64, "temperature": 1.0}
     async with httpx.AsyncClient(base_url=served.url, timeout=60, headers=served.headers) as observer:
         text = (await observer.get("/metrics")).text
         before = {r: _counter(text, "restrl:searches_cancelled_total", reason=r) for r in ("disconnect", "cancelled")}
@@ -85,7 +86,7 @@ async def test_client_disconnect_cancels_search_and_aborts_engine_requests(serve
                     if gauge((await observer.get("/metrics")).text, "restrl:active_searches") == 1:
                         break
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(1.0)  # the search is in its engine requests
+                await asyncio.sleep(0.5)  # the search is in its engine requests
                 assert not task.done()
                 task.cancel()  # closes the connection
                 await asyncio.gather(task, return_exceptions=True)
@@ -174,3 +175,31 @@ async def test_value_model_failing_mid_search_fails_that_request_cleanly(vllm_po
         text = (await client.get("/metrics")).text
         assert gauge(text, "restrl:active_searches") == 0
         assert (await client.get("/ready")).status_code == 200
+
+
+async def test_stream_disconnect_leaves_no_pending_task() -> None:
+    """Found by the load run ("Task was destroyed but it is pending!" after streams were abandoned):
+    the progress getter of a closed stream stayed pending. Doubles: the policy blocks at a gate."""
+    from tests.server.test_api import PROBLEM, serve
+
+    services, server = await serve()
+    policy: Any = services.registry.active.policy  # type: ignore[union-attr]
+    policy.gate = asyncio.Event()
+    try:
+        async with server as url:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                task = asyncio.create_task(client.post("/v1/solve", json={"problem": PROBLEM, "stream": True}))
+                while services.admission.active == 0:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # the stream waits in drain_progress
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            for _ in range(200):
+                if services.admission.active == 0:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            pending = [t for t in asyncio.all_tasks() if "Queue.get" in repr(t.get_coro())]
+            assert services.admission.active == 0 and pending == [], pending
+    finally:
+        policy.gate.set()
