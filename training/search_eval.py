@@ -7,8 +7,9 @@ strategy and budget (sampled programs) the returned program is executed on the p
 tests; pass@1 is the share of problems whose program passes every test. The *oracle* at a budget
 is the share of problems where any sampled candidate passes (the ceiling a perfect ranker reaches).
 
-Runs per dataset (``phases`` order; all problems of a phase are searched concurrently on one
-engine, value calls batched across searches by `search.ValueBatcher`):
+Runs, strategy by strategy in ``phases`` order (each over every dataset, largest budget first;
+all problems of a phase are searched concurrently on one engine, value calls batched across
+searches by `search.ValueBatcher`; with ``time_limit_s`` no phase starts after the limit):
 
 * ``greedy`` runs once: it spends one sample at any budget, so its figure is the same for all.
 * ``best_of_n`` runs once per budget (one request with n = budget).
@@ -66,7 +67,7 @@ class EvalConfig(BaseModel):
     gym_seed: int = Field(default=0, ge=0, description="gym seed (the one training used: its test split is held out)")
     gym_n_per_tier: int = Field(default=100, ge=3)
     gym_tiers: tuple[int, ...] = Field(default=(1, 2, 3))
-    gym_n: int = Field(default=20, ge=1, description="gym test problems (an even share per tier)")
+    gym_n: int = Field(default=12, ge=1, description="gym test problems (an even share per tier)")
     strategies: tuple[Strategy, ...] = Field(default=ALL_STRATEGIES)
     budgets: tuple[int, ...] = Field(default=(1, 5, 10, 20), description="sampled programs per search")
     k: int = Field(default=5, ge=1, le=64)
@@ -348,10 +349,10 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
     skipped: list[str] = []
     loads: list[tuple[float, float, float]] = [load0]
     try:
-        for dataset in cfg.datasets:
-            problems = eval_problems(cfg, dataset)
-            order = [s for s in cfg.phases if s in cfg.strategies] + [s for s in cfg.strategies if s not in cfg.phases]
-            for strategy in order:
+        problem_sets = {d: eval_problems(cfg, d) for d in cfg.datasets}
+        order = [s for s in cfg.phases if s in cfg.strategies] + [s for s in cfg.strategies if s not in cfg.phases]
+        for strategy in order:  # strategy-major: with a time limit, the first strategies cover every dataset
+            for dataset, problems in problem_sets.items():
                 for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
                     name = f"{dataset}.{strategy}.b{run_budget}"
                     path = out / f"{name}.json"

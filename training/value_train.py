@@ -260,7 +260,9 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     t_train = time.monotonic()
     result = trainer.train()
     train_s = time.monotonic() - t_train
-    model = trainer.model
+    # Unwrapped: with bf16 the accelerator leaves an autocast wrapper on forward; predictions and
+    # the saved weights must be those of the plain float32 model that serving loads.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     held_preds = _predict(model, tokenizer, problems, held_rows, cfg, device)
     probe = random.Random(cfg.seed).sample(train_rows, min(len(train_rows), max(64, len(held_rows))))
     train_preds = _predict(model, tokenizer, problems, probe, cfg, device)

@@ -1,0 +1,50 @@
+"""The whole value pipeline on the real parts: MCTS collection with the real policy (vLLM) and
+the real sandbox -> `restrl train value` on the real SmolLM2 backbone (a few steps) -> the
+checkpoint loads through the serving loader and scores states in [0, 1].
+
+Slow (several minutes on 2 shared cores: a float32 135M training step is tens of seconds here),
+so it runs with RESTRL_SLOW=1 (`make test-all`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
+    from models import ValueConfig
+    from models.value import HFValueModel
+    from sandbox.pool import Sandbox
+    from tasks import write_jsonl
+    from training.value_data import CollectConfig, collect, read_rows, select_problems
+    from training.value_train import ValueTrainConfig, run_value_training
+
+    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), max_problems=2, gym_tiers=(1,), gym_n_per_tier=20, samples=5,
+                        max_tokens=96, concurrency=2)
+    problems = select_problems(cfg)
+    write_jsonl(tmp_path / "vd" / "problems.jsonl", problems)
+    with Sandbox(workers=2) as box:
+        summary = await collect(problems, vllm_policy, box, cfg)
+    rows = read_rows(tmp_path / "vd" / "rows.jsonl")
+    assert summary["problems_searched"] == 2 and rows
+    assert {r["kind"] for r in rows} >= {"expanded", "program"}
+    assert all(0.0 <= r["target"] <= 1.0 for r in rows)
+
+    tcfg = ValueTrainConfig(
+        rows_file=str(tmp_path / "vd" / "rows.jsonl"), problems_file=str(tmp_path / "vd" / "problems.jsonl"),
+        output_dir=str(tmp_path / "vm"), max_steps=2, batch_size=2, max_length=256, eval_batch_size=8, device="cpu",
+        holdout_fraction=0.5, bf16=False,
+    )
+    result = run_value_training(tcfg)
+    final = Path(result["checkpoint"])
+    assert (final / "restrl.json").exists() and (final / "adapter_model.safetensors").exists()
+    assert result["reload_max_abs_diff"] < 1e-4
+    assert result["held_out"]["rows"] > 0 and "mse" in result["held_out"]
+
+    value = HFValueModel.load(ValueConfig(model=str(final), max_length=256))
+    assert value.trained and "untrained" not in value.version
+    scores = await value.score(problems[0], ["", rows[0]["state"]])
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
