@@ -7,9 +7,9 @@ strategy and budget (sampled programs) the returned program is executed on the p
 tests; pass@1 is the share of problems whose program passes every test. The *oracle* at a budget
 is the share of problems where any sampled candidate passes (the ceiling a perfect ranker reaches).
 
-Runs, strategy by strategy in ``phases`` order (each over every dataset, largest budget first;
+Runs, dataset by dataset (``order``), strategy by strategy in ``phases`` order, largest budget first;
 all problems of a phase are searched concurrently on one engine, value calls batched across
-searches by `search.ValueBatcher`; with ``time_limit_s`` no phase starts after the limit):
+searches by `search.ValueBatcher`; with ``time_limit_s`` no phase starts after the limit:
 
 * ``greedy`` runs once: it spends one sample at any budget, so its figure is the same for all.
 * ``best_of_n`` runs once per budget (one request with n = budget).
@@ -24,7 +24,8 @@ searches by `search.ValueBatcher`; with ``time_limit_s`` no phase starts after t
 Out: ``bench/results/eval.json`` (``{dataset: {strategy: {budget: pass1}}, "oracle": {dataset:
 {strategy: {budget: oracle}}}, "paired": ..., "meta": ...}``), the budget-accuracy plot (the
 paper's Figure 3b shape) and, in ``output_dir``, one JSON per finished phase (``--resume`` reuses
-them) with every problem's outcome.
+them) with every problem's outcome; ``report_only`` rebuilds the JSON and the plot from those files
+without loading a model (what to do after stopping a run that outgrew its time).
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ class EvalConfig(BaseModel):
     sandbox_workers: int = Field(default=2, ge=1)
     sandbox_timeout_s: float = Field(default=6.0, gt=0)
     time_limit_s: float | None = Field(default=None, gt=0, description="start no new phase after this many seconds")
+    report_only: bool = Field(default=False, description="no searching: rebuild the JSON and plot from the phase files in output_dir")
+    order: Literal["dataset", "strategy"] = Field(
+        default="dataset", description="dataset: every strategy of the first dataset before the next; strategy: each strategy on every dataset first"
+    )
     phases: tuple[str, ...] = Field(
         default=("greedy", "vm_mcts", "best_of_n", "orm_mcts", "beam"),
         description="strategy order within each dataset (what runs first when time is short)",
@@ -351,54 +356,31 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
     try:
         problem_sets = {d: eval_problems(cfg, d) for d in cfg.datasets}
         order = [s for s in cfg.phases if s in cfg.strategies] + [s for s in cfg.strategies if s not in cfg.phases]
-        for strategy in order:  # strategy-major: with a time limit, the first strategies cover every dataset
-            for dataset, problems in problem_sets.items():
-                for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
-                    name = f"{dataset}.{strategy}.b{run_budget}"
-                    path = out / f"{name}.json"
-                    if resume and path.exists():
-                        phases[name] = json.loads(path.read_text())
-                        continue
-                    if cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
-                        skipped.append(name)
-                        continue
-                    t_phase = time.monotonic()
-                    results = await _run_phase(runner, problems, strategy, run_budget, answers, name)
-                    phase = {"dataset": dataset, "strategy": strategy, "run_budget": run_budget, "answers": answers,
-                             "problems": [p.id for p in problems], "wall_s": time.monotonic() - t_phase,
-                             "loadavg_after": os.getloadavg(), "results": results}
-                    path.write_text(json.dumps(phase, indent=1))
-                    phases[name] = phase
-                    loads.append(os.getloadavg())
-                    logger.info("eval phase %s: %.0f s", name, phase["wall_s"])
-        summary = summarize(phases, cfg)
-        mismatches = sum(not r["snapshot_matches_result"] for ph in phases.values() for r in ph["results"])
-        report = {
-            **summary["pass1"],
-            "oracle": summary["oracle"],
-            "paired": summary["paired"],
-            "meta": {
-                "command": "restrl eval",
-                "config": cfg.model_dump(mode="json"),
-                "problems": {d: [p.id for p in eval_problems(cfg, d)] for d in cfg.datasets},
-                "policy_version": str(policy.version),
-                "value_version": str(value.version),
-                "value_trained": bool(getattr(value, "trained", False)),
-                "phases_run": sorted(phases),
-                "phases_skipped_time_limit": skipped,
-                "phase_wall_s": {k: round(v["wall_s"], 1) for k, v in phases.items()},
-                "snapshot_self_check_mismatches": mismatches,
-                "wall_s": time.monotonic() - t0,
-                "loadavg_samples": loads,
-                "cpu_count": os.cpu_count(),
-                "greedy_note": "greedy spends one sample at every budget",
-            },
-        }
-        results_file = Path(cfg.results_file)
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        results_file.write_text(json.dumps(report, indent=2))
-        plot_eval(summary, cfg.plot_file, title=f"policy {policy.version}, value {value.version}")
-        return {"pass1": summary["pass1"], "oracle": summary["oracle"], "paired": summary["paired"], "skipped": skipped}
+        pairs = [(d, s) for s in order for d in cfg.datasets]
+        if cfg.order == "dataset":
+            pairs = [(d, s) for d in cfg.datasets for s in order]
+        for dataset, strategy in pairs:
+            problems = problem_sets[dataset]
+            for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
+                name = f"{dataset}.{strategy}.b{run_budget}"
+                path = out / f"{name}.json"
+                if resume and path.exists():
+                    phases[name] = json.loads(path.read_text())
+                    continue
+                if cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
+                    skipped.append(name)
+                    continue
+                t_phase = time.monotonic()
+                results = await _run_phase(runner, problems, strategy, run_budget, answers, name)
+                phase = {"dataset": dataset, "strategy": strategy, "run_budget": run_budget, "answers": answers,
+                         "problems": [p.id for p in problems], "wall_s": time.monotonic() - t_phase,
+                         "loadavg_after": os.getloadavg(), "policy_version": str(policy.version),
+                         "value_version": str(value.version), "results": results}
+                path.write_text(json.dumps(phase, indent=1))
+                phases[name] = phase
+                loads.append(os.getloadavg())
+                logger.info("eval phase %s: %.0f s", name, phase["wall_s"])
+        return write_report(cfg, phases, skipped=skipped, wall_s=time.monotonic() - t0, loads=loads)
     finally:
         sandbox.close()
         await batcher.close()
@@ -406,6 +388,55 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
         await policy.close()
 
 
+def phase_files(cfg: EvalConfig) -> dict[str, dict[str, Any]]:
+    """The finished phases of this configuration's datasets and strategies in ``output_dir``."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(cfg.output_dir).glob("*.json")):
+        phase = json.loads(path.read_text())
+        if phase.get("dataset") in cfg.datasets and phase.get("strategy") in cfg.strategies:
+            out[path.stem] = phase
+    return out
+
+
+def write_report(
+    cfg: EvalConfig, phases: dict[str, dict[str, Any]], *, skipped: list[str], wall_s: float | None, loads: list[Any]
+) -> dict[str, Any]:
+    """Write ``results_file`` and ``plot_file`` from finished phases; return the tables."""
+    summary = summarize(phases, cfg)
+    versions = {(ph.get("policy_version"), ph.get("value_version")) for ph in phases.values()}
+    mismatches = sum(not r["snapshot_matches_result"] for ph in phases.values() for r in ph["results"])
+    policy_version = " + ".join(sorted({str(v[0]) for v in versions}))
+    value_version = " + ".join(sorted({str(v[1]) for v in versions}))
+    report = {
+        **summary["pass1"],
+        "oracle": summary["oracle"],
+        "paired": summary["paired"],
+        "meta": {
+            "command": "restrl eval",
+            "config": cfg.model_dump(mode="json"),
+            "problems": {d: [p.id for p in eval_problems(cfg, d)] for d in cfg.datasets},
+            "policy_version": policy_version,
+            "value_version": value_version,
+            "phases_run": sorted(phases),
+            "phases_skipped_time_limit": skipped,
+            "phase_wall_s": {k: round(v["wall_s"], 1) for k, v in phases.items()},
+            "phase_loadavg_after": {k: v.get("loadavg_after") for k, v in phases.items()},
+            "snapshot_self_check_mismatches": mismatches,
+            "wall_s": wall_s,
+            "loadavg_samples": loads,
+            "cpu_count": os.cpu_count(),
+            "greedy_note": "greedy spends one sample at every budget",
+        },
+    }
+    results_file = Path(cfg.results_file)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(report, indent=2))
+    plot_eval(summary, cfg.plot_file, title=f"policy {policy_version}, value {value_version}")
+    return {"pass1": summary["pass1"], "oracle": summary["oracle"], "paired": summary["paired"], "skipped": skipped}
+
+
 def run_eval(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
-    """The ``restrl eval`` job (blocking)."""
+    """The ``restrl eval`` job (blocking); with ``report_only`` only the report is rebuilt."""
+    if cfg.report_only:
+        return write_report(cfg, phase_files(cfg), skipped=[], wall_s=None, loads=[os.getloadavg()])
     return asyncio.run(_run(cfg, resume=resume))

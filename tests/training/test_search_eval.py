@@ -75,3 +75,28 @@ def test_problem_sets_are_fixed_and_held_out() -> None:
     gym = eval_problems(cfg, "gym_test")
     assert len(gym) == 9 and {p.metadata["split"] for p in gym} == {"test"}
     assert sorted(p.metadata["tier"] for p in gym) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_report_only_rebuilds_json_and_plot_from_phase_files(tmp_path) -> None:
+    import json
+
+    from training.search_eval import run_eval
+
+    cfg = EvalConfig(datasets=("humaneval",), budgets=(5, 20), output_dir=str(tmp_path / "phases"),
+                     results_file=str(tmp_path / "eval.json"), plot_file=str(tmp_path / "eval.png"), report_only=True)
+    (tmp_path / "phases").mkdir()
+    for name, ph in {
+        "humaneval.vm_mcts.b20": _phase("humaneval", "vm_mcts", [5, 20], {"a": [False, True], "b": [True, True]}),
+        "humaneval.best_of_n.b20": _phase("humaneval", "best_of_n", [20], {"a": [False], "b": [True]}),
+        "gym_test.greedy.b1": _phase("gym_test", "greedy", [5, 20], {"a": [True, True]}),  # not a configured dataset
+    }.items():
+        for r in ph["results"]:
+            r["snapshot_matches_result"] = True
+        (tmp_path / "phases" / f"{name}.json").write_text(json.dumps({**ph, "wall_s": 1.0, "policy_version": "p", "value_version": "v"}))
+    run_eval(cfg)
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["humaneval"] == {"vm_mcts": {"5": 0.5, "20": 1.0}, "best_of_n": {"20": 0.5}}
+    assert report["oracle"]["humaneval"]["vm_mcts"] == {"5": 1.0, "20": 1.0}
+    assert "gym_test" not in report and report["meta"]["value_version"] == "v"
+    assert report["paired"]["humaneval"]["vm_mcts@20 vs best_of_n@20"]["won"] == 1
+    assert (tmp_path / "eval.png").stat().st_size > 0
