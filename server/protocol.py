@@ -184,6 +184,7 @@ class StreamOptions(BaseModel):
 
 
 StopText = Annotated[str, Field(min_length=1, max_length=1000)]
+PromptText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 
 
 class _OpenAIRequest(BaseModel):
@@ -209,7 +210,8 @@ class _OpenAIRequest(BaseModel):
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: str | list[str] = Field(description="the text to continue; with `search`: the problem statement")
+    prompt: PromptText | Annotated[list[PromptText], Field(max_length=64)] = Field(
+        description="the text to continue (non-empty: the engine refuses an empty prompt); with `search`: the problem statement")
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
