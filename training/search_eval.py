@@ -438,5 +438,7 @@ def write_report(
 def run_eval(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
     """The ``restrl eval`` job (blocking); with ``report_only`` only the report is rebuilt."""
     if cfg.report_only:
-        return write_report(cfg, phase_files(cfg), skipped=[], wall_s=None, loads=[os.getloadavg()])
+        found = phase_files(cfg)
+        planned = [f"{d}.{s}.b{b}" for d in cfg.datasets for s in cfg.strategies for b in sorted(plan_runs(cfg, s), reverse=True)]
+        return write_report(cfg, found, skipped=[n for n in planned if n not in found], wall_s=None, loads=[os.getloadavg()])
     return asyncio.run(_run(cfg, resume=resume))
