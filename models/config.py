@@ -74,6 +74,10 @@ class ValueConfig(BaseModel):
         description="value checkpoint folder (full sequence-classification model, or a LoRA adapter + score head);"
         " None = the shipped adapter in models/default/value/ if present, else an untrained head on the default base",
     )
+    use_shipped: bool = Field(
+        default=True,
+        description="with model None: the shipped adapter when present; False = an untrained head on the default base (what training starts from)",
+    )
     base: str | None = Field(default=None, description="base model folder for an adapter; None = the adapter manifest's base, else the default model")
     dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="weights dtype (float32 keeps CPU scores stable)")
     batch_size: int = Field(default=16, ge=1, le=4096, description="states per forward pass")

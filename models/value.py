@@ -154,7 +154,7 @@ class HFValueModel:
         """Resolve, verify and load the value model ``cfg`` names (see the module doc)."""
         t0 = time.perf_counter()
         source = cfg.model
-        if source is None and SHIPPED_VALUE_DIR.joinpath("restrl.json").exists():
+        if source is None and cfg.use_shipped and SHIPPED_VALUE_DIR.joinpath("restrl.json").exists():
             source = str(SHIPPED_VALUE_DIR)
         if source is None:
             base_dir = prepare_default_model()

@@ -75,8 +75,29 @@ async def value_model(default_model_dir):
     from models import ValueConfig, load_value_model
 
     value = await load_value_model(ValueConfig(batch_size=8, max_length=512))
-    yield value
+    yield LentValueModel(value)
     await value.close()
+
+
+class LentValueModel:
+    """The session's value model as lent to a test: everything is the real model except
+    ``close``, which is a no-op (a server's registry closes its models on a swap or at shutdown;
+    later tests still need this one). The session closes the real model at its end."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def score(self, problem, states):
+        return await self._inner.score(problem, states)
+
+    async def score_pairs(self, pairs):
+        return await self._inner.score_pairs(pairs)
+
+    async def close(self) -> None:
+        return None
 
 
 @pytest.fixture(scope="session")

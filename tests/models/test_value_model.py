@@ -32,20 +32,25 @@ async def test_order_and_batch_independent(value_model):
     assert pairs == pytest.approx(scores, abs=1e-4)
 
 
-def test_untrained_head_is_seeded(value_model):
-    if value_model.trained:
-        pytest.skip("the shipped value adapter is present")
-    again = HFValueModel.load(ValueConfig(seed=value_model.config.seed, batch_size=4, max_length=128))
+@pytest.fixture(scope="module")
+def untrained_value(default_model_dir):
+    """The seeded untrained head on the default base (what `restrl train value` starts from)."""
+    return HFValueModel.load(ValueConfig(batch_size=8, max_length=512, use_shipped=False))
+
+
+def test_untrained_head_is_seeded(untrained_value):
+    value_model = untrained_value
+    assert not value_model.trained and "untrained" in value_model.version
+    again = HFValueModel.load(ValueConfig(seed=value_model.config.seed, batch_size=4, max_length=128, use_shipped=False))
     assert again.version == value_model.version and f"seed{value_model.config.seed}" in again.version
     assert again.score_sync(PROBLEM, STATES[:3]) == pytest.approx(value_model.score_sync(PROBLEM, STATES[:3]), abs=1e-5)
 
 
-def test_raw_outputs_are_clamped(value_model):
+def test_raw_outputs_are_clamped(untrained_value):
     import torch
 
-    head = value_model.model.score if hasattr(value_model.model, "score") else None
-    if head is None or value_model.trained:
-        pytest.skip("needs the untrained head")
+    value_model = untrained_value
+    head = value_model.model.score
     saved = head.weight.detach().clone()
     try:
         with torch.no_grad():
@@ -74,7 +79,7 @@ def test_lora_round_trip(tmp_path, default_model_dir, value_model):
     import torch
     from peft import get_peft_model
 
-    cfg = ValueConfig(batch_size=4, max_length=256, seed=1)
+    cfg = ValueConfig(batch_size=4, max_length=256, seed=1, use_shipped=False)
     base = HFValueModel.load(cfg)
     peft_model = get_peft_model(base.model, value_lora_config(r=4))
     with torch.no_grad():  # a trained adapter in miniature: change the LoRA B matrices and the head

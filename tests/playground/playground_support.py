@@ -99,6 +99,8 @@ class SolveDouble:
     """
 
     def __init__(self) -> None:
+        # streams of an earlier test may end after `reset`: they must not count in this one
+        self.generation: int = getattr(self, "generation", 0) + 1
         self.streams: dict[str, str] = {"vm_mcts": "vm_mcts", "greedy": "greedy"}
         self.api_key: str | None = None
         self.requests: list[dict[str, Any]] = []
@@ -134,6 +136,7 @@ class SolveDouble:
                 return JSONResponse(json.loads(last))
 
             async def replay() -> Any:
+                generation = double.generation
                 double.active += 1
                 double.max_active = max(double.max_active, double.active)
                 finished = False
@@ -149,9 +152,10 @@ class SolveDouble:
                         await asyncio.sleep(double.event_delay_s)
                     finished = True
                 finally:
-                    double.active -= 1
-                    if not finished:
-                        double.cancelled += 1
+                    if generation == double.generation:
+                        double.active -= 1
+                        if not finished:
+                            double.cancelled += 1
 
             return StreamingResponse(replay(), media_type="text/event-stream")
 
