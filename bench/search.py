@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -263,6 +265,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "value_version": value_model.version,
         "value_model_trained": "untrained" not in value_model.version,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "command": "python -m bench.search " + " ".join(sys.argv[1:]),
+        "loadavg_at_start": os.getloadavg(),
+        "status": "complete" if not (args.skip_quality or args.skip_throughput) else
+                  "throughput only (--skip-quality)" if args.skip_quality else "quality only (--skip-throughput)",
         "args": {k: v for k, v in vars(args).items()},
     }
     try:
