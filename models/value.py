@@ -77,7 +77,16 @@ def build_value_backbone(base_dir: str | Path, *, dtype: str = "float32", seed: 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, dtype=_torch_dtype(dtype))
+    from transformers.utils import logging as hf_logging
+
+    # transformers reports the score head as MISSING ("consider training..."): it is, by design -
+    # it is initialised just below, and a checkpoint's trained head replaces it.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, dtype=_torch_dtype(dtype))
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
