@@ -265,16 +265,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "value_version": value_model.version,
         "value_model_trained": "untrained" not in value_model.version,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "command": "python -m bench.search " + " ".join(sys.argv[1:]),
-        "loadavg_at_start": os.getloadavg(),
-        "status": "complete" if not (args.skip_quality or args.skip_throughput) else
-                  "throughput only (--skip-quality)" if args.skip_quality else "quality only (--skip-throughput)",
         "args": {k: v for k, v in vars(args).items()},
     }
+    # each half records its own provenance: `_save` merges, so a file can hold two runs' halves
+    run = {"command": "python -m bench.search " + " ".join(sys.argv[1:]), "loadavg_at_start": os.getloadavg(),
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         if not args.skip_throughput:
             tp_problems = problems[: args.throughput_concurrency]
             result["throughput"] = await throughput(policy, value_model, tp_problems, args)
+            result["throughput_run"] = run
             best = result["throughput"]["parallel_sweep"][str(result["throughput"]["best_parallel_expansions"])]
             result["throughput_ratio_vs_raw"] = best["ratio_vs_raw"]
             result["throughput_cpu_ratio_vs_raw"] = best["cpu_ratio_vs_raw"]
@@ -284,11 +284,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
             def save_partial(q: dict[str, Any]) -> None:
                 _save(args.out, {**result, "quality": q, "quality_problems": args.limit, "pass1": q["pass1"],
-                                 "quality_complete": False})
+                                 "quality_complete": False, "quality_run": run})
 
             with Sandbox(workers=2) as sandbox:
                 q = await quality(policy, value_model, sandbox, problems[: args.limit], args, on_cell=save_partial)
             result["quality_complete"] = True
+            result["quality_run"] = run
             result["quality"] = q
             result["quality_problems"] = args.limit
             result["pass1"] = q["pass1"]

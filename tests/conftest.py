@@ -90,12 +90,6 @@ class LentValueModel:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    async def score(self, problem, states):
-        return await self._inner.score(problem, states)
-
-    async def score_pairs(self, pairs):
-        return await self._inner.score_pairs(pairs)
-
     async def close(self) -> None:
         return None
 
