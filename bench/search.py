@@ -107,6 +107,7 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
     raw_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     mcts_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     batch_sizes: dict[int, list[int]] = {p: [] for p in args.parallel}
+    no_cache_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     for rnd in range(args.rounds):
         for par in args.parallel:
             raw = await _raw_sampling(policy, problems, requests=budget // k, lanes=par, n=k, max_tokens=args.max_tokens,
@@ -121,6 +122,13 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
             print(f"round {rnd} parallel={par}: raw {raw['tok_s']:6.1f} tok/s, vm_mcts {res['tok_s']:6.1f} tok/s "
                   f"(ratio {res['tok_s'] / raw['tok_s']:.2f}; per CPU-s {res['tok_per_cpu_s'] / raw['tok_per_cpu_s']:.2f})",
                   flush=True)
+            if args.no_prefix_cache_baseline:  # the same searches scoring every input in full
+                vb = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0), max_batch=64, max_wait_ms=2.0)
+                full = await _searches(policy, vb, problems, cfg, concurrent=True)
+                await vb.close()
+                no_cache_runs[par].append(full)
+                print(f"round {rnd} parallel={par}: vm_mcts without the value prefix cache {full['tok_s']:6.1f} tok/s "
+                      f"(ratio {full['tok_s'] / raw['tok_s']:.2f})", flush=True)
     sweep: dict[str, Any] = {}
     for par in args.parallel:
         raw, res = _pooled(raw_runs[par]), _pooled(mcts_runs[par])
@@ -135,13 +143,18 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
             "cached_prompt_fraction": sum(m["cached_prompt_tokens"] for m in mcts_runs[par])
             / max(sum(m["prompt_tokens"] for m in mcts_runs[par]), 1),
         }
+        if no_cache_runs[par]:
+            full = _pooled(no_cache_runs[par])
+            sweep[str(par)]["vm_mcts_no_prefix_cache"] = full
+            sweep[str(par)]["no_prefix_cache_ratio_vs_raw"] = full["tok_s"] / raw["tok_s"]
     out["parallel_sweep"] = sweep
     out["best_parallel_expansions"] = int(max(sweep, key=lambda p: sweep[p]["ratio_vs_raw"]))
-    # the reference pattern: searches one after another, one expansion at a time, value batch 1
+    # the reference pattern: searches one after another, one expansion at a time, value batch 1,
+    # every value input scored in full (the reference code has no prefix cache)
     n_ref = args.reference_problems
     raw1 = await _raw_sampling(policy, problems[:n_ref], requests=budget // k, lanes=1, n=k, max_tokens=args.max_tokens,
                                temperature=args.temperature)
-    vb1 = ValueBatcher(value_model, max_batch=1, max_wait_ms=0.0)
+    vb1 = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0), max_batch=1, max_wait_ms=0.0)
     ref_cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
                            temperature=args.temperature, parallel_expansions=1, seed=0)
     ref = await _searches(policy, vb1, problems[:n_ref], ref_cfg, concurrent=False)
@@ -228,9 +241,15 @@ def _tables(result: dict[str, Any]) -> str:
                 f"| vm_mcts, parallel_expansions={par} | {r['raw']['tok_s']:.1f} | {r['vm_mcts']['tok_s']:.1f} | "
                 f"{r['ratio_vs_raw']:.2f} | {r['cpu_ratio_vs_raw']:.2f} | {r['mean_value_batch']:.1f} | {r['cached_prompt_fraction']:.2f} |"
             )
+            if "vm_mcts_no_prefix_cache" in r:
+                full = r["vm_mcts_no_prefix_cache"]
+                lines.append(
+                    f"| same, value prefix cache off | {r['raw']['tok_s']:.1f} | {full['tok_s']:.1f} | "
+                    f"{r['no_prefix_cache_ratio_vs_raw']:.2f} | {full['tok_per_cpu_s'] / r['raw']['tok_per_cpu_s']:.2f} | - | - |"
+                )
         ref = tp["reference_style"]
         lines.append(
-            f"| reference style ({ref['problems']} searches in sequence, 1 expansion at a time, value batch 1) | "
+            f"| reference style ({ref['problems']} searches in sequence, 1 expansion at a time, value batch 1, no prefix cache) | "
             f"{tp['parallel_sweep'][next(iter(tp['parallel_sweep']))]['raw']['tok_s']:.1f} | {ref['tok_s']:.1f} | "
             f"{ref['ratio_vs_raw']:.2f} | {ref['cpu_ratio_vs_raw']:.2f} | 1.0 | - |"
         )
@@ -258,7 +277,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     problems = load_humaneval()
     t0 = time.perf_counter()
     policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))
-    value_model = await load_value_model(ValueConfig(batch_size=16, max_length=768))
+    value_model = await load_value_model(
+        ValueConfig(batch_size=16, max_length=768, dtype=args.value_dtype, prefix_cache_mb=args.value_prefix_cache_mb))
     print(f"engines ready in {time.perf_counter() - t0:.1f}s: {policy.version} / {value_model.version}", flush=True)
     result: dict[str, Any] = {
         "policy_version": policy.version,
@@ -316,6 +336,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=2, help="throughput: alternating raw / search rounds")
     ap.add_argument("--reference-problems", type=int, default=4, help="searches run one after another in the reference pattern")
     ap.add_argument("--kv-cache-gib", type=float, default=2.0)
+    ap.add_argument("--value-dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--value-prefix-cache-mb", type=int, default=256, help="value model: cache of problem-head keys/values (0 = off)")
+    ap.add_argument("--no-prefix-cache-baseline", action="store_true",
+                    help="throughput: also run each search round with the value prefix cache off (same raw baseline)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)

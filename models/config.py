@@ -83,4 +83,8 @@ class ValueConfig(BaseModel):
     batch_size: int = Field(default=16, ge=1, le=4096, description="states per forward pass")
     max_length: int = Field(default=1024, ge=64, le=131072, description="tokens per state; the state is cut from the left, the problem kept")
     seed: int = Field(default=0, ge=0, description="seed of an untrained head's initialisation")
+    prefix_cache_mb: int = Field(
+        default=256, ge=0, le=1 << 20,
+        description="memory for cached keys/values of problem heads (shared by all states of a problem); 0 = recompute every input in full",
+    )
     device: str = Field(default="cpu", description="torch device (cpu, cuda, cuda:1, ...)")

@@ -11,7 +11,11 @@ The input text is `models.prompting.value_input(problem, state)`; `encode_value_
 and, when it is longer than ``max_length``, cuts the *state* from the left (its end, where the
 search acts, is kept) and keeps the problem (cut from the right only if the problem alone
 overflows half the budget). Training uses the same function, so both see identical tokens.
-Batches are right-padded, sorted by length, run in a worker thread under a lock.
+Batches are right-padded, sorted by length, run in a worker thread under a lock. The states of one
+problem share its head (problem text and starter code): the decoder's keys and values over that
+head are computed once and kept in an LRU cache (``ValueConfig.prefix_cache_mb``), so each state
+costs only its own tokens - the problem text is typically 80-95 % of a value input. A LoRA adapter
+is merged into the weights at load.
 `save_value_checkpoint` writes weights + `restrl.json` for the training job.
 """
 
@@ -21,6 +25,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,9 +42,13 @@ logger = logging.getLogger(__name__)
 HEAD_INIT_STD = 0.02
 
 
-def encode_value_inputs(tokenizer: Any, problem: Problem, states: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids of `value_input(problem, state)` for each state, at most ``max_length`` each."""
-    head_ids = tokenizer(value_input(problem, ""), add_special_tokens=False)["input_ids"]
+def encode_value_inputs(
+    tokenizer: Any, problem: Problem, states: Sequence[str], max_length: int, head_ids: list[int] | None = None
+) -> list[list[int]]:
+    """Token ids of `value_input(problem, state)` for each state, at most ``max_length`` each
+    (``head_ids``: the tokens of `value_input(problem, "")`, when the caller has them)."""
+    if head_ids is None:
+        head_ids = tokenizer(value_input(problem, ""), add_special_tokens=False)["input_ids"]
     head_keep = min(len(head_ids), max_length // 2)
     encoded = []
     for state in states:
@@ -157,6 +166,11 @@ class HFValueModel:
         self._lock = threading.Lock()
         self._closed = False
         self.startup_s = 0.0
+        # problem head tokens -> the decoder's keys/values over them (LRU, bounded by prefix_cache_mb)
+        self._prefix_cache: OrderedDict[tuple[int, ...], list[tuple[Any, Any]]] = OrderedDict()
+        self._prefix_cache_bytes = 0
+        self.prefix_hits = 0
+        self.prefix_misses = 0
 
     @classmethod
     def load(cls, cfg: ValueConfig) -> HFValueModel:
@@ -205,43 +219,120 @@ class HFValueModel:
         base_name = cfg.base or (manifest.base if manifest is not None else None)
         base_dir = _resolve_base(base_name)
         model, tokenizer = build_value_backbone(base_dir, dtype=cfg.dtype, seed=cfg.seed)
-        model = PeftModel.from_pretrained(model, path)
+        # served, not trained: fold the LoRA deltas into the weights (one matmul per projection)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
         return model, tokenizer, f"value-{name}@{digest}"
 
-    def _forward(self, encoded: list[list[int]]) -> list[float]:
+    def sharing_weights(self, **config_updates: Any) -> HFValueModel:
+        """Another `HFValueModel` on the same weights with some `ValueConfig` fields changed
+        (``batch_size``, ``max_length``, ``prefix_cache_mb``) and its own prefix cache."""
+        cfg = self.config.model_copy(update=config_updates)
+        ValueConfig.model_validate(cfg.model_dump())
+        return HFValueModel(model=self.model, tokenizer=self.tokenizer, config=cfg, version=self.version, trained=self.trained)
+
+    def _parts(self) -> tuple[Any, Any]:
+        """The decoder (``LlamaModel`` & co.) and the ``score`` head of the sequence classifier,
+        through a PEFT wrapper if there is one (its LoRA layers and saved head stay active)."""
+        seqcls = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return getattr(seqcls, seqcls.base_model_prefix), seqcls.score
+
+    def clear_prefix_cache(self) -> None:
+        """Forget cached problem prefixes (call after changing the weights in place)."""
+        with self._lock:
+            self._prefix_cache.clear()
+            self._prefix_cache_bytes = 0
+
+    def _prefix_kv(self, ids: tuple[int, ...], device: Any) -> list[tuple[Any, Any]]:
+        """Keys and values of the decoder over ``ids`` (a problem's head), from the LRU cache or
+        computed and cached. Called under the lock."""
         import torch
+
+        cached = self._prefix_cache.get(ids)
+        if cached is not None:
+            self._prefix_cache.move_to_end(ids)
+            self.prefix_hits += 1
+            return cached
+        self.prefix_misses += 1
+        backbone, _ = self._parts()
+        out = backbone(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=device), use_cache=True)
+        kv = [(layer[0], layer[1]) for layer in out.past_key_values]
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        budget = self.config.prefix_cache_mb * 2**20
+        if size <= budget:
+            self._prefix_cache[ids] = kv
+            self._prefix_cache_bytes += size
+            while self._prefix_cache_bytes > budget:
+                _, old = self._prefix_cache.popitem(last=False)
+                self._prefix_cache_bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+        return kv
+
+    def _forward(self, encoded: list[list[int]], heads: list[list[int]] | None = None) -> list[float]:
+        """Scores of token sequences. With ``heads`` (item i's problem head: the tokens of
+        `value_input(problem, "")`) and a prefix cache, each problem's shared prefix runs through
+        the decoder once and is reused: only the state tokens are computed per item."""
+        import torch
+        from transformers import DynamicCache
 
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         scores = [0.0] * len(encoded)
         bs = self.config.batch_size
+        # group items by the prefix they share with their problem's head (0 = no reuse)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, item in enumerate(encoded):
+            shared = 0
+            if heads is not None and self.config.prefix_cache_mb > 0:
+                head = heads[i]
+                limit = min(len(head), len(item) - 1)  # at least one token of each item is computed
+                while shared < limit and head[shared] == item[shared]:
+                    shared += 1
+            groups.setdefault(tuple(item[:shared]), []).append(i)
+        backbone, head_layer = self._parts()
         with self._lock, torch.inference_mode():
-            for start in range(0, len(order), bs):
-                idx = order[start : start + bs]
-                width = max(len(encoded[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                for row, i in enumerate(idx):
-                    ids[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-                # Right padding under causal attention: no real token attends to a pad after it,
-                # so no attention mask is needed (masked batches ran 2.6-6x slower on an H100)
-                # and the head pools the last non-pad token.
-                logits = self.model(input_ids=ids.to(device)).logits
-                values = logits[:, 0].float().clamp(0.0, 1.0).cpu().tolist()
-                for row, i in enumerate(idx):
-                    scores[i] = values[row]
+            for prefix, members in groups.items():
+                kv = self._prefix_kv(prefix, device) if prefix else None
+                skip = len(prefix)
+                order = sorted(members, key=lambda i: len(encoded[i]))
+                for start in range(0, len(order), bs):
+                    idx = order[start : start + bs]
+                    width = max(len(encoded[i]) for i in idx) - skip
+                    batch = torch.full((len(idx), width), pad, dtype=torch.long)
+                    for row, i in enumerate(idx):
+                        batch[row, : len(encoded[i]) - skip] = torch.tensor(encoded[i][skip:], dtype=torch.long)
+                    # Right padding under causal attention: no real token attends to a pad after
+                    # it, so no attention mask is needed (masked batches ran 2.6-6x slower on an
+                    # H100); the head reads each row's last real token.
+                    cache = None
+                    if kv is not None:
+                        n = len(idx)
+                        cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
+                    hidden = backbone(input_ids=batch.to(device), past_key_values=cache, use_cache=cache is not None).last_hidden_state
+                    last = torch.tensor([len(encoded[i]) - skip - 1 for i in idx], device=hidden.device)
+                    logits = head_layer(hidden[torch.arange(len(idx), device=hidden.device), last])
+                    values = logits[:, 0].float().clamp(0.0, 1.0).cpu().tolist()
+                    for row, i in enumerate(idx):
+                        scores[i] = values[row]
         return scores
+
+    def _head_ids(self, problem: Problem) -> list[int]:
+        return self.tokenizer(value_input(problem, ""), add_special_tokens=False)["input_ids"]
 
     def score_sync(self, problem: Problem, states: Sequence[str]) -> list[float]:
         """Blocking `score` (training and benchmarks)."""
-        return self._forward(encode_value_inputs(self.tokenizer, problem, states, self.config.max_length))
+        head = self._head_ids(problem)
+        encoded = encode_value_inputs(self.tokenizer, problem, states, self.config.max_length, head)
+        return self._forward(encoded, [head] * len(encoded))
 
     def score_pairs_sync(self, pairs: Sequence[tuple[Problem, str]]) -> list[float]:
         """Blocking scoring of states from several problems in one set of batches."""
-        encoded = [
-            encode_value_inputs(self.tokenizer, problem, [state], self.config.max_length)[0] for problem, state in pairs
-        ]
-        return self._forward(encoded)
+        heads: dict[int, list[int]] = {}
+        encoded, item_heads = [], []
+        for problem, state in pairs:
+            if id(problem) not in heads:
+                heads[id(problem)] = self._head_ids(problem)
+            encoded.append(encode_value_inputs(self.tokenizer, problem, [state], self.config.max_length, heads[id(problem)])[0])
+            item_heads.append(heads[id(problem)])
+        return self._forward(encoded, item_heads)
 
     async def score(self, problem: Problem, states: Sequence[str]) -> list[float]:
         if self._closed:

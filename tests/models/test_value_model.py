@@ -106,3 +106,38 @@ def test_lora_round_trip(tmp_path, default_model_dir, value_model):
 async def test_policy_checkpoint_is_refused_as_value(default_model_dir):
     with pytest.raises(CheckpointError, match="field 'kind'"):
         await load_value_model(ValueConfig(model=str(default_model_dir)))
+
+
+def test_prefix_cache_scores_equal_full_inputs(value_model):
+    """Reusing a problem's cached head changes no score: states whose first tokens merge with the
+    head's last ones, an empty state, a state cut to ``max_length``, and two problems in one batch
+    all score as the full input does (prefix_cache_mb=0), and the head runs once per problem."""
+    cached = value_model.sharing_weights(max_length=128)
+    full = cached.sharing_weights(prefix_cache_mb=0)
+    assert full.model is cached.model and full.version == value_model.version
+    other = Problem(id="neg", prompt="Return -x.", starter_code="def neg(x):\n")
+    states = [*STATES, "    return a+b", " \n\n  x", "".join(f"v{i} = {i}\n" for i in range(60))]
+    pairs = [(PROBLEM, s) for s in states] + [(other, s) for s in states[:4]]
+    expected = full.score_pairs_sync(pairs)
+    assert full.prefix_misses == 0 and not full._prefix_cache
+    assert cached.score_pairs_sync(pairs) == pytest.approx(expected, abs=1e-4)
+    assert cached.score_sync(PROBLEM, states) == pytest.approx(expected[: len(states)], abs=1e-4)
+    assert cached.prefix_hits >= 1 and 2 <= cached.prefix_misses <= 4  # one head per problem (+ a shorter cut)
+    cached.clear_prefix_cache()
+    assert not cached._prefix_cache and cached.score_sync(other, states[:4]) == pytest.approx(expected[len(states) :], abs=1e-4)
+
+
+def test_prefix_cache_is_bounded(value_model):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="prefix_cache_mb"):
+        value_model.sharing_weights(prefix_cache_mb=-1)
+    small = value_model.sharing_weights(prefix_cache_mb=2)
+    problems = [Problem(id=f"p{i}", prompt=f"Return {i}.", starter_code="def f():\n") for i in range(6)]
+    for p in problems:
+        small.score_sync(p, ["    return 1\n"])
+    entry = small._prefix_cache_bytes // len(small._prefix_cache)
+    assert 0 < small._prefix_cache_bytes <= 2 * 2**20 and len(small._prefix_cache) == 2 * 2**20 // entry < len(problems)
+    small.score_sync(problems[-1], ["    return 2\n"])  # the newest head is still cached, the oldest is gone
+    small.score_sync(problems[0], ["    return 2\n"])
+    assert (small.prefix_hits, small.prefix_misses) == (1, len(problems) + 1)
