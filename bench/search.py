@@ -118,6 +118,7 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
                                temperature=args.temperature, parallel_expansions=par, seed=rnd)
             res = await _searches(policy, vb, problems, cfg, concurrent=True)
             await vb.close()
+            res["value_busy_s"] = vb.busy_s
             mcts_runs[par].append(res)
             print(f"round {rnd} parallel={par}: raw {raw['tok_s']:6.1f} tok/s, vm_mcts {res['tok_s']:6.1f} tok/s "
                   f"(ratio {res['tok_s'] / raw['tok_s']:.2f}; per CPU-s {res['tok_per_cpu_s'] / raw['tok_per_cpu_s']:.2f})",
@@ -126,6 +127,7 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
                 vb = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0), max_batch=64, max_wait_ms=2.0)
                 full = await _searches(policy, vb, problems, cfg, concurrent=True)
                 await vb.close()
+                full["value_busy_s"] = vb.busy_s
                 no_cache_runs[par].append(full)
                 print(f"round {rnd} parallel={par}: vm_mcts without the value prefix cache {full['tok_s']:6.1f} tok/s "
                       f"(ratio {full['tok_s'] / raw['tok_s']:.2f})", flush=True)
@@ -140,6 +142,8 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
             "cpu_ratio_vs_raw": res["tok_per_cpu_s"] / raw["tok_per_cpu_s"],
             "round_ratios": [m["tok_s"] / r["tok_s"] for m, r in zip(mcts_runs[par], raw_runs[par], strict=True)],
             "mean_value_batch": sum(sizes) / max(len(sizes), 1),
+            # share of the searches' wall time with a value batch running (the rest: policy only)
+            "value_busy_share": sum(m["value_busy_s"] for m in mcts_runs[par]) / res["wall_s"],
             "cached_prompt_fraction": sum(m["cached_prompt_tokens"] for m in mcts_runs[par])
             / max(sum(m["prompt_tokens"] for m in mcts_runs[par]), 1),
         }
@@ -147,6 +151,7 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
             full = _pooled(no_cache_runs[par])
             sweep[str(par)]["vm_mcts_no_prefix_cache"] = full
             sweep[str(par)]["no_prefix_cache_ratio_vs_raw"] = full["tok_s"] / raw["tok_s"]
+            sweep[str(par)]["no_prefix_cache_value_busy_share"] = sum(m["value_busy_s"] for m in no_cache_runs[par]) / full["wall_s"]
     out["parallel_sweep"] = sweep
     out["best_parallel_expansions"] = int(max(sweep, key=lambda p: sweep[p]["ratio_vs_raw"]))
     # the reference pattern: searches one after another, one expansion at a time, value batch 1,
@@ -256,7 +261,7 @@ def _tables(result: dict[str, Any]) -> str:
         lines.append("")
     q = result.get("quality")
     if q:
-        budgets = list(next(iter(q["pass1"].values())).keys())
+        budgets = list(dict.fromkeys(b for row in q["pass1"].values() for b in row))
         lines += [
             f"HumanEval pass@1 of the returned program ({result['quality_problems']} problems), value model "
             f"`{result['value_version']}`",
@@ -265,7 +270,7 @@ def _tables(result: dict[str, Any]) -> str:
             "|---|" + "---:|" * len(budgets),
         ]
         for strategy, row in q["pass1"].items():
-            lines.append(f"| {strategy} | " + " | ".join(f"{row[b]:.3f}" for b in budgets) + " |")
+            lines.append(f"| {strategy} | " + " | ".join(f"{row[b]:.3f}" if b in row else "not reached" for b in budgets) + " |")
     return "\n".join(lines)
 
 

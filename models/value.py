@@ -152,6 +152,61 @@ def save_value_checkpoint(
     )
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+MIN_SHARED_STATE_TOKENS = 8  # a cluster's shared state tokens worth one extra (batch-1) pass
+
+
+def _share_plan(
+    encoded: list[list[int]], members: list[int], computed: int
+) -> list[tuple[int, list[tuple[int, list[tuple[int, int]]]]]]:
+    """How to score ``members`` (items whose first ``computed`` tokens are already cached):
+    ``[(length, rows)]`` - per cluster, the absolute length of the prefix its rows share, and its
+    rows ``(carrier item, [(item, position of its last token), ...])``. An item that is a token
+    prefix of another is read off the longer one's row; rows that share at least
+    ``MIN_SHARED_STATE_TOKENS`` tokens past ``computed`` form one cluster. Every read position
+    lies past the cluster's shared prefix, so it is computed in the row pass."""
+    order = sorted(members, key=lambda i: encoded[i])  # a prefix sorts right before its extensions
+    carrier: dict[int, int] = {}
+    for j in range(len(order) - 1, -1, -1):
+        i = order[j]
+        after = order[j + 1] if j + 1 < len(order) else None
+        longer = after is not None and len(encoded[i]) <= len(encoded[after]) and encoded[after][: len(encoded[i])] == encoded[i]
+        carrier[i] = carrier[after] if longer and after is not None else i
+    reads: dict[int, list[tuple[int, int]]] = {}
+    for i in order:
+        reads.setdefault(carrier[i], []).append((i, len(encoded[i]) - 1))
+    carriers = [i for i in order if carrier[i] == i]
+    plan: list[tuple[int, list[tuple[int, list[tuple[int, int]]]]]] = []
+    cluster, shared = [carriers[0]], None
+    for a, b in zip(carriers, carriers[1:], strict=False):
+        common = _common_prefix(encoded[a], encoded[b])
+        if common >= computed + MIN_SHARED_STATE_TOKENS:
+            cluster.append(b)
+            shared = common if shared is None else min(shared, common)
+            continue
+        plan.append(_cluster(cluster, shared, computed, reads))
+        cluster, shared = [b], None
+    plan.append(_cluster(cluster, shared, computed, reads))
+    return plan
+
+
+def _cluster(
+    carriers: list[int], shared: int | None, computed: int, reads: dict[int, list[tuple[int, int]]]
+) -> tuple[int, list[tuple[int, list[tuple[int, int]]]]]:
+    length = computed
+    if shared is not None:
+        length = max(computed, min(shared, *(pos for c in carriers for _, pos in reads[c])))
+    return length, [(c, reads[c]) for c in carriers]
+
+
 class HFValueModel:
     """A `ValueModel` on transformers. Build with `HFValueModel.load(cfg)` or `await load_value_model(cfg)`."""
 
@@ -267,52 +322,87 @@ class HFValueModel:
         return kv
 
     def _forward(self, encoded: list[list[int]], heads: list[list[int]] | None = None) -> list[float]:
-        """Scores of token sequences. With ``heads`` (item i's problem head: the tokens of
-        `value_input(problem, "")`) and a prefix cache, each problem's shared prefix runs through
-        the decoder once and is reused: only the state tokens are computed per item."""
+        """Scores of token sequences (under the lock, in inference mode).
+
+        With ``heads`` (item i's problem head: the tokens of `value_input(problem, "")`) and
+        ``prefix_cache_mb > 0``, shared prefixes are computed once (all exact under causal
+        attention; `_share_plan`): the problem head comes from the LRU cache, an item that is a
+        token prefix of another (a first-line child of its own rollout, a duplicate) is read off
+        the longer one's pass, and items that share a state prefix beyond the head (the
+        continuations of one expansion) run on one extension of it. Otherwise every input is
+        computed in full."""
         import torch
-        from transformers import DynamicCache
 
         device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id
         scores = [0.0] * len(encoded)
-        bs = self.config.batch_size
-        # group items by the prefix they share with their problem's head (0 = no reuse)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, item in enumerate(encoded):
-            shared = 0
-            if heads is not None and self.config.prefix_cache_mb > 0:
-                head = heads[i]
+        with self._lock, torch.inference_mode():
+            if heads is None or self.config.prefix_cache_mb == 0:
+                rows = [(i, [(i, len(encoded[i]) - 1)]) for i in range(len(encoded))]
+                self._run_rows(None, 0, rows, encoded, scores, device)
+                return scores
+            groups: dict[tuple[int, ...], list[int]] = {}  # items by the prefix they share with their head
+            for i, item in enumerate(encoded):
+                head, shared = heads[i], 0
                 limit = min(len(head), len(item) - 1)  # at least one token of each item is computed
                 while shared < limit and head[shared] == item[shared]:
                     shared += 1
-            groups.setdefault(tuple(item[:shared]), []).append(i)
-        backbone, head_layer = self._parts()
-        with self._lock, torch.inference_mode():
+                groups.setdefault(tuple(item[:shared]), []).append(i)
             for prefix, members in groups.items():
                 kv = self._prefix_kv(prefix, device) if prefix else None
-                skip = len(prefix)
-                order = sorted(members, key=lambda i: len(encoded[i]))
-                for start in range(0, len(order), bs):
-                    idx = order[start : start + bs]
-                    width = max(len(encoded[i]) for i in idx) - skip
-                    batch = torch.full((len(idx), width), pad, dtype=torch.long)
-                    for row, i in enumerate(idx):
-                        batch[row, : len(encoded[i]) - skip] = torch.tensor(encoded[i][skip:], dtype=torch.long)
-                    # Right padding under causal attention: no real token attends to a pad after
-                    # it, so no attention mask is needed (masked batches ran 2.6-6x slower on an
-                    # H100); the head reads each row's last real token.
-                    cache = None
-                    if kv is not None:
-                        n = len(idx)
-                        cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
-                    hidden = backbone(input_ids=batch.to(device), past_key_values=cache, use_cache=cache is not None).last_hidden_state
-                    last = torch.tensor([len(encoded[i]) - skip - 1 for i in idx], device=hidden.device)
-                    logits = head_layer(hidden[torch.arange(len(idx), device=hidden.device), last])
-                    values = logits[:, 0].float().clamp(0.0, 1.0).cpu().tolist()
-                    for row, i in enumerate(idx):
-                        scores[i] = values[row]
+                for length, rows in _share_plan(encoded, members, len(prefix)):
+                    ext = kv
+                    if length > len(prefix):  # the cluster's shared state tokens, once
+                        ext = self._extend(kv, encoded[rows[0][0]][len(prefix) : length], device)
+                    self._run_rows(ext, length, rows, encoded, scores, device)
         return scores
+
+    def _extend(self, kv: list[tuple[Any, Any]] | None, ids: list[int], device: Any) -> list[tuple[Any, Any]]:
+        """Keys and values over (the prefix ``kv`` covers) + ``ids``."""
+        import torch
+        from transformers import DynamicCache
+
+        backbone, _ = self._parts()
+        cache = DynamicCache(ddp_cache_data=kv) if kv is not None else None
+        out = backbone(input_ids=torch.tensor([ids], dtype=torch.long, device=device), past_key_values=cache, use_cache=True)
+        return [(layer[0], layer[1]) for layer in out.past_key_values]
+
+    def _run_rows(
+        self,
+        kv: list[tuple[Any, Any]] | None,
+        skip: int,
+        rows: list[tuple[int, list[tuple[int, int]]]],
+        encoded: list[list[int]],
+        scores: list[float],
+        device: Any,
+    ) -> None:
+        """One pass per ``batch_size`` rows over ``encoded[row][skip:]`` after the cached ``kv``
+        (which covers the first ``skip`` tokens); each row's reads ``(item, position)`` set
+        ``scores[item]`` from the head on the hidden state at that absolute position."""
+        import torch
+        from transformers import DynamicCache
+
+        backbone, head_layer = self._parts()
+        pad = self.tokenizer.pad_token_id
+        order = sorted(rows, key=lambda r: len(encoded[r[0]]))
+        for start in range(0, len(order), self.config.batch_size):
+            chunk = order[start : start + self.config.batch_size]
+            width = max(len(encoded[c]) for c, _ in chunk) - skip
+            batch = torch.full((len(chunk), width), pad, dtype=torch.long)
+            for r, (c, _) in enumerate(chunk):
+                batch[r, : len(encoded[c]) - skip] = torch.tensor(encoded[c][skip:], dtype=torch.long)
+            # Right padding under causal attention: no real token attends to a pad after it, so
+            # no attention mask is needed (masked batches ran 2.6-6x slower on an H100).
+            cache = None
+            if kv is not None:
+                n = len(chunk)
+                cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
+            hidden = backbone(input_ids=batch.to(device), past_key_values=cache, use_cache=cache is not None).last_hidden_state
+            reads = [(r, item, pos - skip) for r, (_, rs) in enumerate(chunk) for item, pos in rs]
+            at_rows = torch.tensor([r for r, _, _ in reads], device=hidden.device)
+            at_pos = torch.tensor([p for _, _, p in reads], device=hidden.device)
+            values = head_layer(hidden[at_rows, at_pos])[:, 0].float().clamp(0.0, 1.0).cpu().tolist()
+            for (_, item, _), v in zip(reads, values, strict=True):
+                scores[item] = v
 
     def _head_ids(self, problem: Problem) -> list[int]:
         return self.tokenizer(value_input(problem, ""), add_special_tokens=False)["input_ids"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ class ValueBatcher:
         self.on_batch = on_batch
         self.batches = 0  # forward passes issued (statistics for benches and tests)
         self.batched_states = 0
+        self.busy_s = 0.0  # wall seconds spent inside the wrapped model's calls
         self._queue: list[_Item] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -106,6 +108,7 @@ class ValueBatcher:
         self.batched_states += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
+        started = time.perf_counter()
         try:
             pairs_fn = getattr(self.value, "score_pairs", None)
             if pairs_fn is not None:
@@ -130,6 +133,8 @@ class ValueBatcher:
                 if not it.future.done():
                     it.future.set_exception(exc)
             return
+        finally:
+            self.busy_s += time.perf_counter() - started
         for it, v in zip(batch, values, strict=True):
             if not it.future.done():
                 it.future.set_result(float(v))

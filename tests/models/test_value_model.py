@@ -116,7 +116,10 @@ def test_prefix_cache_scores_equal_full_inputs(value_model):
     full = cached.sharing_weights(prefix_cache_mb=0)
     assert full.model is cached.model and full.version == value_model.version
     other = Problem(id="neg", prompt="Return -x.", starter_code="def neg(x):\n")
-    states = [*STATES, "    return a+b", " \n\n  x", "".join(f"v{i} = {i}\n" for i in range(60))]
+    parent = "def add(a, b):\n    total = 0\n    for x in (a, b):\n"
+    expansion = [parent + "        total += x", parent + "        total += x\n    return total\n", parent + "        total = total + x",
+                 parent + "        total = total + x\n    return total\n", parent + "        pass"]  # children and their rollouts
+    states = [*STATES, "    return a+b", " \n\n  x", "".join(f"v{i} = {i}\n" for i in range(60)), *expansion, expansion[0]]
     pairs = [(PROBLEM, s) for s in states] + [(other, s) for s in states[:4]]
     expected = full.score_pairs_sync(pairs)
     assert full.prefix_misses == 0 and not full._prefix_cache
@@ -125,6 +128,28 @@ def test_prefix_cache_scores_equal_full_inputs(value_model):
     assert cached.prefix_hits >= 1 and 2 <= cached.prefix_misses <= 4  # one head per problem (+ a shorter cut)
     cached.clear_prefix_cache()
     assert not cached._prefix_cache and cached.score_sync(other, states[:4]) == pytest.approx(expected[len(states) :], abs=1e-4)
+
+
+def test_share_plan_reads_prefixes_off_longer_rows():
+    from models.value import MIN_SHARED_STATE_TOKENS, _share_plan
+
+    state = list(range(100, 100 + MIN_SHARED_STATE_TOKENS))
+    encoded = [
+        [1, 2, 3, *state, 7],  # 0: a child ...
+        [1, 2, 3, *state, 7, 8, 9],  # 1: ... and its rollout
+        [1, 2, 3, *state, 5, 5],  # 2: a sibling rollout
+        [1, 2, 3, 4],  # 3: another state of the problem
+        [1, 2, 3, *state, 7],  # 4: a duplicate of 0
+    ]
+    plan = _share_plan(encoded, list(range(5)), 3)
+    rows = {carrier: reads for _, cluster in plan for carrier, reads in cluster}
+    assert sorted(rows) == [1, 2, 3]  # 0 and 4 run inside 1's row
+    assert sorted(rows[1]) == [(0, 3 + len(state)), (1, 5 + len(state)), (4, 3 + len(state))]
+    lengths = {carrier: length for length, cluster in plan for carrier, _ in cluster}
+    assert lengths[1] == lengths[2] == 3 + len(state)  # the shared state runs once for both
+    assert lengths[3] == 3
+    for length, cluster in plan:  # every read lies past its cluster's shared prefix
+        assert all(pos >= length for _, reads in cluster for _, pos in reads)
 
 
 def test_prefix_cache_is_bounded(value_model):
