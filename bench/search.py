@@ -283,12 +283,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))
     value_model = await load_value_model(
-        ValueConfig(batch_size=16, max_length=768, dtype=args.value_dtype, prefix_cache_mb=args.value_prefix_cache_mb))
+        ValueConfig(batch_size=16, max_length=768, dtype=args.value_dtype, prefix_cache_mb=args.value_prefix_cache_mb,
+                    threads=args.value_threads))
     print(f"engines ready in {time.perf_counter() - t0:.1f}s: {policy.version} / {value_model.version}", flush=True)
     result: dict[str, Any] = {
         "policy_version": policy.version,
         "value_version": value_model.version,
         "value_model_trained": "untrained" not in value_model.version,
+        "value_torch_threads": __import__("torch").get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "args": {k: v for k, v in vars(args).items()},
     }
@@ -343,6 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kv-cache-gib", type=float, default=2.0)
     ap.add_argument("--value-dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--value-prefix-cache-mb", type=int, default=256, help="value model: cache of problem-head keys/values (0 = off)")
+    ap.add_argument("--value-threads", type=int, default=0, help="value model torch threads (0 = half the CPUs, the serving default)")
     ap.add_argument("--no-prefix-cache-baseline", action="store_true",
                     help="throughput: also run each search round with the value prefix cache off (same raw baseline)")
     ap.add_argument("--skip-quality", action="store_true")

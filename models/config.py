@@ -88,3 +88,8 @@ class ValueConfig(BaseModel):
         description="memory for cached keys/values of problem heads (shared by all states of a problem); 0 = recompute every input in full",
     )
     device: str = Field(default="cpu", description="torch device (cpu, cuda, cuda:1, ...)")
+    threads: int = Field(
+        default=0, ge=0, le=4096,
+        description="on a CPU device: torch threads of this process (process-wide, the value model is its torch user);"
+        " 0 = half the CPUs this process may use, at least 1 - the policy engine runs beside it and shares the cores",
+    )

@@ -60,6 +60,17 @@ def encode_value_inputs(
     return encoded
 
 
+def cpu_threads(requested: int = 0) -> int:
+    """Torch threads for a CPU value model: ``requested``, or (0) half the CPUs this process may
+    use. On 2 shared cores, two threads beside vLLM's engine ran the value model's small batches
+    2-3x slower than one (OpenMP threads of two processes spinning on the same cores)."""
+    if requested > 0:
+        return requested
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
 def _resolve_base(name: str | None) -> Path:
     if name is None or name in (DEFAULT_MODEL_BASE, DEFAULT_MODEL_NAME) or Path(name).name == DEFAULT_MODEL_NAME:
         return prepare_default_model()
@@ -245,6 +256,10 @@ class HFValueModel:
             trained = True
         model.to(cfg.device)
         model.eval()
+        if str(cfg.device).startswith("cpu"):
+            import torch
+
+            torch.set_num_threads(cpu_threads(cfg.threads))
         value = cls(model=model, tokenizer=tokenizer, config=cfg, version=version, trained=trained)
         value.startup_s = time.perf_counter() - t0
         if not trained:

@@ -66,7 +66,7 @@ class EngineLoader:
     async def load_value(self, source: str | None) -> ValueModel:
         from models import ValueConfig, load_value_model
 
-        return await load_value_model(ValueConfig(model=source, seed=self._settings.seed))
+        return await load_value_model(ValueConfig(model=source, seed=self._settings.seed, threads=self._settings.value_threads))
 
 
 def build_services(settings: Settings) -> Services:

@@ -166,3 +166,20 @@ def test_prefix_cache_is_bounded(value_model):
     small.score_sync(problems[-1], ["    return 2\n"])  # the newest head is still cached, the oldest is gone
     small.score_sync(problems[0], ["    return 2\n"])
     assert (small.prefix_hits, small.prefix_misses) == (1, len(problems) + 1)
+
+
+def test_cpu_threads_default_leaves_cores_to_the_policy(default_model_dir):
+    import os
+
+    import torch
+
+    from models.value import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(0) == max(1, cores // 2) and cpu_threads(3) == 3
+    before = torch.get_num_threads()
+    try:
+        HFValueModel.load(ValueConfig(threads=1, use_shipped=False, batch_size=2, max_length=64))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
