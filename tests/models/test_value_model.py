@@ -183,3 +183,16 @@ def test_cpu_threads_default_leaves_cores_to_the_policy(default_model_dir):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_value_scoring_bench_smoke(default_model_dir, tmp_path):
+    """bench.value runs end to end on the real model: shared scoring agrees with full scoring."""
+    import bench.value as bv
+
+    args = bv.parse_args(["--problems", "1", "--expansions", "2", "--k", "2", "--repeats", "1", "--threads", "1",
+                          "--dtypes", "float32", "--out", str(tmp_path / "v.json")])
+    result = bv.main(args)
+    modes = {r["mode"]: r for r in result["rows"]}
+    assert set(modes) == {"full", "shared"} and result["states_per_problem"] == 8
+    assert modes["shared"]["max_abs_diff_vs_full"] < 1e-4 and modes["full"]["speedup_vs_full"] == 1.0
+    assert "| float32 | 1 | shared |" in bv.table(result)

@@ -1,0 +1,144 @@
+"""Value-model scoring benchmark (issue 4): what `HFValueModel` costs per state, with and without
+prefix sharing, per thread count and dtype, alone and with the cores contended.
+
+The input is what VM-MCTS sends: per HumanEval problem, ``--expansions`` expansions of ``k``
+continuations each, every one scored as a first-line child state and as its full rollout, all in
+one call (as `search.ValueBatcher` delivers them). Modes: ``full`` scores every input in full
+(``prefix_cache_mb=0``: the reference code's way), ``shared`` is the serving default (problem head
+cached, a child read off its own rollout's pass, an expansion's shared state computed once). The
+head cache is cleared before every timed call, so ``shared`` pays for each head once per call.
+``--contend`` runs one busy process per core during the timings (a stand-in for the policy engine
+that shares the cores in `restrl serve`).
+
+    python -m bench.value [--problems 3] [--expansions 3] [--k 5] [--threads 1,2] [--dtypes float32,bfloat16] [--contend]
+
+Prints a table and writes ``bench/results/value_scoring.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results" / "value_scoring.json"
+
+
+def expansion_states(problem: Any, expansions: int, k: int) -> list[str]:
+    """Child and rollout states of ``expansions`` expansions below the problem's starter code."""
+    states = []
+    for e in range(expansions):
+        parent = problem.starter_code.rstrip("\n") + "\n" + "".join(f"    v{e}_{i} = len(str({i})) + {e}\n" for i in range(1 + e))
+        for c in range(k):
+            line = f"    result_{c} = v{e}_0 * {c + 1}"
+            rollout = line + "\n" + "".join(f"    result_{c} += {j} * v{e}_0\n" for j in range(3 + c)) + f"    return result_{c}\n"
+            states += [parent + line, parent + rollout]
+    return states
+
+
+def _spin() -> None:  # pragma: no cover - a busy child process
+    while True:
+        pass
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from models.config import ValueConfig
+    from models.value import HFValueModel
+    from tasks.humaneval import load_humaneval
+
+    problems = load_humaneval()[: args.problems]
+    inputs = [(p, expansion_states(p, args.expansions, args.k)) for p in problems]
+    states = sum(len(s) for _, s in inputs)
+    spinners = [mp.Process(target=_spin, daemon=True) for _ in range(len(os.sched_getaffinity(0)) if args.contend else 0)]
+    rows: list[dict[str, Any]] = []
+    for sp in spinners:
+        sp.start()
+    try:
+        for dtype in args.dtypes:
+            shared = HFValueModel.load(ValueConfig(dtype=dtype, batch_size=16, max_length=1024))
+            full = shared.sharing_weights(prefix_cache_mb=0)
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                reference: list[list[float]] = []
+                for mode, model in (("full", full), ("shared", shared)):
+                    model.score_sync(*inputs[0])  # warm-up
+                    times, scores = [], []
+                    for _ in range(args.repeats):
+                        t0 = time.perf_counter()
+                        scores = []
+                        for problem, batch in inputs:
+                            model.clear_prefix_cache()
+                            scores.append(model.score_sync(problem, batch))
+                        times.append(time.perf_counter() - t0)
+                    if mode == "full":
+                        reference = scores
+                    diff = max(abs(a - b) for s, r in zip(scores, reference, strict=True) for a, b in zip(s, r, strict=True))
+                    wall = statistics.median(times)
+                    rows.append({"dtype": dtype, "threads": threads, "mode": mode, "wall_s": wall,
+                                 "states_per_s": states / wall, "max_abs_diff_vs_full": diff})
+                    print(f"{dtype:9s} threads={threads} {mode:7s} {wall:7.2f} s  {states / wall:7.1f} states/s  "
+                          f"max|diff| {diff:.1e}", flush=True)
+    finally:
+        for sp in spinners:
+            if sp.is_alive():
+                sp.terminate()
+    for r in rows:
+        base = next(x for x in rows if x["dtype"] == r["dtype"] and x["threads"] == r["threads"] and x["mode"] == "full")
+        r["speedup_vs_full"] = base["wall_s"] / r["wall_s"]
+    return {
+        "command": "python -m bench.value " + " ".join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_at_start": os.getloadavg(),
+        "machine": f"{platform.machine()} {len(os.sched_getaffinity(0))} CPUs",
+        "value_version": shared.version,
+        "problems": [p.id for p in problems],
+        "states_per_problem": len(inputs[0][1]),
+        "contended": args.contend,
+        "rows": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{len(result['problems'])} problems x {result['states_per_problem']} states, contended={result['contended']}",
+        "",
+        "| dtype | threads | mode | wall s | states/s | speedup vs full | max abs diff vs full |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['dtype']} | {r['threads']} | {r['mode']} | {r['wall_s']:.2f} | {r['states_per_s']:.1f} | "
+                     f"{r['speedup_vs_full']:.2f} | {r['max_abs_diff_vs_full']:.1e} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--problems", type=int, default=3)
+    ap.add_argument("--expansions", type=int, default=3)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    ap.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "bfloat16"])
+    ap.add_argument("--contend", action="store_true", help="one busy process per core during the timings")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    return ap.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    result = main(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    key = "contended" if args.contend else "quiet"
+    previous[key] = result
+    args.out.write_text(json.dumps(previous, indent=2))
+    print(table(result))
