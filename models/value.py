@@ -14,8 +14,12 @@ overflows half the budget). Training uses the same function, so both see identic
 Batches are right-padded, sorted by length, run in a worker thread under a lock. The states of one
 problem share its head (problem text and starter code): the decoder's keys and values over that
 head are computed once and kept in an LRU cache (``ValueConfig.prefix_cache_mb``), so each state
-costs only its own tokens - the problem text is typically 80-95 % of a value input. A LoRA adapter
-is merged into the weights at load.
+costs only its own tokens - the problem text is typically 80-95 % of a value input. Within a
+batch, a state that is a token prefix of another (a first-line child of its own rollout) is read
+off the longer one's pass, and an expansion's shared state runs once (`_share_plan`). All of it is
+exact under causal attention. A LoRA adapter is merged into the weights at load; on a CPU the
+process's torch threads are set to ``ValueConfig.threads`` (default: half the cores, the policy
+engine takes the rest).
 `save_value_checkpoint` writes weights + `restrl.json` for the training job.
 """
 

@@ -48,7 +48,7 @@ from tasks import Problem
 
 logger = logging.getLogger(__name__)
 
-Dataset = Literal["humaneval", "gym_test"]
+Dataset = Literal["humaneval", "gym_test", "gym_validation"]
 Strategy = Literal["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"]
 TREE_STRATEGIES: tuple[str, ...] = ("beam", "orm_mcts", "vm_mcts")
 ALL_STRATEGIES: tuple[Strategy, ...] = ("greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts")
@@ -112,7 +112,8 @@ def eval_problems(cfg: EvalConfig, dataset: Dataset) -> list[Problem]:
         return [allp[i] for i in picked]
     from tasks.gym import make_gym
 
-    test = make_gym(cfg.gym_seed, cfg.gym_n_per_tier, tiers=cfg.gym_tiers).test
+    # gym_validation: the split for choosing search settings (K, C, ...) - never HumanEval or test
+    test = make_gym(cfg.gym_seed, cfg.gym_n_per_tier, tiers=cfg.gym_tiers).split("test" if dataset == "gym_test" else "validation")
     per = {t: [p for p in test if p.metadata.get("tier") == t] for t in cfg.gym_tiers}
     out: list[Problem] = []
     i = 0

@@ -75,6 +75,9 @@ def test_problem_sets_are_fixed_and_held_out() -> None:
     gym = eval_problems(cfg, "gym_test")
     assert len(gym) == 9 and {p.metadata["split"] for p in gym} == {"test"}
     assert sorted(p.metadata["tier"] for p in gym) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    val = eval_problems(cfg, "gym_validation")  # where search settings are chosen
+    assert len(val) == 9 and {p.metadata["split"] for p in val} == {"validation"}
+    assert not {p.id for p in val} & {p.id for p in gym}
 
 
 def test_report_only_rebuilds_json_and_plot_from_phase_files(tmp_path) -> None:
