@@ -2,16 +2,12 @@
 the real sandbox -> `restrl train value` on the real SmolLM2 backbone (a few steps) -> the
 checkpoint loads through the serving loader and scores states in [0, 1].
 
-Slow (several minutes on 2 shared cores: a float32 135M training step is tens of seconds here),
-so it runs with RESTRL_SLOW=1 (`make test-all`)."""
+About 35 s on the 2 quiet cores here (2 problems x 5 samples, 2 training steps), so it runs in
+the default suite."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
-
-pytestmark = pytest.mark.slow
 
 
 async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
