@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     sandbox_workers: int = Field(default=2, ge=1, le=256, description="sandbox worker processes (public-test re-ranking)")
     value_batch_max: int = Field(default=32, ge=1, description="value batcher: most states per forward pass")
     value_batch_wait_ms: float = Field(default=2.0, ge=0, description="value batcher: how long a batch waits to fill")
-    value_threads: int = Field(default=0, ge=0, description="value model CPU threads; 0 = half the CPUs (the policy engine shares them)")
+    value_threads: int = Field(default=0, ge=0, le=4096, description="value model CPU threads; 0 = half the CPUs (the policy engine shares them)")
 
     @field_validator("api_keys", mode="before")
     @classmethod
