@@ -275,6 +275,8 @@ def _tables(result: dict[str, Any]) -> str:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     from models import EngineConfig, load_policy, load_value_model
     from models.config import ValueConfig
     from tasks.humaneval import load_humaneval
@@ -290,7 +292,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "policy_version": policy.version,
         "value_version": value_model.version,
         "value_model_trained": "untrained" not in value_model.version,
-        "value_torch_threads": __import__("torch").get_num_threads(),
+        "value_torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "args": {k: v for k, v in vars(args).items()},
     }

@@ -14,7 +14,7 @@ overflows half the budget). Training uses the same function, so both see identic
 Batches are right-padded, sorted by length, run in a worker thread under a lock. The states of one
 problem share its head (problem text and starter code): the decoder's keys and values over that
 head are computed once and kept in an LRU cache (``ValueConfig.prefix_cache_mb``), so each state
-costs only its own tokens - the problem text is typically 80-95 % of a value input. Within a
+costs only its own tokens (the problem text is usually most of a value input). Within a
 batch, a state that is a token prefix of another (a first-line child of its own rollout) is read
 off the longer one's pass, and an expansion's shared state runs once (`_share_plan`). All of it is
 exact under causal attention. A LoRA adapter is merged into the weights at load; on a CPU the
@@ -66,8 +66,8 @@ def encode_value_inputs(
 
 def cpu_threads(requested: int = 0) -> int:
     """Torch threads for a CPU value model: ``requested``, or (0) half the CPUs this process may
-    use. On 2 shared cores, two threads beside vLLM's engine ran the value model's small batches
-    2-3x slower than one (OpenMP threads of two processes spinning on the same cores)."""
+    use. With both of 2 cores busy (`python -m bench.value --contend`), shared scoring took 14.8 s
+    on two threads and 11.3 s on one: two processes' OpenMP threads wait on each other."""
     if requested > 0:
         return requested
     import os
@@ -174,6 +174,10 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def _kv_bytes(kv: list[tuple[Any, Any]]) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
 
 
 MIN_SHARED_STATE_TOKENS = 8  # a cluster's shared state tokens worth one extra (batch-1) pass
@@ -319,25 +323,20 @@ class HFValueModel:
     def _prefix_kv(self, ids: tuple[int, ...], device: Any) -> list[tuple[Any, Any]]:
         """Keys and values of the decoder over ``ids`` (a problem's head), from the LRU cache or
         computed and cached. Called under the lock."""
-        import torch
-
         cached = self._prefix_cache.get(ids)
         if cached is not None:
             self._prefix_cache.move_to_end(ids)
             self.prefix_hits += 1
             return cached
         self.prefix_misses += 1
-        backbone, _ = self._parts()
-        out = backbone(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=device), use_cache=True)
-        kv = [(layer[0], layer[1]) for layer in out.past_key_values]
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        kv = self._extend(None, list(ids), device)
         budget = self.config.prefix_cache_mb * 2**20
-        if size <= budget:
+        if _kv_bytes(kv) <= budget:
             self._prefix_cache[ids] = kv
-            self._prefix_cache_bytes += size
+            self._prefix_cache_bytes += _kv_bytes(kv)
             while self._prefix_cache_bytes > budget:
                 _, old = self._prefix_cache.popitem(last=False)
-                self._prefix_cache_bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+                self._prefix_cache_bytes -= _kv_bytes(old)
         return kv
 
     def _forward(self, encoded: list[list[int]], heads: list[list[int]] | None = None) -> list[float]:
@@ -361,10 +360,7 @@ class HFValueModel:
                 return scores
             groups: dict[tuple[int, ...], list[int]] = {}  # items by the prefix they share with their head
             for i, item in enumerate(encoded):
-                head, shared = heads[i], 0
-                limit = min(len(head), len(item) - 1)  # at least one token of each item is computed
-                while shared < limit and head[shared] == item[shared]:
-                    shared += 1
+                shared = min(_common_prefix(heads[i], item), len(item) - 1)  # at least one token is computed
                 groups.setdefault(tuple(item[:shared]), []).append(i)
             for prefix, members in groups.items():
                 kv = self._prefix_kv(prefix, device) if prefix else None
