@@ -10,9 +10,17 @@ head cache is cleared before every timed call, so ``shared`` pays for each head 
 ``--contend`` runs one busy process per core during the timings (a stand-in for the policy engine
 that shares the cores in `restrl serve`).
 
-    python -m bench.value [--problems 3] [--expansions 3] [--k 5] [--threads 1,2] [--dtypes float32,bfloat16] [--contend]
+``--agreement DIR`` instead asks whether bfloat16 scores can stand in for float32 ones: it scores
+the held-out rows of a ``collect-values`` output (the split `restrl train value` holds out, from
+``configs/value.yaml``) with the shipped adapter in both dtypes on the serving path, and reports
+each dtype's MSE / Pearson r against the targets, the largest and mean score differences, and the
+share of same-problem state pairs both dtypes put in the same order (what a search acts on).
 
-Prints a table and writes ``bench/results/value_scoring.json``.
+    python -m bench.value [--problems 3] [--expansions 3] [--k 5] [--threads 1,2] [--dtypes float32,bfloat16] [--contend]
+    python -m bench.value --agreement runs/value_data2 [--agreement-rows 400]
+
+Prints a table and writes ``bench/results/value_scoring.json`` (key ``quiet``, ``contended`` or
+``agreement``).
 """
 
 from __future__ import annotations
@@ -107,6 +115,80 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def agreement(args: argparse.Namespace) -> dict[str, Any]:
+    """float32 vs bfloat16 scores of held-out value rows (see the module docstring)."""
+    import random
+
+    from models.config import ValueConfig
+    from models.value import HFValueModel
+    from training.cli import load_job_config
+    from training.value_train import ValueTrainConfig, load_problems, regression_metrics, split_by_problem
+
+    train_cfg = load_job_config(ValueTrainConfig, "configs/value.yaml", [])
+    data = Path(args.agreement)
+    rows = [json.loads(line) for line in (data / "rows.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("kind") in train_cfg.kinds]
+    problems = load_problems(data / "problems.jsonl")
+    _, held = split_by_problem(rows, holdout_fraction=train_cfg.holdout_fraction, seed=train_cfg.split_seed)
+    if args.agreement_rows and len(held) > args.agreement_rows:
+        held = random.Random(0).sample(held, args.agreement_rows)
+    held.sort(key=lambda r: r["problem_id"])
+    pairs = [(problems[r["problem_id"]], r["state"]) for r in held]
+    targets = [float(r["target"]) for r in held]
+    scores: dict[str, list[float]] = {}
+    walls: dict[str, float] = {}
+    version = ""
+    for dtype in ("float32", "bfloat16"):
+        model = HFValueModel.load(ValueConfig(dtype=dtype))
+        version = model.version
+        t0 = time.perf_counter()
+        scores[dtype] = [v for i in range(0, len(pairs), 32) for v in model.score_pairs_sync(pairs[i : i + 32])]
+        walls[dtype] = time.perf_counter() - t0
+        print(f"{dtype:9s} {len(pairs)} states in {walls[dtype]:.1f} s", flush=True)
+    f32, b16 = scores["float32"], scores["bfloat16"]
+    diffs = [abs(a - b) for a, b in zip(f32, b16, strict=True)]
+    same = total = 0
+    for i in range(len(held)):
+        for j in range(i + 1, len(held)):
+            if held[i]["problem_id"] != held[j]["problem_id"]:
+                break
+            if abs(f32[i] - f32[j]) < 1e-6:
+                continue
+            total += 1
+            same += (f32[i] > f32[j]) == (b16[i] > b16[j])
+    return {
+        "command": "python -m bench.value " + " ".join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()} {len(os.sched_getaffinity(0))} CPUs",
+        "value_version": version,
+        "rows": len(held),
+        "problems": len({r["problem_id"] for r in held}),
+        "metrics": {d: regression_metrics(scores[d], targets) for d in scores},
+        "wall_s": walls,
+        "max_abs_diff": max(diffs),
+        "mean_abs_diff": statistics.fmean(diffs),
+        "same_problem_pairs": total,
+        "same_order_share": same / total if total else None,
+    }
+
+
+def agreement_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['rows']} held-out rows of {result['problems']} problems, value {result['value_version']}",
+        "",
+        "| dtype | wall s | MSE vs target | Pearson r |",
+        "|---|---:|---:|---:|",
+    ]
+    for d, m in result["metrics"].items():
+        lines.append(f"| {d} | {result['wall_s'][d]:.1f} | {m['mse']:.4f} | {m['pearson_r']:.3f} |")
+    lines += [
+        "",
+        f"bf16 vs fp32: max |diff| {result['max_abs_diff']:.3f}, mean |diff| {result['mean_abs_diff']:.4f}, "
+        f"same order for {100 * (result['same_order_share'] or 0):.1f} % of {result['same_problem_pairs']} same-problem pairs",
+    ]
+    return "\n".join(lines)
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"{len(result['problems'])} problems x {result['states_per_problem']} states, contended={result['contended']}",
@@ -129,16 +211,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     ap.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "bfloat16"])
     ap.add_argument("--contend", action="store_true", help="one busy process per core during the timings")
+    ap.add_argument("--agreement", metavar="DIR", help="float32 vs bfloat16 on the held-out rows of this collect-values output")
+    ap.add_argument("--agreement-rows", type=int, default=400, help="a seeded sample of this many held-out rows (0 = all)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
-    result = main(args)
+    result = agreement(args) if args.agreement else main(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    key = "contended" if args.contend else "quiet"
+    key = "agreement" if args.agreement else "contended" if args.contend else "quiet"
     previous[key] = result
     args.out.write_text(json.dumps(previous, indent=2))
-    print(table(result))
+    print(agreement_table(result) if args.agreement else table(result))

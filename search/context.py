@@ -186,7 +186,8 @@ class SearchRun:
             )
         )
         children, rollouts = split_continuations(
-            exp.node.state, [s.text for s in exp.samples], [s.finish_reason for s in exp.samples]
+            exp.node.state, [s.text for s in exp.samples], [s.finish_reason for s in exp.samples],
+            step_lines=self.config.step_lines,
         )
         if not exp.grow:
             children = []

@@ -11,7 +11,9 @@ Rules implemented here, exactly as the spec fixes them:
   (it extended the last line) is a candidate program but proposes no child.
 * A continuation ``c`` sampled from a state with no newline is the last line: a *terminal* child
   whose state is the full program. Otherwise the child's action is ``c``'s first line (with its
-  newline); children with the same line merge into one child.
+  newline); children with the same line merge into one child. With ``step_lines = s`` (our knob
+  for the step size; the spec's step is one line, s = 1) the action is ``c``'s first s lines, and a
+  finished ``c`` with fewer than s newlines is the rest of the program: a terminal child.
 * A child starts with ``N = 1`` and ``W = V(child)``; the expanded node and all its ancestors
   receive ``n = sum of the children's N`` and ``W += sum of the children's values``.
 * Only the ``num_decision`` best children (by initial value; ties keep sampling order) are
@@ -25,8 +27,9 @@ Rules implemented here, exactly as the spec fixes them:
 Our decisions where the spec is silent:
 
 * A continuation cut off by the token limit (finish reason ``length``) is still a rollout and a
-  final-answer candidate (its program may well run), but it never makes a terminal node: if it
-  holds a newline its complete first line becomes an ordinary child, otherwise it adds no child.
+  final-answer candidate (its program may well run), but it never makes a terminal node: its
+  complete lines, at most ``step_lines`` of them, become an ordinary child; with no complete line
+  it adds no child.
   Continuations the engine aborted are dropped.
 * Several expansions of one search may be in flight at once. Each in-flight expansion adds a
   *virtual loss* to every node on its path (one pending visit that contributes value 0), so UCT
@@ -65,10 +68,21 @@ class RolloutSpec:
     child: int | None  # index into the expansion's children, None when it made no child
 
 
+def _step_end(text: str, step_lines: int) -> int:
+    """Index just past the ``step_lines``-th newline of ``text``, or -1 when it has fewer."""
+    cut = -1
+    for _ in range(step_lines):
+        cut = text.find("\n", cut + 1)
+        if cut < 0:
+            return -1
+    return cut + 1
+
+
 def split_continuations(
-    state: str, texts: Sequence[str], finish_reasons: Sequence[str]
+    state: str, texts: Sequence[str], finish_reasons: Sequence[str], *, step_lines: int = 1
 ) -> tuple[list[ChildSpec], list[RolloutSpec]]:
-    """Turn the K continuations of ``state`` into merged first-line children and rollouts."""
+    """Turn the K continuations of ``state`` into merged first-step children and rollouts (a step
+    is ``step_lines`` lines)."""
     order: list[str] = []
     members: dict[str, list[int]] = {}
     terminal: dict[str, bool] = {}
@@ -77,11 +91,13 @@ def split_continuations(
         text = continuation(state, raw)
         if reason == "abort" or text is None:
             continue
-        cut = text.find("\n")
-        if cut >= 0:
-            key, is_terminal = text[: cut + 1], False
+        end = _step_end(text, step_lines)
+        if end >= 0:
+            key, is_terminal = text[:end], False
         elif reason == "stop":
             key, is_terminal = text, True
+        elif "\n" in text:  # truncated inside its first step: the complete lines make the child
+            key, is_terminal = text[: text.rfind("\n") + 1], False
         else:  # truncated inside its first line: a candidate, but no step of the tree
             continue
         if key not in members:

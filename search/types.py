@@ -43,7 +43,7 @@ class SearchConfig(BaseModel):
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_tokens: int = Field(default=512, ge=1, le=8192, description="max new tokens per policy request")
-    step: Literal["line"] = Field(default="line", description="step boundary of the tree")
+    step_lines: int = Field(default=1, ge=1, le=64, description="lines per step of the tree (the spec's step is one line)")
     beam_width: int = Field(default=2, ge=1, le=64, description="beam: states kept per depth")
     parallel_expansions: int = Field(default=2, ge=1, le=64, description="expansions of one search in flight (virtual loss)")
     prompt_mode: Literal["continue", "rewrite"] | None = Field(default=None, description="None = the policy's measured default")

@@ -48,7 +48,7 @@ class BudgetIn(BaseModel):
 
 # SearchParams fields copied into SearchConfig when set
 _SEARCH_OPTIONS = ("k", "num_decision", "c_uct", "temperature", "top_p", "max_tokens", "beam_width",
-                   "parallel_expansions", "prompt_mode", "top_candidates")
+                   "parallel_expansions", "prompt_mode", "top_candidates", "step_lines")
 
 
 class SearchParams(BaseModel):
@@ -66,6 +66,7 @@ class SearchParams(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, description="max new tokens per policy request")
     beam_width: int | None = Field(default=None, ge=1, le=64)
     parallel_expansions: int | None = Field(default=None, ge=1, le=64)
+    step_lines: int | None = Field(default=None, ge=1, le=64, description="lines per step of the tree (default 1, the paper's step)")
     prompt_mode: Literal["continue", "rewrite"] | None = None
     top_candidates: int | None = Field(default=None, ge=0, le=100)
     rerank_with_tests: bool = Field(default=False, description="execute candidates on the public tests (sandbox) and rank by pass fraction first")

@@ -83,7 +83,7 @@ def _register_report_training(sub: Any) -> None:
     p.set_defaults(func=_report_training)
 
 
-def _load_job_config(cls: Any, path: str | None, overrides: list[str] | None) -> Any:
+def load_job_config(cls: Any, path: str | None, overrides: list[str] | None) -> Any:
     """A pydantic job config from an optional YAML/JSON file plus ``KEY=VALUE`` overrides
     (values parsed as JSON when they parse, dotted keys reach nested fields)."""
     from pathlib import Path
@@ -120,7 +120,7 @@ def _run_job(args: argparse.Namespace, cls: Any, job: Callable[[Any], Any]) -> i
     from pydantic import ValidationError
 
     try:
-        config = _load_job_config(cls, args.config, args.set)
+        config = load_job_config(cls, args.config, args.set)
         result = job(config)
     except (ValidationError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -73,6 +73,7 @@ class EvalConfig(BaseModel):
     budgets: tuple[int, ...] = Field(default=(1, 5, 10, 20), description="sampled programs per search")
     k: int = Field(default=5, ge=1, le=64)
     c_uct: float = Field(default=0.1, ge=0, description="UCT constant at decode time")
+    step_lines: int = Field(default=1, ge=1, le=64, description="lines per step of the tree strategies")
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=256, ge=1, le=8192)
     beam_width: int = Field(default=2, ge=1)
@@ -90,6 +91,7 @@ class EvalConfig(BaseModel):
     sandbox_timeout_s: float = Field(default=6.0, gt=0)
     time_limit_s: float | None = Field(default=None, gt=0, description="start no new phase after this many seconds")
     report_only: bool = Field(default=False, description="no searching: rebuild the JSON and plot from the phase files in output_dir")
+    keep_traces: bool = Field(default=False, description="store every search's trace in its phase file (for `python -m bench.final_choice`)")
     order: Literal["dataset", "strategy"] = Field(
         default="dataset", description="dataset: every strategy of the first dataset before the next; strategy: each strategy on every dataset first"
     )
@@ -204,6 +206,7 @@ class _Runner:
             budget=Budget(samples=budget),
             k=cfg.k,
             c_uct=cfg.c_uct,
+            step_lines=cfg.step_lines,
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
             beam_width=cfg.beam_width,
@@ -230,6 +233,8 @@ class _Runner:
             chosen = assemble_program(problem, code, mode) if code is not None else None
             passed = bool(chosen is not None and ok[programs.index(chosen)])
             out["budgets"][str(b)] = {"passed": passed, "oracle": any(ok), "candidates": len(codes), "value": _value_of(result.trace, code)}
+        if self.cfg.keep_traces:
+            out["trace"] = result.trace
         return out
 
 

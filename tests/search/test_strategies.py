@@ -282,3 +282,19 @@ async def test_sync_progress_callback_and_usage_reporting():
     r = await run_search(make_problem(), ScriptedPolicy(), HashValue(), config("beam", samples=8), on_progress=events.append)
     assert events and r.usage.policy_requests == len(events)
     assert r.usage.prompt_tokens > 0 and r.policy_version == "fake-policy@1" and r.value_version == "fake-value@1"
+
+
+@pytest.mark.parametrize("strategy", ["vm_mcts", "beam"])
+async def test_multi_line_steps(strategy):
+    """step_lines=2: every non-terminal step below the root is 2 complete lines (the scripted
+    samples are never truncated at this max_tokens), a terminal step is the program's last < 2."""
+    cfg = config(strategy, samples=40, seed=5, step_lines=2, max_tokens=4096, record_trace=True)
+    r = await run_search(make_problem(), ScriptedPolicy(), HashValue(), cfg)
+    steps = r.trace["nodes"][1:]
+    assert any(not n["terminal"] for n in steps) and any(n["terminal"] for n in steps)
+    for node in steps:
+        if not node["terminal"]:
+            assert node["line"].count("\n") == 2 and node["line"].endswith("\n")
+        else:
+            assert node["line"].count("\n") < 2
+    assert r.trace["config"]["step_lines"] == 2

@@ -38,6 +38,21 @@ def test_split_truncated_with_newline_keeps_first_line_and_drops_abort():
     assert len(rollouts) == 1 and rollouts[0].finish_reason == "length"
 
 
+def test_split_with_multi_line_steps():
+    texts = ["\na = 1\nb = 2\nreturn a", "\na = 1\nb = 2\nreturn b", "\na = 1\nreturn a", "\nc = 3\nd = (", "\nz = (", "\nq"]
+    reasons = ["stop", "stop", "stop", "length", "length", "stop"]
+    children, rollouts = split_continuations("S\n", texts, reasons, step_lines=2)
+    assert [(c.line, c.terminal, c.samples) for c in children] == [
+        ("a = 1\nb = 2\n", False, (0, 1)),  # two lines make one step; equal steps merge
+        ("a = 1\nreturn a", True, (2,)),  # fewer lines than a step, finished: the rest of the program
+        ("c = 3\n", False, (3,)),  # truncated inside its first step: its complete lines
+        ("q", True, (5,)),
+    ]
+    assert [r.child for r in rollouts] == [0, 0, 1, 2, None, 3]
+    one_line, _ = split_continuations("S\n", texts, reasons)
+    assert [c.line for c in one_line] == ["a = 1\n", "c = 3\n", "q"]  # step_lines=1 is the spec's rule
+
+
 def _spec(line: str, terminal: bool = False, state: str = "") -> ChildSpec:
     return ChildSpec(line=line, state=state + line, terminal=terminal, samples=(0,))
 

@@ -103,6 +103,7 @@ async def test_budget_is_capped_and_reported(api: tuple[Services, httpx.AsyncCli
     ({"problem": {"starter_code": "x"}}, "problem.statement"),
     ({"problem": PROBLEM, "budget": {"samples": 0}}, "budget.samples"),
     ({"problem": PROBLEM, "k": 1000}, "k"),
+    ({"problem": PROBLEM, "step_lines": 0}, "step_lines"),
     ({"problem": PROBLEM, "bogus": 1}, "bogus"),
     ({"problem": {**PROBLEM, "public_tests": [{"kind": "call"}]}}, "problem.public_tests.0"),
     ({"problem": PROBLEM, "rerank_with_tests": True}, "rerank_with_tests"),
@@ -381,3 +382,13 @@ async def test_rerank_with_public_tests_runs_the_real_sandbox() -> None:
             assert sum(verdicts.values()) >= 1 and set(verdicts) <= {"passed", "failed", "timeout", "error", "infra_error"}
     finally:
         sandbox.close()
+
+
+def test_search_options_reach_the_search_config() -> None:
+    from server.protocol import ServerLimits, SolveRequest
+
+    limits = ServerLimits(max_samples=64, max_tokens_budget=100_000, max_deadline_s=60.0, max_new_tokens=512)
+    request = SolveRequest.model_validate({"problem": PROBLEM, "step_lines": 3, "k": 4, "c_uct": 0.3})
+    config, capped = request.to_config(limits)
+    assert (config.step_lines, config.k, config.c_uct, capped) == (3, 4, 0.3, [])
+    assert SolveRequest.model_validate({"problem": PROBLEM}).to_config(limits)[0].step_lines == 1

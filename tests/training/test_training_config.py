@@ -83,10 +83,10 @@ def test_shipped_example_configs_validate(name: str) -> None:
     if name in OTHER_JOBS:
         import importlib
 
-        from training.cli import _load_job_config
+        from training.cli import load_job_config
 
         module, cls = OTHER_JOBS[name]
-        assert _load_job_config(getattr(importlib.import_module(module), cls), str(CONFIGS / name), None) is not None
+        assert load_job_config(getattr(importlib.import_module(module), cls), str(CONFIGS / name), None) is not None
         return
     cfg = load_config(CONFIGS / name)
     assert cfg.grpo.max_steps >= 1

@@ -1,0 +1,162 @@
+"""Final-answer rules of a search, compared offline on recorded searches (issue 7's investigation).
+
+A search samples candidates and then picks one. The spec's rule (RESTRL_SPEC.md section 2) is the
+complete program with the highest value-model score; the gym-validation study in bench/RESULTS.md
+found that rule losing passing programs as the tree deepens. This tool re-picks the final answer of
+recorded searches under other rules - without sampling again - and grades every pick on the
+hidden tests in the sandbox:
+
+* ``value``        - highest-valued candidate, first sampled on ties (the spec; what the search returned).
+* ``visits``       - the classic MCTS final choice: from the root follow the most-visited child
+                     (ties: higher backed-up mean) to a leaf, then the highest-valued candidate whose
+                     code passes through that node (falls back to ``value`` when none does).
+* ``node_mean``    - each candidate scored by the backed-up mean value of the deepest tree node its
+                     code passes through (the rollout's own value breaks ties).
+* ``public_tests`` - pass fraction on the problem's public tests, then value (`rerank_with_tests`).
+* ``first_k``      - the highest-valued candidate of the first expansion only (the k-sample snapshot).
+
+In: phase files of ``restrl eval --set keep_traces=true`` (one per strategy). Out: a table per
+phase (problems solved per rule, and the oracle) and ``--out`` JSON.
+
+    python -m bench.final_choice runs/study2/gym_validation.vm_mcts.b20.json [more phase files] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from models.prompting import assemble_program
+from tasks import Problem
+from training.search_eval import trace_candidates
+
+RULES = ("value", "visits", "node_mean", "public_tests", "first_k")
+
+
+def _value(c: dict[str, Any]) -> float:
+    return float(c["value"]) if c["value"] is not None else -1.0
+
+
+def distinct_candidates(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """Candidates in sampling order, one per distinct code (the first sample keeps its place)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for c in trace_candidates(trace):
+        if c["code"] not in seen:
+            seen[c["code"]] = dict(c)
+        elif seen[c["code"]]["value"] is None and c["value"] is not None:
+            seen[c["code"]]["value"] = c["value"]
+    return list(seen.values())
+
+
+def deepest_node(trace: dict[str, Any], code: str) -> dict[str, Any]:
+    """The deepest tree node whose state the code starts with (the root always qualifies)."""
+    best = trace["nodes"][0]
+    for n in trace["nodes"]:
+        if n["depth"] > best["depth"] and code.startswith(n["state"]):
+            best = n
+    return best
+
+
+def pick(rule: str, trace: dict[str, Any], cands: list[dict[str, Any]], public: dict[str, float]) -> dict[str, Any] | None:
+    """The candidate ``rule`` returns among ``cands`` (distinct, in sampling order)."""
+    if not cands:
+        return None
+    by_value: Callable[[dict[str, Any]], tuple[float, ...]] = lambda c: (-_value(c), c["seq"], c["sample"])  # noqa: E731
+    if rule == "value":
+        return min(cands, key=by_value)
+    if rule == "first_k":
+        first = min(c["seq"] for c in cands)
+        return min((c for c in cands if c["seq"] == first), key=by_value)
+    if rule == "public_tests":
+        return min(cands, key=lambda c: (-public.get(c["code"], 0.0), *by_value(c)))
+    nodes = trace["nodes"]
+    if rule == "node_mean":
+        return min(cands, key=lambda c: (-deepest_node(trace, c["code"])["value"], *by_value(c)))
+    if rule == "visits":
+        children: dict[int, list[dict[str, Any]]] = {}
+        for n in nodes[1:]:
+            children.setdefault(n["parent"], []).append(n)
+        node = nodes[0]
+        while True:
+            under = [c for c in cands if c["code"].startswith(node["state"])]
+            kids = [k for k in children.get(node["id"], []) if any(c["code"].startswith(k["state"]) for c in under)]
+            if not kids:
+                return min(under or cands, key=by_value)
+            node = max(kids, key=lambda k: (k["visits"], k["value"], -k["id"]))
+    raise ValueError(f"unknown rule {rule!r}; choose from {RULES}")
+
+
+async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[str, Any]:
+    """Every rule's pick on every problem of one phase, graded on the hidden tests."""
+    rows = []
+    for result in phase["results"]:
+        trace = result.get("trace")
+        if trace is None:
+            raise SystemExit(f"{phase['dataset']}.{phase['strategy']}: no traces; rerun restrl eval with --set keep_traces=true")
+        problem = Problem.model_validate(trace["problem"])
+        mode = trace["prompt_mode"]
+        cands = distinct_candidates(trace)
+        programs = [assemble_program(problem, c["code"], mode) for c in cands]
+        hidden = await sandbox.run_many([(p, list(problem.tests), problem.entry_point) for p in programs], limits=limits)
+        public: dict[str, float] = {}
+        if problem.public_tests:
+            verdicts = await sandbox.run_many([(p, list(problem.public_tests), problem.entry_point) for p in programs], limits=limits)
+            public = {c["code"]: float(v.pass_fraction) for c, v in zip(cands, verdicts, strict=True)}
+        passed = {c["code"]: v.status == "passed" for c, v in zip(cands, hidden, strict=True)}
+        row: dict[str, Any] = {"problem_id": problem.id, "candidates": len(cands), "oracle": any(passed.values())}
+        for rule in RULES:
+            chosen = pick(rule, trace, cands, public)
+            row[rule] = bool(chosen is not None and passed[chosen["code"]])
+        row["returned_matches_value_rule"] = result["budgets"][str(result["run_budget"])]["passed"] == row["value"]
+        rows.append(row)
+    n = len(rows)
+    return {
+        "dataset": phase["dataset"],
+        "strategy": phase["strategy"],
+        "budget": phase["run_budget"],
+        "problems": n,
+        "solved": {rule: sum(r[rule] for r in rows) for rule in (*RULES, "oracle")},
+        "pass1": {rule: round(sum(r[rule] for r in rows) / n, 4) for rule in (*RULES, "oracle")},
+        "value_rule_reproduces_eval": all(r["returned_matches_value_rule"] for r in rows),
+        "rows": rows,
+    }
+
+
+async def _main(paths: list[Path], timeout_s: float) -> list[dict[str, Any]]:
+    from sandbox.limits import Limits
+    from sandbox.pool import Sandbox
+
+    sandbox = Sandbox(workers=2)
+    limits = Limits(wall_s=timeout_s, cpu_s=timeout_s)
+    try:
+        return [await grade_phase(json.loads(p.read_text()), sandbox, limits) for p in paths]
+    finally:
+        sandbox.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phases", nargs="+", type=Path, help="phase files written with keep_traces=true")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/final_choice.json"))
+    ap.add_argument("--timeout-s", type=float, default=6.0, help="sandbox limit per program (restrl eval's default)")
+    args = ap.parse_args(argv)
+    reports = asyncio.run(_main(args.phases, args.timeout_s))
+    print(f"{'phase':<32} {'n':>3} " + " ".join(f"{r:>12}" for r in (*RULES, "oracle")))
+    for rep in reports:
+        name = f"{rep['dataset']}.{rep['strategy']}@{rep['budget']}"
+        print(f"{name:<32} {rep['problems']:>3} " + " ".join(f"{rep['solved'][r]:>12}" for r in (*RULES, "oracle")))
+        if not rep["value_rule_reproduces_eval"]:
+            print(f"  note: the value rule differs from what {name} returned on some problem", file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": "python -m bench.final_choice " + " ".join(map(str, args.phases)), "phases": reports}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
