@@ -293,6 +293,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "value_version": value_model.version,
         "value_model_trained": "untrained" not in value_model.version,
         "value_torch_threads": torch.get_num_threads(),
+        "value_dtype": value_model.config.resolved_dtype(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "args": {k: v for k, v in vars(args).items()},
     }
@@ -345,7 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=2, help="throughput: alternating raw / search rounds")
     ap.add_argument("--reference-problems", type=int, default=4, help="searches run one after another in the reference pattern")
     ap.add_argument("--kv-cache-gib", type=float, default=2.0)
-    ap.add_argument("--value-dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--value-dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="value model dtype (auto: the serving default)")
     ap.add_argument("--value-prefix-cache-mb", type=int, default=256, help="value model: cache of problem-head keys/values (0 = off)")
     ap.add_argument("--value-threads", type=int, default=0, help="value model torch threads (0 = half the CPUs, the serving default)")
     ap.add_argument("--no-prefix-cache-baseline", action="store_true",

@@ -256,7 +256,7 @@ class HFValueModel:
         if source is None:
             base_dir = prepare_default_model()
             base_hash = verify_checkpoint(base_dir, kind="policy", check_hashes=False).digest()[:8]
-            model, tokenizer = build_value_backbone(base_dir, dtype=cfg.dtype, seed=cfg.seed)
+            model, tokenizer = build_value_backbone(base_dir, dtype=cfg.resolved_dtype(), seed=cfg.seed)
             version = f"{DEFAULT_MODEL_NAME}@{base_hash}+untrained-head@seed{cfg.seed}"
             trained = False
         else:
@@ -272,7 +272,7 @@ class HFValueModel:
         value.startup_s = time.perf_counter() - t0
         if not trained:
             logger.warning("value model %s is UNTRAINED: its scores carry no information", version)
-        logger.info("value model %s ready in %.1f s", version, value.startup_s)
+        logger.info("value model %s (%s on %s) ready in %.1f s", version, cfg.resolved_dtype(), cfg.device, value.startup_s)
         return value
 
     @staticmethod
@@ -289,14 +289,14 @@ class HFValueModel:
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
             tokenizer.padding_side = "right"
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=_torch_dtype(cfg.dtype))
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=_torch_dtype(cfg.resolved_dtype()))
             model.config.pad_token_id = tokenizer.pad_token_id
             return model, tokenizer, f"value-{name}@{digest}"
         from peft import PeftModel
 
         base_name = cfg.base or (manifest.base if manifest is not None else None)
         base_dir = _resolve_base(base_name)
-        model, tokenizer = build_value_backbone(base_dir, dtype=cfg.dtype, seed=cfg.seed)
+        model, tokenizer = build_value_backbone(base_dir, dtype=cfg.resolved_dtype(), seed=cfg.seed)
         # served, not trained: fold the LoRA deltas into the weights (one matmul per projection)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
         return model, tokenizer, f"value-{name}@{digest}"

@@ -66,7 +66,9 @@ class EngineLoader:
     async def load_value(self, source: str | None) -> ValueModel:
         from models import ValueConfig, load_value_model
 
-        return await load_value_model(ValueConfig(model=source, seed=self._settings.seed, threads=self._settings.value_threads))
+        return await load_value_model(ValueConfig(
+            model=source, seed=self._settings.seed, threads=self._settings.value_threads, dtype=self._settings.value_dtype
+        ))
 
 
 def build_services(settings: Settings) -> Services:

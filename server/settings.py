@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     sandbox_workers: int = Field(default=2, ge=1, le=256, description="sandbox worker processes (public-test re-ranking)")
     value_batch_max: int = Field(default=32, ge=1, description="value batcher: most states per forward pass")
     value_batch_wait_ms: float = Field(default=2.0, ge=0, description="value batcher: how long a batch waits to fill")
+    value_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="value model weights: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else float32"
+    )
     value_threads: int = Field(default=0, ge=0, le=4096, description="value model CPU threads; 0 = half the CPUs (the policy engine shares them)")
 
     @field_validator("api_keys", mode="before")

@@ -2,14 +2,19 @@
 
 Mapping: the statement is a short instruction naming the entry point (HumanEval's docstring lives in
 the starter code); ``starter_code`` is HumanEval's ``prompt``; one ``assert`` test runs HumanEval's
-``check`` on the entry point. ``metadata`` keeps ``task_id``, ``canonical_solution`` and
-``split = "eval_only"``: HumanEval is an evaluation set and training code must refuse it
+``check`` on the entry point. ``public_tests`` are the input/output examples of the docstring
+(`docstring_examples`: what the model is shown anyway, so a request may execute them to re-rank;
+the hidden ``check`` stays the only score). ``metadata`` keeps ``task_id``, ``canonical_solution``
+and ``split = "eval_only"``: HumanEval is an evaluation set and training code must refuse it
 (`is_eval_only`).
 """
 
 from __future__ import annotations
 
+import ast
+import doctest
 import importlib.util
+import re
 from pathlib import Path
 
 from tasks.jsonl import DatasetError, iter_jsonl, require
@@ -39,8 +44,80 @@ def humaneval_problem(record: dict, *, path: str | Path = "HumanEval", line: int
         starter_code=prompt,
         entry_point=entry,
         tests=[TestCase(kind="assert", code=f"{test_src}\ncheck({entry})\n", fn_name=entry)],
+        public_tests=docstring_examples(prompt, entry),
         metadata={"task_id": task_id, "canonical_solution": canonical, "source": "humaneval", "split": EVAL_ONLY},
     )
+
+
+# "f(1, 2) => 3", "f(x) ➞ 'a'", "f([1]) == [1]", "f(5) -> 19 - 5 - 6 = 8" (the value after the last "=")
+_ARROW_EXAMPLE = re.compile(r"^\s*(?:>>>\s*)?(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==|=>|➞|->|→|should return)\s*(?P<want>.+?)\s*$")
+_SAME = """def __restrl_same(a, b):
+    if isinstance(b, float) and isinstance(a, (int, float)) and not isinstance(a, bool):
+        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+    if type(a) in (list, tuple) and type(a) is type(b):
+        return len(a) == len(b) and all(__restrl_same(x, y) for x, y in zip(a, b))
+    return a == b
+"""
+
+
+def _literal(text: str) -> tuple[bool, object]:
+    """(parsed, value) of an example's expected output: a Python literal, or the literal after the
+    last " = " of a worked example."""
+    for candidate in (text, text.rsplit(" = ", 1)[-1]):
+        try:
+            return True, ast.literal_eval(candidate.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return False, None
+
+
+def _literal_call(source: str, entry_point: str) -> str | None:
+    """``source`` normalised (comments dropped) when it is one expression that calls
+    ``entry_point`` with literal arguments only (``is_happy(a)`` with an undefined ``a`` is not)."""
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError:
+        return None
+    named = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    calls = [n for n in named if n.func.id == entry_point]  # type: ignore[attr-defined]
+    if not calls or any(n.func.id == "print" for n in named):  # type: ignore[attr-defined]
+        return None  # printed output is not a return value
+    for node in calls:
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            try:
+                ast.literal_eval(arg)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                return None
+    return ast.unparse(tree)
+
+
+def docstring_examples(starter_code: str, entry_point: str) -> list[TestCase]:
+    """The input/output examples a HumanEval-style docstring shows, as ``assert`` tests: doctest
+    examples (``>>> f(x)`` then the output) and one-line examples (``f(x) => y``, ``➞``, ``->``,
+    ``==``). Only examples that call ``entry_point`` with literal arguments and whose output is a
+    Python literal are kept (``print`` examples, printed text, prose outputs and multi-line setups are skipped); floats compare with a
+    1e-6 tolerance, everything else with ``==``. Parsing happens here, execution only in the
+    sandbox."""
+    pairs: list[tuple[str, str]] = []
+    try:
+        pairs = [(ex.source.strip(), ex.want.strip()) for ex in doctest.DocTestParser().get_examples(starter_code)]
+    except ValueError:  # a malformed doctest block: fall back to the one-line forms
+        pairs = []
+    if not pairs:
+        pairs = [(m["call"], m["want"]) for line in starter_code.splitlines() if (m := _ARROW_EXAMPLE.match(line))]
+    tests: list[TestCase] = []
+    seen: set[tuple[str, str]] = set()
+    for source, want in pairs:
+        call = _literal_call(source, entry_point)
+        if call is None:
+            continue
+        ok, expected = _literal(want)
+        if not ok or (call, repr(expected)) in seen:
+            continue
+        seen.add((call, repr(expected)))
+        message = f"{call} should be {expected!r}"
+        tests.append(TestCase(kind="assert", code=f"{_SAME}assert __restrl_same({call}, {expected!r}), {message!r}\n"))
+    return tests
 
 
 def load_humaneval(limit: int | None = None, *, path: str | Path | None = None) -> list[Problem]:

@@ -199,7 +199,7 @@ def _predict(model: Any, tokenizer: Any, problems: dict[str, Problem], rows: Seq
     from models.config import ValueConfig
     from models.value import HFValueModel
 
-    vcfg = ValueConfig(batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device)
+    vcfg = ValueConfig(batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device, dtype="float32")
     scorer = HFValueModel(model=model, tokenizer=tokenizer, config=vcfg, version="training", trained=True)
     model.eval()
     return scorer.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in rows])
@@ -306,7 +306,7 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
         config=cfg.model_dump(mode="json"), metrics=manifest_metrics,
     )
     # The saved checkpoint must score like the trained model through the loader serving uses.
-    reloaded = HFValueModel.load(ValueConfig(model=str(final), batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device))
+    reloaded = HFValueModel.load(ValueConfig(model=str(final), batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device, dtype="float32"))
     check = held_rows[:8] or probe[:8]
     again = reloaded.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in check])
     first = held_preds[: len(check)] if held_rows else train_preds[: len(check)]

@@ -35,13 +35,13 @@ async def test_order_and_batch_independent(value_model):
 @pytest.fixture(scope="module")
 def untrained_value(default_model_dir):
     """The seeded untrained head on the default base (what `restrl train value` starts from)."""
-    return HFValueModel.load(ValueConfig(batch_size=8, max_length=512, use_shipped=False))
+    return HFValueModel.load(ValueConfig(batch_size=8, max_length=512, use_shipped=False, dtype="float32"))
 
 
 def test_untrained_head_is_seeded(untrained_value):
     value_model = untrained_value
     assert not value_model.trained and "untrained" in value_model.version
-    again = HFValueModel.load(ValueConfig(seed=value_model.config.seed, batch_size=4, max_length=128, use_shipped=False))
+    again = HFValueModel.load(ValueConfig(seed=value_model.config.seed, batch_size=4, max_length=128, use_shipped=False, dtype="float32"))
     assert again.version == value_model.version and f"seed{value_model.config.seed}" in again.version
     assert again.score_sync(PROBLEM, STATES[:3]) == pytest.approx(value_model.score_sync(PROBLEM, STATES[:3]), abs=1e-5)
 
@@ -79,7 +79,7 @@ def test_lora_round_trip(tmp_path, default_model_dir, value_model):
     import torch
     from peft import get_peft_model
 
-    cfg = ValueConfig(batch_size=4, max_length=256, seed=1, use_shipped=False)
+    cfg = ValueConfig(batch_size=4, max_length=256, seed=1, use_shipped=False, dtype="float32")
     base = HFValueModel.load(cfg)
     peft_model = get_peft_model(base.model, value_lora_config(r=4))
     with torch.no_grad():  # a trained adapter in miniature: change the LoRA B matrices and the head
@@ -93,7 +93,7 @@ def test_lora_round_trip(tmp_path, default_model_dir, value_model):
     assert manifest.kind == "value" and manifest.format == "lora"
     assert all(name.endswith((".safetensors", ".json", ".md")) for name in manifest.files)
     verify_checkpoint(out, kind="value")
-    loaded = HFValueModel.load(ValueConfig(model=str(out), batch_size=4, max_length=256, seed=99))
+    loaded = HFValueModel.load(ValueConfig(model=str(out), batch_size=4, max_length=256, seed=99, dtype="float32"))
     assert loaded.trained and loaded.version.startswith("value-value-adapter@")
     assert loaded.score_sync(PROBLEM, STATES) == pytest.approx(expected, abs=1e-5)
     # a tampered adapter is refused before loading
@@ -196,3 +196,30 @@ def test_value_scoring_bench_smoke(default_model_dir, tmp_path):
     assert set(modes) == {"full", "shared"} and result["states_per_problem"] == 8
     assert modes["shared"]["max_abs_diff_vs_full"] < 1e-4 and modes["full"]["speedup_vs_full"] == 1.0
     assert "| float32 | 1 | shared |" in bv.table(result)
+
+
+def test_auto_dtype_is_bf16_only_on_bf16_hardware_and_ranks_like_float32(value_model):
+    """The default dtype: bfloat16 where the CPU has AVX512-BF16/AMX (emulated bf16 would be slower
+    than float32), float32 elsewhere; explicit dtypes are kept. Where it is bfloat16, its scores stay
+    close to float32's and keep their order on clearly separated states."""
+    from models.config import cpu_flags, native_bf16
+
+    assert ValueConfig(dtype="float32").resolved_dtype() == "float32"
+    assert ValueConfig(dtype="bfloat16").resolved_dtype() == "bfloat16"
+    hardware = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert native_bf16("cpu") == hardware
+    auto = ValueConfig(batch_size=8, max_length=512)
+    assert auto.resolved_dtype() == ("bfloat16" if hardware else "float32")
+    if not hardware:
+        pytest.skip("this CPU has no native bfloat16: auto is float32, covered by every other test")
+    import torch
+
+    bf16 = HFValueModel.load(auto)
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    exact = value_model.score_sync(PROBLEM, STATES)
+    fast = bf16.score_sync(PROBLEM, STATES)
+    assert fast == pytest.approx(exact, abs=0.05)
+    for i in range(len(STATES)):
+        for j in range(len(STATES)):
+            if exact[i] > exact[j] + 0.1:
+                assert fast[i] > fast[j]

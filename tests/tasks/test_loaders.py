@@ -21,7 +21,7 @@ from tasks import (
 )
 from tasks.apps import load_apps
 from tasks.bigcodebench import load_bigcodebench
-from tasks.humaneval import humaneval_canonical_program, is_eval_only, load_humaneval
+from tasks.humaneval import docstring_examples, humaneval_canonical_program, is_eval_only, load_humaneval
 from tasks.loaders import sniff_format
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
@@ -159,6 +159,61 @@ def test_humaneval_packaged_offline():
     assert [p.id for p in load_problems("humaneval", limit=3)] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     assert all(is_eval_only(p) for p in problems)
     assert not is_eval_only(load_jsonl(FIX / "restrl_small.jsonl")[0])
+
+
+DOC = '''def f(xs, k=1):
+    """Examples:
+    >>> f([1, 2], k=2)  # two of them
+    [2, 4]
+    >>> f([])
+    []
+    >>> print(f([3]))
+    [3]
+    >>> f(undefined_name)
+    0
+    >>> f([1.5])
+    hello world
+    """
+'''
+
+
+def test_docstring_examples_keep_literal_calls_with_literal_outputs():
+    tests = docstring_examples(DOC, "f")
+    assert [t.kind for t in tests] == ["assert", "assert"]
+    assert tests[0].code.rstrip().endswith("assert __restrl_same(f([1, 2], k=2), [2, 4]), 'f([1, 2], k=2) should be [2, 4]'")
+    assert "f([])" in tests[1].code  # print(...) output, undefined names and prose outputs are skipped
+    arrows = '''def g(s, n):
+    """For example:
+    g("ab", 2) ➞ 'abab'
+    g("", 5) => ''
+    g("x", 1) -> 1 + 0 = 1
+    g(s, 3) == 'sss'
+    h("x", 1) == 'x'
+    """
+'''
+    calls = [t.code.splitlines()[-1] for t in docstring_examples(arrows, "g")]
+    assert calls == [
+        "assert __restrl_same(g('ab', 2), 'abab'), \"g('ab', 2) should be 'abab'\"",
+        "assert __restrl_same(g('', 5), ''), \"g('', 5) should be ''\"",
+        "assert __restrl_same(g('x', 1), 1), \"g('x', 1) should be 1\"",
+    ]
+    assert docstring_examples("def k():\n    pass\n", "k") == []
+
+
+async def test_humaneval_public_tests_are_docstring_examples_the_reference_passes():
+    """Every example extracted from HumanEval's docstrings passes the canonical solution in the
+    sandbox (a wrong example would penalise correct programs when re-ranking), and wrong programs
+    fail them."""
+    from sandbox.pool import Sandbox
+
+    problems = [p for p in load_humaneval() if p.public_tests]
+    assert len(problems) >= 90 and sum(len(p.public_tests) for p in problems) >= 200
+    assert all(t.kind == "assert" and t.fn_name is None for p in problems for t in p.public_tests)
+    with Sandbox(workers=2) as sandbox:
+        good = await sandbox.run_many([(humaneval_canonical_program(p), list(p.public_tests), p.entry_point) for p in problems])
+        wrong = await sandbox.run_many([(p.starter_code + "    return None\n", list(p.public_tests), p.entry_point) for p in problems[:20]])
+    assert [p.id for p, v in zip(problems, good, strict=True) if v.status != "passed"] == []
+    assert all(v.status == "failed" for v in wrong)
 
 
 def test_training_refuses_eval_only_problems():
