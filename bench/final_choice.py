@@ -115,10 +115,12 @@ async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[
         row["returned_matches_value_rule"] = result["budgets"][str(result["run_budget"])]["passed"] == row["value"]
         rows.append(row)
     n = len(rows)
+    config = phase["results"][0]["trace"]["config"] if phase["results"] else {}
     return {
         "dataset": phase["dataset"],
         "strategy": phase["strategy"],
         "budget": phase["run_budget"],
+        "search": {k: config.get(k) for k in ("k", "c_uct", "step_lines", "temperature", "max_tokens")},
         "problems": n,
         "solved": {rule: sum(r[rule] for r in rows) for rule in (*RULES, "oracle")},
         "pass1": {rule: round(sum(r[rule] for r in rows) / n, 4) for rule in (*RULES, "oracle")},
@@ -146,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-s", type=float, default=6.0, help="sandbox limit per program (restrl eval's default)")
     args = ap.parse_args(argv)
     reports = asyncio.run(_main(args.phases, args.timeout_s))
-    print(f"{'phase':<32} {'n':>3} " + " ".join(f"{r:>12}" for r in (*RULES, "oracle")))
+    print(f"{'phase':<44} {'n':>3} " + " ".join(f"{r:>12}" for r in (*RULES, "oracle")))
     for rep in reports:
         name = f"{rep['dataset']}.{rep['strategy']}@{rep['budget']}"
-        print(f"{name:<32} {rep['problems']:>3} " + " ".join(f"{rep['solved'][r]:>12}" for r in (*RULES, "oracle")))
+        if rep["strategy"] != "best_of_n":
+            name += f" K{rep['search']['k']} C{rep['search']['c_uct']} s{rep['search'].get('step_lines') or 1}"
+        print(f"{name:<44} {rep['problems']:>3} " + " ".join(f"{rep['solved'][r]:>12}" for r in (*RULES, "oracle")))
         if not rep["value_rule_reproduces_eval"]:
             print(f"  note: the value rule differs from what {name} returned on some problem", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
