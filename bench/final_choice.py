@@ -91,6 +91,24 @@ def pick(rule: str, trace: dict[str, Any], cands: list[dict[str, Any]], public: 
     raise ValueError(f"unknown rule {rule!r}; choose from {RULES}")
 
 
+def pair_accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the value model puts a passing candidate above a failing one of the same problem,
+    split by where the failing one was sampled: in the first expansion, or later (deeper in the
+    tree). Ties count half."""
+    out: dict[str, Any] = {}
+    for name, want_first in (("failing_from_first_expansion", True), ("failing_from_later_expansions", False)):
+        wins = pairs = 0.0
+        for r in rows:
+            good = [v for v, ok, _ in r["scored"] if ok]
+            bad = [v for v, ok, first in r["scored"] if not ok and first == want_first]
+            for g in good:
+                for b in bad:
+                    pairs += 1
+                    wins += 1.0 if g > b else 0.5 if g == b else 0.0
+        out[name] = {"pairs": int(pairs), "passing_ranked_higher": round(wins / pairs, 3) if pairs else None}
+    return out
+
+
 async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[str, Any]:
     """Every rule's pick on every problem of one phase, graded on the hidden tests."""
     rows = []
@@ -113,6 +131,8 @@ async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[
             chosen = pick(rule, trace, cands, public)
             row[rule] = bool(chosen is not None and passed[chosen["code"]])
         row["returned_matches_value_rule"] = result["budgets"][str(result["run_budget"])]["passed"] == row["value"]
+        first = min((c["seq"] for c in cands), default=0)
+        row["scored"] = [[_value(c), passed[c["code"]], c["seq"] == first] for c in cands]
         rows.append(row)
     n = len(rows)
     config = phase["results"][0]["trace"]["config"] if phase["results"] else {}
@@ -125,6 +145,7 @@ async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[
         "solved": {rule: sum(r[rule] for r in rows) for rule in (*RULES, "oracle")},
         "pass1": {rule: round(sum(r[rule] for r in rows) / n, 4) for rule in (*RULES, "oracle")},
         "value_rule_reproduces_eval": all(r["returned_matches_value_rule"] for r in rows),
+        "pair_accuracy": pair_accuracy(rows),
         "rows": rows,
     }
 
@@ -154,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         if rep["strategy"] != "best_of_n":
             name += f" K{rep['search']['k']} C{rep['search']['c_uct']} s{rep['search'].get('step_lines') or 1}"
         print(f"{name:<44} {rep['problems']:>3} " + " ".join(f"{rep['solved'][r]:>12}" for r in (*RULES, "oracle")))
+        acc = rep["pair_accuracy"]
+        print(f"  {'':<42} passing above failing: failing from the first expansion "
+              f"{acc['failing_from_first_expansion']['passing_ranked_higher']} ({acc['failing_from_first_expansion']['pairs']} pairs), "
+              f"from later ones {acc['failing_from_later_expansions']['passing_ranked_higher']} ({acc['failing_from_later_expansions']['pairs']} pairs)")
         if not rep["value_rule_reproduces_eval"]:
             print(f"  note: the value rule differs from what {name} returned on some problem", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
