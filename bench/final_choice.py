@@ -134,6 +134,9 @@ async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[
         first = min((c["seq"] for c in cands), default=0)
         row["scored"] = [[_value(c), passed[c["code"]], c["seq"] == first] for c in cands]
         rows.append(row)
+    accuracy = pair_accuracy(rows)
+    for r in rows:
+        del r["scored"]  # (value, passed, first expansion) per candidate: only for the accuracy above
     n = len(rows)
     config = phase["results"][0]["trace"]["config"] if phase["results"] else {}
     return {
@@ -145,7 +148,7 @@ async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[
         "solved": {rule: sum(r[rule] for r in rows) for rule in (*RULES, "oracle")},
         "pass1": {rule: round(sum(r[rule] for r in rows) / n, 4) for rule in (*RULES, "oracle")},
         "value_rule_reproduces_eval": all(r["returned_matches_value_rule"] for r in rows),
-        "pair_accuracy": pair_accuracy(rows),
+        "pair_accuracy": accuracy,
         "rows": rows,
     }
 
