@@ -27,30 +27,18 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from models.prompting import assemble_program
 from tasks import Problem
-from training.search_eval import trace_candidates
+from training.search_eval import by_value, distinct_candidates
 
 RULES = ("value", "visits", "node_mean", "public_tests", "first_k")
 
 
 def _value(c: dict[str, Any]) -> float:
     return float(c["value"]) if c["value"] is not None else -1.0
-
-
-def distinct_candidates(trace: dict[str, Any]) -> list[dict[str, Any]]:
-    """Candidates in sampling order, one per distinct code (the first sample keeps its place)."""
-    seen: dict[str, dict[str, Any]] = {}
-    for c in trace_candidates(trace):
-        if c["code"] not in seen:
-            seen[c["code"]] = dict(c)
-        elif seen[c["code"]]["value"] is None and c["value"] is not None:
-            seen[c["code"]]["value"] = c["value"]
-    return list(seen.values())
 
 
 def deepest_node(trace: dict[str, Any], code: str) -> dict[str, Any]:
@@ -66,7 +54,6 @@ def pick(rule: str, trace: dict[str, Any], cands: list[dict[str, Any]], public: 
     """The candidate ``rule`` returns among ``cands`` (distinct, in sampling order)."""
     if not cands:
         return None
-    by_value: Callable[[dict[str, Any]], tuple[float, ...]] = lambda c: (-_value(c), c["seq"], c["sample"])  # noqa: E731
     if rule == "value":
         return min(cands, key=by_value)
     if rule == "first_k":

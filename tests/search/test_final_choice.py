@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from bench.final_choice import RULES, distinct_candidates, pick
+from bench.final_choice import RULES, pick
 from search import Budget, SearchConfig, run_search
 from tests.search.doubles import HashValue, ScriptedPolicy, make_problem
+from training.search_eval import distinct_candidates
 
 
 async def _trace() -> tuple[dict, str]:
