@@ -14,7 +14,8 @@ overflows half the budget). Training uses the same function, so both see identic
 Batches are right-padded, sorted by length, run in a worker thread under a lock. The states of one
 problem share its head (problem text and starter code): the decoder's keys and values over that
 head are computed once and kept in an LRU cache (``ValueConfig.prefix_cache_mb``), so each state
-costs only its own tokens (the problem text is usually most of a value input). Within a
+costs only its own tokens (the problem text is usually most of a value input); `prepare` fills
+the cache when a search starts, while the policy samples its first expansion. Within a
 batch, a state that is a token prefix of another (a first-line child of its own rollout) is read
 off the longer one's pass, and an expansion's shared state runs once (`_share_plan`). All of it is
 exact under causal attention. A LoRA adapter is merged into the weights at load; on a CPU the
@@ -245,6 +246,9 @@ class HFValueModel:
         self._prefix_cache_bytes = 0
         self.prefix_hits = 0
         self.prefix_misses = 0
+        # decoder positions computed: real tokens and padding (statistics for benches)
+        self.tokens_computed = 0
+        self.tokens_padding = 0
 
     @classmethod
     def load(cls, cfg: ValueConfig) -> HFValueModel:
@@ -320,24 +324,28 @@ class HFValueModel:
             self._prefix_cache.clear()
             self._prefix_cache_bytes = 0
 
-    def _prefix_kv(self, ids: tuple[int, ...], device: Any) -> list[tuple[Any, Any]]:
-        """Keys and values of the decoder over ``ids`` (a problem's head), from the LRU cache or
-        computed and cached. Called under the lock."""
-        cached = self._prefix_cache.get(ids)
-        if cached is not None:
-            self._prefix_cache.move_to_end(ids)
+    def _head_kv(self, head: tuple[int, ...], upto: int, device: Any) -> list[tuple[Any, Any]]:
+        """Keys and values of the decoder over ``head[:upto]`` (``head``: a problem's head). The
+        cache holds each head in full, so states whose first tokens merge with the head's last
+        ones (a shorter common prefix) and `prepare` share one entry: keys and values over a
+        prefix are a slice of those over the whole head (causal attention). Called under the lock."""
+        kv = self._prefix_cache.get(head)
+        if kv is not None:
+            self._prefix_cache.move_to_end(head)
             self.prefix_hits += 1
-            return cached
-        self.prefix_misses += 1
-        kv = self._extend(None, list(ids), device)
-        budget = self.config.prefix_cache_mb * 2**20
-        if _kv_bytes(kv) <= budget:
-            self._prefix_cache[ids] = kv
-            self._prefix_cache_bytes += _kv_bytes(kv)
-            while self._prefix_cache_bytes > budget:
-                _, old = self._prefix_cache.popitem(last=False)
-                self._prefix_cache_bytes -= _kv_bytes(old)
-        return kv
+        else:
+            self.prefix_misses += 1
+            kv = self._extend(None, list(head), device)
+            budget = self.config.prefix_cache_mb * 2**20
+            if _kv_bytes(kv) <= budget:
+                self._prefix_cache[head] = kv
+                self._prefix_cache_bytes += _kv_bytes(kv)
+                while self._prefix_cache_bytes > budget:
+                    _, old = self._prefix_cache.popitem(last=False)
+                    self._prefix_cache_bytes -= _kv_bytes(old)
+        if upto == len(head):
+            return kv
+        return [(k[:, :, :upto], v[:, :, :upto]) for k, v in kv]
 
     def _forward(self, encoded: list[list[int]], heads: list[list[int]] | None = None) -> list[float]:
         """Scores of token sequences (under the lock, in inference mode).
@@ -353,21 +361,29 @@ class HFValueModel:
 
         device = next(self.model.parameters()).device
         scores = [0.0] * len(encoded)
+        pack = self.config.resolved_pack_tokens(str(device))
         with self._lock, torch.inference_mode():
             if heads is None or self.config.prefix_cache_mb == 0:
+                if pack:
+                    for i in range(len(encoded)):  # in full: no token is shared
+                        self._run_tree(None, 0, [i], encoded, scores, device, pack)
+                    return scores
                 rows = [(i, [(i, len(encoded[i]) - 1)]) for i in range(len(encoded))]
                 self._run_rows(None, 0, rows, encoded, scores, device)
                 return scores
-            groups: dict[tuple[int, ...], list[int]] = {}  # items by the prefix they share with their head
+            groups: dict[tuple[tuple[int, ...], int], list[int]] = {}  # items by head and tokens shared with it
             for i, item in enumerate(encoded):
                 shared = min(_common_prefix(heads[i], item), len(item) - 1)  # at least one token is computed
-                groups.setdefault(tuple(item[:shared]), []).append(i)
-            for prefix, members in groups.items():
-                kv = self._prefix_kv(prefix, device) if prefix else None
-                for length, rows in _share_plan(encoded, members, len(prefix)):
+                groups.setdefault((tuple(heads[i]), shared), []).append(i)
+            for (head, shared), members in groups.items():
+                kv = self._head_kv(head, shared, device) if shared else None
+                if pack:
+                    self._run_tree(kv, shared, members, encoded, scores, device, pack)
+                    continue
+                for length, rows in _share_plan(encoded, members, shared):
                     ext = kv
-                    if length > len(prefix):  # the cluster's shared state tokens, once
-                        ext = self._extend(kv, encoded[rows[0][0]][len(prefix) : length], device)
+                    if length > shared:  # the cluster's shared state tokens, once
+                        ext = self._extend(kv, encoded[rows[0][0]][shared:length], device)
                     self._run_rows(ext, length, rows, encoded, scores, device)
         return scores
 
@@ -377,9 +393,74 @@ class HFValueModel:
         from transformers import DynamicCache
 
         backbone, _ = self._parts()
+        self.tokens_computed += len(ids)
         cache = DynamicCache(ddp_cache_data=kv) if kv is not None else None
         out = backbone(input_ids=torch.tensor([ids], dtype=torch.long, device=device), past_key_values=cache, use_cache=True)
         return [(layer[0], layer[1]) for layer in out.past_key_values]
+
+    def _run_tree(
+        self, kv: Any, skip: int, members: list[int], encoded: list[list[int]], scores: list[float], device: Any, pack: int
+    ) -> None:
+        """Score ``members`` (items whose first ``skip`` tokens the cached ``kv`` covers) in packed
+        passes: their remaining tokens form a prefix tree - a token shared by several items (the
+        state of one expansion, a first-line child inside its own rollout, a duplicate) is one node
+        - laid out in one sequence of at most ``pack`` nodes (an item longer than that runs alone),
+        each node attending to the cached prefix and to its own ancestors. Nothing is computed
+        twice or padded; exact under causal attention."""
+        order = sorted(members, key=lambda i: encoded[i][skip:])  # items sharing tokens become neighbours
+        nodes: dict[tuple[int, int], int] = {}
+        tokens: list[int] = []
+        parents: list[int] = []
+        ends: list[tuple[int, int]] = []
+        for item in order:
+            suffix = encoded[item][skip:]
+            node, known = -1, 0
+            for t in suffix:
+                nxt = nodes.get((node, t))
+                if nxt is None:
+                    break
+                node, known = nxt, known + 1
+            if tokens and len(tokens) + len(suffix) - known > pack:  # full: start the next pass
+                self._run_nodes(kv, skip, tokens, parents, ends, scores, device)
+                nodes, tokens, parents, ends = {}, [], [], []
+                node, known = -1, 0
+            for t in suffix[known:]:
+                nodes[(node, t)] = len(tokens)
+                tokens.append(t)
+                parents.append(node)
+                node = len(tokens) - 1
+            ends.append((item, node))
+        if tokens:
+            self._run_nodes(kv, skip, tokens, parents, ends, scores, device)
+
+    def _run_nodes(
+        self, kv: Any, skip: int, tokens: list[int], parents: list[int], ends: list[tuple[int, int]], scores: list[float], device: Any
+    ) -> None:
+        """One pass over a prefix tree's nodes (``parents[i] < i``, -1 = the cached prefix);
+        ``scores[item]`` from the head on node ``node`` for each ``(item, node)`` of ``ends``."""
+        import torch
+        from transformers import DynamicCache
+
+        backbone, _ = self._parts()
+        n = len(tokens)
+        self.tokens_computed += n
+        sees = torch.zeros(n, n, dtype=torch.bool)  # a node sees its ancestors and itself
+        depth = [0] * n
+        for i, parent in enumerate(parents):
+            if parent >= 0:
+                sees[i] = sees[parent]
+                depth[i] = depth[parent] + 1
+            sees[i, i] = True
+        mask = torch.cat([torch.ones(n, skip, dtype=torch.bool), sees], dim=1) if kv is not None else sees
+        cache = DynamicCache(ddp_cache_data=kv) if kv is not None else None
+        hidden = backbone(
+            input_ids=torch.tensor([tokens], dtype=torch.long, device=device),
+            attention_mask=mask[None, None].to(device),
+            position_ids=torch.tensor([[skip + d for d in depth]], dtype=torch.long, device=device),
+            past_key_values=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
+        self._read(hidden, [(0, item, node) for item, node in ends], scores)
 
     def _run_rows(
         self,
@@ -390,34 +471,42 @@ class HFValueModel:
         scores: list[float],
         device: Any,
     ) -> None:
-        """One pass per ``batch_size`` rows over ``encoded[row][skip:]`` after the cached ``kv``
-        (which covers the first ``skip`` tokens); each row's reads ``(item, position)`` set
-        ``scores[item]`` from the head on the hidden state at that absolute position."""
+        """Padded passes (packing off): one per ``batch_size`` rows over ``encoded[row][skip:]``
+        after the cached ``kv`` (which covers the first ``skip`` tokens); each row's reads ``(item,
+        position)`` set ``scores[item]`` from the head on the hidden state at that absolute
+        position. Right padding under causal attention: no real token attends to a pad after it,
+        so no mask is needed (masked batches ran 2.6-6x slower on an H100)."""
         import torch
         from transformers import DynamicCache
 
-        backbone, head_layer = self._parts()
-        pad = self.tokenizer.pad_token_id
+        backbone, _ = self._parts()
         order = sorted(rows, key=lambda r: len(encoded[r[0]]))
         for start in range(0, len(order), self.config.batch_size):
             chunk = order[start : start + self.config.batch_size]
             width = max(len(encoded[c]) for c, _ in chunk) - skip
-            batch = torch.full((len(chunk), width), pad, dtype=torch.long)
+            real = sum(len(encoded[c]) - skip for c, _ in chunk)
+            self.tokens_computed += real
+            self.tokens_padding += len(chunk) * width - real
+            batch = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
             for r, (c, _) in enumerate(chunk):
                 batch[r, : len(encoded[c]) - skip] = torch.tensor(encoded[c][skip:], dtype=torch.long)
-            # Right padding under causal attention: no real token attends to a pad after it, so
-            # no attention mask is needed (masked batches ran 2.6-6x slower on an H100).
             cache = None
             if kv is not None:
                 n = len(chunk)
                 cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
             hidden = backbone(input_ids=batch.to(device), past_key_values=cache, use_cache=cache is not None).last_hidden_state
-            reads = [(r, item, pos - skip) for r, (_, rs) in enumerate(chunk) for item, pos in rs]
-            at_rows = torch.tensor([r for r, _, _ in reads], device=hidden.device)
-            at_pos = torch.tensor([p for _, _, p in reads], device=hidden.device)
-            values = head_layer(hidden[at_rows, at_pos])[:, 0].float().clamp(0.0, 1.0).cpu().tolist()
-            for (_, item, _), v in zip(reads, values, strict=True):
-                scores[item] = v
+            self._read(hidden, [(r, item, pos - skip) for r, (_, rs) in enumerate(chunk) for item, pos in rs], scores)
+
+    def _read(self, hidden: Any, reads: list[tuple[int, int, int]], scores: list[float]) -> None:
+        """``scores[item]`` from the head on ``hidden[row, position]`` for each ``(row, item, position)``."""
+        import torch
+
+        _, head_layer = self._parts()
+        at_rows = torch.tensor([r for r, _, _ in reads], device=hidden.device)
+        at_pos = torch.tensor([p for _, _, p in reads], device=hidden.device)
+        values = head_layer(hidden[at_rows, at_pos])[:, 0].float().clamp(0.0, 1.0).cpu().tolist()
+        for (_, item, _), v in zip(reads, values, strict=True):
+            scores[item] = v
 
     def _head_ids(self, problem: Problem) -> list[int]:
         return self.tokenizer(value_input(problem, ""), add_special_tokens=False)["input_ids"]
@@ -438,6 +527,26 @@ class HFValueModel:
             encoded.append(encode_value_inputs(self.tokenizer, problem, [state], self.config.max_length, heads[id(problem)])[0])
             item_heads.append(heads[id(problem)])
         return self._forward(encoded, item_heads)
+
+    def prepare_sync(self, problem: Problem) -> None:
+        """Compute and cache ``problem``'s head now (blocking; see `prepare`)."""
+        if self.config.prefix_cache_mb == 0:
+            return
+        import torch
+
+        head = tuple(self._head_ids(problem))
+        device = next(self.model.parameters()).device
+        with self._lock, torch.inference_mode():
+            if head not in self._prefix_cache:
+                self._head_kv(head, len(head), device)
+
+    async def prepare(self, problem: Problem) -> None:
+        """Warm the head cache for ``problem`` before its first states arrive: a search calls it
+        when it starts, so the head runs while the policy samples the first expansion instead of
+        delaying that expansion's values."""
+        if self._closed:
+            raise RuntimeError("value model closed")
+        await asyncio.to_thread(self.prepare_sync, problem)
 
     async def score(self, problem: Problem, states: Sequence[str]) -> list[float]:
         if self._closed:

@@ -80,6 +80,13 @@ class ValueBatcher:
                 if not it.future.done():
                     it.future.cancel()
 
+    async def prepare(self, problem: Problem) -> None:
+        """Pass a search's start on to the wrapped model's ``prepare`` (warming its cache for the
+        problem), when it has one."""
+        prepare = getattr(self.value, "prepare", None)
+        if prepare is not None and not self._closed:
+            await prepare(problem)
+
     def _ensure_worker(self) -> asyncio.Event:
         if self._worker is None or self._worker.done() or self._wakeup is None:
             self._wakeup = asyncio.Event()  # bound to the running loop on first use

@@ -49,6 +49,9 @@ async def run_search(
     else:
         raise ValueError("run_search needs a value model or an evaluator")
     run = SearchRun(problem, policy, evaluator, config, sandbox=sandbox, on_progress=on_progress)
+    # the value model may warm its cache for the problem while the first expansion samples
+    prepare = getattr(value, "prepare", None) if value is not None else None
+    warm = asyncio.get_running_loop().create_task(_warm(prepare, problem)) if prepare is not None else None
     deadline = config.budget.deadline_s
     timeout = asyncio.timeout(deadline) if deadline is not None else None
     try:
@@ -57,6 +60,10 @@ async def run_search(
                 await strategy.run(run)
             finally:
                 await run.cancel_inflight()
+                if warm is not None:
+                    warm.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await warm
     except TimeoutError:
         if timeout is None or not timeout.expired():
             raise
@@ -74,6 +81,15 @@ async def run_search(
         result.usage.wall_s,
     )
     return result
+
+
+async def _warm(prepare: Any, problem: Problem) -> None:
+    """A value model's ``prepare``: an optimisation, so a failure is logged and scoring (which
+    reports errors) goes on."""
+    try:
+        await prepare(problem)
+    except Exception as exc:
+        logger.warning("value model prepare failed for problem %s: %s", problem.id, exc)
 
 
 async def _rerank(run: SearchRun, deadline: float | None) -> None:

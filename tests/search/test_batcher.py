@@ -110,3 +110,40 @@ async def test_concurrent_searches_share_value_batches():
     expansions = sum(r.usage.policy_requests for r in together)
     assert vb.batches < expansions and max(inner.batch_sizes) > 10
     await vb.close()
+
+
+class PreparedValue(PairValue):
+    """Records the problems a search announced (``prepare``) and when, relative to scoring."""
+
+    def __init__(self, fail: bool = False, **kw):
+        super().__init__(**kw)
+        self.events: list[str] = []
+        self.fail = fail
+
+    async def prepare(self, problem):
+        self.events.append(f"prepare {problem.id}")
+        if self.fail:
+            raise RuntimeError("cache full")
+
+    async def score_pairs(self, pairs):
+        self.events.append("score")
+        return await super().score_pairs(pairs)
+
+
+async def test_searches_announce_their_problem_to_the_value_model_first():
+    from search import Budget, SearchConfig, run_search
+    from tests.search.doubles import ScriptedPolicy
+
+    cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=10), seed=0)
+    inner = PreparedValue()
+    vb = ValueBatcher(inner, max_batch=64, max_wait_ms=1.0)
+    result = await run_search(make_problem("p7"), ScriptedPolicy(delay=0.01), vb, cfg)
+    assert inner.events[0] == "prepare p7" and inner.events.count("prepare p7") == 1 and "score" in inner.events[1:]
+    failing = PreparedValue(fail=True)  # a failed prepare is only a lost optimisation
+    again = await run_search(make_problem("p7"), ScriptedPolicy(delay=0.01), ValueBatcher(failing), cfg)
+    assert failing.events[0] == "prepare p7" and again.code == result.code
+    await vb.close()
+    closed = ValueBatcher(PreparedValue())
+    await closed.close()
+    await closed.prepare(make_problem("p8"))  # a closed batcher ignores it
+    assert closed.value.events == []
