@@ -3,10 +3,13 @@ prefix sharing, per thread count and dtype, alone and with the cores contended.
 
 The input is what VM-MCTS sends: per HumanEval problem, ``--expansions`` expansions of ``k``
 continuations each, every one scored as a first-line child state and as its full rollout, all in
-one call (as `search.ValueBatcher` delivers them). Modes: ``full`` scores every input in full
-(``prefix_cache_mb=0``: the reference code's way), ``shared`` is the serving default (problem head
-cached, a child read off its own rollout's pass, an expansion's shared state computed once). The
-head cache is cleared before every timed call, so ``shared`` pays for each head once per call.
+one call (as `search.ValueBatcher` delivers them). Modes: ``full`` scores every input in full in
+right-padded batches (``prefix_cache_mb=0, pack_tokens=0``: the reference code's way);
+``shared_padded`` caches the problem head, reads a child off its own rollout's pass and computes
+an expansion's shared state once, still in padded batches (``pack_tokens=0``: the default on a
+GPU); ``shared`` is the default on a CPU: the same sharing with the states packed as a prefix
+tree (no padding). "positions" counts the decoder positions computed, padding included. The head
+cache is cleared before every timed call, so the shared modes pay for each head once per call.
 ``--contend`` runs one busy process per core during the timings (a stand-in for the policy engine
 that shares the cores in `restrl serve`).
 
@@ -73,12 +76,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for dtype in args.dtypes:
             shared = HFValueModel.load(ValueConfig(dtype=dtype, batch_size=16, max_length=1024))
-            full = shared.sharing_weights(prefix_cache_mb=0)
+            modes = (("full", shared.sharing_weights(prefix_cache_mb=0, pack_tokens=0)),
+                     ("shared_padded", shared.sharing_weights(pack_tokens=0)), ("shared", shared))
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 reference: list[list[float]] = []
-                for mode, model in (("full", full), ("shared", shared)):
+                for mode, model in modes:
                     model.score_sync(*inputs[0])  # warm-up
+                    model.tokens_computed = model.tokens_padding = 0
                     times, scores = [], []
                     for _ in range(args.repeats):
                         t0 = time.perf_counter()
@@ -91,10 +96,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                         reference = scores
                     diff = max(abs(a - b) for s, r in zip(scores, reference, strict=True) for a, b in zip(s, r, strict=True))
                     wall = statistics.median(times)
+                    positions = (model.tokens_computed + model.tokens_padding) // args.repeats
                     rows.append({"dtype": dtype, "threads": threads, "mode": mode, "wall_s": wall,
-                                 "states_per_s": states / wall, "max_abs_diff_vs_full": diff})
-                    print(f"{dtype:9s} threads={threads} {mode:7s} {wall:7.2f} s  {states / wall:7.1f} states/s  "
-                          f"max|diff| {diff:.1e}", flush=True)
+                                 "states_per_s": states / wall, "max_abs_diff_vs_full": diff, "positions": positions})
+                    print(f"{dtype:9s} threads={threads} {mode:13s} {wall:7.2f} s  {states / wall:7.1f} states/s  "
+                          f"{positions:6d} positions  max|diff| {diff:.1e}", flush=True)
     finally:
         for sp in spinners:
             if sp.is_alive():
@@ -193,12 +199,12 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"{len(result['problems'])} problems x {result['states_per_problem']} states, contended={result['contended']}",
         "",
-        "| dtype | threads | mode | wall s | states/s | speedup vs full | max abs diff vs full |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| dtype | threads | mode | wall s | states/s | positions computed | speedup vs full | max abs diff vs full |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(f"| {r['dtype']} | {r['threads']} | {r['mode']} | {r['wall_s']:.2f} | {r['states_per_s']:.1f} | "
-                     f"{r['speedup_vs_full']:.2f} | {r['max_abs_diff_vs_full']:.1e} |")
+                     f"{r.get('positions', '-')} | {r['speedup_vs_full']:.2f} | {r['max_abs_diff_vs_full']:.1e} |")
     return "\n".join(lines)
 
 

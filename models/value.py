@@ -401,66 +401,70 @@ class HFValueModel:
     def _run_tree(
         self, kv: Any, skip: int, members: list[int], encoded: list[list[int]], scores: list[float], device: Any, pack: int
     ) -> None:
-        """Score ``members`` (items whose first ``skip`` tokens the cached ``kv`` covers) in packed
-        passes: their remaining tokens form a prefix tree - a token shared by several items (the
-        state of one expansion, a first-line child inside its own rollout, a duplicate) is one node
-        - laid out in one sequence of at most ``pack`` nodes (an item longer than that runs alone),
-        each node attending to the cached prefix and to its own ancestors. Nothing is computed
-        twice or padded; exact under causal attention."""
-        order = sorted(members, key=lambda i: encoded[i][skip:])  # items sharing tokens become neighbours
+        """Score ``members`` (items whose first ``skip`` tokens the cached ``kv`` covers) as one
+        prefix tree: a token shared by several items (the state of one expansion, a first-line
+        child inside its own rollout, a duplicate) is one node, computed once, and nothing is
+        padded. The nodes run in passes of ``pack`` (in insertion order, so a parent precedes its
+        children); a node attends to the cached prefix and to its ancestors, those of earlier
+        passes through their kept keys and values. Exact under causal attention."""
+        import torch
+        from transformers import DynamicCache
+
         nodes: dict[tuple[int, int], int] = {}
         tokens: list[int] = []
         parents: list[int] = []
         ends: list[tuple[int, int]] = []
-        for item in order:
-            suffix = encoded[item][skip:]
-            node, known = -1, 0
-            for t in suffix:
+        for item in sorted(members, key=lambda i: encoded[i][skip:]):
+            node = -1
+            for t in encoded[item][skip:]:
                 nxt = nodes.get((node, t))
                 if nxt is None:
-                    break
-                node, known = nxt, known + 1
-            if tokens and len(tokens) + len(suffix) - known > pack:  # full: start the next pass
-                self._run_nodes(kv, skip, tokens, parents, ends, scores, device)
-                nodes, tokens, parents, ends = {}, [], [], []
-                node, known = -1, 0
-            for t in suffix[known:]:
-                nodes[(node, t)] = len(tokens)
-                tokens.append(t)
-                parents.append(node)
-                node = len(tokens) - 1
+                    nxt = nodes[(node, t)] = len(tokens)
+                    tokens.append(t)
+                    parents.append(node)
+                node = nxt
             ends.append((item, node))
-        if tokens:
-            self._run_nodes(kv, skip, tokens, parents, ends, scores, device)
-
-    def _run_nodes(
-        self, kv: Any, skip: int, tokens: list[int], parents: list[int], ends: list[tuple[int, int]], scores: list[float], device: Any
-    ) -> None:
-        """One pass over a prefix tree's nodes (``parents[i] < i``, -1 = the cached prefix);
-        ``scores[item]`` from the head on node ``node`` for each ``(item, node)`` of ``ends``."""
-        import torch
-        from transformers import DynamicCache
-
-        backbone, _ = self._parts()
         n = len(tokens)
-        self.tokens_computed += n
         sees = torch.zeros(n, n, dtype=torch.bool)  # a node sees its ancestors and itself
-        depth = [0] * n
+        depth = torch.zeros(n, dtype=torch.long)
         for i, parent in enumerate(parents):
             if parent >= 0:
                 sees[i] = sees[parent]
                 depth[i] = depth[parent] + 1
             sees[i, i] = True
-        mask = torch.cat([torch.ones(n, skip, dtype=torch.bool), sees], dim=1) if kv is not None else sees
-        cache = DynamicCache(ddp_cache_data=kv) if kv is not None else None
-        hidden = backbone(
-            input_ids=torch.tensor([tokens], dtype=torch.long, device=device),
-            attention_mask=mask[None, None].to(device),
-            position_ids=torch.tensor([[skip + d for d in depth]], dtype=torch.long, device=device),
-            past_key_values=cache,
-            use_cache=cache is not None,
-        ).last_hidden_state
-        self._read(hidden, [(0, item, node) for item, node in ends], scores)
+        backbone, _ = self._parts()
+        done: list[tuple[Any, Any]] = []  # per layer: keys/values of the nodes computed so far
+        reads_by_pass: dict[int, list[tuple[int, int, int]]] = {}
+        for item, node in ends:
+            reads_by_pass.setdefault(node // pack, []).append((0, item, node % pack))
+        for p, a in enumerate(range(0, n, pack)):
+            b = min(a + pack, n)
+            needed = sees[a:b, :a].any(dim=0).nonzero()[:, 0]  # ancestors from earlier passes
+            past = None
+            if kv is not None or len(needed):
+                layers = []
+                for layer in range(len(kv) if kv is not None else len(done)):
+                    parts_k = [kv[layer][0]] if kv is not None else []
+                    parts_v = [kv[layer][1]] if kv is not None else []
+                    if len(needed):
+                        parts_k.append(done[layer][0][:, :, needed])
+                        parts_v.append(done[layer][1][:, :, needed])
+                    layers.append((torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)))
+                past = DynamicCache(ddp_cache_data=layers)
+            mask = torch.cat([torch.ones(b - a, skip if kv is not None else 0, dtype=torch.bool), sees[a:b][:, needed], sees[a:b, a:b]], dim=1)
+            self.tokens_computed += b - a
+            out = backbone(
+                input_ids=torch.tensor([tokens[a:b]], dtype=torch.long, device=device),
+                attention_mask=mask[None, None].to(device),
+                position_ids=(skip + depth[a:b])[None].to(device),
+                past_key_values=past if past is not None else DynamicCache(),
+                use_cache=True,
+            )
+            if b < n:  # keep this pass's keys and values for later passes
+                new = [(layer[0][:, :, -(b - a) :], layer[1][:, :, -(b - a) :]) for layer in out.past_key_values]
+                done = new if not done else [(torch.cat([dk, k], dim=2), torch.cat([dv, v], dim=2)) for (dk, dv), (k, v) in zip(done, new, strict=True)]
+            if p in reads_by_pass:
+                self._read(out.last_hidden_state, reads_by_pass[p], scores)
 
     def _run_rows(
         self,
