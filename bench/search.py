@@ -4,7 +4,9 @@ default value model (untrained head unless a trained adapter is shipped: the JSO
 (a) throughput: policy tokens/s generated inside C concurrent VM-MCTS searches (one engine, one
     `ValueBatcher`) vs raw batched sampling of the same request shape (n=k, T, max_tokens) at the
     same concurrency on the same engine; and the reference pattern (one search at a time, one
-    expansion at a time, value batch size 1). Also sweeps ``parallel_expansions``.
+    expansion at a time, value batch size 1). Also sweeps ``parallel_expansions``; with
+    ``--constant-value-baseline`` the same searches also run with a free constant value model
+    (what the search machinery alone feeds the engine, no value compute on the cores).
 (b) quality: HumanEval pass@1 of the returned program per strategy and sample budget, scored
     in the sandbox on the problem's tests (`--limit` problems: the first N of HumanEval).
 
@@ -47,6 +49,21 @@ def _cpu_s() -> float:
 
 def _rates(tokens: int, wall: float, cpu: float) -> dict[str, float]:
     return {"tokens": tokens, "wall_s": wall, "cpu_s": cpu, "tok_s": tokens / wall, "tok_per_cpu_s": tokens / cpu if cpu else 0.0}
+
+
+class ConstantValue:
+    """A value "model" that costs nothing (every state 0.5): ``--constant-value-baseline`` runs the
+    same searches with it to measure what the search machinery alone (tree, batcher, engine
+    requests) feeds the engine when no value model competes for the cores. A diagnostic: its
+    trees differ (UCT ties fall to the seeded RNG), and it is no search anyone would serve."""
+
+    version = "constant-0.5"
+
+    async def score(self, problem: Any, states: Any) -> list[float]:
+        return [0.5] * len(states)
+
+    async def close(self) -> None:
+        return None
 
 
 async def _raw_sampling(
@@ -108,6 +125,7 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
     mcts_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     batch_sizes: dict[int, list[int]] = {p: [] for p in args.parallel}
     no_cache_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
+    constant_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     for rnd in range(args.rounds):
         for par in args.parallel:
             raw = await _raw_sampling(policy, problems, requests=budget // k, lanes=par, n=k, max_tokens=args.max_tokens,
@@ -124,13 +142,20 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
                   f"(ratio {res['tok_s'] / raw['tok_s']:.2f}; per CPU-s {res['tok_per_cpu_s'] / raw['tok_per_cpu_s']:.2f})",
                   flush=True)
             if args.no_prefix_cache_baseline:  # the same searches scoring every input in full
-                vb = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0), max_batch=64, max_wait_ms=2.0)
+                vb = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), max_batch=64, max_wait_ms=2.0)
                 full = await _searches(policy, vb, problems, cfg, concurrent=True)
                 await vb.close()
                 full["value_busy_s"] = vb.busy_s
                 no_cache_runs[par].append(full)
                 print(f"round {rnd} parallel={par}: vm_mcts without the value prefix cache {full['tok_s']:6.1f} tok/s "
                       f"(ratio {full['tok_s'] / raw['tok_s']:.2f})", flush=True)
+            if args.constant_value_baseline:  # the same searches with a value model that costs nothing
+                vb = ValueBatcher(ConstantValue(), max_batch=64, max_wait_ms=2.0)
+                free = await _searches(policy, vb, problems, cfg, concurrent=True)
+                await vb.close()
+                constant_runs[par].append(free)
+                print(f"round {rnd} parallel={par}: vm_mcts with a constant value (no value compute) {free['tok_s']:6.1f} tok/s "
+                      f"(ratio {free['tok_s'] / raw['tok_s']:.2f})", flush=True)
     sweep: dict[str, Any] = {}
     for par in args.parallel:
         raw, res = _pooled(raw_runs[par]), _pooled(mcts_runs[par])
@@ -152,6 +177,10 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
             sweep[str(par)]["vm_mcts_no_prefix_cache"] = full
             sweep[str(par)]["no_prefix_cache_ratio_vs_raw"] = full["tok_s"] / raw["tok_s"]
             sweep[str(par)]["no_prefix_cache_value_busy_share"] = sum(m["value_busy_s"] for m in no_cache_runs[par]) / full["wall_s"]
+        if constant_runs[par]:
+            free = _pooled(constant_runs[par])
+            sweep[str(par)]["vm_mcts_constant_value"] = free
+            sweep[str(par)]["constant_value_ratio_vs_raw"] = free["tok_s"] / raw["tok_s"]
     out["parallel_sweep"] = sweep
     out["best_parallel_expansions"] = int(max(sweep, key=lambda p: sweep[p]["ratio_vs_raw"]))
     # the reference pattern: searches one after another, one expansion at a time, value batch 1,
@@ -159,7 +188,7 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
     n_ref = args.reference_problems
     raw1 = await _raw_sampling(policy, problems[:n_ref], requests=budget // k, lanes=1, n=k, max_tokens=args.max_tokens,
                                temperature=args.temperature)
-    vb1 = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0), max_batch=1, max_wait_ms=0.0)
+    vb1 = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), max_batch=1, max_wait_ms=0.0)
     ref_cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
                            temperature=args.temperature, parallel_expansions=1, seed=0)
     ref = await _searches(policy, vb1, problems[:n_ref], ref_cfg, concurrent=False)
@@ -251,6 +280,13 @@ def _tables(result: dict[str, Any]) -> str:
                 lines.append(
                     f"| same, value prefix cache off | {r['raw']['tok_s']:.1f} | {full['tok_s']:.1f} | "
                     f"{r['no_prefix_cache_ratio_vs_raw']:.2f} | {full['tok_per_cpu_s'] / r['raw']['tok_per_cpu_s']:.2f} | - | - |"
+                )
+            if "vm_mcts_constant_value" in r:
+                free = r["vm_mcts_constant_value"]
+                lines.append(
+                    f"| same searches, constant value (no value compute: the machinery's ceiling) | {r['raw']['tok_s']:.1f} | "
+                    f"{free['tok_s']:.1f} | {r['constant_value_ratio_vs_raw']:.2f} | "
+                    f"{free['tok_per_cpu_s'] / r['raw']['tok_per_cpu_s']:.2f} | - | - |"
                 )
         ref = tp["reference_style"]
         lines.append(
@@ -351,6 +387,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--value-threads", type=int, default=0, help="value model torch threads (0 = half the CPUs, the serving default)")
     ap.add_argument("--no-prefix-cache-baseline", action="store_true",
                     help="throughput: also run each search round with the value prefix cache off (same raw baseline)")
+    ap.add_argument("--constant-value-baseline", action="store_true",
+                    help="also run the searches with a constant, free value model (what the machinery alone feeds the engine)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
