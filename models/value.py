@@ -4,23 +4,26 @@ In: a `ValueConfig` naming a value checkpoint (a full sequence-classification fo
 LoRA adapter whose saved modules include the ``score`` head), or nothing: then the project's
 shipped adapter in ``models/default/value/`` when present, else an *untrained* head on the default
 base, initialised from ``ValueConfig.seed`` (its version says ``untrained``). Out: `score(problem,
-states)` -> one float in [0, 1] per state: the raw regression output on the last non-pad token,
+states)` -> one float in [0, 1] per state: the raw regression output on the state's last token,
 clamped.
 
 The input text is `models.prompting.value_input(problem, state)`; `encode_value_inputs` tokenizes it
 and, when it is longer than ``max_length``, cuts the *state* from the left (its end, where the
 search acts, is kept) and keeps the problem (cut from the right only if the problem alone
 overflows half the budget). Training uses the same function, so both see identical tokens.
-Batches are right-padded, sorted by length, run in a worker thread under a lock. The states of one
-problem share its head (problem text and starter code): the decoder's keys and values over that
-head are computed once and kept in an LRU cache (``ValueConfig.prefix_cache_mb``), so each state
-costs only its own tokens (the problem text is usually most of a value input); `prepare` fills
-the cache when a search starts, while the policy samples its first expansion. Within a
-batch, a state that is a token prefix of another (a first-line child of its own rollout) is read
-off the longer one's pass, and an expansion's shared state runs once (`_share_plan`). All of it is
-exact under causal attention. A LoRA adapter is merged into the weights at load; on a CPU the
-process's torch threads are set to ``ValueConfig.threads`` (default: half the cores, the policy
-engine takes the rest).
+Scoring runs in a worker thread under a lock. The states of one problem share its head (problem
+text and starter code): the decoder's keys and values over that head are computed once and kept in
+an LRU cache (``ValueConfig.prefix_cache_mb``), so each state costs only its own tokens (the
+problem text is usually most of a value input); `prepare` fills the cache when a search starts,
+while the policy samples its first expansion. On a CPU (``ValueConfig.pack_tokens``) a batch's
+states of one problem then run as one prefix tree (`_run_tree`): every token two states share (an
+expansion's state, a first-line child inside its own rollout, a duplicate) is one node computed
+once, nothing is padded, and a block mask lets each node see the head and its ancestors. On a GPU
+they run in right-padded batches sorted by length, where a state that is a token prefix of
+another is read off the longer one's pass and an expansion's shared state runs once
+(`_share_plan`). All of it is exact under causal attention. A LoRA adapter is merged into the
+weights at load; on a CPU the process's torch threads are set to ``ValueConfig.threads`` (default:
+half the cores, the policy engine takes the rest).
 `save_value_checkpoint` writes weights + `restrl.json` for the training job.
 """
 
