@@ -123,7 +123,8 @@ class ValueConfig(BaseModel):
     seed: int = Field(default=0, ge=0, description="seed of an untrained head's initialisation")
     prefix_cache_mb: int = Field(
         default=256, ge=0, le=1 << 20,
-        description="memory for cached keys/values of problem heads (shared by all states of a problem); 0 = recompute every input in full",
+        description="memory for cached keys/values of problem heads (shared by all states of a problem); 0 = keep nothing between"
+        " calls (padded scoring then computes every input in full; packed scoring still shares tokens within a call)",
     )
     device: str = Field(default="cpu", description="torch device (cpu, cuda, cuda:1, ...)")
 

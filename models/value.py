@@ -354,12 +354,13 @@ class HFValueModel:
         """Scores of token sequences (under the lock, in inference mode).
 
         With ``heads`` (item i's problem head: the tokens of `value_input(problem, "")`) and
-        ``prefix_cache_mb > 0``, shared prefixes are computed once (all exact under causal
-        attention; `_share_plan`): the problem head comes from the LRU cache, an item that is a
-        token prefix of another (a first-line child of its own rollout, a duplicate) is read off
-        the longer one's pass, and items that share a state prefix beyond the head (the
-        continuations of one expansion) run on one extension of it. Otherwise every input is
-        computed in full."""
+        ``prefix_cache_mb > 0``, the problem head comes from the LRU cache and the rest of each
+        problem's items runs packed as a prefix tree (`_run_tree`, ``pack_tokens``) or, with
+        packing off, in padded rows where an item that is a token prefix of another (a first-line
+        child of its own rollout, a duplicate) is read off the longer one's pass and items that
+        share a state prefix beyond the head (the continuations of one expansion) run on one
+        extension of it (`_share_plan`). Without the cache, packed items still share tokens
+        within the call and padded ones are computed in full. All exact under causal attention."""
         import torch
 
         device = next(self.model.parameters()).device
@@ -367,9 +368,8 @@ class HFValueModel:
         pack = self.config.resolved_pack_tokens(str(device))
         with self._lock, torch.inference_mode():
             if heads is None or self.config.prefix_cache_mb == 0:
-                if pack:
-                    for i in range(len(encoded)):  # in full: no token is shared
-                        self._run_tree(None, 0, [i], encoded, scores, device, pack)
+                if pack:  # nothing kept between calls; within this one, shared tokens still run once
+                    self._run_tree(None, 0, list(range(len(encoded))), encoded, scores, device, pack)
                     return scores
                 rows = [(i, [(i, len(encoded[i]) - 1)]) for i in range(len(encoded))]
                 self._run_rows(None, 0, rows, encoded, scores, device)

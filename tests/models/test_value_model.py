@@ -111,9 +111,9 @@ async def test_policy_checkpoint_is_refused_as_value(default_model_dir):
 def test_prefix_cache_scores_equal_full_inputs(value_model):
     """Reusing a problem's cached head changes no score: states whose first tokens merge with the
     head's last ones, an empty state, a state cut to ``max_length``, and two problems in one batch
-    all score as the full input does (prefix_cache_mb=0), and the head runs once per problem."""
+    all score as the full input does (no cache, padded), and the head runs once per problem."""
     cached = value_model.sharing_weights(max_length=128)
-    full = cached.sharing_weights(prefix_cache_mb=0)
+    full = cached.sharing_weights(prefix_cache_mb=0, pack_tokens=0)
     assert full.model is cached.model and full.version == value_model.version
     other = Problem(id="neg", prompt="Return -x.", starter_code="def neg(x):\n")
     parent = "def add(a, b):\n    total = 0\n    for x in (a, b):\n"
@@ -134,7 +134,7 @@ def test_prepare_fills_the_head_cache_scoring_then_reuses(value_model):
     """`prepare` computes a problem's head once; states whose first tokens merge with the head's
     last token and states that do not both reuse it (a slice), and score as full inputs do."""
     cached = value_model.sharing_weights()
-    full = cached.sharing_weights(prefix_cache_mb=0)
+    full = cached.sharing_weights(prefix_cache_mb=0, pack_tokens=0)
     states = ["    return a + b\n", "def add(a, b):\n    return a + b\n", ""]
     cached.prepare_sync(PROBLEM)
     cached.prepare_sync(PROBLEM)  # already cached: nothing recomputed
