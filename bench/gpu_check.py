@@ -9,7 +9,9 @@ tokens/s and states/s are meaningful while the text is not.
 
 Measured per shape: ``generate`` tokens/s at batch 64 and 256 x 128 new tokens (bf16, greedy,
 ``min_new_tokens`` forcing the full length), our `HFPolicy` decode loop at batch 64, and value
-scoring states/s at batch 64 x 512 tokens.
+scoring states/s at batch 64 x 512 tokens, and on search-shaped states (a cached head, expansions
+of rollouts of different lengths) in padded rows vs as a prefix tree (decides the CUDA default of
+`ValueConfig.pack_tokens`).
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def bench_policy_loop(model: Any, *, batch: int, prompt_len: int, new_tokens: in
     return asyncio.run(timed())
 
 
-def bench_value(cfg: Any, *, batch: int, length: int, rounds: int, device: str) -> tuple[float, float, str]:
+def bench_value(cfg: Any, *, batch: int, length: int, rounds: int, device: str) -> tuple[float, float, str, dict[str, float]]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -198,7 +200,42 @@ def bench_value(cfg: Any, *, batch: int, length: int, rounds: int, device: str) 
     forward(equal)
     sync(device)
     unpadded = len(equal) / (time.perf_counter() - t0)
-    return padded, unpadded, path
+    shaped = search_shaped_value(value, length=length, rounds=rounds, device=device) if path.startswith("models") else {}
+    return padded, unpadded, path, shaped
+
+
+def search_shaped_value(value: Any, *, length: int, rounds: int, device: str) -> dict[str, float]:
+    """States/s of what VM-MCTS sends (per problem: a cached head, expansions of 5 rollouts of
+    different lengths sharing their parent state, each also scored as its first-line child),
+    scored in padded rows (``pack_tokens=0``, the CUDA default) and as a prefix tree (the CPU
+    default): the measurement that decides the CUDA default."""
+    import random
+
+    rng = random.Random(0)
+    vocab = value.model.config.vocab_size
+    head_len, parent_len = length // 4, length // 16
+    encoded: list[list[int]] = []
+    heads: list[list[int]] = []
+    for _problem in range(rounds * 2):
+        head = [rng.randrange(3, vocab) for _ in range(head_len)]
+        for _ in range(3):  # expansions
+            parent = head + [rng.randrange(3, vocab) for _ in range(parent_len)]
+            for _ in range(5):
+                rollout = parent + [rng.randrange(3, vocab) for _ in range(rng.randint(8, length - head_len - parent_len))]
+                child = rollout[: len(parent) + 6]
+                encoded += [child, rollout]
+                heads += [head, head]
+    out: dict[str, float] = {}
+    for name, pack in (("padded", 0), ("tree", 384)):
+        model = value.sharing_weights(pack_tokens=pack)
+        model._forward(encoded[:20], heads[:20])
+        model.clear_prefix_cache()
+        sync(device)
+        t0 = time.perf_counter()
+        model._forward(encoded, heads)
+        sync(device)
+        out[f"search_shaped_states_s_{name}"] = round(len(encoded) / (time.perf_counter() - t0), 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,10 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-        states, unpadded, path = bench_value(cfg, batch=vbatch, length=vlen, rounds=vrounds, device=device)
+        states, unpadded, path, shaped = bench_value(cfg, batch=vbatch, length=vlen, rounds=vrounds, device=device)
         row[f"value_states_s_b{vbatch}"] = round(states, 1)
         row[f"value_states_s_b{vbatch}_equal_len"] = round(unpadded, 1)
         row["value_path"] = path
+        row.update(shaped)
         print(f"{name}: value batch {vbatch} x {vlen} tokens: {states:.1f} states/s padded, {unpadded:.1f} equal lengths ({path})", flush=True)
         if device == "cuda":
             row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
