@@ -409,7 +409,8 @@ class HFValueModel:
         child inside its own rollout, a duplicate) is one node, computed once, and nothing is
         padded. The nodes run in passes of ``pack`` (in insertion order, so a parent precedes its
         children); a node attends to the cached prefix and to its ancestors, those of earlier
-        passes through their kept keys and values. Exact under causal attention."""
+        passes through their kept keys and values (the masks are per pass: ``pack`` x nodes so far).
+        Exact under causal attention."""
         import torch
         from transformers import DynamicCache
 
@@ -428,13 +429,10 @@ class HFValueModel:
                 node = nxt
             ends.append((item, node))
         n = len(tokens)
-        sees = torch.zeros(n, n, dtype=torch.bool)  # a node sees its ancestors and itself
-        depth = torch.zeros(n, dtype=torch.long)
+        depth = [0] * n
         for i, parent in enumerate(parents):
             if parent >= 0:
-                sees[i] = sees[parent]
                 depth[i] = depth[parent] + 1
-            sees[i, i] = True
         backbone, _ = self._parts()
         done: list[tuple[Any, Any]] = []  # per layer: keys/values of the nodes computed so far
         reads_by_pass: dict[int, list[tuple[int, int, int]]] = {}
@@ -442,7 +440,17 @@ class HFValueModel:
             reads_by_pass.setdefault(node // pack, []).append((0, item, node % pack))
         for p, a in enumerate(range(0, n, pack)):
             b = min(a + pack, n)
-            needed = sees[a:b, :a].any(dim=0).nonzero()[:, 0]  # ancestors from earlier passes
+            sees = torch.zeros(b - a, b, dtype=torch.bool)  # this pass's nodes see their ancestors and themselves
+            for i in range(a, b):
+                parent = parents[i]
+                if parent >= a:
+                    sees[i - a] = sees[parent - a]
+                else:  # the ancestors lie in earlier passes (or it hangs off the cached prefix)
+                    while parent >= 0:
+                        sees[i - a, parent] = True
+                        parent = parents[parent]
+                sees[i - a, i] = True
+            needed = sees[:, :a].any(dim=0).nonzero()[:, 0]  # ancestors from earlier passes
             past = None
             if kv is not None or len(needed):
                 layers = []
@@ -454,12 +462,12 @@ class HFValueModel:
                         parts_v.append(done[layer][1][:, :, needed])
                     layers.append((torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)))
                 past = DynamicCache(ddp_cache_data=layers)
-            mask = torch.cat([torch.ones(b - a, skip if kv is not None else 0, dtype=torch.bool), sees[a:b][:, needed], sees[a:b, a:b]], dim=1)
+            mask = torch.cat([torch.ones(b - a, skip if kv is not None else 0, dtype=torch.bool), sees[:, needed], sees[:, a:b]], dim=1)
             self.tokens_computed += b - a
             out = backbone(
                 input_ids=torch.tensor([tokens[a:b]], dtype=torch.long, device=device),
                 attention_mask=mask[None, None].to(device),
-                position_ids=(skip + depth[a:b])[None].to(device),
+                position_ids=torch.tensor([[skip + d for d in depth[a:b]]], dtype=torch.long, device=device),
                 past_key_values=past if past is not None else DynamicCache(),
                 use_cache=True,
             )
