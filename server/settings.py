@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         default="auto", description="value model weights: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else float32"
     )
     value_threads: int = Field(default=0, ge=0, le=4096, description="value model CPU threads; 0 = half the CPUs (the policy engine shares them)")
+    value_pack_tokens: int | None = Field(
+        default=None, ge=0, le=65536,
+        description="value model on a CPU: states packed as a prefix tree, up to this many tokens per pass; 0 = padded batches; None = 384 on a CPU, 0 on a GPU",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -310,6 +310,21 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     FakePolicy()  # doubles import cleanly
 
 
+async def test_value_settings_reach_the_loaded_value_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESTRL_VALUE_PACK_TOKENS and RESTRL_VALUE_DTYPE arrive in the value model the server loads."""
+    from server.loading import EngineLoader
+
+    monkeypatch.setenv("RESTRL_VALUE_PACK_TOKENS", "0")
+    settings = Settings(value_dtype="float32")
+    assert settings.value_pack_tokens == 0 and Settings(value_pack_tokens=None).value_pack_tokens is None
+    value = await EngineLoader(settings).load_value(None)
+    try:
+        cfg = value.config  # type: ignore[attr-defined]
+        assert (cfg.pack_tokens, cfg.resolved_pack_tokens(), cfg.resolved_dtype()) == (0, 0, "float32")
+    finally:
+        await value.close()
+
+
 @pytest.mark.parametrize(("error", "status", "kind"), [
     ("dead", 503, "unavailable"), ("model", 500, "model_error")])
 async def test_engine_errors_map_to_http(error: str, status: int, kind: str) -> None:
