@@ -211,6 +211,8 @@ def search_shaped_value(value: Any, *, length: int, rounds: int, device: str) ->
     default): the measurement that decides the CUDA default."""
     import random
 
+    from models.config import DEFAULT_PACK_TOKENS
+
     rng = random.Random(0)
     vocab = value.model.config.vocab_size
     head_len, parent_len = length // 4, length // 16
@@ -226,7 +228,7 @@ def search_shaped_value(value: Any, *, length: int, rounds: int, device: str) ->
                 encoded += [child, rollout]
                 heads += [head, head]
     out: dict[str, float] = {}
-    for name, pack in (("padded", 0), ("tree", 384)):
+    for name, pack in (("padded", 0), ("tree", DEFAULT_PACK_TOKENS)):
         model = value.sharing_weights(pack_tokens=pack)
         model._forward(encoded[:20], heads[:20])
         model.clear_prefix_cache()

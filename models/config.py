@@ -115,9 +115,10 @@ class ValueConfig(BaseModel):
         default=None,
         ge=0,
         le=65536,
-        description="states of different lengths run packed end to end in one sequence of up to this many tokens"
-        " (block-causal mask) instead of right-padded batches; 0 = padded; None = 384 on a CPU (1.6x cheaper than"
-        " padding there), 0 on a GPU (masked attention ran 2.6-6x slower on an H100)",
+        description="a batch's states of one problem run as a prefix tree (each shared token once, no padding, an"
+        " ancestor mask) in passes of up to this many tokens instead of right-padded batches; 0 = padded; None = 384 on"
+        " a CPU (1.5x cheaper than padded sharing there, `python -m bench.value`), 0 on a GPU (unmeasured; masked"
+        " batches ran 2.6-6x slower on an H100)",
     )
     max_length: int = Field(default=1024, ge=64, le=131072, description="tokens per state; the state is cut from the left, the problem kept")
     seed: int = Field(default=0, ge=0, description="seed of an untrained head's initialisation")
@@ -127,6 +128,11 @@ class ValueConfig(BaseModel):
         " calls (padded scoring then computes every input in full; packed scoring still shares tokens within a call)",
     )
     device: str = Field(default="cpu", description="torch device (cpu, cuda, cuda:1, ...)")
+    threads: int = Field(
+        default=0, ge=0, le=4096,
+        description="on a CPU device: torch threads of this process (process-wide, the value model is its torch user);"
+        " 0 = half the CPUs this process may use, at least 1 - the policy engine runs beside it and shares the cores",
+    )
 
     def resolved_dtype(self) -> Literal["float32", "bfloat16"]:
         """The dtype ``dtype`` means on ``device`` (see `native_bf16`)."""
@@ -139,8 +145,3 @@ class ValueConfig(BaseModel):
         if self.pack_tokens is not None:
             return self.pack_tokens
         return 0 if (device or self.device).startswith("cuda") else DEFAULT_PACK_TOKENS
-    threads: int = Field(
-        default=0, ge=0, le=4096,
-        description="on a CPU device: torch threads of this process (process-wide, the value model is its torch user);"
-        " 0 = half the CPUs this process may use, at least 1 - the policy engine runs beside it and shares the cores",
-    )

@@ -462,7 +462,7 @@ class HFValueModel:
                         parts_v.append(done[layer][1][:, :, needed])
                     layers.append((torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)))
                 past = DynamicCache(ddp_cache_data=layers)
-            mask = torch.cat([torch.ones(b - a, skip if kv is not None else 0, dtype=torch.bool), sees[:, needed], sees[:, a:b]], dim=1)
+            mask = torch.cat([torch.ones(b - a, skip, dtype=torch.bool), sees[:, needed], sees[:, a:b]], dim=1)  # kv None <=> skip 0
             self.tokens_computed += b - a
             out = backbone(
                 input_ids=torch.tensor([tokens[a:b]], dtype=torch.long, device=device),
