@@ -76,6 +76,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def resolve_device(device: str) -> str:
+    """``device`` with "auto" resolved: cuda when torch sees a GPU, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def native_bf16(device: str) -> bool:
     """True where bfloat16 matrix products run in hardware: a CUDA device that supports bf16, or a
     CPU with AVX512-BF16 or AMX-BF16 (elsewhere torch emulates bf16 on CPUs, slower than float32)."""
@@ -127,21 +136,25 @@ class ValueConfig(BaseModel):
         description="memory for cached keys/values of problem heads (shared by all states of a problem); 0 = keep nothing between"
         " calls (padded scoring then computes every input in full; packed scoring still shares tokens within a call)",
     )
-    device: str = Field(default="cpu", description="torch device (cpu, cuda, cuda:1, ...)")
+    device: str = Field(default="auto", description="torch device (cpu, cuda, cuda:1, ...); auto = cuda when a GPU is visible, else cpu")
     threads: int = Field(
         default=0, ge=0, le=4096,
         description="on a CPU device: torch threads of this process (process-wide, the value model is its torch user);"
         " 0 = half the CPUs this process may use, at least 1 - the policy engine runs beside it and shares the cores",
     )
 
+    def resolved_device(self) -> str:
+        """The torch device ``device`` means here."""
+        return resolve_device(self.device)
+
     def resolved_dtype(self) -> Literal["float32", "bfloat16"]:
         """The dtype ``dtype`` means on ``device`` (see `native_bf16`)."""
         if self.dtype != "auto":
             return self.dtype
-        return "bfloat16" if native_bf16(self.device) else "float32"
+        return "bfloat16" if native_bf16(self.resolved_device()) else "float32"
 
     def resolved_pack_tokens(self, device: str | None = None) -> int:
         """The packing ``pack_tokens`` means on ``device`` (default: the configured one): 0 = padded batches."""
         if self.pack_tokens is not None:
             return self.pack_tokens
-        return 0 if (device or self.device).startswith("cuda") else DEFAULT_PACK_TOKENS
+        return 0 if (device or self.resolved_device()).startswith("cuda") else DEFAULT_PACK_TOKENS

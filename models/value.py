@@ -257,6 +257,7 @@ class HFValueModel:
     def load(cls, cfg: ValueConfig) -> HFValueModel:
         """Resolve, verify and load the value model ``cfg`` names (see the module doc)."""
         t0 = time.perf_counter()
+        cfg = cfg.model_copy(update={"device": cfg.resolved_device()})  # "auto" -> the device it runs on
         source = cfg.model
         if source is None and cfg.use_shipped and SHIPPED_VALUE_DIR.joinpath("restrl.json").exists():
             source = str(SHIPPED_VALUE_DIR)

@@ -67,7 +67,8 @@ class EngineLoader:
         from models import ValueConfig, load_value_model
 
         return await load_value_model(ValueConfig(
-            model=source, seed=self._settings.seed, threads=self._settings.value_threads, dtype=self._settings.value_dtype,
+            model=source, seed=self._settings.seed, device=self._settings.value_device, threads=self._settings.value_threads,
+            dtype=self._settings.value_dtype,
             pack_tokens=self._settings.value_pack_tokens,
         ))
 

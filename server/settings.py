@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     value_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="value model weights: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else float32"
     )
+    value_device: str = Field(default="auto", description="value model torch device (cpu, cuda, cuda:1, ...); auto = cuda when a GPU is visible, else cpu")
     value_threads: int = Field(default=0, ge=0, le=4096, description="value model CPU threads; 0 = half the CPUs (the policy engine shares them)")
     value_pack_tokens: int | None = Field(
         default=None, ge=0, le=65536,

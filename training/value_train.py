@@ -187,11 +187,9 @@ def calibration_plot(preds: Sequence[float], targets: Sequence[float], path: str
 
 
 def _device(cfg: ValueTrainConfig) -> str:
-    import torch
+    from models.config import resolve_device
 
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.device
+    return resolve_device(cfg.device)
 
 
 def _predict(model: Any, tokenizer: Any, problems: dict[str, Problem], rows: Sequence[dict[str, Any]], cfg: ValueTrainConfig, device: str) -> list[float]:

@@ -41,3 +41,13 @@ def test_value_config_bounds():
         ValueConfig(batch_size=0)
     with pytest.raises(ValidationError):
         ValueConfig(max_length=8)
+
+
+def test_value_device_auto_is_the_gpu_when_there_is_one():
+    import torch
+
+    assert ValueConfig().device == "auto"
+    assert ValueConfig().resolved_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert ValueConfig(device="cpu").resolved_device() == "cpu"
+    assert ValueConfig(device="cuda:1").resolved_device() == "cuda:1"
+    assert ValueConfig(device="cuda:1").resolved_pack_tokens() == 0  # padded batches on a GPU

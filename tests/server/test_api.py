@@ -311,16 +311,22 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_value_settings_reach_the_loaded_value_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """RESTRL_VALUE_PACK_TOKENS and RESTRL_VALUE_DTYPE arrive in the value model the server loads."""
+    """RESTRL_VALUE_PACK_TOKENS, RESTRL_VALUE_DTYPE and RESTRL_VALUE_DEVICE arrive in the value model
+    the server loads; the default device is the GPU when there is one, else the CPU."""
+    import torch
+
     from server.loading import EngineLoader
 
     monkeypatch.setenv("RESTRL_VALUE_PACK_TOKENS", "0")
     settings = Settings(value_dtype="float32")
     assert settings.value_pack_tokens == 0 and Settings(value_pack_tokens=None).value_pack_tokens is None
+    assert settings.value_device == "auto" and Settings(value_device="cpu").value_device == "cpu"
     value = await EngineLoader(settings).load_value(None)
     try:
         cfg = value.config  # type: ignore[attr-defined]
         assert (cfg.pack_tokens, cfg.resolved_pack_tokens(), cfg.resolved_dtype()) == (0, 0, "float32")
+        expected = "cuda" if torch.cuda.is_available() else "cpu"
+        assert cfg.device == expected and next(value.model.parameters()).device.type == expected  # type: ignore[attr-defined]
     finally:
         await value.close()
 
