@@ -126,29 +126,41 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
     batch_sizes: dict[int, list[int]] = {p: [] for p in args.parallel}
     no_cache_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     constant_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
+    concurrent_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     for rnd in range(args.rounds):
         for par in args.parallel:
             raw = await _raw_sampling(policy, problems, requests=budget // k, lanes=par, n=k, max_tokens=args.max_tokens,
                                       temperature=args.temperature)
             raw_runs[par].append(raw)
-            vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0, on_batch=batch_sizes[par].append)
+            hold = getattr(policy, "paused", None) if args.pause else None
+            vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0, on_batch=batch_sizes[par].append, hold=hold)
             cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
                                temperature=args.temperature, parallel_expansions=par, seed=rnd)
             res = await _searches(policy, vb, problems, cfg, concurrent=True)
             await vb.close()
             res["value_busy_s"] = vb.busy_s
+            res["hold_wait_s"] = vb.hold_wait_s
             mcts_runs[par].append(res)
             print(f"round {rnd} parallel={par}: raw {raw['tok_s']:6.1f} tok/s, vm_mcts {res['tok_s']:6.1f} tok/s "
                   f"(ratio {res['tok_s'] / raw['tok_s']:.2f}; per CPU-s {res['tok_per_cpu_s'] / raw['tok_per_cpu_s']:.2f})",
                   flush=True)
             if args.no_prefix_cache_baseline:  # the same searches scoring every input in full
-                vb = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), max_batch=64, max_wait_ms=2.0)
+                vb = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), max_batch=64, max_wait_ms=2.0,
+                                  hold=hold)
                 full = await _searches(policy, vb, problems, cfg, concurrent=True)
                 await vb.close()
                 full["value_busy_s"] = vb.busy_s
                 no_cache_runs[par].append(full)
                 print(f"round {rnd} parallel={par}: vm_mcts without the value prefix cache {full['tok_s']:6.1f} tok/s "
                       f"(ratio {full['tok_s'] / raw['tok_s']:.2f})", flush=True)
+            if args.concurrent_value_baseline:  # the same searches, value model beside the running engine
+                vb = ValueBatcher(value_model.sharing_weights(threads=0), max_batch=64, max_wait_ms=2.0)
+                side = await _searches(policy, vb, problems, cfg, concurrent=True)
+                await vb.close()
+                side["value_busy_s"] = vb.busy_s
+                concurrent_runs[par].append(side)
+                print(f"round {rnd} parallel={par}: vm_mcts with the value model beside the engine {side['tok_s']:6.1f} tok/s "
+                      f"(ratio {side['tok_s'] / raw['tok_s']:.2f})", flush=True)
             if args.constant_value_baseline:  # the same searches with a value model that costs nothing
                 vb = ValueBatcher(ConstantValue(), max_batch=64, max_wait_ms=2.0)
                 free = await _searches(policy, vb, problems, cfg, concurrent=True)
@@ -169,6 +181,7 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
             "mean_value_batch": sum(sizes) / max(len(sizes), 1),
             # share of the searches' wall time with a value batch running (the rest: policy only)
             "value_busy_share": sum(m["value_busy_s"] for m in mcts_runs[par]) / res["wall_s"],
+            "hold_wait_share": sum(m["hold_wait_s"] for m in mcts_runs[par]) / res["wall_s"],  # pausing the engine
             "cached_prompt_fraction": sum(m["cached_prompt_tokens"] for m in mcts_runs[par])
             / max(sum(m["prompt_tokens"] for m in mcts_runs[par]), 1),
         }
@@ -177,6 +190,11 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
             sweep[str(par)]["vm_mcts_no_prefix_cache"] = full
             sweep[str(par)]["no_prefix_cache_ratio_vs_raw"] = full["tok_s"] / raw["tok_s"]
             sweep[str(par)]["no_prefix_cache_value_busy_share"] = sum(m["value_busy_s"] for m in no_cache_runs[par]) / full["wall_s"]
+        if concurrent_runs[par]:
+            side = _pooled(concurrent_runs[par])
+            sweep[str(par)]["vm_mcts_value_beside_engine"] = side
+            sweep[str(par)]["value_beside_engine_ratio_vs_raw"] = side["tok_s"] / raw["tok_s"]
+            sweep[str(par)]["value_beside_engine_busy_share"] = sum(m["value_busy_s"] for m in concurrent_runs[par]) / side["wall_s"]
         if constant_runs[par]:
             free = _pooled(constant_runs[par])
             sweep[str(par)]["vm_mcts_constant_value"] = free
@@ -188,7 +206,7 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
     n_ref = args.reference_problems
     raw1 = await _raw_sampling(policy, problems[:n_ref], requests=budget // k, lanes=1, n=k, max_tokens=args.max_tokens,
                                temperature=args.temperature)
-    vb1 = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), max_batch=1, max_wait_ms=0.0)
+    vb1 = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0, threads=0), max_batch=1, max_wait_ms=0.0)
     ref_cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
                            temperature=args.temperature, parallel_expansions=1, seed=0)
     ref = await _searches(policy, vb1, problems[:n_ref], ref_cfg, concurrent=False)
@@ -270,9 +288,10 @@ def _tables(result: dict[str, Any]) -> str:
             "| pattern | raw tok/s (same in-flight requests) | vm_mcts tok/s | ratio (wall) | ratio (per CPU-s) | mean value batch | cached prompt share |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
+        mode = ", value batches pause the engine" if result.get("value_pauses_engine") else ""
         for par, r in tp["parallel_sweep"].items():
             lines.append(
-                f"| vm_mcts, parallel_expansions={par} | {r['raw']['tok_s']:.1f} | {r['vm_mcts']['tok_s']:.1f} | "
+                f"| vm_mcts, parallel_expansions={par}{mode} | {r['raw']['tok_s']:.1f} | {r['vm_mcts']['tok_s']:.1f} | "
                 f"{r['ratio_vs_raw']:.2f} | {r['cpu_ratio_vs_raw']:.2f} | {r['mean_value_batch']:.1f} | {r['cached_prompt_fraction']:.2f} |"
             )
             if "vm_mcts_no_prefix_cache" in r:
@@ -280,6 +299,13 @@ def _tables(result: dict[str, Any]) -> str:
                 lines.append(
                     f"| same, value prefix cache off | {r['raw']['tok_s']:.1f} | {full['tok_s']:.1f} | "
                     f"{r['no_prefix_cache_ratio_vs_raw']:.2f} | {full['tok_per_cpu_s'] / r['raw']['tok_per_cpu_s']:.2f} | - | - |"
+                )
+            if "vm_mcts_value_beside_engine" in r:
+                side = r["vm_mcts_value_beside_engine"]
+                lines.append(
+                    f"| same, value model beside the running engine (no pause, half the CPUs) | {r['raw']['tok_s']:.1f} | "
+                    f"{side['tok_s']:.1f} | {r['value_beside_engine_ratio_vs_raw']:.2f} | "
+                    f"{side['tok_per_cpu_s'] / r['raw']['tok_per_cpu_s']:.2f} | - | - |"
                 )
             if "vm_mcts_constant_value" in r:
                 free = r["vm_mcts_constant_value"]
@@ -314,21 +340,26 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from models import EngineConfig, load_policy, load_value_model
-    from models.config import ValueConfig
+    from models.config import ValueConfig, resolve_device
+    from models.value import cpu_threads
+    from search.batcher import pauses_engine
     from tasks.humaneval import load_humaneval
 
     problems = load_humaneval()
     t0 = time.perf_counter()
     policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))
+    args.pause = pauses_engine(args.value_cpu_sharing, engine_on_cpu=bool(getattr(policy, "on_cpu", False)),
+                               value_device=resolve_device("auto"))
     value_model = await load_value_model(
         ValueConfig(batch_size=16, max_length=768, dtype=args.value_dtype, prefix_cache_mb=args.value_prefix_cache_mb,
-                    threads=args.value_threads))
+                    threads=cpu_threads(args.value_threads, exclusive=args.pause)))
     print(f"engines ready in {time.perf_counter() - t0:.1f}s: {policy.version} / {value_model.version}", flush=True)
     result: dict[str, Any] = {
         "policy_version": policy.version,
         "value_version": value_model.version,
         "value_model_trained": "untrained" not in value_model.version,
-        "value_torch_threads": torch.get_num_threads(),
+        "value_torch_threads": value_model.threads or torch.get_num_threads(),
+        "value_pauses_engine": args.pause,
         "value_dtype": value_model.config.resolved_dtype(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "args": {k: v for k, v in vars(args).items()},
@@ -384,7 +415,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kv-cache-gib", type=float, default=2.0)
     ap.add_argument("--value-dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="value model dtype (auto: the serving default)")
     ap.add_argument("--value-prefix-cache-mb", type=int, default=256, help="value model: cache of problem-head keys/values (0 = off)")
-    ap.add_argument("--value-threads", type=int, default=0, help="value model torch threads (0 = half the CPUs, the serving default)")
+    ap.add_argument("--value-threads", type=int, default=0,
+                    help="value model torch threads (0 = the serving default: all CPUs when value batches pause the engine, else half)")
+    ap.add_argument("--value-cpu-sharing", choices=["auto", "pause", "concurrent"], default="auto",
+                    help="value batches pause the policy engine and use all cores, or both run at once (auto: the serving default)")
+    ap.add_argument("--concurrent-value-baseline", action="store_true",
+                    help="throughput: also run each search round with the value model running beside the engine (no pause, half the CPUs)")
     ap.add_argument("--no-prefix-cache-baseline", action="store_true",
                     help="throughput: also run each search round with the value prefix cache off (same raw baseline)")
     ap.add_argument("--constant-value-baseline", action="store_true",

@@ -139,8 +139,9 @@ class ValueConfig(BaseModel):
     device: str = Field(default="auto", description="torch device (cpu, cuda, cuda:1, ...); auto = cuda when a GPU is visible, else cpu")
     threads: int = Field(
         default=0, ge=0, le=4096,
-        description="on a CPU device: torch threads of this process (process-wide, the value model is its torch user);"
-        " 0 = half the CPUs this process may use, at least 1 - the policy engine runs beside it and shares the cores",
+        description="on a CPU device: torch threads of a scoring call; 0 = half the CPUs this process may use, at least 1"
+        " - the policy engine runs beside it and shares the cores (where value batches pause the engine, the server and"
+        " restrl eval pass all of them)",
     )
 
     def resolved_device(self) -> str:

@@ -22,8 +22,9 @@ once, nothing is padded, and a block mask lets each node see the head and its an
 they run in right-padded batches sorted by length, where a state that is a token prefix of
 another is read off the longer one's pass and an expansion's shared state runs once
 (`_share_plan`). All of it is exact under causal attention. A LoRA adapter is merged into the
-weights at load; on a CPU the process's torch threads are set to ``ValueConfig.threads`` (default:
-half the cores, the policy engine takes the rest).
+weights at load; on a CPU each scoring call runs on ``ValueConfig.threads`` torch threads (default:
+half the cores, the policy engine takes the rest; all of them where value batches pause the
+engine, `cpu_threads`).
 `save_value_checkpoint` writes weights + `restrl.json` for the training job.
 """
 
@@ -68,15 +69,18 @@ def encode_value_inputs(
     return encoded
 
 
-def cpu_threads(requested: int = 0) -> int:
-    """Torch threads for a CPU value model: ``requested``, or (0) half the CPUs this process may
-    use. With both of 2 cores busy (`python -m bench.value --contend`), shared scoring took 14.8 s
-    on two threads and 11.3 s on one: two processes' OpenMP threads wait on each other."""
+def cpu_threads(requested: int = 0, *, exclusive: bool = False) -> int:
+    """Torch threads for a CPU value model: ``requested``, or (0) all the CPUs this process may use
+    when its batches have them to themselves (``exclusive``: they pause the policy engine,
+    `search.batcher.pauses_engine`), else half of them. With both of 2 cores busy (`python -m
+    bench.value --contend`), shared scoring took 14.8 s on two threads and 11.3 s on one: two
+    processes' OpenMP threads wait on each other."""
     if requested > 0:
         return requested
     import os
 
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+    cpus = len(os.sched_getaffinity(0))
+    return cpus if exclusive else max(1, cpus // 2)
 
 
 def _resolve_base(name: str | None) -> Path:
@@ -252,6 +256,16 @@ class HFValueModel:
         # decoder positions computed: real tokens and padding (statistics for benches)
         self.tokens_computed = 0
         self.tokens_padding = 0
+        self.threads: int | None = None  # torch threads on a CPU (None: leave torch's setting)
+
+    def _use_threads(self) -> None:
+        """Set the calling thread's torch threads to `threads`: the count is per OS thread (OpenMP),
+        and calls arrive on whichever worker thread `asyncio.to_thread` picks."""
+        if self.threads is not None:
+            import torch
+
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
 
     @classmethod
     def load(cls, cfg: ValueConfig) -> HFValueModel:
@@ -272,11 +286,10 @@ class HFValueModel:
             trained = True
         model.to(cfg.device)
         model.eval()
-        if str(cfg.device).startswith("cpu"):
-            import torch
-
-            torch.set_num_threads(cpu_threads(cfg.threads))
         value = cls(model=model, tokenizer=tokenizer, config=cfg, version=version, trained=trained)
+        if str(cfg.device).startswith("cpu"):
+            value.threads = cpu_threads(cfg.threads)
+            value._use_threads()
         value.startup_s = time.perf_counter() - t0
         if not trained:
             logger.warning("value model %s is UNTRAINED: its scores carry no information", version)
@@ -314,7 +327,10 @@ class HFValueModel:
         (``batch_size``, ``max_length``, ``prefix_cache_mb``) and its own prefix cache."""
         cfg = self.config.model_copy(update=config_updates)
         ValueConfig.model_validate(cfg.model_dump())
-        return HFValueModel(model=self.model, tokenizer=self.tokenizer, config=cfg, version=self.version, trained=self.trained)
+        other = HFValueModel(model=self.model, tokenizer=self.tokenizer, config=cfg, version=self.version, trained=self.trained)
+        if self.threads is not None:
+            other.threads = cpu_threads(cfg.threads) if "threads" in config_updates else self.threads
+        return other
 
     def _parts(self) -> tuple[Any, Any]:
         """The decoder (``LlamaModel`` & co.) and the ``score`` head of the sequence classifier,
@@ -368,6 +384,7 @@ class HFValueModel:
         scores = [0.0] * len(encoded)
         pack = self.config.resolved_pack_tokens(str(device))
         with self._lock, torch.inference_mode():
+            self._use_threads()
             if heads is None or self.config.prefix_cache_mb == 0:
                 if pack:  # nothing kept between calls; within this one, shared tokens still run once
                     self._run_tree(None, 0, list(range(len(encoded))), encoded, scores, device, pack)

@@ -17,6 +17,10 @@ machine the engine runs in this process with the settings ENVIRONMENT.md measure
   load a new engine (`models.load_policy`); adapters swap per request through `LoRARequest`
   (`with_adapter` returns a view sharing the engine).
 
+`paused()` holds the engine's scheduler (vLLM's ``pause_generation(mode="keep")``: requests keep
+their place and cache) so that a value model on the same CPU cores can have all of them for a
+batch (`search.ValueBatcher`'s ``hold``).
+
 Cancelling the task awaiting `sample` aborts the engine request (vLLM's `generate` does this on
 `CancelledError`). vLLM's `EngineDeadError` becomes `models.base.EngineDeadError`; request-level
 failures become `ModelError`.
@@ -25,6 +29,7 @@ failures become `ModelError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -33,7 +38,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +90,40 @@ class _ClosedEngine:
 class _SharedEngine:
     """One `AsyncLLM` shared by a policy and its adapter views; shut down when the last closes."""
 
-    def __init__(self, engine: Any, rpc_dir: str | None, reaper: EngineReaper | None = None) -> None:
+    def __init__(self, engine: Any, rpc_dir: str | None, reaper: EngineReaper | None = None, *, on_cpu: bool = False) -> None:
         self.engine = engine
         self.rpc_dir = rpc_dir
         self.reaper = reaper
+        self.on_cpu = on_cpu
         self.holders = 1
         self.lora_ids: dict[str, int] = {}
         self.closed = False
+        self.pausers = 0  # holders of `VLLMPolicy.paused` right now; the scheduler is paused while > 0
+        self.paused_s = 0.0  # wall seconds the scheduler was paused (statistics)
+        self._pause_lock = asyncio.Lock()
+        self._paused_at = 0.0
+
+    async def pause(self) -> None:
+        async with self._pause_lock:
+            if self.pausers == 0:
+                if self.closed:
+                    raise EngineDeadError("the vLLM engine was shut down")
+                # "keep": running requests stay where they are with their KV blocks and go on at resume
+                await self.engine.pause_generation(mode="keep", clear_cache=False)
+                self._paused_at = time.perf_counter()
+            self.pausers += 1
+
+    async def resume(self) -> None:
+        async with self._pause_lock:
+            self.pausers -= 1
+            if self.pausers == 0:
+                self.paused_s += time.perf_counter() - self._paused_at
+                if not self.closed:
+                    try:
+                        await self.engine.resume_generation()
+                    except Exception:
+                        logger.error("vLLM engine: resume after a pause failed", exc_info=True)
+                        raise
 
     def lora_id(self, path: str) -> int:
         if path not in self.lora_ids:
@@ -113,6 +145,11 @@ class _SharedEngine:
                 self.reaper.stop()
             if self.rpc_dir:
                 shutil.rmtree(self.rpc_dir, ignore_errors=True)
+
+
+def _resume_later(shared: _SharedEngine) -> None:
+    task = asyncio.ensure_future(shared.resume())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: errors are logged by `resume`
 
 
 _REAPER_SOURCE = """
@@ -261,7 +298,7 @@ class VLLMPolicy:
                 shutil.rmtree(rpc_dir, ignore_errors=True)
             raise
         tokenizer = engine.get_tokenizer()
-        shared = _SharedEngine(engine, rpc_dir, EngineReaper.for_new_children(before))
+        shared = _SharedEngine(engine, rpc_dir, EngineReaper.for_new_children(before), on_cpu=not on_gpu)
         policy = cls(
             shared=shared,
             config=config,
@@ -321,6 +358,30 @@ class VLLMPolicy:
     def engine(self) -> Any:
         """The underlying `AsyncLLM` (for metrics and tests)."""
         return self._shared.engine
+
+    @property
+    def on_cpu(self) -> bool:
+        """True when the engine computes on this machine's CPU cores (the vLLM CPU build)."""
+        return self._shared.on_cpu
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold the engine's scheduler for the duration: running and new requests keep their place
+        and cache and go on afterwards; the engine spends no CPU meanwhile. Holders may overlap
+        (the engine resumes when the last leaves; adapter views share the count). It lets a value
+        model on the same CPU cores score a batch with all of them instead of fighting the engine's
+        threads (`search.ValueBatcher`'s ``hold``). Nothing inside may wait on this engine."""
+        shared = self._shared
+        pausing = asyncio.ensure_future(shared.pause())
+        try:
+            await asyncio.shield(pausing)
+        except asyncio.CancelledError:  # the pause may still go through: then undo it
+            pausing.add_done_callback(lambda t: _resume_later(shared) if not t.cancelled() and t.exception() is None else None)
+            raise
+        try:
+            yield
+        finally:
+            await asyncio.shield(shared.resume())  # a cancelled holder still resumes the engine
 
     async def sample(
         self,

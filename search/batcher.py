@@ -9,6 +9,13 @@ states of different problems share one forward pass; otherwise the batch is spli
 (states of one problem, e.g. the parallel expansions of one search, still share a pass).
 A caller cancelled while its states wait is dropped from the queue; a batch already running
 finishes for the others. ``max_batch=1`` reproduces the reference's one-state-per-call pattern.
+
+``hold`` (optional) returns an async context manager entered while the queue is scored (one hold
+for consecutive batches). With
+`VLLMPolicy.paused` it time-shares CPU cores between the policy engine and a value model on the
+same cores: the engine pauses while a batch runs on all of them, instead of both running at once
+and the engine's OpenMP threads stalling on the ones the value model took (`cpu_sharing`).
+If the hold cannot be taken the batch is scored anyway (and the failure logged).
 """
 
 from __future__ import annotations
@@ -18,12 +25,27 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from models.base import ModelError, ValueModel
 from tasks import Problem
 
 logger = logging.getLogger(__name__)
+
+
+CpuSharing = Literal["auto", "pause", "concurrent"]
+
+
+def pauses_engine(mode: CpuSharing, *, engine_on_cpu: bool, value_device: str) -> bool:
+    """Whether value batches should pause the policy engine (``hold=policy.paused``): "pause" and
+    "concurrent" say so; "auto" pauses when both compute on this machine's CPU cores (the vLLM CPU
+    build and a value model on ``cpu``), where running at once costs the engine more than the
+    value model's batch: its OpenMP threads wait on the cores the value model took."""
+    if mode != "auto":
+        return mode == "pause"
+    return engine_on_cpu and value_device.startswith("cpu")
 
 
 @dataclass(eq=False, slots=True)
@@ -43,6 +65,7 @@ class ValueBatcher:
         max_batch: int = 64,
         max_wait_ms: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
+        hold: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -52,9 +75,11 @@ class ValueBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.on_batch = on_batch
+        self.hold = hold
         self.batches = 0  # forward passes issued (statistics for benches and tests)
         self.batched_states = 0
         self.busy_s = 0.0  # wall seconds spent inside the wrapped model's calls
+        self.hold_wait_s = 0.0  # wall seconds spent taking the hold (the engine finishing its step)
         self._queue: list[_Item] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -100,11 +125,34 @@ class ValueBatcher:
             self._wakeup.clear()
             if self.max_wait_s > 0 and len(self._live()) < self.max_batch:
                 await asyncio.sleep(self.max_wait_s)  # let concurrent searches add their states
+            if self._live():
+                await self._drain()
+
+    async def _drain(self) -> None:
+        """Score the queue (and what joins it meanwhile) in batches of up to ``max_batch``, all
+        under one hold."""
+        held: AbstractAsyncContextManager[Any] | None = None
+        if self.hold is not None:
+            started = time.perf_counter()
+            try:
+                held = self.hold()
+                await held.__aenter__()
+            except Exception:
+                held = None
+                logger.warning("value batch: could not take the hold; scoring without it", exc_info=True)
+            self.hold_wait_s += time.perf_counter() - started
+        try:
             while live := self._live():
                 batch = live[: self.max_batch]
                 taken = set(map(id, batch))
                 self._queue = [it for it in live if id(it) not in taken]
                 await self._score_batch(batch)
+        finally:
+            if held is not None:
+                try:
+                    await held.__aexit__(None, None, None)
+                except Exception:
+                    logger.error("value batch: releasing the hold failed", exc_info=True)
 
     def _live(self) -> list[_Item]:
         self._queue = [it for it in self._queue if not it.future.done()]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from models.base import Policy, ValueModel
-from server.services import Services, assemble_services
+from server.services import Services, assemble_services, value_pauses_engine
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -65,11 +65,12 @@ class EngineLoader:
 
     async def load_value(self, source: str | None) -> ValueModel:
         from models import ValueConfig, load_value_model
+        from models.value import cpu_threads
 
+        s = self._settings
         return await load_value_model(ValueConfig(
-            model=source, seed=self._settings.seed, device=self._settings.value_device, threads=self._settings.value_threads,
-            dtype=self._settings.value_dtype,
-            pack_tokens=self._settings.value_pack_tokens,
+            model=source, seed=s.seed, device=s.value_device, threads=cpu_threads(s.value_threads, exclusive=value_pauses_engine(s)),
+            dtype=s.value_dtype, pack_tokens=s.value_pack_tokens,
         ))
 
 

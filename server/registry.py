@@ -105,6 +105,23 @@ class ModelRegistry:
     # ------------------------------------------------------------------ requests
 
     @asynccontextmanager
+    async def policy_paused(self) -> AsyncIterator[None]:
+        """Pause the active policy's engine for the block (`VLLMPolicy.paused`; a no-op for a policy
+        that cannot pause): the `ValueBatcher` hold of CPU time-sharing. Resolved per batch, so it
+        follows policy swaps."""
+        pair = self.active
+        paused = getattr(pair.policy, "paused", None) if pair is not None else None
+        if paused is None:
+            yield
+            return
+        async with paused():
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._metrics.engine_paused_seconds.inc(time.perf_counter() - started)
+
+    @asynccontextmanager
     async def acquire(self) -> AsyncIterator[ModelPair]:
         """The active pair, held (not closed by a swap) until the block exits."""
         pair = self.active

@@ -159,6 +159,15 @@ async def maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def value_pauses_engine(settings: Settings) -> bool:
+    """Whether value batches pause the policy engine (`search.batcher.pauses_engine` on the settings)."""
+    from models.config import resolve_device
+    from search.batcher import pauses_engine
+
+    on_cpu = settings.engine == "vllm" and resolve_device("auto") == "cpu"
+    return pauses_engine(settings.value_cpu_sharing, engine_on_cpu=on_cpu, value_device=resolve_device(settings.value_device))
+
+
 def assemble_services(settings: Settings, *, loader: ModelLoader, search_fn: SearchFn, sandbox: Any = None,
                       metrics: Metrics | None = None) -> Services:
     """Services around a model loader: metrics, registry (value calls batched by `ValueBatcher`),
@@ -167,9 +176,11 @@ def assemble_services(settings: Settings, *, loader: ModelLoader, search_fn: Sea
 
     metrics = metrics or Metrics()
 
+    pause = value_pauses_engine(settings)
+
     def batcher(value: Any) -> Any:
         return ValueBatcher(value, max_batch=settings.value_batch_max, max_wait_ms=settings.value_batch_wait_ms,
-                            on_batch=metrics.value_batch_size.observe)
+                            on_batch=metrics.value_batch_size.observe, hold=registry.policy_paused if pause else None)
 
     registry = ModelRegistry(loader, metrics, batcher_factory=batcher, probe_timeout_s=settings.ready_timeout_s)
     admission = AdmissionController(max_active=settings.max_concurrent_searches, max_queued=settings.max_queued,

@@ -54,7 +54,12 @@ class Settings(BaseSettings):
         default="auto", description="value model weights: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else float32"
     )
     value_device: str = Field(default="auto", description="value model torch device (cpu, cuda, cuda:1, ...); auto = cuda when a GPU is visible, else cpu")
-    value_threads: int = Field(default=0, ge=0, le=4096, description="value model CPU threads; 0 = half the CPUs (the policy engine shares them)")
+    value_threads: int = Field(default=0, ge=0, le=4096, description="value model CPU threads; 0 = all the CPUs when value batches pause the engine, else half")
+    value_cpu_sharing: Literal["auto", "pause", "concurrent"] = Field(
+        default="auto",
+        description="how the value model shares CPU cores with the policy engine: pause = each value batch pauses the engine and uses"
+        " all cores; concurrent = both run at once; auto = pause when both compute on the CPU (vLLM CPU build, value device cpu)",
+    )
     value_pack_tokens: int | None = Field(
         default=None, ge=0, le=65536,
         description="value model on a CPU: states packed as a prefix tree, up to this many tokens per pass; 0 = padded batches; None = 384 on a CPU, 0 on a GPU",

@@ -84,6 +84,9 @@ class EvalConfig(BaseModel):
     value_dtype: Literal["float32", "bfloat16"] = Field(default="bfloat16", description="bfloat16 halves CPU scoring time")
     value_batch_size: int = Field(default=16, ge=1)
     value_max_length: int = Field(default=1024, ge=64)
+    value_cpu_sharing: Literal["auto", "pause", "concurrent"] = Field(
+        default="auto", description="value batches pause the policy engine and use all cores (pause), or both run at once; auto = pause on a CPU"
+    )
     policy_adapter: str | None = Field(default=None)
     kv_cache_gib: float = Field(default=1.0, gt=0)
     max_model_len: int = Field(default=2048, ge=256)
@@ -348,12 +351,13 @@ def plot_eval(summary: dict[str, Any], path: str | Path, *, title: str) -> Path 
 
 
 async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
-    from models.config import EngineConfig, ValueConfig
+    from models.config import EngineConfig, ValueConfig, resolve_device
     from models.loading import load_policy
-    from models.value import load_value_model
+    from models.value import cpu_threads, load_value_model
     from sandbox.limits import Limits
     from sandbox.pool import Sandbox
     from search import ValueBatcher
+    from search.batcher import pauses_engine
 
     t0 = time.monotonic()
     out = Path(cfg.output_dir)
@@ -361,9 +365,10 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
     load0 = os.getloadavg()
     policy = await load_policy(EngineConfig(engine="vllm", adapter=cfg.policy_adapter, kv_cache_gib=cfg.kv_cache_gib,
                                             max_model_len=cfg.max_model_len, seed=cfg.seed))
+    pause = pauses_engine(cfg.value_cpu_sharing, engine_on_cpu=bool(getattr(policy, "on_cpu", False)), value_device=resolve_device("auto"))
     value = await load_value_model(ValueConfig(model=cfg.value_model, dtype=cfg.value_dtype, batch_size=cfg.value_batch_size,
-                                               max_length=cfg.value_max_length))
-    batcher = ValueBatcher(value, max_batch=cfg.value_batch_size * 2)
+                                               max_length=cfg.value_max_length, threads=cpu_threads(0, exclusive=pause)))
+    batcher = ValueBatcher(value, max_batch=cfg.value_batch_size * 2, hold=getattr(policy, "paused", None) if pause else None)
     sandbox = Sandbox(workers=cfg.sandbox_workers)
     limits = Limits(wall_s=cfg.sandbox_timeout_s, cpu_s=cfg.sandbox_timeout_s)
     runner = _Runner(cfg, policy, batcher, sandbox, limits)

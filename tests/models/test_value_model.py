@@ -3,6 +3,8 @@ LoRA adapter + head save/load round trip through a verified checkpoint."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from models import CheckpointError, ValueConfig, ValueModel, load_value_model, verify_checkpoint
@@ -215,10 +217,19 @@ def test_cpu_threads_default_leaves_cores_to_the_policy(default_model_dir):
 
     cores = len(os.sched_getaffinity(0))
     assert cpu_threads(0) == max(1, cores // 2) and cpu_threads(3) == 3
+    assert cpu_threads(0, exclusive=True) == cores and cpu_threads(3, exclusive=True) == 3  # batches that pause the engine
     before = torch.get_num_threads()
     try:
-        HFValueModel.load(ValueConfig(threads=1, use_shipped=False, batch_size=2, max_length=64))
-        assert torch.get_num_threads() == 1
+        value = HFValueModel.load(ValueConfig(threads=1, use_shipped=False, batch_size=2, max_length=64))
+        assert torch.get_num_threads() == 1 and value.threads == 1
+
+        def on_another_thread() -> int:  # torch's thread count is per OS thread: each call sets it
+            torch.set_num_threads(2)
+            value.score_sync(Problem(id="t", prompt="Add.", starter_code="def f():\n"), ["    return 1\n"])
+            return torch.get_num_threads()
+
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(on_another_thread).result() == 1
     finally:
         torch.set_num_threads(before)
 

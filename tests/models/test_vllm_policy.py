@@ -113,6 +113,77 @@ async def test_concurrent_requests_batch(vllm_policy):
     assert [len(r) for r in results] == [2] * 6
 
 
+def _engine_cpu_s() -> float:
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "EngineCore" in child.name():
+                total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+async def test_paused_engine_holds_requests_spends_no_cpu_and_resumes_them(vllm_policy):
+    """`paused()`: running and new requests wait and finish afterwards; the engine process is idle
+    meanwhile."""
+    engine, prompt = vllm_policy.engine, prompt_for(vllm_policy)
+    running = asyncio.create_task(vllm_policy.sample(prompt, n=2, max_tokens=48, temperature=0.8, seed=11))
+    for _ in range(100):  # until the engine works on it
+        await asyncio.sleep(0.02)
+        if engine.get_num_unfinished_requests() > 0:
+            break
+    async with vllm_policy.paused():
+        assert await engine.is_paused()
+        new = asyncio.create_task(vllm_policy.sample(prompt, max_tokens=4, temperature=0))
+        cpu0 = _engine_cpu_s()
+        await asyncio.sleep(1.0)
+        assert not running.done() and not new.done()
+        assert _engine_cpu_s() - cpu0 < 0.3  # a running engine would spend ~1 CPU-s here
+    assert not await engine.is_paused()
+    assert [s.finish_reason in ("stop", "length") and s.tokens > 0 for s in await running] == [True, True]
+    assert (await new)[0].tokens == 4
+
+
+async def test_overlapping_pauses_resume_when_the_last_ends(vllm_policy):
+    engine = vllm_policy.engine
+    first, second = vllm_policy.paused(), vllm_policy.paused()
+    await first.__aenter__()
+    await second.__aenter__()
+    await first.__aexit__(None, None, None)
+    assert await engine.is_paused()
+    await second.__aexit__(None, None, None)
+    assert not await engine.is_paused()
+    with pytest.raises(RuntimeError, match="inside"):  # an error inside still resumes
+        async with vllm_policy.paused():
+            raise RuntimeError("inside")
+    assert not await engine.is_paused()
+
+
+async def test_pause_cancelled_while_it_is_taken_leaves_the_engine_running(vllm_policy):
+    engine = vllm_policy.engine
+
+    async def hold_forever() -> None:
+        async with vllm_policy.paused():
+            await asyncio.sleep(3600)
+
+    for delay in (0.0, 0.5):  # cancelled during the pause request, and while held
+        task = asyncio.create_task(hold_forever())
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(50):
+            if vllm_policy._shared.pausers == 0 and not await engine.is_paused():
+                break
+            await asyncio.sleep(0.05)
+        assert vllm_policy._shared.pausers == 0 and not await engine.is_paused()
+    [s] = await vllm_policy.sample(prompt_for(vllm_policy), max_tokens=4, temperature=0)
+    assert s.tokens == 4
+
+
 @pytest.mark.slow  # starts a second engine
 async def test_closed_engine_fails_with_engine_dead(default_model_dir):
     policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=0.25, max_model_len=512, enable_lora=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -89,6 +90,64 @@ async def test_model_errors_reach_every_waiter_of_the_batch():
     await vb.close()
     with pytest.raises(ModelError):
         await vb.score(make_problem(), ["a"])
+
+
+async def test_hold_encloses_the_scoring_and_its_failures_do_not_lose_scores(caplog):
+    """``hold`` (the engine pause of CPU time-sharing) encloses the scoring of the queue, one hold
+    for consecutive batches; a hold that cannot be taken or released is logged and the batch is
+    scored all the same."""
+    events: list[str] = []
+    inner = PairValue()
+    inner_score_pairs = inner.score_pairs
+
+    async def recording_score_pairs(pairs):
+        events.append(f"score {len(pairs)}")
+        return await inner_score_pairs(pairs)
+
+    inner.score_pairs = recording_score_pairs  # type: ignore[method-assign]
+
+    @contextlib.asynccontextmanager
+    async def hold():
+        events.append("take")
+        try:
+            yield
+        finally:
+            events.append("release")
+
+    vb = ValueBatcher(inner, max_batch=2, max_wait_ms=2.0, hold=hold)
+    assert await vb.score(make_problem(), ["a", "b", "c"]) == [hash_value(s) for s in "abc"]
+    assert events == ["take", "score 2", "score 1", "release"]
+    assert await vb.score(make_problem(), ["d"]) == [hash_value("d")]
+    assert events[4:] == ["take", "score 1", "release"]
+    await vb.close()
+
+    @contextlib.asynccontextmanager
+    async def unavailable():
+        raise RuntimeError("engine gone")
+        yield  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def release_fails():
+        yield
+        raise RuntimeError("resume failed")
+
+    for broken in (unavailable, release_fails):
+        vb = ValueBatcher(PairValue(), hold=broken)
+        with caplog.at_level("WARNING", logger="search.batcher"):
+            assert await vb.score(make_problem(), ["x"]) == [hash_value("x")]
+            assert await vb.score(make_problem(), ["y"]) == [hash_value("y")]  # the worker lives on
+        await vb.close()
+    assert "could not take the hold" in caplog.text and "releasing the hold failed" in caplog.text
+
+
+def test_cpu_sharing_mode_resolution():
+    from search.batcher import pauses_engine
+
+    assert pauses_engine("auto", engine_on_cpu=True, value_device="cpu")
+    assert not pauses_engine("auto", engine_on_cpu=True, value_device="cuda:0")
+    assert not pauses_engine("auto", engine_on_cpu=False, value_device="cpu")
+    assert pauses_engine("pause", engine_on_cpu=False, value_device="cuda")
+    assert not pauses_engine("concurrent", engine_on_cpu=True, value_device="cpu")
 
 
 def test_invalid_settings_are_refused():

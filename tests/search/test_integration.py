@@ -83,6 +83,23 @@ async def _drained(engine, tries: int = 3000) -> bool:
     return False
 
 
+async def test_value_batches_pause_the_engine_when_they_share_its_cpu(problem, vllm_policy, value_model):
+    """CPU time-sharing (`ValueBatcher` ``hold=policy.paused``): every value batch of a search runs
+    with the engine paused; the search spends its budget and leaves the engine running."""
+    import torch
+
+    assert vllm_policy.on_cpu == (not torch.cuda.is_available())
+    shared = vllm_policy._shared
+    before = shared.paused_s
+    vb = ValueBatcher(value_model, max_batch=32, max_wait_ms=2.0, hold=vllm_policy.paused)
+    cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=6), k=3, max_tokens=64, seed=4, parallel_expansions=2)
+    r = await run_search(problem, vllm_policy, vb, cfg)
+    await vb.close()
+    assert r.usage.samples == 6 and r.usage.value_calls > 0 and r.program is not None
+    assert vb.batches > 0 and shared.paused_s > before and vb.hold_wait_s > 0
+    assert shared.pausers == 0 and not await vllm_policy.engine.is_paused()
+
+
 async def test_deadline_on_the_real_engine(problem, vllm_policy, value_model):
     cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=200, deadline_s=2.0), k=4, max_tokens=128)
     r = await run_search(problem, vllm_policy, value_model, cfg)

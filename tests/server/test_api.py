@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from search import run_search
 from server import Settings, build_app
-from server.services import Services, assemble_services
+from server.services import Services, assemble_services, value_pauses_engine
 from tests.server.conftest import running
 from tests.server.doubles import PROGRAM, FakeLoader, FakePolicy
 
@@ -327,8 +329,22 @@ async def test_value_settings_reach_the_loaded_value_model(monkeypatch: pytest.M
         assert (cfg.pack_tokens, cfg.resolved_pack_tokens(), cfg.resolved_dtype()) == (0, 0, "float32")
         expected = "cuda" if torch.cuda.is_available() else "cpu"
         assert cfg.device == expected and next(value.model.parameters()).device.type == expected  # type: ignore[attr-defined]
+        if expected == "cpu":  # vLLM on the CPU too: value batches pause it and take every core
+            assert value_pauses_engine(settings) and value.threads == len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
     finally:
         await value.close()
+
+
+def test_cpu_sharing_setting_resolves_per_engine_and_device() -> None:
+    import torch
+
+    cpu_host = not torch.cuda.is_available()
+    assert value_pauses_engine(Settings()) == cpu_host  # auto: vLLM CPU build + value on the CPU
+    assert not value_pauses_engine(Settings(engine="hf"))  # nothing to pause
+    assert not value_pauses_engine(Settings(value_cpu_sharing="concurrent"))
+    assert value_pauses_engine(Settings(value_cpu_sharing="pause", engine="hf"))  # asked for: a no-op hold there
+    with pytest.raises(ValidationError):
+        Settings(value_cpu_sharing="sometimes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("error", "status", "kind"), [

@@ -139,7 +139,7 @@ async def test_solve_stream_on_the_real_engine(real: tuple[Services, str]) -> No
 
 
 async def test_ready_and_metrics_on_the_real_engine(real: tuple[Services, str]) -> None:
-    _, url = real
+    services, url = real
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         r = await client.get("/ready")
         assert r.status_code == 200 and r.json()["probe"]["expansion_tokens"] >= 1
@@ -148,6 +148,10 @@ async def test_ready_and_metrics_on_the_real_engine(real: tuple[Services, str]) 
     generated = next(s.value for s in families["restrl:engine_generated_tokens"].samples)
     prompt = next(s.value for s in families["restrl:engine_prompt_tokens"].samples)
     assert generated > 0 and prompt > 0 and "restrl:engine_cached_prompt_tokens" in families
+    # on the CPU build value batches pause the engine (RESTRL_VALUE_CPU_SHARING=auto): the probe's batch did
+    paused = next(s.value for s in families["restrl:engine_paused_seconds"].samples if s.name.endswith("_total"))
+    assert paused > 0
+    assert not await services.registry.active.policy.engine.is_paused()  # type: ignore[union-attr]
 
 
 async def test_hot_swap_lora_adapters_while_8_requests_run(real: tuple[Services, str], tmp_path: Path,
