@@ -87,6 +87,9 @@ class _ClosedEngine:
         raise EngineDeadError("the vLLM engine was shut down")
 
 
+PAUSE_TIMEOUT_S = 30.0  # `VLLMPolicy.paused`: the engine pauses after its current step (tens of ms)
+
+
 class _SharedEngine:
     """One `AsyncLLM` shared by a policy and its adapter views; shut down when the last closes."""
 
@@ -109,7 +112,13 @@ class _SharedEngine:
                 if self.closed:
                     raise EngineDeadError("the vLLM engine was shut down")
                 # "keep": running requests stay where they are with their KV blocks and go on at resume
-                await self.engine.pause_generation(mode="keep", clear_cache=False)
+                try:
+                    await asyncio.wait_for(self.engine.pause_generation(mode="keep", clear_cache=False), PAUSE_TIMEOUT_S)
+                except TimeoutError:
+                    # the pause may still take effect; a resume sent after it undoes it (resuming is idempotent)
+                    task = asyncio.ensure_future(self.engine.resume_generation())
+                    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                    raise ModelError(f"the vLLM engine did not pause within {PAUSE_TIMEOUT_S:.0f} s") from None
                 self._paused_at = time.perf_counter()
             self.pausers += 1
 

@@ -184,6 +184,24 @@ async def test_pause_cancelled_while_it_is_taken_leaves_the_engine_running(vllm_
     assert s.tokens == 4
 
 
+async def test_a_pause_that_times_out_is_undone(vllm_policy, monkeypatch):
+    from models import vllm_engine
+
+    engine = vllm_policy.engine
+    monkeypatch.setattr(vllm_engine, "PAUSE_TIMEOUT_S", 1e-6)
+    with pytest.raises(ModelError, match="did not pause"):
+        async with vllm_policy.paused():
+            pytest.fail("the body must not run without the pause")
+    monkeypatch.undo()
+    for _ in range(50):
+        if not await engine.is_paused():
+            break
+        await asyncio.sleep(0.05)
+    assert vllm_policy._shared.pausers == 0 and not await engine.is_paused()
+    [s] = await vllm_policy.sample(prompt_for(vllm_policy), max_tokens=4, temperature=0)
+    assert s.tokens == 4
+
+
 @pytest.mark.slow  # starts a second engine
 async def test_closed_engine_fails_with_engine_dead(default_model_dir):
     policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=0.25, max_model_len=512, enable_lora=False))
