@@ -30,7 +30,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from models.prompting import PromptMode
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
 MAX_TOKENS = 512  # default; --max-tokens
@@ -81,7 +84,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-async def _score(problems: list[Any], codes: list[list[str]], mode: str) -> list[list[bool]]:
+async def _score(problems: list[Any], codes: list[list[str]], mode: PromptMode) -> list[list[bool]]:
     from models.prompting import assemble_program
     from sandbox import Sandbox
 
@@ -102,7 +105,7 @@ async def _score(problems: list[Any], codes: list[list[str]], mode: str) -> list
 
 
 async def run_engine(
-    engine: str, limit: int | None, sequential_limit: int, n: int, kv_cache_gib: float, max_tokens: int
+    engine: Literal["vllm", "hf"], limit: int | None, sequential_limit: int, n: int, kv_cache_gib: float, max_tokens: int
 ) -> dict[str, Any]:
     from models import EngineConfig, load_policy
     from models.prompting import STOP, render_prompt
@@ -111,7 +114,7 @@ async def run_engine(
     problems = load_humaneval(limit)
     rss = PeakRSS()
     t0 = time.perf_counter()
-    policy = await load_policy(EngineConfig(engine=engine, kv_cache_gib=kv_cache_gib))
+    policy: Any = await load_policy(EngineConfig(engine=engine, kv_cache_gib=kv_cache_gib))  # VLLMPolicy or HFPolicy
     startup_s = time.perf_counter() - t0
     print(f"[{engine}] started in {startup_s:.1f} s ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
     mode = policy.prompt_mode

@@ -23,6 +23,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -168,12 +169,12 @@ def bench_value(cfg: Any, *, batch: int, length: int, rounds: int, device: str) 
             version="random",
             trained=False,
         )
-        forward = value._forward
+        forward: Callable[..., list[float]] = value._forward
         path = "models.value.HFValueModel"
     except ImportError:
         path = "inline (models not importable)"
 
-        def forward(enc: list[list[int]]) -> list[float]:
+        def forward(enc: list[list[int]], heads: list[list[int]] | None = None) -> list[float]:
             out: list[float] = []
             with torch.inference_mode():
                 for s in range(0, len(enc), batch):

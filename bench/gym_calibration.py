@@ -57,7 +57,7 @@ async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     partial.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with Sandbox(workers=args.sandbox_workers) as box, partial.open("w") as log:
-        policy = await load_policy(EngineConfig(engine=args.engine, kv_cache_gib=args.kv_cache_gib))
+        policy: Any = await load_policy(EngineConfig(engine=args.engine, kv_cache_gib=args.kv_cache_gib))  # has prompt_mode, model_name
         startup_s = time.monotonic() - started
         mode = policy.prompt_mode
 

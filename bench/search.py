@@ -107,7 +107,7 @@ async def _searches(policy: Any, value: Any, problems: list[Any], cfg: Any, *, c
 
 
 def _pooled(runs: list[dict[str, float]]) -> dict[str, float]:
-    tokens = sum(r["tokens"] for r in runs)
+    tokens = int(sum(r["tokens"] for r in runs))
     return _rates(tokens, sum(r["wall_s"] for r in runs), sum(r["cpu_s"] for r in runs))
 
 

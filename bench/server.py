@@ -117,7 +117,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     problems = load_humaneval()[: args.problems]
     t0 = time.perf_counter()
-    policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))
+    policy: Any = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))  # a VLLMPolicy
     value = await load_value_model(ValueConfig())
     startup_s = time.perf_counter() - t0
     settings = Settings(max_concurrent_searches=max(args.concurrency), max_queued=1024, max_new_tokens=args.max_tokens)

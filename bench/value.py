@@ -84,7 +84,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 for mode, model in modes:
                     model.score_sync(*inputs[0])  # warm-up
                     model.tokens_computed = model.tokens_padding = 0
-                    times, scores = [], []
+                    times: list[float] = []
+                    scores: list[list[float]] = []
                     for _ in range(args.repeats):
                         t0 = time.perf_counter()
                         scores = []

@@ -73,7 +73,8 @@ class ValueModel(Protocol):
     """Scores states (partial or complete programs) of a problem with an estimate in [0, 1] of the
     chance that continuing from the state passes the tests."""
 
-    version: str
+    @property
+    def version(self) -> str: ...  # read-only here: a plain attribute or a property satisfies it
 
     async def score(self, problem: Problem, states: Sequence[str]) -> list[float]: ...
 
