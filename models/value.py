@@ -324,7 +324,8 @@ class HFValueModel:
 
     def sharing_weights(self, **config_updates: Any) -> HFValueModel:
         """Another `HFValueModel` on the same weights with some `ValueConfig` fields changed
-        (``batch_size``, ``max_length``, ``prefix_cache_mb``) and its own prefix cache."""
+        (``batch_size``, ``max_length``, ``prefix_cache_mb``, ``pack_tokens``, ``threads``) and its own
+        prefix cache."""
         cfg = self.config.model_copy(update=config_updates)
         ValueConfig.model_validate(cfg.model_dump())
         other = HFValueModel(model=self.model, tokenizer=self.tokenizer, config=cfg, version=self.version, trained=self.trained)

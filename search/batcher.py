@@ -11,11 +11,11 @@ A caller cancelled while its states wait is dropped from the queue; a batch alre
 finishes for the others. ``max_batch=1`` reproduces the reference's one-state-per-call pattern.
 
 ``hold`` (optional) returns an async context manager entered while the queue is scored (one hold
-for consecutive batches). With
-`VLLMPolicy.paused` it time-shares CPU cores between the policy engine and a value model on the
-same cores: the engine pauses while a batch runs on all of them, instead of both running at once
-and the engine's OpenMP threads stalling on the ones the value model took (`cpu_sharing`).
-If the hold cannot be taken the batch is scored anyway (and the failure logged).
+for consecutive batches). With `VLLMPolicy.paused` it time-shares CPU cores between the policy
+engine and a value model on the same cores: the engine pauses while the value model scores on all
+of them, instead of both running at once and the engine's OpenMP threads stalling on the core the
+value model took (`pauses_engine` decides when). If the hold cannot be taken the batch is scored
+anyway (and the failure logged).
 """
 
 from __future__ import annotations
