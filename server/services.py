@@ -160,11 +160,16 @@ async def maybe_await(value: Any) -> Any:
 
 
 def value_pauses_engine(settings: Settings) -> bool:
-    """Whether value batches pause the policy engine (`search.batcher.pauses_engine` on the settings)."""
+    """Whether value batches pause the policy engine (`search.batcher.pauses_engine` on the
+    settings). Only vLLM can pause: with ``engine=hf`` the answer is no, whatever the setting."""
     from models.config import resolve_device
     from search.batcher import pauses_engine
 
-    on_cpu = settings.engine == "vllm" and resolve_device("auto") == "cpu"
+    if settings.engine != "vllm":
+        if settings.value_cpu_sharing == "pause":
+            logger.warning("value_cpu_sharing=pause: the %s engine cannot pause; the value model runs beside it", settings.engine)
+        return False
+    on_cpu = resolve_device("auto") == "cpu"
     return pauses_engine(settings.value_cpu_sharing, engine_on_cpu=on_cpu, value_device=resolve_device(settings.value_device))
 
 

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     value_threads: int = Field(default=0, ge=0, le=4096, description="value model CPU threads; 0 = all the CPUs when value batches pause the engine, else half")
     value_cpu_sharing: Literal["auto", "pause", "concurrent"] = Field(
         default="auto",
-        description="how the value model shares CPU cores with the policy engine: pause = each value batch pauses the engine and uses"
+        description="how the value model shares CPU cores with the policy engine: pause = each value batch pauses the (vLLM) engine and uses"
         " all cores; concurrent = both run at once; auto = pause when both compute on the CPU (vLLM CPU build, value device cpu)",
     )
     value_pack_tokens: int | None = Field(

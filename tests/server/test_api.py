@@ -342,7 +342,7 @@ def test_cpu_sharing_setting_resolves_per_engine_and_device() -> None:
     assert value_pauses_engine(Settings()) == cpu_host  # auto: vLLM CPU build + value on the CPU
     assert not value_pauses_engine(Settings(engine="hf"))  # nothing to pause
     assert not value_pauses_engine(Settings(value_cpu_sharing="concurrent"))
-    assert value_pauses_engine(Settings(value_cpu_sharing="pause", engine="hf"))  # asked for: a no-op hold there
+    assert not value_pauses_engine(Settings(value_cpu_sharing="pause", engine="hf"))  # only vLLM can pause
     with pytest.raises(ValidationError):
         Settings(value_cpu_sharing="sometimes")  # type: ignore[arg-type]
 
