@@ -108,20 +108,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
     import uvicorn
 
-    from models import EngineConfig, ValueConfig, load_policy, load_value_model
+    from models import EngineConfig, load_policy
     from search import run_search
     from server import Settings, build_app
     from server.loading import EngineLoader
-    from server.services import assemble_services
+    from server.services import assemble_services, value_pauses_engine
     from tasks.humaneval import load_humaneval
 
     problems = load_humaneval()[: args.problems]
     t0 = time.perf_counter()
     policy: Any = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))  # a VLLMPolicy
-    value = await load_value_model(ValueConfig())
-    startup_s = time.perf_counter() - t0
     settings = Settings(max_concurrent_searches=max(args.concurrency), max_queued=1024, max_new_tokens=args.max_tokens)
-    services = assemble_services(settings, loader=EngineLoader(settings, engine_config=policy.config), search_fn=run_search)
+    loader = EngineLoader(settings, engine_config=policy.config)
+    value = await loader.load_value(None)  # as `restrl serve` loads it (RESTRL_VALUE_* settings apply)
+    startup_s = time.perf_counter() - t0
+    services = assemble_services(settings, loader=loader, search_fn=run_search)
     await services.registry.install(policy, value)
     server = uvicorn.Server(uvicorn.Config(build_app(settings, services=services, load_models=False),
                                            host="127.0.0.1", port=0, log_level="warning"))
@@ -133,6 +134,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "policy_version": policy.version, "value_version": value.version, "engine_startup_s": startup_s,
         "max_tokens": args.max_tokens, "problems": len(problems), "k": 5,
+        "value_cpu_sharing": settings.value_cpu_sharing, "value_pauses_engine": value_pauses_engine(settings),
+        "value_threads": getattr(value, "threads", None),
         "load_average_start": os.getloadavg(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
