@@ -106,6 +106,17 @@ async def _searches(policy: Any, value: Any, problems: list[Any], cfg: Any, *, c
     return out
 
 
+async def _batched_searches(policy: Any, vb: Any, problems: list[Any], cfg: Any) -> dict[str, float]:
+    """Concurrent searches through the `ValueBatcher` ``vb`` (closed after), with its busy and
+    hold-taking seconds."""
+    try:
+        out = await _searches(policy, vb, problems, cfg, concurrent=True)
+    finally:
+        await vb.close()
+    out.update(value_busy_s=vb.busy_s, hold_wait_s=vb.hold_wait_s)
+    return out
+
+
 def _pooled(runs: list[dict[str, float]]) -> dict[str, float]:
     tokens = int(sum(r["tokens"] for r in runs))
     return _rates(tokens, sum(r["wall_s"] for r in runs), sum(r["cpu_s"] for r in runs))
@@ -127,47 +138,34 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
     no_cache_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     constant_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
     concurrent_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
+    hold = getattr(policy, "paused", None) if args.pause else None
+    baselines = [  # (asked for, what differs, the batcher's value model and hold, where its runs go)
+        (args.no_prefix_cache_baseline, "without the value prefix cache (every input in full)",
+         value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), hold, no_cache_runs),
+        (args.concurrent_value_baseline, "with the value model beside the running engine (no pause, half the CPUs)",
+         value_model.sharing_weights(threads=0), None, concurrent_runs),
+        (args.constant_value_baseline, "with a constant value (no value compute)", ConstantValue(), None, constant_runs),
+    ]
     for rnd in range(args.rounds):
         for par in args.parallel:
             raw = await _raw_sampling(policy, problems, requests=budget // k, lanes=par, n=k, max_tokens=args.max_tokens,
                                       temperature=args.temperature)
             raw_runs[par].append(raw)
-            hold = getattr(policy, "paused", None) if args.pause else None
             vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0, on_batch=batch_sizes[par].append, hold=hold)
             cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
                                temperature=args.temperature, parallel_expansions=par, seed=rnd)
-            res = await _searches(policy, vb, problems, cfg, concurrent=True)
-            await vb.close()
-            res["value_busy_s"] = vb.busy_s
-            res["hold_wait_s"] = vb.hold_wait_s
+            res = await _batched_searches(policy, vb, problems, cfg)
             mcts_runs[par].append(res)
             print(f"round {rnd} parallel={par}: raw {raw['tok_s']:6.1f} tok/s, vm_mcts {res['tok_s']:6.1f} tok/s "
                   f"(ratio {res['tok_s'] / raw['tok_s']:.2f}; per CPU-s {res['tok_per_cpu_s'] / raw['tok_per_cpu_s']:.2f})",
                   flush=True)
-            if args.no_prefix_cache_baseline:  # the same searches scoring every input in full
-                vb = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), max_batch=64, max_wait_ms=2.0,
-                                  hold=hold)
-                full = await _searches(policy, vb, problems, cfg, concurrent=True)
-                await vb.close()
-                full["value_busy_s"] = vb.busy_s
-                no_cache_runs[par].append(full)
-                print(f"round {rnd} parallel={par}: vm_mcts without the value prefix cache {full['tok_s']:6.1f} tok/s "
-                      f"(ratio {full['tok_s'] / raw['tok_s']:.2f})", flush=True)
-            if args.concurrent_value_baseline:  # the same searches, value model beside the running engine
-                vb = ValueBatcher(value_model.sharing_weights(threads=0), max_batch=64, max_wait_ms=2.0)
-                side = await _searches(policy, vb, problems, cfg, concurrent=True)
-                await vb.close()
-                side["value_busy_s"] = vb.busy_s
-                concurrent_runs[par].append(side)
-                print(f"round {rnd} parallel={par}: vm_mcts with the value model beside the engine {side['tok_s']:6.1f} tok/s "
-                      f"(ratio {side['tok_s'] / raw['tok_s']:.2f})", flush=True)
-            if args.constant_value_baseline:  # the same searches with a value model that costs nothing
-                vb = ValueBatcher(ConstantValue(), max_batch=64, max_wait_ms=2.0)
-                free = await _searches(policy, vb, problems, cfg, concurrent=True)
-                await vb.close()
-                constant_runs[par].append(free)
-                print(f"round {rnd} parallel={par}: vm_mcts with a constant value (no value compute) {free['tok_s']:6.1f} tok/s "
-                      f"(ratio {free['tok_s'] / raw['tok_s']:.2f})", flush=True)
+            for asked, what, model, model_hold, runs in baselines:  # the same searches, one thing changed
+                if asked:
+                    other = await _batched_searches(policy, ValueBatcher(model, max_batch=64, max_wait_ms=2.0, hold=model_hold),
+                                                    problems, cfg)
+                    runs[par].append(other)
+                    print(f"round {rnd} parallel={par}: vm_mcts {what} {other['tok_s']:6.1f} tok/s "
+                          f"(ratio {other['tok_s'] / raw['tok_s']:.2f})", flush=True)
     sweep: dict[str, Any] = {}
     for par in args.parallel:
         raw, res = _pooled(raw_runs[par]), _pooled(mcts_runs[par])

@@ -116,8 +116,7 @@ class _SharedEngine:
                     await asyncio.wait_for(self.engine.pause_generation(mode="keep", clear_cache=False), PAUSE_TIMEOUT_S)
                 except TimeoutError:
                     # the pause may still take effect; a resume sent after it undoes it (resuming is idempotent)
-                    task = asyncio.ensure_future(self.engine.resume_generation())
-                    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                    _in_background(self.engine.resume_generation())
                     raise ModelError(f"the vLLM engine did not pause within {PAUSE_TIMEOUT_S:.0f} s") from None
                 self._paused_at = time.perf_counter()
             self.pausers += 1
@@ -156,9 +155,9 @@ class _SharedEngine:
                 shutil.rmtree(self.rpc_dir, ignore_errors=True)
 
 
-def _resume_later(shared: _SharedEngine) -> None:
-    task = asyncio.ensure_future(shared.resume())
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: errors are logged by `resume`
+def _in_background(coro: Any) -> None:
+    """Run ``coro`` as a task nobody awaits; its error is retrieved (`resume` logs its own)."""
+    asyncio.ensure_future(coro).add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 _REAPER_SOURCE = """
@@ -385,7 +384,7 @@ class VLLMPolicy:
         try:
             await asyncio.shield(pausing)
         except asyncio.CancelledError:  # the pause may still go through: then undo it
-            pausing.add_done_callback(lambda t: _resume_later(shared) if not t.cancelled() and t.exception() is None else None)
+            pausing.add_done_callback(lambda t: _in_background(shared.resume()) if not t.cancelled() and t.exception() is None else None)
             raise
         try:
             yield
