@@ -41,12 +41,11 @@ from models.prompting import (
     PromptMode,
     assemble_program,
     default_mode,
-    join_code,
     render_prompt,
     root_state,
 )
 from search.evaluators import Evaluation, Evaluator
-from search.tree import ChildSpec, Node, RolloutSpec, Tree, split_continuations
+from search.tree import ChildSpec, Node, RolloutSpec, Tree, rollout_code, split_continuations
 from search.types import Candidate, SearchConfig, SearchProgress, SearchResult, StopReason, Usage
 from tasks import Problem
 
@@ -249,7 +248,7 @@ class SearchRun:
         rollouts = exp.rollouts
         if rollouts is None:  # sampled but not split yet (deadline): every sample is a rollout
             rollouts = [
-                RolloutSpec(code=join_code(exp.node.state, s.text), sample=i, finish_reason=s.finish_reason, child=None)
+                RolloutSpec(code=rollout_code(exp.node.state, s.text, s.finish_reason), sample=i, finish_reason=s.finish_reason, child=None)
                 for i, s in enumerate(exp.samples) if s.finish_reason != "abort"
             ]
         new: list[Candidate] = []

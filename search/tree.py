@@ -9,11 +9,19 @@ Rules implemented here, exactly as the spec fixes them:
 * The policy continues the state without its final newline (`models.prompting.prompt_code`);
   a sample that starts with that newline is the continuation ``c`` after it, and one that does not
   (it extended the last line) is a candidate program but proposes no child.
-* A continuation ``c`` sampled from a state with no newline is the last line: a *terminal* child
-  whose state is the full program. Otherwise the child's action is ``c``'s first line (with its
-  newline); children with the same line merge into one child. With ``step_lines = s`` (our knob
-  for the step size; the spec's step is one line, s = 1) the action is ``c``'s first s lines, and a
-  finished ``c`` with fewer than s newlines is the rest of the program: a terminal child.
+* A finished continuation ``c`` (the engine stopped at the closing fence) that holds no further
+  step is the last line: a *terminal* child whose state is the full program. "No further step"
+  means nothing but whitespace follows ``c``'s first step - the engine stops at the fence, so a
+  finished program's continuation usually ends ``"    return x\n"``, and that newline does not make
+  a next line (the spec's "c has no newline" read on the text with its trailing whitespace
+  removed). Otherwise the child's action is ``c``'s first line (with its newline); children with
+  the same line merge into one child. With ``step_lines = s`` (our knob for the step size; the
+  spec's step is one line, s = 1) the action is ``c``'s first s lines, and a finished ``c`` with at
+  most s lines is the rest of the program: a terminal child.
+* A finished sample is *canonical*: ``\r\n`` becomes ``\n`` and trailing whitespace is removed
+  (the program ends with one newline), so samples that differ only there are one candidate and one
+  terminal child, and a terminal child's state is exactly its rollouts' program (scored once).
+  `rollout_code` is that rule; everything that rebuilds candidates from a trace calls it.
 * A child starts with ``N = 1`` and ``W = V(child)``; the expanded node and all its ancestors
   receive ``n = sum of the children's N`` and ``W += sum of the children's values``.
 * Only the ``num_decision`` best children (by initial value; ties keep sampling order) are
@@ -78,40 +86,59 @@ def _step_end(text: str, step_lines: int) -> int:
     return cut + 1
 
 
+def _finished(text: str) -> str:
+    """A finished sample's text up to its last non-blank character, plus one newline ("" when blank)."""
+    stripped = text.rstrip()
+    return stripped + "\n" if stripped else ""
+
+
+def rollout_code(state: str, text: str, finish_reason: str) -> str:
+    """The candidate program (code inside the block) that sample ``text`` makes from ``state``:
+    `models.prompting.join_code` with line endings normalised and, for a finished sample
+    (``stop``), trailing whitespace removed (see the module doc)."""
+    code = join_code(state, text.replace("\r\n", "\n"))
+    return _finished(code) if finish_reason == "stop" else code
+
+
 def split_continuations(
     state: str, texts: Sequence[str], finish_reasons: Sequence[str], *, step_lines: int = 1
 ) -> tuple[list[ChildSpec], list[RolloutSpec]]:
     """Turn the K continuations of ``state`` into merged first-step children and rollouts (a step
     is ``step_lines`` lines)."""
-    order: list[str] = []
-    members: dict[str, list[int]] = {}
-    terminal: dict[str, bool] = {}
-    child_of: dict[int, str] = {}
+    # a child is (step text, terminal): a finished "return x\n" and a "return x\n" that the sample
+    # continued past are the same state but different children (one is complete, one goes on)
+    order: list[tuple[str, bool]] = []
+    members: dict[tuple[str, bool], list[int]] = {}
+    child_of: dict[int, tuple[str, bool]] = {}
+    codes: dict[int, str] = {}
     for i, (raw, reason) in enumerate(zip(texts, finish_reasons, strict=True)):
-        text = continuation(state, raw)
-        if reason == "abort" or text is None:
+        if reason == "abort":
             continue
+        code = codes[i] = rollout_code(state, raw, reason)
+        text = continuation(state, raw.replace("\r\n", "\n"))
+        if text is None:  # it extended the state's last line: a candidate, but no step of the tree
+            continue
+        if reason == "stop":
+            text = code[len(state):]  # canonical: code == state + text
         end = _step_end(text, step_lines)
-        if end >= 0:
-            key, is_terminal = text[:end], False
-        elif reason == "stop":
-            key, is_terminal = text, True
+        if reason == "stop" and (end < 0 or end == len(text)):
+            key = (text, True)  # no further step: the rest of the program
+        elif end >= 0:
+            key = (text[:end], False)
         elif "\n" in text:  # truncated inside its first step: the complete lines make the child
-            key, is_terminal = text[: text.rfind("\n") + 1], False
+            key = (text[: text.rfind("\n") + 1], False)
         else:  # truncated inside its first line: a candidate, but no step of the tree
             continue
         if key not in members:
             order.append(key)
             members[key] = []
-            terminal[key] = is_terminal
         members[key].append(i)
         child_of[i] = key
-    children = [ChildSpec(line=k, state=state + k, terminal=terminal[k], samples=tuple(members[k])) for k in order]
+    children = [ChildSpec(line=k[0], state=state + k[0], terminal=k[1], samples=tuple(members[k])) for k in order]
     index = {k: j for j, k in enumerate(order)}
     rollouts = [
-        RolloutSpec(code=join_code(state, text), sample=i, finish_reason=reason, child=index[child_of[i]] if i in child_of else None)
-        for i, (text, reason) in enumerate(zip(texts, finish_reasons, strict=True))
-        if reason != "abort"
+        RolloutSpec(code=code, sample=i, finish_reason=finish_reasons[i], child=index[child_of[i]] if i in child_of else None)
+        for i, code in codes.items()
     ]
     return children, rollouts
 

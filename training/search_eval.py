@@ -43,7 +43,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from models.prompting import PromptMode, assemble_program, join_code
+from models.prompting import PromptMode, assemble_program
+from search.tree import rollout_code
 from tasks import Problem
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def trace_candidates(trace: dict[str, Any]) -> list[dict[str, Any]]:
         spent += len(exp["samples"])
         state = nodes[exp["node"]]["state"]
         for ro in exp["rollouts"]:
-            code = join_code(state, exp["samples"][ro["sample"]]["text"])
+            sample = exp["samples"][ro["sample"]]
+            code = rollout_code(state, sample["text"], sample["finish_reason"])
             out.append({"code": code, "value": ro["value"], "seq": exp["seq"], "sample": ro["sample"], "spent": spent})
     return out
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from models.prompting import join_code
+from search.tree import rollout_code
 from tasks import Problem
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ def rows_from_trace(trace: dict[str, Any], *, include_children: bool = True) -> 
         for ro in exp["rollouts"]:
             if ro["value"] is None:
                 continue
-            code = join_code(state, exp["samples"][ro["sample"]]["text"])
+            sample = exp["samples"][ro["sample"]]
+            code = rollout_code(state, sample["text"], sample["finish_reason"])
             rows.append(_row(problem_id, code, ro["value"], "program", 1))
     return rows
 
@@ -112,7 +113,7 @@ def _through_count(trace: dict[str, Any], node_id: int) -> int:
             continue
         parent_state = next(n for n in trace["nodes"] if n["id"] == node["parent"])["state"]
         for s in exp["samples"]:
-            code = join_code(parent_state, s["text"])
+            code = rollout_code(parent_state, s["text"], s["finish_reason"])
             if code.startswith(node["state"]) and s["finish_reason"] != "abort":
                 count += 1
     return max(count, 1)

@@ -46,7 +46,7 @@ def _policy() -> ScriptedPolicy:
 
 
 def _value() -> HashValue:  # the value model prefers the wrong answer
-    return HashValue(fn=lambda s: 0.9 if s.endswith("return 2") else 0.5 if s.endswith("return 1") else 0.1)
+    return HashValue(fn=lambda s: 0.9 if s.rstrip().endswith("return 2") else 0.5 if s.rstrip().endswith("return 1") else 0.1)
 
 
 @pytest.mark.parametrize("strategy", ["best_of_n", "vm_mcts"])
@@ -54,11 +54,11 @@ async def test_rerank_with_public_tests_prefers_passing_program(sandbox, strateg
     cfg = SearchConfig(strategy=strategy, budget=Budget(samples=8), k=4, rerank_with_tests=True)
     r = await run_search(_problem(), _policy(), _value(), cfg, sandbox=sandbox)
     assert r.reranked
-    assert r.code.endswith("return 1") and r.candidates[0].pass_fraction == 1.0
+    assert r.code.rstrip().endswith("return 1") and r.candidates[0].pass_fraction == 1.0
     assert all(c.pass_fraction is not None for c in r.candidates)
     assert [c.pass_fraction for c in r.candidates] == sorted((c.pass_fraction for c in r.candidates), reverse=True)
     plain = await run_search(_problem(), _policy(), _value(), cfg.model_copy(update={"rerank_with_tests": False}), sandbox=sandbox)
-    assert not plain.reranked and plain.code.endswith("return 2")  # the value ranking alone
+    assert not plain.reranked and plain.code.rstrip().endswith("return 2")  # the value ranking alone
 
 
 async def test_no_rerank_without_public_tests_or_sandbox(sandbox):
@@ -73,7 +73,7 @@ async def test_stop_when_solved(sandbox):
     cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=40), k=2, stop_when_solved=True)
     r = await run_search(_problem(), _policy(), _value(), cfg, sandbox=sandbox)
     assert r.stop_reason == "solved" and r.usage.samples < 40
-    assert r.code.endswith("return 1") and r.candidates[0].pass_fraction == 1.0
+    assert r.code.rstrip().endswith("return 1") and r.candidates[0].pass_fraction == 1.0
 
 
 async def test_test_evaluator_backs_up_pass_fractions(sandbox):
@@ -87,4 +87,4 @@ async def test_test_evaluator_backs_up_pass_fractions(sandbox):
     child = t["nodes"][1]  # "def f():\n" carries all four rollouts: its value is their mean
     assert child["line"] == "def f():\n" and child["initial_value"] == pytest.approx(0.25)
     assert t["nodes"][0]["subtree_mean"] == pytest.approx(0.25) and t["nodes"][0]["subtree_rollouts"] == 4
-    assert r.code.endswith("return 1") and r.value == 1.0
+    assert r.code.rstrip().endswith("return 1") and r.value == 1.0

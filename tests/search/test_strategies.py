@@ -9,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.prompting import continuation
 from search import (
     STRATEGIES,
     Budget,
@@ -21,7 +20,8 @@ from search import (
     run_search,
     save_trace,
 )
-from tests.search.doubles import HashValue, ScriptedPolicy, hash_value, make_problem
+from search.tree import rollout_code
+from tests.search.doubles import HashValue, ScriptedPolicy, hash_value, make_problem, random_script
 
 ALL = sorted(STRATEGIES)
 TREE_STRATEGIES = ["beam", "orm_mcts", "vm_mcts"]
@@ -59,10 +59,10 @@ async def test_greedy_is_one_sample_at_temperature_zero():
 async def test_best_of_n_one_request_picks_highest_value():
     texts = [f"def f():\n    return {i}" for i in range(6)]
     policy = ScriptedPolicy(script=lambda s, n, i: texts[:n])
-    value = HashValue(fn=lambda s: 0.9 if s.endswith("return 3") else 0.1)
+    value = HashValue(fn=lambda s: 0.9 if s.rstrip().endswith("return 3") else 0.1)
     r = await run_search(make_problem(), policy, value, config("best_of_n", samples=6, top_candidates=3))
     assert [c.n for c in policy.calls] == [6]
-    assert r.code.endswith("return 3") and r.value == 0.9 and r.stop_reason == "samples"
+    assert r.code.rstrip().endswith("return 3") and r.value == 0.9 and r.stop_reason == "samples"
     assert len(r.candidates) == 3 and r.candidates[0].code == r.code
 
 
@@ -119,8 +119,8 @@ async def test_vm_mcts_visit_counts_and_values(parallel):
             assert node.initial_value == pytest.approx(hash_value(node.state))  # VM(child state)
             assert node.value_sum == pytest.approx(node.initial_value + sum(n.initial_value for n in below))
         assert node.pending == 0 and not node.busy
-        lines = [ch.line for ch in node.children]
-        assert len(lines) == len(set(lines))  # duplicate first lines merged
+        steps = [(ch.line, ch.terminal) for ch in node.children]
+        assert len(steps) == len(set(steps))  # duplicate first lines merged (finished or not)
     for cand in run.candidates.values():
         assert cand.value == pytest.approx(hash_value(cand.code))
 
@@ -153,13 +153,11 @@ async def test_orm_mcts_values_come_from_rollouts_only():
         state = t["nodes"][e["node"]]["state"]
         for cid in e["children"]:
             child = t["nodes"][cid]
-            texts = [(ro, continuation(state, e["samples"][ro["sample"]]["text"])) for ro in e["rollouts"]]
+            codes = [(ro, rollout_code(state, e["samples"][ro["sample"]]["text"], "stop")) for ro in e["rollouts"]]
             through = [
-                ro["value"] for ro, text in texts
-                if text is not None and (
-                    (child["terminal"] and state + text == child["state"])
-                    or (not child["terminal"] and "\n" in text and state + text.split("\n")[0] + "\n" == child["state"])
-                )
+                ro["value"] for ro, code in codes
+                if (child["terminal"] and code == child["state"])
+                or (not child["terminal"] and code != child["state"] and code.startswith(child["state"]))
             ]
             assert child["initial_value"] == pytest.approx(sum(through) / len(through))
     assert r.usage.value_calls == len(t["values"]) == len({c["code"] for c in t["candidates"]})
@@ -287,7 +285,8 @@ async def test_sync_progress_callback_and_usage_reporting():
 @pytest.mark.parametrize("strategy", ["vm_mcts", "beam"])
 async def test_multi_line_steps(strategy):
     """step_lines=2: every non-terminal step below the root is 2 complete lines (the scripted
-    samples are never truncated at this max_tokens), a terminal step is the program's last < 2."""
+    samples are never truncated at this max_tokens), a terminal step is the rest of the program: at
+    most 2 lines, ending with the newline of a finished sample."""
     cfg = config(strategy, samples=40, seed=5, step_lines=2, max_tokens=4096, record_trace=True)
     r = await run_search(make_problem(), ScriptedPolicy(), HashValue(), cfg)
     steps = r.trace["nodes"][1:]
@@ -296,5 +295,34 @@ async def test_multi_line_steps(strategy):
         if not node["terminal"]:
             assert node["line"].count("\n") == 2 and node["line"].endswith("\n")
         else:
-            assert node["line"].count("\n") < 2
+            assert node["line"].count("\n") <= 2 and (node["line"] == "" or node["line"].endswith("\n"))
     assert r.trace["config"]["step_lines"] == 2
+
+
+def engine_like_script(state: str, n: int, call: int) -> list[str]:
+    """`random_script` as the engine returns it when it stops at the closing fence: the finished
+    program's last line keeps its newline, sometimes followed by blank lines or CRLF."""
+    tails = ["\n", "\n\n", "\n    \n", "\r\n"]
+    return [t + tails[(call + i) % len(tails)] if t else t for i, t in enumerate(random_script(state, n, call))]
+
+
+@pytest.mark.parametrize("strategy", ["vm_mcts", "orm_mcts", "beam"])
+async def test_no_sample_is_spent_re_expanding_a_finished_program(strategy):
+    """Issue reproducer at the strategy level: with engine-like endings, a node is only expanded
+    when it is not a finished program, so no expansion yields nothing but the empty terminal."""
+    cfg = config(strategy, samples=60, k=4, seed=3, record_trace=True)
+    r = await run_search(make_problem(), ScriptedPolicy(script=engine_like_script), HashValue(), cfg)
+    nodes = r.trace["nodes"]
+    assert any(n["terminal"] for n in nodes[1:]) and len(r.trace["expansions"]) > 3
+    for exp in r.trace["expansions"]:
+        node = nodes[exp["node"]]
+        assert not node["terminal"]
+        kids = [nodes[c] for c in exp["children"]]
+        assert not (kids and all(k["terminal"] and k["line"] == "" for k in kids)), node["state"]
+        codes = [rollout_code(node["state"], s["text"], s["finish_reason"]) for s in exp["samples"]]
+        for kid in kids:
+            if not kid["terminal"]:  # some sample that chose it went on past it
+                assert any(c.startswith(kid["state"]) and c != kid["state"] for c in codes), kid["state"]
+    # every terminal child is exactly one of the search's candidate programs (scored once)
+    programs = {c["code"] for c in r.trace["candidates"]}
+    assert all(n["state"] in programs for n in nodes[1:] if n["terminal"])

@@ -17,18 +17,20 @@ def test_split_merges_first_lines_and_makes_terminals():
     children, rollouts = split_continuations("S\n", texts, reasons)
     assert [(c.line, c.terminal, c.samples) for c in children] == [
         ("a = 1\n", False, (0, 1)),
-        ("return 3", True, (2, 4)),
-        ("b = 2\n", False, (3,)),
+        ("return 3\n", True, (2, 4)),
+        ("b = 2\n", True, (3,)),  # finished after its line: the engine stopped at the fence
     ]
-    assert children[1].state == "S\nreturn 3"  # a terminal's state is the full program
-    assert [r.code for r in rollouts] == ["S" + t for t in texts]
+    assert children[1].state == "S\nreturn 3\n"  # a terminal's state is the full program
+    # finished programs end with one newline; the truncated one is kept as sampled
+    assert [r.code for r in rollouts] == ["S" + t.rstrip() + "\n" for t in texts[:5]] + ["S\nxx"]
     assert [r.child for r in rollouts] == [0, 0, 1, 2, 1, None]  # the truncated one-liner makes no child
+    assert children[1].state == rollouts[2].code  # a terminal child is its rollouts' program: scored once
 
 
 def test_split_sample_that_extends_the_last_line_is_a_candidate_without_child():
     children, rollouts = split_continuations("x = (1\n", [" + 2)\nreturn x", "\nreturn x"], ["stop", "stop"])
-    assert [c.line for c in children] == ["return x"]
-    assert [r.code for r in rollouts] == ["x = (1 + 2)\nreturn x", "x = (1\nreturn x"]
+    assert [c.line for c in children] == ["return x\n"]
+    assert [r.code for r in rollouts] == ["x = (1 + 2)\nreturn x\n", "x = (1\nreturn x\n"]
     assert [r.child for r in rollouts] == [None, 0]
 
 
@@ -38,19 +40,73 @@ def test_split_truncated_with_newline_keeps_first_line_and_drops_abort():
     assert len(rollouts) == 1 and rollouts[0].finish_reason == "length"
 
 
+def test_issue_reproducer_a_finished_last_line_is_terminal():
+    children, rollouts = split_continuations("def f(x):\n", ["\n    return x\n"], ["stop"])
+    assert [(c.line, c.terminal, c.state) for c in children] == [("    return x\n", True, "def f(x):\n    return x\n")]
+    assert rollouts[0].code == children[0].state
+
+
+# What the engine really returns when it stops at the closing fence of a finished program: the
+# newline before the fence, blank (or indented blank) lines, CRLF line ends, a stop in the first line.
+REALISTIC_ENDINGS = [
+    "\n    return x\n",
+    "\n    return x\n\n",
+    "\n    return x\n    \n",
+    "\n    return x\n\n\n",
+    "\n    return x",
+    "\n    return x   \n",
+    "\r\n    return x\r\n",
+    "\n    return x\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("step_lines", [1, 2, 3])
+def test_finished_programs_with_any_trailing_whitespace_make_one_terminal_child(step_lines):
+    state = "def f(x):\n"
+    children, rollouts = split_continuations(state, REALISTIC_ENDINGS, ["stop"] * len(REALISTIC_ENDINGS), step_lines=step_lines)
+    assert [(c.line, c.terminal, c.samples) for c in children] == [("    return x\n", True, tuple(range(len(REALISTIC_ENDINGS))))]
+    assert {r.code for r in rollouts} == {"def f(x):\n    return x\n"}  # one candidate program
+
+
+@pytest.mark.parametrize("step_lines", [1, 2, 4])
+def test_a_finished_sample_is_terminal_exactly_when_no_further_step_follows(step_lines):
+    body = ["    y = x\n", "    z = y\n", "    return z\n"]
+    for lines in range(1, 4):
+        text = "\n" + "".join(body[:lines]) + "\n"  # + a blank line before the fence
+        children, _ = split_continuations("def f(x):\n", [text], ["stop"], step_lines=step_lines)
+        (child,) = children
+        assert child.terminal == (lines <= step_lines)
+        assert child.line == "".join(body[: min(lines, step_lines)])
+    # the same text cut by the token limit is never terminal
+    children, _ = split_continuations("def f(x):\n", ["\n    return x\n"], ["length"], step_lines=step_lines)
+    assert [(c.line, c.terminal) for c in children] == [("    return x\n", False)]
+
+
+def test_a_stop_inside_the_first_line_and_an_immediate_close():
+    children, rollouts = split_continuations("S\n", ["\nreturn 1", "\n", "\n\n"], ["stop"] * 3)
+    assert [(c.line, c.terminal, c.samples) for c in children] == [("return 1\n", True, (0,)), ("", True, (1, 2))]
+    assert [r.code for r in rollouts] == ["S\nreturn 1\n", "S\n", "S\n"]  # closing at once: the state is the program
+
+
+def test_finished_and_continued_samples_of_one_line_are_two_children():
+    # same first line: one sample ends there, the other goes on (trailing prints, a second function)
+    children, _ = split_continuations("def f(x):\n", ["\n    return x\n", "\n    return x\nprint(f(1))\n"], ["stop", "stop"])
+    assert [(c.line, c.terminal, c.samples) for c in children] == [("    return x\n", True, (0,)), ("    return x\n", False, (1,))]
+
+
 def test_split_with_multi_line_steps():
     texts = ["\na = 1\nb = 2\nreturn a", "\na = 1\nb = 2\nreturn b", "\na = 1\nreturn a", "\nc = 3\nd = (", "\nz = (", "\nq"]
     reasons = ["stop", "stop", "stop", "length", "length", "stop"]
     children, rollouts = split_continuations("S\n", texts, reasons, step_lines=2)
     assert [(c.line, c.terminal, c.samples) for c in children] == [
         ("a = 1\nb = 2\n", False, (0, 1)),  # two lines make one step; equal steps merge
-        ("a = 1\nreturn a", True, (2,)),  # fewer lines than a step, finished: the rest of the program
+        ("a = 1\nreturn a\n", True, (2,)),  # no more than a step, finished: the rest of the program
         ("c = 3\n", False, (3,)),  # truncated inside its first step: its complete lines
-        ("q", True, (5,)),
+        ("q\n", True, (5,)),
     ]
     assert [r.child for r in rollouts] == [0, 0, 1, 2, None, 3]
     one_line, _ = split_continuations("S\n", texts, reasons)
-    assert [c.line for c in one_line] == ["a = 1\n", "c = 3\n", "q"]  # step_lines=1 is the spec's rule
+    assert [c.line for c in one_line] == ["a = 1\n", "c = 3\n", "q\n"]  # step_lines=1 is the spec's rule
 
 
 def _spec(line: str, terminal: bool = False, state: str = "") -> ChildSpec:

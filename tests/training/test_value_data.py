@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from models.prompting import join_code
 from search import TestEvaluator, run_search
 from tasks import Problem, TestCase
 from tests.search.doubles import ScriptedPolicy, make_problem, random_script
@@ -42,14 +41,14 @@ def _sample(text):
 
 def hand_trace() -> dict:
     """Root "" expanded into A ("a\\n", 2 rollouts 1.0 and 0.5) and B ("b\\n", 1 rollout 0.0);
-    A expanded into a terminal "a\\nx" (rollout 1.0) and a child "a\\ny\\n" (rollout 0.0)."""
+    A expanded into a terminal "a\\nx\\n" (rollout 1.0) and a child "a\\ny\\n" (rollout 0.0)."""
     return {
         "problem": {"id": "p"},
         "nodes": [
             _node(0, None, "", expanded=True, n_sub=5, mean=(1.0 + 0.5 + 0.0 + 1.0 + 0.0) / 5),
             _node(1, 0, "a\n", expanded=True, initial=0.75, n_sub=2, mean=0.5),
             _node(2, 0, "b\n", expanded=False, initial=0.0),
-            _node(3, 1, "a\nx", expanded=False, terminal=True, initial=1.0),
+            _node(3, 1, "a\nx\n", expanded=False, terminal=True, initial=1.0),
             _node(4, 1, "a\ny\n", expanded=False, initial=0.0),
         ],
         "expansions": [
@@ -69,9 +68,10 @@ def test_targets_on_a_hand_built_tree() -> None:
     assert rows[("expanded", "a\n")]["target"] == pytest.approx(0.5) and rows[("expanded", "a\n")]["visits"] == 2
     assert rows[("child", "b\n")]["target"] == 0.0 and rows[("child", "b\n")]["visits"] == 1
     assert rows[("child", "a\ny\n")]["target"] == 0.0
-    assert ("child", "a\nx") not in rows  # a terminal child is a program, not a state to extend
+    assert ("child", "a\nx\n") not in rows  # a terminal child is a program, not a state to extend
     programs = {s: r["target"] for (k, s), r in rows.items() if k == "program"}
-    assert programs == {"a\nret1": 1.0, "a\nret2": 0.5, "b\nret3": 0.0, join_code("a\n", "\nx"): 1.0, join_code("a\n", "\ny\nz"): 0.0}
+    # finished programs are canonical (`search.tree.rollout_code`): one trailing newline
+    assert programs == {"a\nret1\n": 1.0, "a\nret2\n": 0.5, "b\nret3\n": 0.0, "a\nx\n": 1.0, "a\ny\nz\n": 0.0}
     assert all(r["problem_id"] == "p" for r in rows.values())
     without = rows_from_trace(hand_trace(), include_children=False)
     assert {r["kind"] for r in without} == {"expanded", "program"}
@@ -173,7 +173,7 @@ async def test_search_trace_targets_are_subtree_means_of_executed_rollouts() -> 
                 sums.setdefault(a, []).append(ro["value"])
     expanded = [r for r in rows if r["kind"] == "expanded"]
     assert len(expanded) == len(trace["expansions"]) >= 2
-    by_state = {n["state"]: n["id"] for n in trace["nodes"]}
+    by_state = {n["state"]: n["id"] for n in trace["nodes"] if n["expanded"]}
     for r in expanded:
         vals = sums[by_state[r["state"]]]
         assert r["target"] == pytest.approx(sum(vals) / len(vals)) and r["visits"] == len(vals)
