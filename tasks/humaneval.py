@@ -31,6 +31,14 @@ def humaneval_data_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
 
 
+# Docstring examples HumanEval itself gets wrong (its canonical solution and its own tests disagree
+# with them): a public test must never fail a correct program. The loader test checks that exactly
+# these examples fail the canonical solutions.
+WRONG_EXAMPLES: frozenset[tuple[str, str]] = frozenset({
+    ("HumanEval/47", "assert __restrl_same(median([-10, 4, 6, 1000, 10, 20]), 15.0), 'median([-10, 4, 6, 1000, 10, 20]) should be 15.0'"),
+})
+
+
 def humaneval_problem(record: dict, *, path: str | Path = "HumanEval", line: int = 0) -> Problem:
     """One HumanEval record (task_id, prompt, entry_point, canonical_solution, test) as a `Problem`."""
     task_id = require(record, "task_id", str, path=path, line=line)
@@ -44,7 +52,7 @@ def humaneval_problem(record: dict, *, path: str | Path = "HumanEval", line: int
         starter_code=prompt,
         entry_point=entry,
         tests=[TestCase(kind="assert", code=f"{test_src}\ncheck({entry})\n", fn_name=entry)],
-        public_tests=docstring_examples(prompt, entry),
+        public_tests=[t for t in docstring_examples(prompt, entry) if (task_id, t.code.splitlines()[-1]) not in WRONG_EXAMPLES],
         metadata={"task_id": task_id, "canonical_solution": canonical, "source": "humaneval", "split": EVAL_ONLY},
     )
 
@@ -91,6 +99,21 @@ def _literal_call(source: str, entry_point: str) -> str | None:
     return ast.unparse(tree)
 
 
+def _docstring_want(want: str) -> str:
+    """A doctest ``want`` without the docstring's closing quotes: in HumanEval's usual layout
+    (``>>> f(1)`` / ``2`` / ``\"\"\"``) the quotes are the next non-blank line, so doctest counts
+    them as output; everything from the closing quotes on is dropped."""
+    kept: list[str] = []
+    for line in want.splitlines():
+        for quotes in ('"""', "'''"):
+            if quotes in line:
+                line = line.split(quotes, 1)[0]
+                kept.append(line)
+                return "\n".join(kept).strip()
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
 def docstring_examples(starter_code: str, entry_point: str) -> list[TestCase]:
     """The input/output examples a HumanEval-style docstring shows, as ``assert`` tests: doctest
     examples (``>>> f(x)`` then the output) and one-line examples (``f(x) => y``, ``➞``, ``->``,
@@ -100,7 +123,7 @@ def docstring_examples(starter_code: str, entry_point: str) -> list[TestCase]:
     sandbox."""
     pairs: list[tuple[str, str]] = []
     try:
-        pairs = [(ex.source.strip(), ex.want.strip()) for ex in doctest.DocTestParser().get_examples(starter_code)]
+        pairs = [(ex.source.strip(), _docstring_want(ex.want)) for ex in doctest.DocTestParser().get_examples(starter_code)]
     except ValueError:  # a malformed doctest block: fall back to the one-line forms
         pairs = []
     if not pairs:

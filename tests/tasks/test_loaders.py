@@ -21,7 +21,14 @@ from tasks import (
 )
 from tasks.apps import load_apps
 from tasks.bigcodebench import load_bigcodebench
-from tasks.humaneval import docstring_examples, humaneval_canonical_program, is_eval_only, load_humaneval
+from tasks.humaneval import (
+    _SAME,
+    WRONG_EXAMPLES,
+    docstring_examples,
+    humaneval_canonical_program,
+    is_eval_only,
+    load_humaneval,
+)
 from tasks.loaders import sniff_format
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
@@ -200,6 +207,26 @@ def test_docstring_examples_keep_literal_calls_with_literal_outputs():
     assert docstring_examples("def k():\n    pass\n", "k") == []
 
 
+def test_the_last_example_before_the_closing_quotes_is_kept():
+    """HumanEval's layout: the closing quotes follow the last output on the next line, which doctest
+    reads as part of that output. A docstring with one example used to give no public test."""
+    one = 'def f(x):\n    """Double it.\n    >>> f(1)\n    2\n    """\n'
+    assert [t.code.splitlines()[-1] for t in docstring_examples(one, "f")] == ["assert __restrl_same(f(1), 2), 'f(1) should be 2'"]
+    two = "def f(x):\n    \'\'\'\n    >>> f(1)\n    2\n    >>> f(2)\n    [4, 'a']\n    \'\'\'\n"
+    assert [t.code.splitlines()[-1] for t in docstring_examples(two, "f")] == [
+        "assert __restrl_same(f(1), 2), 'f(1) should be 2'",
+        "assert __restrl_same(f(2), [4, 'a']), \"f(2) should be [4, 'a']\"",
+    ]
+    same_line = 'def f(x):\n    """\n    >>> f(3)\n    6"""\n'
+    assert len(docstring_examples(same_line, "f")) == 1
+    # HumanEval/0's second example is its last one
+    he0 = load_humaneval(limit=1)[0]
+    assert [t.code.splitlines()[-1] for t in he0.public_tests] == [
+        "assert __restrl_same(has_close_elements([1.0, 2.0, 3.0], 0.5), False), 'has_close_elements([1.0, 2.0, 3.0], 0.5) should be False'",
+        "assert __restrl_same(has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3), True), 'has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3) should be True'",
+    ]
+
+
 async def test_humaneval_public_tests_are_docstring_examples_the_reference_passes():
     """Every example extracted from HumanEval's docstrings passes the canonical solution in the
     sandbox (a wrong example would penalise correct programs when re-ranking), and wrong programs
@@ -207,13 +234,17 @@ async def test_humaneval_public_tests_are_docstring_examples_the_reference_passe
     from sandbox.pool import Sandbox
 
     problems = [p for p in load_humaneval() if p.public_tests]
-    assert len(problems) >= 90 and sum(len(p.public_tests) for p in problems) >= 200
+    assert len(problems) == 109 and sum(len(p.public_tests) for p in problems) == 302  # counted 2026-12-04
     assert all(t.kind == "assert" and t.fn_name is None for p in problems for t in p.public_tests)
+    by_id = {p.id: p for p in load_humaneval()}
+    dropped = [(tid, TestCase(kind="assert", code=f"{_SAME}{line}\n")) for tid, line in sorted(WRONG_EXAMPLES)]
     with Sandbox(workers=2) as sandbox:
         good = await sandbox.run_many([(humaneval_canonical_program(p), list(p.public_tests), p.entry_point) for p in problems])
         wrong = await sandbox.run_many([(p.starter_code + "    return None\n", list(p.public_tests), p.entry_point) for p in problems[:20]])
+        bad = await sandbox.run_many([(humaneval_canonical_program(by_id[tid]), [t], by_id[tid].entry_point) for tid, t in dropped])
     assert [p.id for p, v in zip(problems, good, strict=True) if v.status != "passed"] == []
     assert all(v.status == "failed" for v in wrong)
+    assert [v.status for v in bad] == ["failed"] * len(WRONG_EXAMPLES)  # HumanEval's own wrong examples stay out
 
 
 def test_training_refuses_eval_only_problems():
