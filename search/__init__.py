@@ -11,7 +11,15 @@ nothing that needs vLLM or FastAPI.
 """
 
 from search.batcher import ValueBatcher
-from search.evaluators import Evaluation, Evaluator, ORMEvaluator, TestEvaluator, VMEvaluator
+from search.evaluators import (
+    Evaluation,
+    Evaluator,
+    ORMEvaluator,
+    PRMEvaluator,
+    TestEvaluator,
+    VMEvaluator,
+    step_prefixes,
+)
 from search.replay import ReplayMismatch, ReplayPolicy, ReplayValue, replay_inputs
 from search.runner import run_search
 from search.strategies import STRATEGIES, Strategy
@@ -25,6 +33,7 @@ __all__ = [
     "Evaluation",
     "Evaluator",
     "ORMEvaluator",
+    "PRMEvaluator",
     "ReplayMismatch",
     "ReplayPolicy",
     "ReplayValue",
@@ -41,4 +50,5 @@ __all__ = [
     "replay_inputs",
     "run_search",
     "save_trace",
+    "step_prefixes",
 ]

@@ -15,7 +15,8 @@ Budget accounting (all limits are hard, never exceeded by completed work):
 * tokens: a request reserves ``n * max_tokens``; ``n`` shrinks to fit what is left, then the
   request's ``max_tokens`` shrinks (the last request may be shorter than the config's).
 * value_calls: an expansion reserves the evaluator's worst case (2n for VM-MCTS: n children +
-  n rollouts; n for ORM and outcome-only strategies); cached states cost nothing.
+  n rollouts; n for ORM and outcome-only strategies; n * (max_tokens + 1) line prefixes for
+  PRM-BoN); cached states cost nothing.
 * deadline: enforced by `search.runner.run_search`; work that completed before it is kept.
 
 When a reservation fails while other expansions are in flight, the strategy waits for them
@@ -141,9 +142,7 @@ class SearchRun:
             if max_tokens < 1:
                 self.refusal = "tokens"
                 return None
-        per = self.evaluator.max_value_calls(1)
-        if not grow:
-            per = min(per, 1)
+        per = self.evaluator.max_value_calls(1, grow=grow, max_tokens=max_tokens)
         if b.value_calls is not None and per:
             calls_left = b.value_calls - self.usage.value_calls - self._reserved["value_calls"]
             n = min(n, calls_left // per)

@@ -9,6 +9,11 @@ value-data collection of RESTRL_SPEC.md section 3:
   program in ONE batched call per expansion (terminal children are full programs: scored once).
 * `ORMEvaluator(value)` - ORM-MCTS: only full programs are scored; a child's value is the mean
   (or max) of the rollouts passing through it. State nodes are never scored directly.
+* `PRMEvaluator(value, aggregate)` - PRM-BoN (the paper's process-reward baseline, Math-Shepherd
+  style): every rollout is scored at each of its generated lines (`step_prefixes`: the program
+  cut after each non-blank generated line, the last cut being the whole program), all prefixes of
+  an expansion in ONE batched call; the rollout's value aggregates its prefix values by ``min``
+  (Math-Shepherd, the default), ``mean`` or ``last`` (= the whole program's value, the ORM score).
 * `TestEvaluator(sandbox)` - training: rollouts are executed on the problem's tests; a rollout's
   value is its pass fraction, a child's value the mean of the rollouts through it.
 
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from models.base import ValueModel
-from models.prompting import PromptMode, assemble_program
+from models.prompting import PromptMode, assemble_program, root_state
 from search.tree import ChildSpec, RolloutSpec
 from tasks import Problem, TestCase
 
@@ -42,8 +47,10 @@ class Evaluation:
 class Evaluator(Protocol):
     version: str
 
-    def max_value_calls(self, n: int) -> int:
-        """Worst-case value-model calls of an expansion with ``n`` continuations (budgeting)."""
+    def max_value_calls(self, n: int, *, grow: bool, max_tokens: int) -> int:
+        """Worst-case value-model calls of an expansion with ``n`` continuations of at most
+        ``max_tokens`` tokens each, that adds children to a tree (``grow``) or only keeps its
+        rollouts (budgeting)."""
         ...
 
     def fork(self) -> Evaluator:
@@ -93,8 +100,8 @@ class VMEvaluator:
         self.version = value.version
         self._scorer = _CachedScorer(value)
 
-    def max_value_calls(self, n: int) -> int:
-        return 2 * n
+    def max_value_calls(self, n: int, *, grow: bool, max_tokens: int) -> int:
+        return 2 * n if grow else n  # children + rollouts; a terminal child is its rollout (cached)
 
     def fork(self) -> VMEvaluator:
         return VMEvaluator(self.value)
@@ -122,7 +129,7 @@ class ORMEvaluator:
         self.version = value.version
         self._scorer = _CachedScorer(value)
 
-    def max_value_calls(self, n: int) -> int:
+    def max_value_calls(self, n: int, *, grow: bool, max_tokens: int) -> int:
         return n
 
     def fork(self) -> ORMEvaluator:
@@ -135,6 +142,65 @@ class ORMEvaluator:
         rollout_values = [table[r.code] for r in rollouts]
         child_values = [_aggregate([rollout_values[i] for i in ids], self.aggregate) for ids in _through(children, rollouts)]
         return Evaluation(child_values=child_values, rollout_values=rollout_values, value_calls=calls, scored=new)
+
+
+PRMAggregate = Literal["min", "mean", "last"]
+
+
+def step_prefixes(code: str, root: str) -> list[str]:
+    """The states a process reward model scores for program ``code`` sampled from ``root``: the
+    code cut after each non-blank line generated after ``root`` (blank lines are no step), ending
+    with ``code`` itself. A line needs at least one generated token, so there are at most
+    ``tokens + 1`` prefixes."""
+    head, body = (root, code[len(root):]) if code.startswith(root) else ("", code)
+    out: list[str] = []
+    for line in body.splitlines(keepends=True):
+        head += line
+        if line.strip():
+            out.append(head)
+    if not out or out[-1] != code:
+        out.append(code)
+    return out
+
+
+def aggregate_steps(values: Sequence[float], how: PRMAggregate) -> float:
+    """A program's PRM score from its prefix values (in order; the last is the whole program)."""
+    if how == "last":
+        return float(values[-1])
+    if how == "min":
+        return float(min(values))
+    return float(sum(values) / len(values))
+
+
+class PRMEvaluator:
+    """Process-reward evaluation (PRM-BoN): each rollout's value aggregates the value model's scores
+    of its line prefixes; children (if a tree strategy uses it) get their own state's value."""
+
+    def __init__(self, value: ValueModel, *, aggregate: PRMAggregate = "min") -> None:
+        self.value = value
+        self.aggregate = aggregate
+        self.version = value.version
+        self._scorer = _CachedScorer(value)
+
+    def max_value_calls(self, n: int, *, grow: bool, max_tokens: int) -> int:
+        return n * (max_tokens + 1) + (n if grow else 0)
+
+    def fork(self) -> PRMEvaluator:
+        return PRMEvaluator(self.value, aggregate=self.aggregate)
+
+    async def evaluate(
+        self, problem: Problem, children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec], *, mode: PromptMode
+    ) -> Evaluation:
+        root = root_state(problem, mode)
+        prefixes = [step_prefixes(r.code, root) for r in rollouts]
+        states = [c.state for c in children] + [p for ps in prefixes for p in ps]
+        table, calls, new = await self._scorer.score(problem, states)
+        return Evaluation(
+            child_values=[table[c.state] for c in children],
+            rollout_values=[aggregate_steps([table[p] for p in ps], self.aggregate) for ps in prefixes],
+            value_calls=calls,
+            scored=new,
+        )
 
 
 class TestEvaluator:
@@ -154,7 +220,7 @@ class TestEvaluator:
         self.version = f"tests:{which}"
         self._cache: dict[str, tuple[float, str]] = {}
 
-    def max_value_calls(self, n: int) -> int:
+    def max_value_calls(self, n: int, *, grow: bool, max_tokens: int) -> int:
         return 0
 
     def fork(self) -> TestEvaluator:

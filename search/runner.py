@@ -45,7 +45,7 @@ async def run_search(
     if evaluator is not None:
         evaluator = evaluator.fork()
     elif value is not None:
-        evaluator = strategy.default_evaluator(value)
+        evaluator = strategy.default_evaluator(value, config)
     else:
         raise ValueError("run_search needs a value model or an evaluator")
     run = SearchRun(problem, policy, evaluator, config, sandbox=sandbox, on_progress=on_progress)

@@ -3,7 +3,10 @@ the same budget unit (sampled programs), so that they compare at equal, explicit
 
 * ``greedy``    - one sample at temperature 0 (uses 1 of the sample budget); the evaluator scores it.
 * ``best_of_n`` - all the sample budget in one request at the configured temperature; the value
-                  model scores the full programs (outcome reward model); the best is returned.
+                  model scores the full programs (outcome reward model, ORM-BoN); the best is returned.
+* ``prm_best_of_n`` - the same samples scored as a process reward model would (PRM-BoN, the paper's
+                  baseline): the value model scores every line prefix of each program and the
+                  program's score aggregates them (``prm_aggregate``: min, mean or last).
 * ``beam``      - step-level beam search (PRM-style): expand every beam state with K continuations,
                   score the first-line children with the value model, keep the ``beam_width`` best
                   non-terminal children; every sampled program is a scored candidate; until the
@@ -22,8 +25,9 @@ from typing import ClassVar
 
 from models.base import ValueModel
 from search.context import SearchRun
-from search.evaluators import Evaluator, ORMEvaluator, VMEvaluator
+from search.evaluators import Evaluator, ORMEvaluator, PRMEvaluator, VMEvaluator
 from search.tree import BLOCKED, Node, Tree
+from search.types import SearchConfig
 
 
 class Strategy:
@@ -32,7 +36,7 @@ class Strategy:
     name: ClassVar[str]
 
     @staticmethod
-    def default_evaluator(value: ValueModel) -> Evaluator:
+    def default_evaluator(value: ValueModel, config: SearchConfig) -> Evaluator:
         return VMEvaluator(value)
 
     async def run(self, run: SearchRun) -> None:
@@ -63,6 +67,14 @@ class BestOfN(Strategy):
                 return
             run.launch(exp)
             await run.apply(await run.next_done())
+
+
+class PRMBestOfN(BestOfN):
+    name = "prm_best_of_n"
+
+    @staticmethod
+    def default_evaluator(value: ValueModel, config: SearchConfig) -> Evaluator:
+        return PRMEvaluator(value, aggregate=config.prm_aggregate)
 
 
 class Beam(Strategy):
@@ -127,10 +139,10 @@ class ORMMCTS(MCTS):
     name = "orm_mcts"
 
     @staticmethod
-    def default_evaluator(value: ValueModel) -> Evaluator:
+    def default_evaluator(value: ValueModel, config: SearchConfig) -> Evaluator:
         return ORMEvaluator(value)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Greedy, BestOfN, Beam, ORMMCTS, VMMCTS)
+    cls.name: cls for cls in (Greedy, BestOfN, PRMBestOfN, Beam, ORMMCTS, VMMCTS)
 }

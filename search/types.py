@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-StrategyName = Literal["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"]
+StrategyName = Literal["greedy", "best_of_n", "prm_best_of_n", "beam", "orm_mcts", "vm_mcts"]
 StopReason = Literal[
     "samples", "tokens", "value_calls", "deadline", "exhausted", "solved", "cancelled", "done"
 ]
@@ -45,6 +45,9 @@ class SearchConfig(BaseModel):
     max_tokens: int = Field(default=512, ge=1, le=8192, description="max new tokens per policy request")
     step_lines: int = Field(default=1, ge=1, le=64, description="lines per step of the tree (the spec's step is one line)")
     beam_width: int = Field(default=2, ge=1, le=64, description="beam: states kept per depth")
+    prm_aggregate: Literal["min", "mean", "last"] = Field(
+        default="min", description="prm_best_of_n: how a program's line-prefix values make its score (min = Math-Shepherd)"
+    )
     parallel_expansions: int = Field(default=2, ge=1, le=64, description="expansions of one search in flight (virtual loss)")
     prompt_mode: Literal["continue", "rewrite"] | None = Field(default=None, description="None = the policy's measured default")
     rerank_with_tests: bool = Field(default=False, description="execute candidates on the problem's public tests and rank by pass fraction, then value")

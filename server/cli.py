@@ -184,7 +184,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     solve.add_argument("file", help="problem JSON (a /v1/solve body, a problem with 'statement', or a JSONL line); - = stdin")
     solve.add_argument("--url", default=os.environ.get("RESTRL_URL", "http://127.0.0.1:8000"),
                        help="server URL [env RESTRL_URL]; the API key comes from RESTRL_API_KEY")
-    solve.add_argument("--strategy", choices=["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"], default=None)
+    solve.add_argument("--strategy", choices=["greedy", "best_of_n", "prm_best_of_n", "beam", "orm_mcts", "vm_mcts"], default=None)
     solve.add_argument("--samples", type=int, default=None, help="budget: sampled programs")
     solve.add_argument("--deadline", type=float, default=None, help="budget: seconds")
     solve.add_argument("--seed", type=int, default=None)

@@ -48,7 +48,7 @@ class BudgetIn(BaseModel):
 
 # SearchParams fields copied into SearchConfig when set
 _SEARCH_OPTIONS = ("k", "num_decision", "c_uct", "temperature", "top_p", "max_tokens", "beam_width",
-                   "parallel_expansions", "prompt_mode", "top_candidates", "step_lines")
+                   "parallel_expansions", "prompt_mode", "top_candidates", "step_lines", "prm_aggregate")
 
 
 class SearchParams(BaseModel):
@@ -56,7 +56,7 @@ class SearchParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: StrategyName = Field(default="vm_mcts", description="greedy, best_of_n, beam, orm_mcts or vm_mcts")
+    strategy: StrategyName = Field(default="vm_mcts", description="greedy, best_of_n, prm_best_of_n, beam, orm_mcts or vm_mcts")
     budget: BudgetIn = Field(default_factory=BudgetIn)
     k: int | None = Field(default=None, ge=1, le=64, description="continuations per expansion")
     num_decision: int | None = Field(default=None, ge=1, le=64, description="children kept selectable per node")
@@ -68,6 +68,9 @@ class SearchParams(BaseModel):
     parallel_expansions: int | None = Field(default=None, ge=1, le=64)
     step_lines: int | None = Field(default=None, ge=1, le=64, description="lines per step of the tree (default 1, the paper's step)")
     prompt_mode: Literal["continue", "rewrite"] | None = None
+    prm_aggregate: Literal["min", "mean", "last"] | None = Field(
+        default=None, description="prm_best_of_n: how line-prefix values make a program's score (default min)"
+    )
     top_candidates: int | None = Field(default=None, ge=0, le=100)
     rerank_with_tests: bool = Field(default=False, description="execute candidates on the public tests (sandbox) and rank by pass fraction first")
     stop_when_solved: bool = Field(default=False, description="with rerank_with_tests: stop at the first candidate passing every public test")

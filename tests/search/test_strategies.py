@@ -20,6 +20,7 @@ from search import (
     run_search,
     save_trace,
 )
+from search.evaluators import step_prefixes
 from search.tree import rollout_code
 from tests.search.doubles import HashValue, ScriptedPolicy, hash_value, make_problem, random_script
 
@@ -64,6 +65,40 @@ async def test_best_of_n_one_request_picks_highest_value():
     assert [c.n for c in policy.calls] == [6]
     assert r.code.rstrip().endswith("return 3") and r.value == 0.9 and r.stop_reason == "samples"
     assert len(r.candidates) == 3 and r.candidates[0].code == r.code
+
+
+def test_step_prefixes_cut_after_each_generated_non_blank_line():
+    code = "def f():\n    x = 1\n\n    return x\n"
+    assert step_prefixes(code, "") == ["def f():\n", "def f():\n    x = 1\n", code]  # the blank line is no step
+    assert step_prefixes(code, "def f():\n") == ["def f():\n    x = 1\n", code]  # the root's lines are given
+    assert step_prefixes("def f():\n    return (1 +", "") == ["def f():\n", "def f():\n    return (1 +"]  # truncated
+    assert step_prefixes("", "") == [""]
+
+
+@pytest.mark.parametrize("aggregate", ["min", "mean", "last"])
+async def test_prm_best_of_n_scores_every_line_prefix_in_one_call(aggregate):
+    texts = ["def f():\n    x = 1\n    return x", "def f():\n    return 2", "def f():\n    y = 1\n    return y"]
+    policy = ScriptedPolicy(script=lambda s, n, i: texts[:n])
+    value = HashValue()
+    r = await run_search(make_problem(), policy, value, config("prm_best_of_n", samples=3, prm_aggregate=aggregate, top_candidates=3))
+    assert [c.n for c in policy.calls] == [3] and value.batch_sizes == [6]  # one batched call, shared prefix once
+    assert r.usage.value_calls == 6  # every distinct prefix counts
+    how = {"min": min, "mean": lambda v: sum(v) / len(v), "last": lambda v: v[-1]}[aggregate]
+    for cand in r.candidates:
+        assert cand.value == pytest.approx(how([hash_value(p) for p in step_prefixes(cand.code, "")]))
+    assert r.value == max(c.value for c in r.candidates)
+    if aggregate == "last":  # the whole program's value: the ORM score best_of_n ranks by
+        orm = await run_search(make_problem(), ScriptedPolicy(script=lambda s, n, i: texts[:n]), HashValue(), config("best_of_n", samples=3))
+        assert orm.code == r.code and orm.value == pytest.approx(r.value)
+
+
+async def test_prm_value_call_budget_reserves_every_prefix():
+    # a value_calls budget below one program's worst case (max_tokens + 1 prefixes) samples nothing
+    policy = ScriptedPolicy()
+    r = await run_search(make_problem(), policy, HashValue(), config("prm_best_of_n", budget=Budget(samples=4, value_calls=20), max_tokens=32))
+    assert r.stop_reason == "value_calls" and policy.calls == []
+    r = await run_search(make_problem(), policy, HashValue(), config("prm_best_of_n", budget=Budget(samples=4, value_calls=70), max_tokens=32))
+    assert policy.calls[0].n == 2 and r.usage.value_calls <= 70  # 70 // 33: two programs at a time
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -59,7 +59,7 @@ async def api() -> AsyncIterator[tuple[Services, httpx.AsyncClient]]:
         yield services, client
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"])
+@pytest.mark.parametrize("strategy", ["greedy", "best_of_n", "prm_best_of_n", "beam", "orm_mcts", "vm_mcts"])
 async def test_solve_every_strategy(api: tuple[Services, httpx.AsyncClient], strategy: str) -> None:
     _, client = api
     r = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": strategy, "budget": {"samples": 4},

@@ -112,7 +112,7 @@ async def test_openai_client_completions_chat_and_streams(real: tuple[Services, 
     assert text and final["strategy"] == "greedy" and final["usage"]["samples"] == 1
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"])
+@pytest.mark.parametrize("strategy", ["greedy", "best_of_n", "prm_best_of_n", "beam", "orm_mcts", "vm_mcts"])
 async def test_solve_every_strategy_on_the_real_engine(real: tuple[Services, str], strategy: str) -> None:
     _, url = real
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
