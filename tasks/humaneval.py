@@ -52,7 +52,7 @@ def humaneval_problem(record: dict, *, path: str | Path = "HumanEval", line: int
         starter_code=prompt,
         entry_point=entry,
         tests=[TestCase(kind="assert", code=f"{test_src}\ncheck({entry})\n", fn_name=entry)],
-        public_tests=[t for t in docstring_examples(prompt, entry) if (task_id, t.code.splitlines()[-1]) not in WRONG_EXAMPLES],
+        public_tests=[t for t in docstring_examples(prompt, entry) if (task_id, (t.code or "").splitlines()[-1]) not in WRONG_EXAMPLES],
         metadata={"task_id": task_id, "canonical_solution": canonical, "source": "humaneval", "split": EVAL_ONLY},
     )
 
