@@ -127,6 +127,7 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 SCRATCH_ROOT = "/run"  # the run's tmpfs; its subdirectories are bound onto the scratch places
 SCRATCH_BINDS = (("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("shm", "/dev/shm"))
 WORKDIR = "/tmp/restrl-run"
+CGROUP_ROOT = "/sys/fs/cgroup"
 SCRATCH_INODES = 16384  # files and directories a run may create (its tmpfs's nr_inodes)
 SETUP_FAILED = 121  # exit status of the run's init when our isolation setup failed
 READY = b"R"  # written by the program's process once its setup is done, before any program code
@@ -228,31 +229,46 @@ def _fd_count() -> int:
 
 
 def remove_tree(path: str) -> None:
-    """Remove ``path`` and everything below it without recursion (any depth, any number of
-    entries, any mode, FIFOs and sockets never opened); raises OSError if something stays."""
+    """Remove ``path`` and everything below it without recursion and without long paths: one
+    directory descriptor at a time (any depth), each directory scanned once (any number of
+    entries), modes reset before entering (any mode), FIFOs and sockets unlinked, never opened.
+    Raises OSError if something cannot be removed."""
     if not os.path.lexists(path):
         return
-    stack = [path]
-    while stack:
-        current = stack[-1]
-        try:
-            os.chmod(current, 0o700)
-            entries = list(os.scandir(current))
-        except NotADirectoryError:
-            os.unlink(current)
-            stack.pop()
-            continue
-        pushed = False
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-                pushed = True
-            else:
-                os.unlink(entry.path)
-        if not pushed:
-            os.rmdir(current)
-            stack.pop()
-
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        os.unlink(path)
+        return
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.chmod(path, 0o700)
+    fd = os.open(path, flags)
+    trail: list[tuple[str, list[str]]] = []  # (name in the parent, subdirectories still to remove)
+    name = ""
+    try:
+        while True:
+            subdirs = []
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+            trail.append((name, subdirs))
+            while len(trail) > 1 and not trail[-1][1]:
+                done, _ = trail.pop()
+                parent = os.open("..", flags, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                os.rmdir(done, dir_fd=fd)
+            if not trail[-1][1]:
+                break
+            name = trail[-1][1].pop()
+            os.chmod(name, 0o700, dir_fd=fd)
+            child = os.open(name, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    os.rmdir(path)
 
 class Worker:
     def __init__(self, config: dict) -> None:
@@ -621,10 +637,6 @@ class Worker:
         top = sorted(c for c in covered if c.count("/") == 1)
         self.caps["hidden_top_dirs"] = top
         self.notes.append(f"programs see only the way to the Python installation in {top}")
-        for name in os.listdir("/"):
-            path = "/" + name
-            if os.path.isfile(path) and not os.path.islink(path):
-                _mount("/dev/null", path, None, MS_BIND)
 
     @staticmethod
     def _cover(directory: str, names: set[str]) -> None:
@@ -659,6 +671,14 @@ class Worker:
             os.symlink(target, f"/dev/{name}")
         os.mkdir("/dev/shm")
         os.chmod("/dev/shm", 0o1777)
+        # top-level files that are not the system's (container descriptions, installers) read as empty
+        empty = "/dev/.empty"
+        open(empty, "w").close()
+        os.chmod(empty, 0o444)
+        for name in os.listdir("/"):
+            path = "/" + name
+            if os.path.isfile(path) and not os.path.islink(path):
+                _mount(empty, path, None, MS_BIND)
 
     def _read_only(self) -> None:
         """Remount every mount of the worker's namespace read-only, nosuid and (outside /dev)
@@ -800,6 +820,8 @@ class Worker:
                 _mount(os.path.join(SCRATCH_ROOT, name), target, None, MS_BIND)
         if proc:
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+        if os.path.isdir(CGROUP_ROOT):  # the worker writes there, programs have nothing to read there
+            _mount("tmpfs", CGROUP_ROOT, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=755")
 
     def _program(
         self, mode: str, limits: dict, workdir: str, job_fd: int, err_fd: int, res_w: int, ctl_w: int
