@@ -449,6 +449,20 @@ class Worker:
         elif not pidns and self.own_pidns is not None:
             os.close(self.own_pidns)
             self.own_pidns = None
+        if not self.run_ns and self.caps["mountns"]:
+            self._worker_scratch()
+
+    def _worker_scratch(self) -> None:
+        """No per-run namespaces but a private one for the worker: fresh tmpfs scratch places for
+        this worker's runs, emptied (`remove_tree`) after each run."""
+        size = int(self.config.get("tmp_mb", 256))
+        try:
+            for _, target in SCRATCH_BINDS:
+                if os.path.isdir(target):
+                    _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode=1777")
+            self.caps["private_tmp"] = "per worker"
+        except OSError as exc:
+            self.notes.append(f"no private scratch space: {exc}")
 
     def _enter_new_pidns(self) -> bool:
         """Make the next fork the init of a new PID namespace (the worker itself stays in its own)."""
@@ -762,10 +776,7 @@ class Worker:
             for fd in fds:
                 os.close(fd)
             if workdir is not None and not self.run_ns:
-                try:
-                    remove_tree(workdir)
-                except OSError as exc:
-                    self._unhealthy(f"could not remove the run's directory: {exc}")
+                self._empty_scratch(workdir)
 
     def _init(
         self, mode: str, limits: dict, workdir: str, job_fd: int, err_fd: int, res_w: int, ctl_w: int
@@ -983,6 +994,20 @@ class Worker:
                 return False
             into += chunk
         return False
+
+    def _empty_scratch(self, workdir: str) -> None:
+        """Without a per-run file system: remove the run's directory and, where the scratch places
+        are the worker's own, everything in them; a failure makes the worker unhealthy."""
+        places = [workdir]
+        if self.caps["private_tmp"]:
+            for _, base in SCRATCH_BINDS:
+                if os.path.isdir(base):
+                    places += [os.path.join(base, name) for name in os.listdir(base)]
+        for place in places:
+            try:
+                remove_tree(place)
+            except OSError as exc:
+                self._unhealthy(f"could not remove {place}: {exc}")
 
     def _unhealthy(self, why: str) -> None:
         self.healthy = False
