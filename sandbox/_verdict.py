@@ -57,11 +57,13 @@ class ProtocolViolation(ValueError):
     """The program wrote something to the result pipe that no honest run writes."""
 
 
-def result_cap(tests: list[dict[str, Any]], max_output_bytes: int) -> int:
-    """Bytes the worker accepts on a run's result pipe: a base plus each stdio test's largest
-    honest output (base64, 4/3 of the bytes) and framing."""
+def result_cap(tests: list[dict[str, Any]], max_output_bytes: int, max_file_mb: int) -> int:
+    """Bytes the worker accepts on a run's result pipe: a base (the larger of 4 MiB and the largest
+    file a program may write) plus each stdio test's largest honest output (base64: 4/3 of the
+    bytes) and framing."""
     n_stdio = sum(t.get("kind") == "stdio" for t in tests)
-    return RESULT_BASE_BYTES + n_stdio * (math.ceil(max_output_bytes * 4 / 3) + 4096)
+    base = max(RESULT_BASE_BYTES, (max_file_mb + 1) << 20)
+    return base + n_stdio * (math.ceil(max_output_bytes * 4 / 3) + 4096)
 
 
 def _short(text: str, limit: int = MSG_CHARS) -> str:

@@ -245,7 +245,7 @@ class Sandbox:
         header = {
             "mode": self.mode,
             "limits": limits.model_dump(),
-            "result_cap": result_cap(full, limits.max_output_bytes),
+            "result_cap": result_cap(full, limits.max_output_bytes, limits.max_file_mb),
         }
         return header, json.dumps(job).encode(), full
 
