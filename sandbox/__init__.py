@@ -2,12 +2,16 @@
 
 In: a program (source text), its `tasks.TestCase`s (call / stdio / assert / unittest) and optional
 `Limits`. Out: a `Verdict` (passed / failed / timeout / error / infra_error, one `TestOutcome` per
-test or unittest method, pass fraction, truncated stderr, wall and CPU time). `Sandbox` keeps a
-bounded pool of separate worker processes; each program runs in its own forked child with its own
-session, rlimits, scratch directory, scrubbed environment, no network, the caller's directories
-hidden and (as root) its own unprivileged uid and memory/pids cgroup; generated code never runs in
-the caller's process. `capabilities()` reports which protections the machine allowed, with a
-``warnings`` list of the gaps. Imports only `tasks`.
+test or unittest method, pass fraction, truncated stderr, wall and CPU time), decided in the
+caller's process (`sandbox._verdict`) from what the program's side can only append to a pipe: the
+outcome of call and stdio tests is always the caller's comparison with expected values that never
+leave it. `Sandbox` keeps a bounded pool of separate worker processes; each program runs in its own
+PID, mount and IPC namespaces (a private /proc, one fresh tmpfs for all its scratch places, a
+read-only view of the host showing only the system directories and the Python installation), with
+rlimits, a scrubbed environment, no network, a seccomp filter (no user namespaces) and, as root,
+its own unprivileged uid and memory/pids cgroup; generated code never runs in the caller's
+process. `capabilities()` reports which protections the machine allowed, with a ``warnings`` list
+of the gaps. Imports only `tasks`.
 """
 
 from sandbox.limits import Limits, OutcomeStatus, TestOutcome, Verdict, VerdictStatus

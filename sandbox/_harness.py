@@ -1,18 +1,26 @@
 """The test harness that runs INSIDE the isolated child process (stdlib only).
 
 This is the only place where untrusted program text is compiled and executed. The worker
-(`_worker.py`) forks a child, applies the isolation and limits, and then either calls `main()`
-directly (fork-server mode: this module and the usual stdlib are already imported) or execs a fresh
-``python -I -S _harness.py NONCE SYS_PATH`` (spawn mode; the job is on fd 4). Either way the child reports one JSON line per
-event on file descriptor 3, each carrying the run's nonce so that stray writes are ignored:
+(`_worker.py`) forks the run's processes, applies the isolation and limits, and then either calls
+`main()` directly (fork-server mode: this module and the usual stdlib are already imported) or execs
+a fresh ``python -I -S _harness.py SYS_PATH`` (spawn mode). The job (program, tests without the
+expected values of call and stdio tests) is on fd 4, read once and closed. Results go out as one
+JSON line per event on fd 3, the write end of a pipe the worker reads: the program can append to
+it (it runs in this process) but never read, rewind, truncate or rewrite what was written, and
+the caller (`sandbox._verdict`) accepts only the events a test's kind allows, at most one per
+test for call, stdio and assert tests, and takes no status from this process for call and stdio
+tests:
 
-* ``{"t": "loaded"}``                      - the program compiled and (for in-process tests) ran;
-* ``{"t": "load_error", "msg": ...}``      - it did not (syntax error, exception at import);
-* ``{"t": "outcome", "i": k, "name": ..., "status": ..., "msg": ...}`` - one per test outcome
-  (a ``unittest`` test yields one per test method);
-* ``{"t": "value", "i": k, "value": ..., "repr": ...}`` / ``{"t": "output", "i": k, "out": ...}`` -
-  what a call test returned / a stdio test printed, for the worker to judge;
-* ``{"t": "done"}``                         - every test ran.
+* ``{"t": "loaded"}`` / ``{"t": "load_error", "msg": ...}`` - the program compiled and (for
+  in-process tests) ran at import / it did not;
+* call test ``i``: ``{"t": "value", "i": i, "value": ...}`` (what the function returned, as plain
+  JSON data) or ``{"t": "call_failed", "i": i, "msg": ...}`` (it raised, or no such function);
+* stdio test ``i``: ``{"t": "output", "i": i, "out": BASE64}`` (stdout of a clean exit) or
+  ``{"t": "stdio_failed", "i": i, "why": "exit" | "signal" | "overflow", "code": n}``;
+* assert test ``i``: ``{"t": "outcome", "i": i, "status": "passed" | "failed", "msg": ...}``;
+* unittest test ``i``: one ``{"t": "outcome", "i": i, "name": ..., "status": ..., "msg": ...}``
+  per test method;
+* ``{"t": "done"}`` - every test ran.
 
 Semantics (the `sandbox` package documents them for users):
 
@@ -22,18 +30,25 @@ Semantics (the `sandbox` package documents them for users):
 * stdio: each test runs the program as ``__main__`` in its own forked process with the test's stdin;
   stdout is compared by `outputs_match` (line-wise after stripping trailing whitespace and trailing
   blank lines, else token-wise with the same float tolerance).
-* For these two kinds the child only reports what the program returned or printed (``value`` /
-  ``output`` events) and the worker judges them (`judge`): the expected values are never in the
-  program's process, so a program cannot read them from its own memory.
+* For these two kinds the child only reports what the program returned or printed and the caller
+  judges it (`sandbox._verdict.judge`): the expected values are never in the program's process,
+  so a program can neither read them nor claim a pass; the most it can do by writing to fd 3
+  itself is report a value its function could as well have returned.
 * assert: the test source runs in the program's namespace; one outcome per script.
 * unittest: the test source runs in the program's namespace; every test method of every
   ``unittest.TestCase`` class it defines is one outcome.
+* Residual risk of these two kinds: the test code runs in the program's process, so a program
+  can tamper with its own assert/unittest run (patch ``AssertionError``, call the emitter it can
+  find on the stack, write ``outcome`` events to fd 3). It can never affect another run or a
+  call/stdio test of its own run.
 * no tests: the program runs as ``__main__``; it passes if it finishes without an uncaught exception.
 """
 
 from __future__ import annotations
 
+import base64
 import builtins
+import fcntl
 import io
 import json
 import math
@@ -45,7 +60,7 @@ import types
 import unittest
 from typing import Any
 
-RESULT_FD = 3
+RESULT_FD = 3  # write end of the result pipe
 JOB_FD = 4  # the job (JSON: program, tests, entry_point, max_output_bytes), read once and closed
 MSG_CHARS = 600
 REL_TOL = 1e-6
@@ -54,13 +69,17 @@ _PLAIN = (type(None), bool, int, float, str)
 
 
 class _Emitter:
-    def __init__(self, nonce: str, fd: int = RESULT_FD) -> None:
-        self.nonce = nonce
+    """Appends one JSON line per event to the result pipe (nothing here is a secret: the program
+    can find this object and call it; `sandbox._verdict` decides what an event may claim)."""
+
+    def __init__(self, fd: int = RESULT_FD) -> None:
         self.fd = fd
 
     def __call__(self, event: dict) -> None:
-        event["n"] = self.nonce
-        data = (json.dumps(event, default=repr) + "\n").encode()
+        self.write_line(json.dumps(event))
+
+    def write_line(self, line: str) -> None:
+        data = (line + "\n").encode()
         while data:
             try:
                 written = os.write(self.fd, data)
@@ -224,100 +243,42 @@ def _stdio_test(code: types.CodeType, index: int, test: dict, max_output: int, e
     os.close(read_end)
     _, wait_status = os.waitpid(pid, 0)
     os.unlink(stdin_path)
-    name = f"stdio[{index}]"
     if overflow:
-        emit(
-            {
-                "t": "outcome",
-                "i": index,
-                "name": name,
-                "status": "failed",
-                "msg": f"output over {max_output} bytes",
-            }
-        )
-        return
-    if os.WIFSIGNALED(wait_status):
-        sig = os.WTERMSIG(wait_status)
-        verdict = "timeout" if sig in (signal.SIGXCPU, signal.SIGKILL) else "error"
-        emit(
-            {
-                "t": "outcome",
-                "i": index,
-                "name": name,
-                "status": verdict,
-                "msg": f"killed by {signal.Signals(sig).name}",
-            }
-        )
-        return
-    got = b"".join(chunks).decode("utf-8", errors="replace")
-    exit_code = os.WEXITSTATUS(wait_status)
-    if exit_code != 0:
-        emit({"t": "outcome", "i": index, "name": name, "status": "error", "msg": f"exit status {exit_code}"})
-    else:  # judged by the worker (`judge`): the expected output never enters this process
-        emit({"t": "output", "i": index, "name": name, "out": got})
+        emit({"t": "stdio_failed", "i": index, "why": "overflow", "code": max_output})
+    elif os.WIFSIGNALED(wait_status):
+        emit({"t": "stdio_failed", "i": index, "why": "signal", "code": os.WTERMSIG(wait_status)})
+    elif os.WEXITSTATUS(wait_status) != 0:
+        emit({"t": "stdio_failed", "i": index, "why": "exit", "code": os.WEXITSTATUS(wait_status)})
+    else:  # judged by the caller: the expected output never enters this process
+        emit({"t": "output", "i": index, "out": base64.b64encode(b"".join(chunks)).decode("ascii")})
 
 
 def _call_test(namespace: dict, index: int, test: dict, entry_point: str | None, emit: _Emitter) -> None:
     name = test.get("fn_name") or entry_point
-    label = f"call[{index}]"
     fn = namespace.get(name) if name else None
     if not callable(fn):
-        emit(
-            {
-                "t": "outcome",
-                "i": index,
-                "name": label,
-                "status": "failed",
-                "msg": f"no function {name!r} defined",
-            }
-        )
+        emit({"t": "call_failed", "i": index, "msg": f"no function {name!r} defined"})
         return
     try:
         got = fn(*json.loads(json.dumps(test.get("args") or [])))
     except BaseException as exc:
-        emit({"t": "outcome", "i": index, "name": label, "status": "failed", "msg": _describe(exc)})
+        emit({"t": "call_failed", "i": index, "msg": _describe(exc)})
         return
-    try:  # judged by the worker (`judge`): the expected value never enters this process
-        plain = _plain(got)
-        json.dumps(plain)
-        shown = _short(repr(plain))
+    try:  # judged by the caller: the expected value never enters this process
+        line = json.dumps({"t": "value", "i": index, "value": _plain(got)})
     except BaseException as exc:
-        emit({"t": "outcome", "i": index, "name": label, "status": "failed", "msg": _describe(exc)})
+        emit({"t": "call_failed", "i": index, "msg": _describe(exc)})
         return
-    emit({"t": "value", "i": index, "name": label, "value": plain, "repr": shown})
-
-
-def judge(event: dict, test: dict) -> dict:
-    """The outcome of a ``value`` (call test) or ``output`` (stdio test) event, judged outside the
-    program's process against the test's expected value."""
-    expected = test.get("expected")
-    if event.get("t") == "output":
-        ok = outputs_match(str(event.get("out", "")), expected or "")
-        msg = "" if ok else _short(f"wrong output: {event.get('out')!r}")
-    else:
-        try:
-            ok = _equal(event.get("value"), json.loads(json.dumps(_plain(expected))))
-        except (TypeError, ValueError) as exc:
-            ok, msg = False, _describe(exc)
-        else:
-            msg = "" if ok else _short(f"returned {event.get('repr')}, expected {expected!r}")
-    return {
-        "t": "outcome",
-        "i": event["i"],
-        "name": event.get("name"),
-        "status": "passed" if ok else "failed",
-        "msg": msg,
-    }
+    emit.write_line(line)
 
 
 def _assert_test(namespace: dict, index: int, test: dict, emit: _Emitter) -> None:
-    label = f"assert[{index}]"
     try:
         exec(compile(test["code"], f"<test {index}>", "exec"), dict(namespace))
     except BaseException as exc:
-        emit({"t": "outcome", "i": index, "name": label, "status": "failed", "msg": _describe(exc)})
+        emit({"t": "outcome", "i": index, "status": "failed", "msg": _describe(exc)})
         return
-    emit({"t": "outcome", "i": index, "name": label, "status": "passed", "msg": ""})
+    emit({"t": "outcome", "i": index, "status": "passed", "msg": ""})
 
 
 class _OutcomeResult(unittest.TestResult):
@@ -435,14 +396,15 @@ def read_job(fd: int = JOB_FD) -> dict:
     return json.loads(b"".join(chunks))
 
 
-def main(job: dict, nonce: str) -> None:
-    execute(job, _Emitter(nonce))
+def main(job: dict) -> None:
+    # the result pipe is not passed on to programs the program execs (it can undo this: harmless)
+    fcntl.fcntl(RESULT_FD, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+    execute(job, _Emitter())
 
 
-if __name__ == "__main__":  # spawn mode: python -I -S _harness.py NONCE SYS_PATH_JSON (job on fd 4)
-    _nonce = sys.argv[1]
-    sys.path[:] = json.loads(sys.argv[2])
+if __name__ == "__main__":  # spawn mode: python -I -S _harness.py SYS_PATH_JSON (job on fd 4)
+    sys.path[:] = json.loads(sys.argv[1])
     sys.argv = ["<program>"]
-    main(read_job(), _nonce)
+    main(read_job())
     _flush_std()
     os._exit(0)

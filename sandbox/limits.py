@@ -64,7 +64,9 @@ class Verdict(BaseModel):
 
     ``status``: ``passed`` iff every outcome passed (with no tests: the program ran to completion);
     ``timeout`` if the wall-clock or CPU limit stopped it; ``error`` if the program itself failed to
-    load (syntax error, exception or crash at import); ``failed`` otherwise; ``infra_error`` when the
+    load (syntax error, exception or crash at import) or broke the result protocol (a malformed,
+    duplicated, misplaced or oversized result event: every outcome ``error``, pass fraction 0; the
+    issue-23 "runtime error"); ``failed`` otherwise; ``infra_error`` when the
     sandbox's own machinery failed (a worker died, a process could not be created): never a pass,
     never a plain failure, and callers should retry or report it rather than score it.
     """

@@ -7,7 +7,10 @@ already imported the harness and the usual stdlib, so a run costs a fork, not an
 or execs a fresh ``python -I -S`` in that child (``mode="spawn"``: the same isolation, a full
 interpreter start per program, ~10x the CPU; see ``bench/sandbox.py``). The worker hands each
 job to its child unparsed, so no run can find an earlier run's program or tests in its memory, and
-the expected values of call and stdio tests never leave this process (see `Sandbox._payload`).
+the expected values of call and stdio tests never leave this process (see `Sandbox._payload`):
+the worker reports what it observed and this process decides every verdict (`sandbox._verdict`).
+Nothing a program does raises here: a program that breaks the result protocol gets an ``error``
+verdict, a failing worker an ``infra_error`` for its runs only, and the worker is replaced.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from sandbox._harness import judge
-from sandbox.limits import Limits, TestOutcome, Verdict
+from sandbox._verdict import decide, result_cap
+from sandbox.limits import Limits, Verdict
 from tasks.problem import TestCase
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ _STARTUP_TIMEOUT_S = 60.0
 _JUDGED_HERE = ("call", "stdio")  # test kinds whose expected values never leave this process
 _MAX_BATCH = 8  # runs per round trip in run_many
 _RESPONSE_MARGIN_S = 30.0  # beyond the wall limit: the worker's own cleanup, a loaded machine
+_MAX_FRAME = 64 << 20  # the largest header frame a worker may send
 
 Job = tuple[str, Sequence[TestCase]] | tuple[str, Sequence[TestCase], str | None]
 
@@ -85,9 +89,36 @@ class _Worker:
             raise WorkerDied(f"cannot write to the worker: {exc}") from exc
         return self._receive(time.monotonic() + timeout_s)
 
+    def batch(
+        self, runs: list[dict[str, Any]], raw: bytes, *, timeout_s: float
+    ) -> tuple[list[dict[str, Any]], list[bytes], bool]:
+        """One batch round trip: (reports, result bytes of each run, worker healthy). Anything
+        but the documented answer is a `WorkerDied`."""
+        deadline = time.monotonic() + timeout_s
+        reply = self.request({"op": "batch", "runs": runs}, timeout_s=timeout_s, raw=raw)
+        reports = reply.get("results")
+        if not isinstance(reports, list) or len(reports) != len(runs):
+            raise WorkerDied("the worker answered a batch with the wrong number of results")
+        blobs = []
+        for report, run in zip(reports, runs, strict=True):
+            size = report.get("result_len") if isinstance(report, dict) else None
+            if type(size) is not int or not 0 <= size <= run["result_cap"] + 1:
+                raise WorkerDied("the worker sent a malformed report")
+            blobs.append(self._read_exact(size, deadline))
+        return reports, blobs, reply.get("healthy") is True
+
     def _receive(self, deadline: float) -> dict[str, Any]:
         header = self._read_exact(4, deadline)
-        return json.loads(self._read_exact(struct.unpack(">I", header)[0], deadline))
+        size = struct.unpack(">I", header)[0]
+        if size > _MAX_FRAME:
+            raise WorkerDied(f"the worker sent a {size}-byte frame")
+        try:
+            frame = json.loads(self._read_exact(size, deadline))
+        except ValueError as exc:
+            raise WorkerDied(f"the worker broke the protocol: {exc}") from exc
+        if not isinstance(frame, dict):
+            raise WorkerDied("the worker broke the protocol")
+        return frame
 
     def _read_exact(self, size: int, deadline: float) -> bytes:
         assert self.proc.stdout is not None
@@ -197,9 +228,10 @@ class Sandbox:
     def _payload(
         self, program: str, tests: Sequence[TestCase], limits: Limits, entry_point: str | None
     ) -> tuple[dict[str, Any], bytes, list[dict[str, Any]]]:
-        """The worker's run header, the job bytes it passes unread to the child, and the full tests. Call and stdio tests travel WITHOUT their
-        expected values: the child reports what the program returned or printed and this process
-        judges it, so no process a program runs in (nor its parent) ever holds those values."""
+        """The worker's run header, the job bytes it passes unread to the child, and the full
+        tests. Call and stdio tests travel WITHOUT their expected values: the child reports what the
+        program returned or printed and this process judges it, so no process a program runs in
+        (nor its parent) ever holds those values."""
         full = [_test_dict(t) for t in tests]
         sent = [
             {k: v for k, v in t.items() if k != "expected"} if t["kind"] in _JUDGED_HERE else t for t in full
@@ -210,36 +242,60 @@ class Sandbox:
             "entry_point": entry_point,
             "max_output_bytes": limits.max_output_bytes,
         }
-        header = {"mode": self.mode, "limits": limits.model_dump(), "n_tests": len(sent)}
+        header = {
+            "mode": self.mode,
+            "limits": limits.model_dump(),
+            "result_cap": result_cap(full, limits.max_output_bytes, limits.max_file_mb),
+        }
         return header, json.dumps(job).encode(), full
 
     def _run_batch(
         self, jobs: list[tuple[dict[str, Any], bytes, list[dict[str, Any]]]], limits: Limits
     ) -> list[Verdict]:
-        """Run ``jobs`` (header, job bytes, full tests) one after another on one worker, in one round trip."""
-        payloads = [{**header, "job_len": len(body)} for header, body, _ in jobs]
+        """Run ``jobs`` (header, job bytes, full tests) one after another on one worker, in one
+        round trip. Never raises: a failed worker is an ``infra_error`` for these runs only."""
         started = time.monotonic()
+        try:
+            return self._run_batch_on_a_worker(jobs, limits, started)
+        except Exception as exc:  # a bug of ours: these runs are infra errors, nothing else is lost
+            if isinstance(exc, RuntimeError) and self._closed:
+                raise
+            logger.exception("sandbox batch failed")
+            wall = time.monotonic() - started
+            return [Verdict.infra_error(f"sandbox error: {exc!r}", wall_s=wall) for _ in jobs]
+
+    def _run_batch_on_a_worker(
+        self, jobs: list[tuple[dict[str, Any], bytes, list[dict[str, Any]]]], limits: Limits, started: float
+    ) -> list[Verdict]:
+        payloads = [{**header, "job_len": len(body)} for header, body, _ in jobs]
         worker = self._take()
         if worker is None:
             return [Verdict.infra_error("no sandbox worker could be started") for _ in payloads]
-        healthy = True
+        healthy = False
         try:
-            raw = worker.request(
-                {"op": "batch", "runs": payloads},
+            reports, blobs, healthy = worker.batch(
+                payloads,
+                b"".join(body for _, body, _ in jobs),
                 timeout_s=len(payloads) * limits.wall_s + _RESPONSE_MARGIN_S,
-                raw=b"".join(body for _, body, _ in jobs),
             )
         except WorkerDied as exc:
-            healthy = False
             logger.error("sandbox worker failed during a run: %s", exc)
             wall = time.monotonic() - started
             return [Verdict.infra_error(f"sandbox worker failed: {exc}", wall_s=wall) for _ in payloads]
         finally:
+            if not healthy:
+                logger.warning("sandbox worker %d reported a failed cleanup; replacing it", worker.proc.pid)
             self._give_back(worker, healthy=healthy)
         wall = time.monotonic() - started
-        return [
-            _to_verdict(r, tests, wall_s=wall) for r, (_, _, tests) in zip(raw["results"], jobs, strict=True)
-        ]
+        limits_dict = limits.model_dump()
+        verdicts = []
+        for report, blob, (_, _, tests) in zip(reports, blobs, jobs, strict=True):
+            try:
+                verdicts.append(decide(report, blob, tests, limits_dict, wall_s=wall))
+            except Exception as exc:  # never let one run's verdict take the batch down
+                logger.exception("sandbox verdict could not be built")
+                verdicts.append(Verdict.infra_error(f"verdict could not be built: {exc!r}", wall_s=wall))
+        return verdicts
 
     async def arun(
         self,
@@ -263,17 +319,33 @@ class Sandbox:
         ``workers`` at a time; verdicts in job order. Long lists go to the workers in small batches
         (one round trip per batch, so a worker never idles waiting for this process)."""
         limits = limits or self.limits
-        payloads = [
-            self._payload(job[0], job[1], limits, job[2] if len(job) > 2 else entry_point)  # type: ignore[misc]
-            for job in jobs
-        ]
+        verdicts: list[Verdict | None] = [None] * len(jobs)
+        payloads = []
+        for position, job in enumerate(jobs):
+            try:
+                program, tests = job[0], job[1]
+                entry = job[2] if len(job) > 2 else entry_point  # type: ignore[misc]
+                payloads.append((position, self._payload(program, tests, limits, entry)))
+            except Exception as exc:  # a malformed job fails alone
+                logger.error("sandbox job %d is invalid: %s", position, exc)
+                verdicts[position] = Verdict.infra_error(f"invalid job: {exc}")
         size = max(1, min(_MAX_BATCH, len(payloads) // (4 * max(1, len(self._all)))))
         loop = asyncio.get_running_loop()
         chunks = [payloads[i : i + size] for i in range(0, len(payloads), size)]
         results = await asyncio.gather(
-            *(loop.run_in_executor(self._executor, self._run_batch, chunk, limits) for chunk in chunks)
+            *(
+                loop.run_in_executor(self._executor, self._run_batch, [p for _, p in chunk], limits)
+                for chunk in chunks
+            ),
+            return_exceptions=True,
         )
-        return [verdict for chunk in results for verdict in chunk]
+        for chunk, result in zip(chunks, results, strict=True):
+            for index, (position, _) in enumerate(chunk):
+                if isinstance(result, BaseException):
+                    verdicts[position] = Verdict.infra_error(f"sandbox error: {result!r}")
+                else:
+                    verdicts[position] = result[index]
+        return [v if v is not None else Verdict.infra_error("no verdict") for v in verdicts]
 
     def capabilities(self) -> dict[str, Any]:
         """What isolation the workers achieved on this machine (for logs and readiness checks)."""
@@ -361,42 +433,3 @@ def _test_dict(test: TestCase | dict[str, Any]) -> dict[str, Any]:
     if isinstance(test, TestCase):
         return test.model_dump()
     return TestCase.model_validate(test).model_dump()
-
-
-def _to_verdict(raw: dict[str, Any], tests: list[dict[str, Any]], *, wall_s: float) -> Verdict:
-    if raw.get("status") == "infra_error":
-        return Verdict(
-            status="infra_error",
-            pass_fraction=0.0,
-            detail=str(raw.get("detail", "")),
-            stderr=str(raw.get("stderr", "")),
-            wall_s=wall_s,
-        )
-    status = raw["status"]
-    outcomes = []
-    for o in raw.get("outcomes", []):
-        event = o.pop("judge", None)
-        if event is not None:
-            index = o.get("index")
-            if isinstance(index, int) and 0 <= index < len(tests):
-                judged = judge(event, tests[index])
-                o["status"], o["message"] = judged["status"], judged["msg"]
-            else:
-                o["status"], o["message"] = "failed", "malformed result"
-        outcomes.append(TestOutcome.model_validate(o))
-    if status == "passed" and not all(o.passed for o in outcomes):
-        status = "failed"
-    if outcomes:
-        fraction = sum(o.passed for o in outcomes) / len(outcomes)
-    else:
-        fraction = 1.0 if status == "passed" else 0.0
-    return Verdict(
-        status=status,
-        tests=outcomes,
-        pass_fraction=fraction,
-        stderr=str(raw.get("stderr", "")),
-        wall_s=float(raw.get("wall_s", wall_s)),
-        cpu_s=float(raw.get("cpu_s", 0.0)),
-        detail=str(raw.get("detail", "")),
-        memory_peak_mb=raw.get("memory_peak_mb"),
-    )
