@@ -271,6 +271,7 @@ class SearchRun:
                     "temperature": exp.temperature,
                     "seed": exp.seed,
                     "complete": ev is not None,
+                    "value_calls": ev.value_calls if ev is not None else 0,
                     "samples": [
                         {"text": s.text, "tokens": s.tokens, "finish_reason": s.finish_reason,
                          "prompt_tokens": s.prompt_tokens, "cached_prompt_tokens": s.cached_prompt_tokens}
@@ -294,7 +295,8 @@ class SearchRun:
         if not exp.grow:
             return []
         num_decision = self.config.num_decision or self.config.k
-        new = self.tree.expand(exp.node, exp.children, ev.child_values, num_decision=num_decision)
+        new = self.tree.expand(exp.node, exp.children, ev.child_values, num_decision=num_decision,
+                               per_sample=self.config.merged_visits == "samples")
         if self.config.record_trace and self.trace_expansions and self.trace_expansions[-1]["seq"] == exp.seq:
             self.trace_expansions[-1]["children"] = [n.id for n in new]
         return new

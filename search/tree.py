@@ -23,7 +23,10 @@ Rules implemented here, exactly as the spec fixes them:
   terminal child, and a terminal child's state is exactly its rollouts' program (scored once).
   `rollout_code` is that rule; everything that rebuilds candidates from a trace calls it.
 * A child starts with ``N = 1`` and ``W = V(child)``; the expanded node and all its ancestors
-  receive ``n = sum of the children's N`` and ``W += sum of the children's values``.
+  receive ``n = sum of the children's N`` and ``W += sum of the children's values``. With
+  ``per_sample`` (`SearchConfig.merged_visits = "samples"`, the reference code's counting) a child
+  that m samples chose starts with ``N = m``, ``W = m * V``; the spec's rule (N = 1) is the default
+  (measured on the gym validation split, bench/RESULTS.md).
 * Only the ``num_decision`` best children (by initial value; ties keep sampling order) are
   selectable.
 * ``UCT(c) = V(c) + C * sqrt((1 + ln N(parent)) / (eps + N(c)))``, ties broken by the search's
@@ -214,7 +217,7 @@ class Tree:
     def max_depth(self) -> int:
         return max(n.depth for n in self.nodes)
 
-    def add_child(self, parent: Node, spec: ChildSpec, value: float) -> Node:
+    def add_child(self, parent: Node, spec: ChildSpec, value: float, *, visits: int = 1) -> Node:
         child = Node(
             id=len(self.nodes),
             parent=parent,
@@ -223,19 +226,22 @@ class Tree:
             depth=parent.depth + 1,
             terminal=spec.terminal,
             initial_value=value,
-            visits=1,
-            value_sum=value,
+            visits=visits,
+            value_sum=value * visits,
         )
         parent.children.append(child)
         self.nodes.append(child)
         return child
 
     def expand(
-        self, node: Node, specs: Sequence[ChildSpec], values: Sequence[float], *, num_decision: int
+        self, node: Node, specs: Sequence[ChildSpec], values: Sequence[float], *, num_decision: int, per_sample: bool = False
     ) -> list[Node]:
         """Attach the evaluated children of ``node``, keep the best ``num_decision`` selectable and
         back the children's visits and values up to the root."""
-        new = [self.add_child(node, spec, v) for spec, v in zip(specs, values, strict=True)]
+        new = [
+            self.add_child(node, spec, v, visits=len(spec.samples) if per_sample else 1)
+            for spec, v in zip(specs, values, strict=True)
+        ]
         node.expanded = True
         ranked = sorted(new, key=lambda ch: -(ch.initial_value or 0.0))  # stable: ties keep order
         node.selectable = ranked[:num_decision]

@@ -49,6 +49,10 @@ class SearchConfig(BaseModel):
         default="min", description="prm_best_of_n: how a program's line-prefix values make its score (min = Math-Shepherd)"
     )
     parallel_expansions: int = Field(default=2, ge=1, le=64, description="expansions of one search in flight (virtual loss)")
+    merged_visits: Literal["one", "samples"] = Field(
+        default="one",
+        description="a child chosen by several samples of one expansion starts with N = 1 (one, the spec) or N = that many samples, W = N * V (samples, the reference's duplicate counting)",
+    )
     prompt_mode: Literal["continue", "rewrite"] | None = Field(default=None, description="None = the policy's measured default")
     rerank_with_tests: bool = Field(default=False, description="execute candidates on the problem's public tests and rank by pass fraction, then value")
     stop_when_solved: bool = Field(default=False, description="with test-based evaluation: stop at the first candidate passing all public tests")

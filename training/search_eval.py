@@ -1,36 +1,52 @@
-"""`restrl eval`: pass@1 of every search strategy at every sample budget, plus the oracle.
+"""`restrl eval`: pass@1 of every search strategy and final-answer rule at equal budgets, paired.
 
-In: a fixed, documented problem set per dataset - a seeded sample of HumanEval (evaluation only)
-and the gym's test split (compositions never seen in training) - the policy (vLLM), the value
-model (the shipped adapter unless ``value_model`` names another), a sandbox. For each dataset,
-strategy and budget (sampled programs) the returned program is executed on the problem's hidden
-tests; pass@1 is the share of problems whose program passes every test. The *oracle* at a budget
-is the share of problems where any sampled candidate passes (the ceiling a perfect ranker reaches).
+In: a fixed, documented problem set per dataset - all 164 HumanEval problems (evaluation only;
+``humaneval_n`` < 164 takes a seeded sample) and the gym's test split (compositions never seen in
+training; tiers where the default model's oracle is well above its greedy pass@1) - the policy
+(vLLM), the value model (the shipped adapter unless ``value_model`` names another), a sandbox.
 
-Runs, dataset by dataset (``order``), strategy by strategy in ``phases`` order, largest budget first;
-all problems of a phase are searched concurrently on one engine, value calls batched across
-searches by `search.ValueBatcher`; with ``time_limit_s`` no phase starts after the limit:
+What runs, dataset by dataset (``order``), strategy by strategy in ``phases`` order; all problems
+of a phase are searched concurrently on one engine, value calls batched across searches by
+`search.ValueBatcher`; with ``time_limit_s`` no phase starts after the limit:
 
-* ``greedy`` runs once: it spends one sample at any budget, so its figure is the same for all.
-* ``best_of_n`` runs once per budget (one request with n = budget).
-* the tree strategies (``beam``, ``orm_mcts``, ``vm_mcts``) run once at the largest budget with
-  ``parallel_expansions = 1``; a smaller budget that is a multiple of ``k`` is read from that run's
-  trace (*anytime snapshot*: the best-valued candidate among the samples of the first b / k
-  expansions). With one expansion in flight and seeds derived from the expansion's issue order, a
-  budget-b run issues exactly those expansions and returns exactly that program -
-  tests/training/test_search_eval.py checks this against separate runs. Other budgets (1) run
-  separately.
+* ``greedy`` runs once: it spends one sample at any budget.
+* every other strategy runs once at its largest budget (``budgets``, capped per strategy by
+  ``max_budget``, e.g. beam and orm_mcts at 20) with ``parallel_expansions = 1``; each smaller
+  budget is read from that run (*anytime snapshot*: the candidates sampled within the first b
+  samples). For the tree strategies a budget-b run issues exactly the first b / k expansions
+  (seeds derive from the issue order) and returns exactly that snapshot's program
+  (tests/training/test_search_eval.py); for best-of-N the first b programs of one seeded request
+  are the programs a request for b samples returns (vLLM seeds sample i with seed + i; checked on
+  the real engine in the same test file). Budgets that are not snapshots run separately.
 
-Out: ``bench/results/eval.json`` (``{dataset: {strategy: {budget: pass1}}, "oracle": {dataset:
-{strategy: {budget: oracle}}}, "paired": ..., "meta": ...}``), the budget-accuracy plot (the
-paper's Figure 3b shape) and, in ``output_dir``, one JSON per finished phase (``--resume`` reuses
-them) with every problem's outcome; ``report_only`` rebuilds the JSON and the plot from those files
-without loading a model (what to do after stopping a run that outgrew its time).
+Final-answer rules (*arms*), all on the SAME samples of a phase:
+
+* ``<strategy>`` - the highest value (the spec's rule; for best_of_n the ORM score);
+* ``<strategy>+public`` - pass fraction on the problem's public tests, then value
+  (`SearchConfig.rerank_with_tests`; problems without public tests fall back to value);
+* ``prm_best_of_n`` (``:mean``, ``:last``) - best_of_n's samples ranked as PRM-BoN ranks them: every
+  line prefix scored by the value model (`search.step_prefixes`), aggregated by min (mean, last).
+
+Per arm and budget: pass@1 on the hidden tests with a bootstrap 95 % interval, the cost (mean
+samples, policy tokens and value calls per problem at that snapshot; walls per phase), the oracle
+(any sampled candidate passes) per strategy, and for every pair of arms at the same budget the paired
+comparison of `training.paired` (wins, losses, difference with a paired-bootstrap 95 % interval,
+exact McNemar p, the set's detectable difference). The same at equal *policy-token* budgets: the
+snapshot of each arm at the last expansion (best-of-N: sample) whose cumulative tokens fit (token
+budgets: ``token_budgets``, or the tokens best_of_n spends per problem at each sample budget).
+
+Out: ``results_file`` (``{dataset: {arm: {budget: pass1}}, "oracle", "intervals", "cost",
+"paired", "tokens", "power", "meta"}``), the budget-accuracy plot (samples and tokens), and in
+``output_dir`` one gzipped JSON per finished phase with every problem's candidates (first sampled
+at which step, value, PRM scores, public pass fraction, hidden verdict) - small enough to commit,
+what ``--resume`` skips and ``report_only`` rebuilds the report from without loading a model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import itertools
 import json
 import logging
 import os
@@ -43,9 +59,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from models.prompting import PromptMode, assemble_program
+from models.prompting import PromptMode, assemble_program, root_state
+from search.evaluators import aggregate_steps, step_prefixes
 from search.tree import rollout_code
 from tasks import Problem
+from training.paired import Bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -53,33 +71,44 @@ Dataset = Literal["humaneval", "gym_test", "gym_validation"]
 Strategy = Literal["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"]
 TREE_STRATEGIES: tuple[str, ...] = ("beam", "orm_mcts", "vm_mcts")
 ALL_STRATEGIES: tuple[Strategy, ...] = ("greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts")
+PHASE_FORMAT = 2
+# the order arms are listed and paired in (the first of a pair is the "a" arm)
+ARM_ORDER = ("vm_mcts", "vm_mcts+public", "best_of_n", "best_of_n+public", "prm_best_of_n", "prm_best_of_n:mean",
+             "prm_best_of_n:last", "orm_mcts", "orm_mcts+public", "beam", "beam+public", "greedy")
 
 
 class EvalConfig(BaseModel):
-    """What `restrl eval` runs. The defaults are the documented moderate run (``make eval``)."""
+    """What `restrl eval` runs. The defaults are the powered evaluation committed in
+    bench/results/eval.json (hours of CPU; run it in the background with ``--resume``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    output_dir: str = Field(default="runs/eval", description="per-phase results (resumable)")
+    output_dir: str = Field(default="bench/results/eval_phases", description="per-phase results, gzipped JSON (resumable; committed)")
     results_file: str = Field(default="bench/results/eval.json", description="the summary JSON")
     plot_file: str = Field(default="bench/plots/eval.png", description="budget-accuracy plot")
-    datasets: tuple[Dataset, ...] = Field(default=("humaneval", "gym_test"))
-    humaneval_n: int = Field(default=20, ge=1, le=164, description="HumanEval problems: a seeded sample of this size")
+    datasets: tuple[Dataset, ...] = Field(default=("gym_test", "humaneval"))
+    humaneval_n: int = Field(default=164, ge=1, le=164, description="HumanEval problems: all 164, or a seeded sample of this size")
     humaneval_seed: int = Field(default=0, ge=0, description="seed of the HumanEval sample")
     gym_seed: int = Field(default=0, ge=0, description="gym seed (the one training used: its test split is held out)")
-    gym_n_per_tier: int = Field(default=100, ge=3)
-    gym_tiers: tuple[int, ...] = Field(default=(1, 2, 3))
-    gym_n: int = Field(default=12, ge=1, description="gym test problems (an even share per tier)")
+    gym_n_per_tier: int = Field(default=2000, ge=3, description="gym size per tier (the test split grows with it; ids are stable)")
+    gym_tiers: tuple[int, ...] = Field(default=(1, 2))
+    gym_n: int = Field(default=218, ge=1, description="gym test problems (an even share per tier, as many as a tier has)")
     strategies: tuple[Strategy, ...] = Field(default=ALL_STRATEGIES)
-    budgets: tuple[int, ...] = Field(default=(1, 5, 10, 20), description="sampled programs per search")
+    budgets: tuple[int, ...] = Field(default=(5, 10, 20, 40), description="sampled programs per search")
+    max_budget: dict[str, int] = Field(default={"beam": 20, "orm_mcts": 20}, description="largest budget per strategy (the others run all budgets)")
+    token_budgets: tuple[int, ...] | None = Field(default=None, description="policy-token budgets to compare at; None = best_of_n's mean tokens at each sample budget")
+    prm_aggregates: tuple[Literal["min", "mean", "last"], ...] = Field(default=("min", "mean", "last"), description="PRM-BoN rules read from best_of_n's samples")
+    public_selector: bool = Field(default=True, description="also rank every strategy's candidates by public tests, then value (the +public arms)")
+    bootstrap: int = Field(default=10_000, ge=100, description="bootstrap resamples for the intervals")
     k: int = Field(default=5, ge=1, le=64)
     c_uct: float = Field(default=0.1, ge=0, description="UCT constant at decode time")
     step_lines: int = Field(default=1, ge=1, le=64, description="lines per step of the tree strategies")
+    merged_visits: Literal["one", "samples"] = Field(default="one", description="how a merged child counts the samples that chose it (SearchConfig)")
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=256, ge=1, le=8192)
     beam_width: int = Field(default=2, ge=1)
-    snapshots: bool = Field(default=True, description="tree strategies: read budgets that are multiples of k from the largest budget's trace")
-    concurrency: int = Field(default=20, ge=1, description="searches in flight at once")
+    snapshots: bool = Field(default=True, description="read smaller budgets from the largest budget's run (see the module doc)")
+    concurrency: int = Field(default=32, ge=1, description="searches in flight at once")
     seed: int = Field(default=0, ge=0, description="search seed (per problem: seed + its index)")
     value_model: str | None = Field(default=None, description="value checkpoint; None = the shipped default")
     value_dtype: Literal["float32", "bfloat16"] = Field(default="bfloat16", description="bfloat16 halves CPU scoring time")
@@ -95,7 +124,7 @@ class EvalConfig(BaseModel):
     sandbox_timeout_s: float = Field(default=6.0, gt=0)
     time_limit_s: float | None = Field(default=None, gt=0, description="start no new phase after this many seconds")
     report_only: bool = Field(default=False, description="no searching: rebuild the JSON and plot from the phase files in output_dir")
-    keep_traces: bool = Field(default=False, description="store every search's trace in its phase file (for `python -m bench.final_choice`)")
+    keep_traces: bool = Field(default=False, description="store every search's trace in its phase file (for `python -m bench.final_choice`; large, not for committing)")
     order: Literal["dataset", "strategy"] = Field(
         default="dataset", description="dataset: every strategy of the first dataset before the next; strategy: each strategy on every dataset first"
     )
@@ -180,17 +209,88 @@ def snapshot(trace: dict[str, Any], budget: int) -> tuple[str | None, list[str]]
 
 def plan_runs(cfg: EvalConfig, strategy: str) -> dict[int, list[int]]:
     """run budget -> the budgets it answers, for one strategy."""
-    budgets = sorted(set(cfg.budgets))
+    cap = cfg.max_budget.get(strategy)
+    budgets = sorted(b for b in set(cfg.budgets) if cap is None or b <= cap)
+    if not budgets:
+        return {}
     if strategy == "greedy":
         return {1: budgets}
-    if strategy in TREE_STRATEGIES and cfg.snapshots:
+    if cfg.snapshots and (strategy == "best_of_n" or strategy in TREE_STRATEGIES):
         top = budgets[-1]
-        plan: dict[int, list[int]] = {top: [b for b in budgets if b == top or b % cfg.k == 0]}
+        exact = [b for b in budgets if b == top or strategy == "best_of_n" or b % cfg.k == 0]
+        plan: dict[int, list[int]] = {top: exact}
         for b in budgets:
-            if b not in plan[top]:
+            if b not in exact:
                 plan[b] = [b]
         return plan
     return {b: [b] for b in budgets}
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+def search_record(trace: dict[str, Any], *, per_sample: bool) -> dict[str, Any]:
+    """What a phase keeps of one search: its *steps* (cumulative [samples, policy tokens, value
+    calls] after each expansion, or after each sample of a one-request strategy with
+    ``per_sample``) and its distinct candidates in first-sampled order, each with the step that
+    first sampled it, its code and value."""
+    nodes = {n["id"]: n for n in trace["nodes"]}
+    steps: list[list[int]] = []
+    cands: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
+    samples = tokens = calls = 0
+    for exp in sorted(trace["expansions"], key=lambda e: e["seq"]):
+        state = nodes[exp["node"]]["state"]
+        values = {ro["sample"]: ro["value"] for ro in exp["rollouts"]}
+        exp_calls = int(exp.get("value_calls", 0))
+        for i, smp in enumerate(exp["samples"]):
+            tokens += int(smp["tokens"])
+            samples += 1
+            if i in values:
+                code = rollout_code(state, smp["text"], smp["finish_reason"])
+                if code not in seen:
+                    seen[code] = {"code": code, "step": len(steps), "value": values[i]}
+                    cands.append(seen[code])
+                    if per_sample:
+                        calls += 1  # one-request strategies score each distinct program once
+                elif seen[code]["value"] is None and values[i] is not None:
+                    seen[code]["value"] = values[i]
+            if per_sample:
+                steps.append([samples, tokens, calls])
+        if not per_sample:
+            calls += exp_calls
+            steps.append([samples, tokens, calls])
+    return {"steps": steps, "candidates": cands}
+
+
+def _value_key(c: dict[str, Any]) -> float:
+    return c["value"] if c["value"] is not None else -1.0
+
+
+def selector_key(selector: str) -> Any:
+    """Ranking key of a final-answer rule over candidate records (lower is better); candidates are
+    in first-sampled order, so ``min`` keeps the first sampled on ties, as `search.SearchRun` does."""
+    if selector == "value":
+        return lambda c: -_value_key(c)
+    if selector == "public":
+        return lambda c: (-(c.get("public") or 0.0), -_value_key(c))
+    if selector.startswith("prm:"):
+        how = selector.split(":", 1)[1]
+        return lambda c: -(c["prm"][how] if c.get("prm") else -1.0)
+    raise ValueError(f"unknown final-answer rule {selector!r}")
+
+
+def snapshot_of(record: dict[str, Any], *, unit: Literal["samples", "tokens"], limit: float) -> tuple[int, list[dict[str, Any]]]:
+    """(steps taken, candidates sampled by then) of a search stopped at ``limit`` samples or tokens."""
+    col = 0 if unit == "samples" else 1
+    taken = sum(1 for st in record["steps"] if st[col] <= limit)
+    return taken, [c for c in record["candidates"] if c["step"] < taken]
+
+
+def choose(record: dict[str, Any], selector: str, *, unit: Literal["samples", "tokens"], limit: float) -> dict[str, Any] | None:
+    """The candidate an arm returns at that limit (None when nothing was sampled by then)."""
+    _, cands = snapshot_of(record, unit=unit, limit=limit)
+    return min(cands, key=selector_key(selector)) if cands else None
 
 
 # ------------------------------------------------------------------------------------ running
@@ -203,15 +303,40 @@ class _Runner:
         self.value = value
         self.sandbox = sandbox
         self.limits = limits
-        self.verdicts: dict[tuple[str, str], bool] = {}
+        self.verdicts: dict[tuple[str, str, str], float] = {}
 
-    async def passes(self, problem: Problem, programs: Sequence[str]) -> list[bool]:
-        todo = list(dict.fromkeys(p for p in programs if (problem.id, p) not in self.verdicts))
+    async def fractions(self, problem: Problem, programs: Sequence[str], which: Literal["tests", "public_tests"]) -> list[float]:
+        """Per program: 1.0 when it passes every hidden test (``tests``: the score), or its pass
+        fraction on the public tests (the +public rule's key). An infra error counts as 0, logged."""
+        tests = list(getattr(problem, which))
+        todo = list(dict.fromkeys(p for p in programs if (which, problem.id, p) not in self.verdicts))
         if todo:
-            verdicts = await self.sandbox.run_many([(p, list(problem.tests), problem.entry_point) for p in todo], limits=self.limits)
+            verdicts = await self.sandbox.run_many([(p, tests, problem.entry_point) for p in todo], limits=self.limits)
             for p, v in zip(todo, verdicts, strict=True):
-                self.verdicts[(problem.id, p)] = v.status == "passed"
-        return [self.verdicts[(problem.id, p)] for p in programs]
+                if v.status == "infra_error":
+                    logger.warning("eval problem=%s: infra error on %s (counted as not passed)", problem.id, which)
+                    frac = 0.0
+                elif which == "tests":
+                    frac = 1.0 if v.status == "passed" else 0.0
+                else:
+                    frac = float(v.pass_fraction)
+                self.verdicts[(which, problem.id, p)] = frac
+        return [self.verdicts[(which, problem.id, p)] for p in programs]
+
+    async def prm_scores(self, problem: Problem, codes: Sequence[str], mode: PromptMode) -> tuple[list[dict[str, float]], list[int]]:
+        """Every candidate's PRM scores (`search.evaluators.aggregate_steps` of its line prefixes,
+        one batched value call) and how many new prefixes each adds (PRM-BoN's value calls)."""
+        root = root_state(problem, mode)
+        prefixes = [step_prefixes(c, root) for c in codes]
+        distinct = list(dict.fromkeys(p for ps in prefixes for p in ps))
+        values = dict(zip(distinct, await self.value.score(problem, distinct), strict=True)) if distinct else {}
+        seen: set[str] = set()
+        new: list[int] = []
+        for ps in prefixes:
+            new.append(len(set(ps) - seen))
+            seen.update(ps)
+        scores = [{how: aggregate_steps([values[p] for p in ps], how) for how in self.cfg.prm_aggregates} for ps in prefixes]
+        return scores, new
 
     def search_config(self, strategy: str, budget: int, index: int) -> Any:
         from search import Budget, SearchConfig
@@ -223,6 +348,7 @@ class _Runner:
             k=cfg.k,
             c_uct=cfg.c_uct,
             step_lines=cfg.step_lines,
+            merged_visits=cfg.merged_visits,
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
             beam_width=cfg.beam_width,
@@ -232,38 +358,38 @@ class _Runner:
             top_candidates=0,
         )
 
-    async def one(self, problem: Problem, index: int, strategy: str, run_budget: int, answers: list[int], mode: PromptMode) -> dict[str, Any]:
+    async def one(self, problem: Problem, index: int, strategy: str, run_budget: int, mode: PromptMode) -> dict[str, Any]:
         from search import run_search
 
         result = await run_search(problem, self.policy, self.value, self.search_config(strategy, run_budget, index))
         assert result.trace is not None
-        out: dict[str, Any] = {"problem_id": problem.id, "run_budget": run_budget, "samples": result.usage.samples,
-                               "value_calls": result.usage.value_calls, "tokens": result.usage.policy_tokens,
-                               "wall_s": result.usage.wall_s, "stop_reason": result.stop_reason, "budgets": {}}
-        full_code, _ = snapshot(result.trace, result.usage.samples)
-        out["snapshot_matches_result"] = full_code == result.code
-        for b in answers:
-            code, codes = snapshot(result.trace, b)
-            programs = [assemble_program(problem, c, mode) for c in codes]
-            ok = await self.passes(problem, programs)
-            chosen = assemble_program(problem, code, mode) if code is not None else None
-            passed = bool(chosen is not None and ok[programs.index(chosen)])
-            out["budgets"][str(b)] = {"passed": passed, "oracle": any(ok), "candidates": len(codes), "value": _value_of(result.trace, code)}
+        record = search_record(result.trace, per_sample=strategy in ("best_of_n", "greedy"))
+        cands = record["candidates"]
+        codes = [c.pop("code") for c in cands]
+        returned = min(range(len(cands)), key=lambda i: selector_key("value")(cands[i])) if cands else None
+        programs = [assemble_program(problem, c, mode) for c in codes]
+        for c, passed in zip(cands, await self.fractions(problem, programs, "tests"), strict=True):
+            c["passed"] = passed >= 1.0
+        if self.cfg.public_selector and problem.public_tests and strategy != "greedy":
+            for c, frac in zip(cands, await self.fractions(problem, programs, "public_tests"), strict=True):
+                c["public"] = frac
+        out: dict[str, Any] = {
+            "problem_id": problem.id, "run_budget": run_budget, "samples": result.usage.samples,
+            "value_calls": result.usage.value_calls, "tokens": result.usage.policy_tokens, "wall_s": result.usage.wall_s,
+            "stop_reason": result.stop_reason, "steps": record["steps"], "candidates": cands,
+            "snapshot_matches_result": (codes[returned] if returned is not None else None) == result.code,
+        }
+        if strategy == "best_of_n" and self.cfg.prm_aggregates and cands:
+            scores, new = await self.prm_scores(problem, codes, mode)
+            for c, sc, n in zip(cands, scores, new, strict=True):
+                c["prm"], c["prm_new"] = sc, n
+            out["prm_value_calls"] = sum(new)
         if self.cfg.keep_traces:
             out["trace"] = result.trace
         return out
 
 
-def _value_of(trace: dict[str, Any], code: str | None) -> float | None:
-    if code is None:
-        return None
-    for c in trace_candidates(trace):
-        if c["code"] == code and c["value"] is not None:
-            return float(c["value"])
-    return None
-
-
-async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, run_budget: int, answers: list[int], desc: str) -> list[dict[str, Any]]:
+async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, run_budget: int, desc: str) -> list[dict[str, Any]]:
     from search.context import resolve_mode
 
     mode = resolve_mode(runner.policy, runner.search_config(strategy, run_budget, 0))
@@ -272,7 +398,7 @@ async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, ru
 
     async def go(i: int, p: Problem) -> dict[str, Any]:
         async with gate:
-            r = await runner.one(p, i, strategy, run_budget, answers, mode)
+            r = await runner.one(p, i, strategy, run_budget, mode)
         bar.update(1)
         return r
 
@@ -282,42 +408,117 @@ async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, ru
         bar.close()
 
 
+# ------------------------------------------------------------------------------------ summary
+
+
+def arms_of(strategy: str, cfg: EvalConfig) -> list[tuple[str, str]]:
+    """(arm, final-answer rule) pairs read from one strategy's phase."""
+    arms = [(strategy, "value")]
+    if cfg.public_selector and strategy != "greedy":
+        arms.append((f"{strategy}+public", "public"))
+    if strategy == "best_of_n":
+        arms += [("prm_best_of_n" if how == "min" else f"prm_best_of_n:{how}", f"prm:{how}") for how in cfg.prm_aggregates]
+    return arms
+
+
+def _arm_rank(arm: str) -> tuple[int, str]:
+    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
+
+
+def _cost(record: dict[str, Any], selector: str, *, unit: Literal["samples", "tokens"], limit: float) -> list[float]:
+    """[samples, policy tokens, value calls] an arm had spent at that limit."""
+    taken, cands = snapshot_of(record, unit=unit, limit=limit)
+    samples, tokens, calls = record["steps"][taken - 1] if taken else (0, 0, 0)
+    if selector.startswith("prm:"):  # PRM-BoN scores line prefixes instead of whole programs
+        calls = sum(c.get("prm_new", 0) for c in cands)
+    return [float(samples), float(tokens), float(calls)]
+
+
+def _token_budgets(cfg: EvalConfig, phases: list[dict[str, Any]]) -> list[int]:
+    if cfg.token_budgets:
+        return sorted(set(cfg.token_budgets))
+    bon = [ph for ph in phases if ph["strategy"] == "best_of_n"]
+    records = [r for ph in bon for r in ph["results"]] or [r for ph in phases for r in ph["results"]]
+    per_sample = sum(r["tokens"] for r in records) / max(1, sum(r["samples"] for r in records))
+    return sorted({int(round(b * per_sample, -1)) for b in cfg.budgets if b * per_sample >= 1})
+
+
 def summarize(phases: dict[str, dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
-    """pass@1 and oracle tables, and the paired comparisons of the goal (vm_mcts@top vs
-    best_of_n@top and vs greedy) from the finished phases."""
-    pass1: dict[str, dict[str, dict[str, float]]] = {}
-    oracle: dict[str, dict[str, dict[str, float]]] = {}
-    per_problem: dict[tuple[str, str, str], dict[str, bool]] = {}
-    for ph in phases.values():
-        d, s = ph["dataset"], ph["strategy"]
-        for b in ph["answers"]:
-            rows = [r["budgets"][str(b)] for r in ph["results"]]
-            pass1.setdefault(d, {}).setdefault(s, {})[str(b)] = sum(r["passed"] for r in rows) / len(rows)
-            oracle.setdefault(d, {}).setdefault(s, {})[str(b)] = sum(r["oracle"] for r in rows) / len(rows)
-            per_problem[(d, s, str(b))] = {r["problem_id"]: r["budgets"][str(b)]["passed"] for r in ph["results"]}
-    top = str(max(cfg.budgets))
+    """Every table of the report from the finished phases (see the module doc)."""
+    pass1: dict[str, Any] = {}
+    oracle: dict[str, Any] = {}
+    intervals: dict[str, Any] = {}
+    cost: dict[str, Any] = {}
     paired: dict[str, Any] = {}
+    tokens: dict[str, Any] = {}
+    power: dict[str, Any] = {}
     for d in cfg.datasets:
-        vm = per_problem.get((d, "vm_mcts", top))
-        if vm is None:
+        mine = [ph for ph in phases.values() if ph["dataset"] == d]
+        if not mine:
             continue
-        for other, ob in (("best_of_n", top), ("greedy", top), ("orm_mcts", top), ("beam", top)):
-            o = per_problem.get((d, other, ob))
-            if o is None:
+        ids = sorted({r["problem_id"] for ph in mine for r in ph["results"]})
+        boot = Bootstrap(len(ids), reps=cfg.bootstrap, seed=cfg.seed)
+        by_budget: dict[int, dict[str, list[bool]]] = {}
+        by_tokens: dict[int, dict[str, list[bool]]] = {}
+        token_grid = _token_budgets(cfg, mine)
+        tok_samples: dict[str, dict[str, float]] = {}
+        for ph in mine:
+            s = ph["strategy"]
+            recs = {r["problem_id"]: r for r in ph["results"]}
+            if set(recs) != set(ids):
+                logger.warning("eval %s: phase %s.b%s covers %d of %d problems: left out", d, s, ph["run_budget"], len(recs), len(ids))
                 continue
-            ids = sorted(set(vm) & set(o))
-            paired.setdefault(d, {})[f"vm_mcts@{top} vs {other}@{ob}"] = {
-                "problems": len(ids),
-                "vm_mcts_passed": sum(vm[i] for i in ids),
-                "other_passed": sum(o[i] for i in ids),
-                "won": sum(vm[i] and not o[i] for i in ids),
-                "lost": sum(o[i] and not vm[i] for i in ids),
-                "margin": (sum(vm[i] for i in ids) - sum(o[i] for i in ids)) / max(1, len(ids)),
-            }
-    return {"pass1": pass1, "oracle": oracle, "paired": paired}
+            rows = [recs[i] for i in ids]
+            top = ph["run_budget"] == max(plan_runs(cfg, s) or [0])
+            for b in ph["answers"]:
+                oracle.setdefault(d, {}).setdefault(s, {})[str(b)] = sum(
+                    any(c["passed"] for c in snapshot_of(r, unit="samples", limit=b)[1]) for r in rows) / len(rows)
+                for arm, sel in arms_of(s, cfg):
+                    picks = [choose(r, sel, unit="samples", limit=b) for r in rows]
+                    ok = [bool(p is not None and p["passed"]) for p in picks]
+                    by_budget.setdefault(b, {})[arm] = ok
+                    pass1.setdefault(d, {}).setdefault(arm, {})[str(b)] = sum(ok) / len(ok)
+                    intervals.setdefault(d, {}).setdefault(arm, {})[str(b)] = boot.interval(ok)
+                    spent = [_cost(r, sel, unit="samples", limit=b) for r in rows]
+                    cost.setdefault(d, {}).setdefault(arm, {})[str(b)] = {
+                        "samples": sum(x[0] for x in spent) / len(spent), "policy_tokens": sum(x[1] for x in spent) / len(spent),
+                        "value_calls": sum(x[2] for x in spent) / len(spent),
+                        "phase_wall_s": ph["wall_s"], "phase_run_budget": ph["run_budget"],
+                    }
+            if top or s == "greedy":
+                for t in token_grid:
+                    for arm, sel in arms_of(s, cfg):
+                        picks = [choose(r, sel, unit="tokens", limit=t) for r in rows]
+                        by_tokens.setdefault(t, {})[arm] = [bool(p is not None and p["passed"]) for p in picks]
+                        tok_samples.setdefault(arm, {})[str(t)] = sum(_cost(r, sel, unit="tokens", limit=t)[0] for r in rows) / len(rows)
+        paired[d] = _pairs(by_budget, boot)
+        tokens[d] = {
+            "budgets": token_grid,
+            "pass1": {arm: {str(t): sum(v[arm]) / len(ids) for t, v in by_tokens.items() if arm in v}
+                      for arm in sorted({a for v in by_tokens.values() for a in v}, key=_arm_rank)},
+            "samples": tok_samples,
+            "paired": _pairs(by_tokens, boot),
+            "note": "anytime snapshots at the last expansion (best-of-N: sample) whose cumulative policy tokens fit the budget",
+        }
+        power[d] = {"problems": len(ids), **{
+            f"vm_mcts@{b} vs best_of_n@{b}": {k: paired[d][f"vm_mcts@{b} vs best_of_n@{b}"][k] for k in ("detectable_95", "mde_80", "won", "lost")}
+            for b in sorted(by_budget) if f"vm_mcts@{b} vs best_of_n@{b}" in paired[d]
+        }}
+    ordered = {d: {a: v[a] for a in sorted(v, key=_arm_rank)} for d, v in pass1.items()}
+    return {"pass1": ordered, "oracle": oracle, "intervals": intervals, "cost": cost, "paired": paired, "tokens": tokens, "power": power}
+
+
+def _pairs(by_limit: dict[int, dict[str, list[bool]]], boot: Bootstrap) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for limit in sorted(by_limit):
+        arms = sorted(by_limit[limit], key=_arm_rank)
+        for a, b in itertools.combinations(arms, 2):
+            out[f"{a}@{limit} vs {b}@{limit}"] = boot.compare(by_limit[limit][a], by_limit[limit][b])
+    return out
 
 
 def plot_eval(summary: dict[str, Any], path: str | Path, *, title: str) -> Path | None:
+    """pass@1 with 95 % intervals against the sample budget, and against policy tokens, per dataset."""
     try:
         import matplotlib
 
@@ -328,28 +529,63 @@ def plot_eval(summary: dict[str, Any], path: str | Path, *, title: str) -> Path 
     datasets = list(summary["pass1"])
     if not datasets:
         return None
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
-    for ax, d in zip(axes[0], datasets, strict=True):
-        for i, (s, by_b) in enumerate(sorted(summary["pass1"][d].items())):
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.4 * len(datasets)), squeeze=False)
+    for row, d in zip(axes, datasets, strict=True):
+        ax, tax = row
+        arms = list(summary["pass1"][d])
+        for i, arm in enumerate(arms):
+            by_b = summary["pass1"][d][arm]
             bs = sorted(int(b) for b in by_b)
-            ax.plot(bs, [by_b[str(b)] for b in bs], "o-", color=f"C{i}", label=s)
+            ys = [by_b[str(b)] for b in bs]
+            lo = [ys[j] - summary["intervals"][d][arm][str(b)][0] for j, b in enumerate(bs)]
+            hi = [summary["intervals"][d][arm][str(b)][1] - ys[j] for j, b in enumerate(bs)]
+            style = "--" if "+public" in arm else ":" if arm.startswith("prm_best_of_n:") else "-"
+            shift = [b * (1 + 0.012 * (i - len(arms) / 2)) for b in bs]  # keep the error bars apart
+            ax.errorbar(shift, ys, yerr=[lo, hi], fmt="o" + style, color=f"C{i % 10}", ms=3, lw=1, capsize=2, label=arm)
+            tok = summary["tokens"].get(d, {}).get("pass1", {}).get(arm)
+            if tok:
+                ts = sorted(int(t) for t in tok)
+                tax.plot(ts, [tok[str(t)] for t in ts], "o" + style, color=f"C{i % 10}", ms=3, lw=1, label=arm)
         orc = summary["oracle"][d].get("best_of_n") or next(iter(summary["oracle"][d].values()))
         bs = sorted(int(b) for b in orc)
         ax.plot(bs, [orc[str(b)] for b in bs], "k--", lw=1, label="oracle (best_of_n samples)")
-        ax.set_xscale("log")
+        for a, label in ((ax, "budget (sampled programs)"), (tax, "budget (policy tokens per problem)")):
+            a.set_xscale("log")
+            a.set_xlabel(label)
+            a.set_ylabel("pass@1 of the returned program")
+            a.set_title(d)
         ax.set_xticks(bs)
         ax.set_xticklabels([str(b) for b in bs])
-        ax.set_xlabel("budget (sampled programs)")
-        ax.set_ylabel("pass@1 of the returned program")
-        ax.set_title(d)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(title + "  (bars: paired-bootstrap 95 % intervals)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------ the job
+
+
+def phase_path(cfg: EvalConfig, name: str) -> Path:
+    return Path(cfg.output_dir) / f"{name}.json.gz"
+
+
+def write_phase(path: Path, phase: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+        json.dump(phase, fh, separators=(",", ":"))
+    tmp.replace(path)
+
+
+def read_phase(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        return json.load(fh)  # type: ignore[no-any-return]
 
 
 async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
@@ -362,8 +598,6 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
     from search.batcher import pauses_engine
 
     t0 = time.monotonic()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     policy = await load_policy(EngineConfig(engine="vllm", adapter=cfg.policy_adapter, kv_cache_gib=cfg.kv_cache_gib,
                                             max_model_len=cfg.max_model_len, seed=cfg.seed))
@@ -379,28 +613,24 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
     loads: list[tuple[float, float, float]] = [load0]
     try:
         problem_sets = {d: eval_problems(cfg, d) for d in cfg.datasets}
-        order = [s for s in cfg.phases if s in cfg.strategies] + [s for s in cfg.strategies if s not in cfg.phases]
-        pairs = [(d, s) for s in order for d in cfg.datasets]
-        if cfg.order == "dataset":
-            pairs = [(d, s) for d in cfg.datasets for s in order]
-        for dataset, strategy in pairs:
+        for dataset, strategy in _phase_order(cfg):
             problems = problem_sets[dataset]
             for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
                 name = f"{dataset}.{strategy}.b{run_budget}"
-                path = out / f"{name}.json"
+                path = phase_path(cfg, name)
                 if resume and path.exists():
-                    phases[name] = json.loads(path.read_text())
+                    phases[name] = _checked(read_phase(path), cfg, path)
                     continue
                 if cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
                     skipped.append(name)
                     continue
                 t_phase = time.monotonic()
-                results = await _run_phase(runner, problems, strategy, run_budget, answers, name)
-                phase = {"dataset": dataset, "strategy": strategy, "run_budget": run_budget, "answers": answers,
-                         "problems": [p.id for p in problems], "wall_s": time.monotonic() - t_phase,
+                results = await _run_phase(runner, problems, strategy, run_budget, name)
+                phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
+                         "answers": answers, "problems": [p.id for p in problems], "wall_s": time.monotonic() - t_phase,
                          "loadavg_after": os.getloadavg(), "policy_version": str(policy.version),
-                         "value_version": str(value.version), "results": results}
-                path.write_text(json.dumps(phase, indent=1))
+                         "value_version": str(value.version), "config": _phase_config(cfg), "results": results}
+                write_phase(path, phase)
                 phases[name] = phase
                 loads.append(os.getloadavg())
                 logger.info("eval phase %s: %.0f s", name, phase["wall_s"])
@@ -412,13 +642,43 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
         await policy.close()
 
 
+def _phase_order(cfg: EvalConfig) -> list[tuple[str, str]]:
+    order = [s for s in cfg.phases if s in cfg.strategies] + [s for s in cfg.strategies if s not in cfg.phases]
+    if cfg.order == "dataset":
+        return [(d, s) for d in cfg.datasets for s in order]
+    return [(d, s) for s in order for d in cfg.datasets]
+
+
+# settings a phase's results depend on: a phase file made with others is not reused
+_PHASE_KEYS = ("gym_seed", "gym_n_per_tier", "humaneval_seed", "k", "c_uct", "step_lines", "merged_visits", "temperature",
+               "max_tokens", "beam_width", "seed", "value_model", "value_dtype", "policy_adapter", "prm_aggregates")
+
+
+def _phase_config(cfg: EvalConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k in _PHASE_KEYS}
+
+
+def _checked(phase: dict[str, Any], cfg: EvalConfig, path: Path) -> dict[str, Any]:
+    """``phase`` when it was made with this configuration's settings; else a ValueError that says
+    which settings differ (mixing them in one report would compare unlike runs)."""
+    made, now = phase.get("config", {}), _phase_config(cfg)
+    differ = sorted(k for k in now if made.get(k) != now[k])
+    if differ:
+        raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={made.get(k)!r}, now {now[k]!r}' for k in differ)}): "
+                         "use another output_dir, or remove the file to run that phase again")
+    return phase
+
+
 def phase_files(cfg: EvalConfig) -> dict[str, dict[str, Any]]:
     """The finished phases of this configuration's datasets and strategies in ``output_dir``."""
     out: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(cfg.output_dir).glob("*.json")):
-        phase = json.loads(path.read_text())
+    for path in sorted(Path(cfg.output_dir).glob("*.json.gz")):
+        phase = read_phase(path)
+        if phase.get("format") != PHASE_FORMAT:
+            logger.warning("eval: %s is an older phase format: ignored", path)
+            continue
         if phase.get("dataset") in cfg.datasets and phase.get("strategy") in cfg.strategies:
-            out[path.stem] = phase
+            out[path.name.removesuffix(".json.gz")] = _checked(phase, cfg, path)
     return out
 
 
@@ -434,7 +694,11 @@ def write_report(
     report = {
         **summary["pass1"],
         "oracle": summary["oracle"],
+        "intervals": summary["intervals"],
+        "cost": summary["cost"],
         "paired": summary["paired"],
+        "tokens": summary["tokens"],
+        "power": summary["power"],
         "meta": {
             "command": "restrl eval",
             "config": cfg.model_dump(mode="json"),
@@ -454,15 +718,15 @@ def write_report(
     }
     results_file = Path(cfg.results_file)
     results_file.parent.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(report, indent=2))
+    results_file.write_text(json.dumps(report, indent=1))
     plot_eval(summary, cfg.plot_file, title=f"policy {policy_version}, value {value_version}")
-    return {"pass1": summary["pass1"], "oracle": summary["oracle"], "paired": summary["paired"], "skipped": skipped}
+    return {k: summary[k] for k in ("pass1", "oracle", "paired", "power")} | {"skipped": skipped}
 
 
 def run_eval(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
     """The ``restrl eval`` job (blocking); with ``report_only`` only the report is rebuilt."""
     if cfg.report_only:
         found = phase_files(cfg)
-        planned = [f"{d}.{s}.b{b}" for d in cfg.datasets for s in cfg.strategies for b in sorted(plan_runs(cfg, s), reverse=True)]
+        planned = [f"{d}.{s}.b{b}" for d, s in _phase_order(cfg) for b in sorted(plan_runs(cfg, s), reverse=True)]
         return write_report(cfg, found, skipped=[n for n in planned if n not in found], wall_s=None, loads=[os.getloadavg()])
     return asyncio.run(_run(cfg, resume=resume))

@@ -205,3 +205,14 @@ def test_virtual_loss_steers_and_blocks():
     Tree.remove_virtual_loss(a)
     Tree.remove_virtual_loss(b)
     assert t.root.pending == 0 and not a.busy
+
+
+def test_merged_child_counts_its_samples_when_asked():
+    t = Tree("")
+    specs = [ChildSpec(line="a\n", state="a\n", terminal=False, samples=(0, 2, 3)), ChildSpec(line="b\n", state="b\n", terminal=False, samples=(1,))]
+    a, b = t.expand(t.root, specs, [0.5, 0.2], num_decision=2, per_sample=True)
+    assert (a.visits, a.value_sum, b.visits, b.value_sum) == (3, pytest.approx(1.5), 1, pytest.approx(0.2))
+    assert (t.root.visits, t.root.value_sum) == (4, pytest.approx(1.7))  # every sample is one visit
+    one = Tree("")
+    a1, _ = one.expand(one.root, specs, [0.5, 0.2], num_decision=2)
+    assert (a1.visits, one.root.visits) == (1, 2)  # the spec's rule: one visit per child

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+
 import pytest
 
 from search import Budget, SearchConfig, run_search
 from tests.search.doubles import HashValue, make_problem
 from tests.training.test_value_data import SeededPolicy
-from training.search_eval import EvalConfig, eval_problems, plan_runs, snapshot, summarize
+from training.paired import Bootstrap, mcnemar_exact
+from training.search_eval import (
+    EvalConfig,
+    _phase_config,
+    eval_problems,
+    phase_path,
+    plan_runs,
+    run_eval,
+    search_record,
+    selector_key,
+    snapshot,
+    snapshot_of,
+    summarize,
+    write_phase,
+)
 
 
 def _config(strategy: str, samples: int, seed: int) -> SearchConfig:
@@ -34,42 +51,139 @@ async def test_snapshot_after_b_samples_is_what_a_budget_b_run_returns(strategy:
 
 
 async def test_a_budget_one_run_differs_from_the_first_expansion_so_it_runs_alone() -> None:
-    plan = plan_runs(EvalConfig(budgets=(1, 5, 10, 20)), "vm_mcts")
+    plan = plan_runs(EvalConfig(budgets=(1, 5, 10, 20), max_budget={}), "vm_mcts")
     assert plan == {20: [5, 10, 20], 1: [1]}
-    assert plan_runs(EvalConfig(budgets=(1, 5, 10, 20)), "best_of_n") == {1: [1], 5: [5], 10: [10], 20: [20]}
+    # best-of-N's first b samples are a budget-b run (seeded per sample), so one run answers all
+    assert plan_runs(EvalConfig(budgets=(1, 5, 10, 20)), "best_of_n") == {20: [1, 5, 10, 20]}
     assert plan_runs(EvalConfig(budgets=(1, 5, 10, 20)), "greedy") == {1: [1, 5, 10, 20]}
-    assert plan_runs(EvalConfig(budgets=(1, 5, 10, 20), snapshots=False), "beam") == {1: [1], 5: [5], 10: [10], 20: [20]}
+    assert plan_runs(EvalConfig(budgets=(1, 5, 10, 20), snapshots=False), "best_of_n") == {1: [1], 5: [5], 10: [10], 20: [20]}
+    # the issue's grid: 40 only for best_of_n and vm_mcts
+    cfg = EvalConfig()
+    assert plan_runs(cfg, "vm_mcts") == {40: [5, 10, 20, 40]} and plan_runs(cfg, "best_of_n") == {40: [5, 10, 20, 40]}
+    assert plan_runs(cfg, "orm_mcts") == {20: [5, 10, 20]} and plan_runs(cfg, "beam") == {20: [5, 10, 20]}
 
 
-def _phase(dataset, strategy, answers, passed: dict[str, list[bool]]):
-    ids = sorted(passed)
+@pytest.mark.vllm
+async def test_best_of_n_first_b_samples_are_a_budget_b_run_on_the_real_engine(vllm_policy) -> None:
+    """vLLM seeds sample i of a request with seed + i: the first b of n programs are the b programs
+    of a separate request, so best_of_n's smaller budgets are exact snapshots."""
+    problem = make_problem("bon")
+    cfg = SearchConfig(strategy="best_of_n", budget=Budget(samples=4), seed=7, max_tokens=32, record_trace=True, parallel_expansions=1)
+    full = await run_search(problem, vllm_policy, HashValue(), cfg)
+    record = search_record(full.trace, per_sample=True)
+    for b in (2,):
+        alone = await run_search(problem, vllm_policy, HashValue(), cfg.model_copy(update={"budget": Budget(samples=b)}))
+        _, cands = snapshot_of(record, unit="samples", limit=b)
+        assert {c["code"] for c in cands} == {c.code for c in alone.candidates} or alone.usage.samples == 0
+        assert min(cands, key=selector_key("value"))["code"] == alone.code
+
+
+async def test_search_record_steps_and_candidates() -> None:
+    cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=20), k=5, parallel_expansions=1, seed=3, record_trace=True)
+    r = await run_search(make_problem(), SeededPolicy(), HashValue(), cfg)
+    rec = search_record(r.trace, per_sample=False)
+    assert [st[0] for st in rec["steps"]] == [5, 10, 15, 20]
+    assert rec["steps"][-1][1:] == [r.usage.policy_tokens, r.usage.value_calls]
+    assert all(a[1] <= b[1] and a[2] <= b[2] for a, b in itertools.pairwise(rec["steps"]))
+    codes = [c["code"] for c in rec["candidates"]]
+    assert len(codes) == len(set(codes)) and set(codes) == {c.code for c in r.candidates} | set(codes)
+    assert min(rec["candidates"], key=selector_key("value"))["code"] == r.code
+    bon = await run_search(make_problem(), SeededPolicy(), HashValue(), cfg.model_copy(update={"strategy": "best_of_n"}))
+    per = search_record(bon.trace, per_sample=True)
+    assert [st[0] for st in per["steps"]] == list(range(1, 21)) and per["steps"][-1][1] == bon.usage.policy_tokens
+    assert per["steps"][-1][2] == bon.usage.value_calls == len(per["candidates"])
+
+
+def _record(pid: str, cands: list[dict], *, per: int = 1, tokens: int = 10) -> dict:
+    """A phase record: candidate i first sampled at step i // per; each step adds ``per`` samples."""
+    steps = max((c["step"] for c in cands), default=-1) + 1
+    return {"problem_id": pid, "run_budget": steps * per, "samples": steps * per, "tokens": steps * per * tokens,
+            "value_calls": len(cands), "wall_s": 1.0, "stop_reason": "samples", "snapshot_matches_result": True,
+            "steps": [[(i + 1) * per, (i + 1) * per * tokens, i + 1] for i in range(steps)], "candidates": cands}
+
+
+def _c(step: int, value: float, passed: bool, public: float | None = None, prm: float | None = None) -> dict:
+    c = {"step": step, "value": value, "passed": passed}
+    if public is not None:
+        c["public"] = public
+    if prm is not None:
+        c["prm"] = {"min": prm, "mean": prm, "last": value}
+        c["prm_new"] = 2
+    return c
+
+
+def _phases() -> dict:
+    """Four problems. vm_mcts (5 samples per step): a passes from 10 samples on, b always, c and d
+    never. best_of_n (1 per step): b and c pass by value at 5; PRM picks a's passing program."""
+    vm = {
+        "a": [_c(0, 0.5, False, public=0.0), _c(1, 0.9, True, public=1.0)],
+        "b": [_c(0, 0.9, True, public=1.0)],
+        "c": [_c(0, 0.4, False, public=0.0)],
+        "d": [_c(0, 0.3, False, public=0.0), _c(1, 0.2, True, public=1.0)],
+    }
+    bon = {
+        "a": [_c(0, 0.8, False, public=0.0, prm=0.1), _c(2, 0.3, True, public=1.0, prm=0.6)],
+        "b": [_c(0, 0.9, True, public=1.0, prm=0.5)],
+        "c": [_c(1, 0.9, True, public=1.0, prm=0.5), _c(3, 0.2, False, public=0.0, prm=0.1)],
+        "d": [_c(0, 0.1, False, public=0.0, prm=0.1)],
+    }
+    def phase(strategy, recs, answers, per, tokens):
+        return {"format": 2, "dataset": "humaneval", "strategy": strategy, "run_budget": max(answers), "answers": answers,
+                "wall_s": 1.0, "policy_version": "p", "value_version": "v",
+                "results": [_record(pid, cands, per=per, tokens=tokens) for pid, cands in recs.items()]}
     return {
-        "dataset": dataset, "strategy": strategy, "answers": answers,
-        "results": [
-            {"problem_id": i, "budgets": {str(b): {"passed": passed[i][j], "oracle": True} for j, b in enumerate(answers)}}
-            for i in ids
-        ],
+        "humaneval.vm_mcts.b10": phase("vm_mcts", vm, [5, 10], 5, 4),
+        "humaneval.best_of_n.b10": phase("best_of_n", bon, [5, 10], 1, 10),
+        "humaneval.greedy.b1": phase("greedy", {k: [_c(0, 0.5, k == "b")] for k in "abcd"}, [5, 10], 1, 10),
     }
 
 
-def test_summary_tables_and_paired_counts() -> None:
-    cfg = EvalConfig(datasets=("humaneval",), budgets=(5, 20))
-    phases = {
-        "vm": _phase("humaneval", "vm_mcts", [5, 20], {"a": [False, True], "b": [True, True], "c": [False, False], "d": [False, False]}),
-        "bon20": _phase("humaneval", "best_of_n", [20], {"a": [False], "b": [True], "c": [True], "d": [False]}),
-        "g": _phase("humaneval", "greedy", [5, 20], {"a": [False, False], "b": [False, False], "c": [False, False], "d": [False, False]}),
-    }
-    s = summarize(phases, cfg)
-    assert s["pass1"]["humaneval"]["vm_mcts"] == {"5": 0.25, "20": 0.5}
-    assert s["pass1"]["humaneval"]["best_of_n"] == {"20": 0.5}
-    p = s["paired"]["humaneval"]["vm_mcts@20 vs best_of_n@20"]
-    assert (p["problems"], p["won"], p["lost"], p["margin"]) == (4, 1, 1, 0.0)
-    g = s["paired"]["humaneval"]["vm_mcts@20 vs greedy@20"]
-    assert (g["won"], g["lost"], g["margin"]) == (2, 0, 0.5)
+def test_summary_arms_intervals_pairs_and_token_budgets() -> None:
+    cfg = EvalConfig(datasets=("humaneval",), budgets=(5, 10), max_budget={}, bootstrap=2000, token_budgets=(20, 40))
+    s = summarize(_phases(), cfg)
+    p1 = s["pass1"]["humaneval"]
+    assert p1["vm_mcts"] == {"5": 0.25, "10": 0.5}
+    assert p1["vm_mcts+public"] == {"5": 0.25, "10": 0.75}  # d's passing program wins on its public test
+    assert p1["best_of_n"] == {"5": 0.5, "10": 0.5} and p1["prm_best_of_n"] == {"5": 0.75, "10": 0.75}
+    assert p1["greedy"] == {"5": 0.25, "10": 0.25} and "greedy+public" not in p1
+    assert list(p1)[:2] == ["vm_mcts", "vm_mcts+public"]  # arms listed in the documented order
+    assert s["oracle"]["humaneval"]["vm_mcts"] == {"5": 0.25, "10": 0.75}
+    lo, hi = s["intervals"]["humaneval"]["vm_mcts"]["10"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    pair = s["paired"]["humaneval"]["vm_mcts@10 vs best_of_n@10"]
+    assert (pair["won"], pair["lost"], pair["difference"], pair["mcnemar_p"]) == (1, 1, 0.0, 1.0)
+    assert pair["ci95"][0] <= 0.0 <= pair["ci95"][1]
+    g = s["paired"]["humaneval"]["prm_best_of_n@5 vs greedy@5"]
+    assert (g["won"], g["lost"]) == (2, 0) and g["mcnemar_p"] == 0.5
+    cost = s["cost"]["humaneval"]
+    assert cost["vm_mcts"]["10"]["samples"] == 8.75 and cost["best_of_n"]["5"]["policy_tokens"] == 27.5
+    assert cost["prm_best_of_n"]["5"]["value_calls"] == 3.0  # line prefixes, not programs
+    # equal policy tokens: 20 tokens buy vm_mcts one step (5 samples), best_of_n two samples
+    tok = s["tokens"]["humaneval"]
+    assert tok["pass1"]["vm_mcts"]["20"] == 0.25 and tok["pass1"]["best_of_n"]["20"] == 0.25
+    assert tok["samples"]["vm_mcts"]["40"] == 8.75 and tok["samples"]["best_of_n"]["40"] == 2.75
+    assert "vm_mcts@40 vs best_of_n@40" in tok["paired"]
+    assert s["power"]["humaneval"]["problems"] == 4
+
+
+def test_paired_statistics() -> None:
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32) and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(10, 2) == pytest.approx(0.0385742, abs=1e-6)
+    boot = Bootstrap(200, reps=4000, seed=1)
+    a = [i < 60 for i in range(200)]
+    b = [i < 40 for i in range(200)]  # a wins 20, loses 0
+    r = boot.compare(a, b)
+    assert (r["won"], r["lost"], r["difference"]) == (20, 0, 0.1)
+    assert 0.05 < r["ci95"][0] < 0.1 < r["ci95"][1] < 0.15
+    assert r["detectable_95"] == pytest.approx(1.959964 * (20 / 200) ** 0.5 / 200**0.5, rel=1e-5)
+    assert r["mde_80"] > r["detectable_95"]
+    assert boot.compare(a, a)["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        boot.compare(a[:10], b[:10])
 
 
 def test_problem_sets_are_fixed_and_held_out() -> None:
-    cfg = EvalConfig(humaneval_n=12, gym_n=9)
+    cfg = EvalConfig(humaneval_n=12, gym_n=9, gym_n_per_tier=100, gym_tiers=(1, 2, 3))
     he = eval_problems(cfg, "humaneval")
     assert [p.id for p in he] == [p.id for p in eval_problems(cfg, "humaneval")] and len(he) == 12
     gym = eval_problems(cfg, "gym_test")
@@ -78,28 +192,30 @@ def test_problem_sets_are_fixed_and_held_out() -> None:
     val = eval_problems(cfg, "gym_validation")  # where search settings are chosen
     assert len(val) == 9 and {p.metadata["split"] for p in val} == {"validation"}
     assert not {p.id for p in val} & {p.id for p in gym}
+    assert len(eval_problems(EvalConfig(), "humaneval")) == 164
+
+
+def test_the_default_gym_test_set_is_large_enough() -> None:
+    gym = eval_problems(EvalConfig(), "gym_test")
+    assert len(gym) >= 200 and len({p.id for p in gym}) == len(gym) and {p.metadata["split"] for p in gym} == {"test"}
 
 
 def test_report_only_rebuilds_json_and_plot_from_phase_files(tmp_path) -> None:
-    import json
-
-    from training.search_eval import run_eval
-
-    cfg = EvalConfig(datasets=("humaneval",), budgets=(5, 20), output_dir=str(tmp_path / "phases"),
-                     results_file=str(tmp_path / "eval.json"), plot_file=str(tmp_path / "eval.png"), report_only=True)
-    (tmp_path / "phases").mkdir()
-    for name, ph in {
-        "humaneval.vm_mcts.b20": _phase("humaneval", "vm_mcts", [5, 20], {"a": [False, True], "b": [True, True]}),
-        "humaneval.best_of_n.b20": _phase("humaneval", "best_of_n", [20], {"a": [False], "b": [True]}),
-        "gym_test.greedy.b1": _phase("gym_test", "greedy", [5, 20], {"a": [True, True]}),  # not a configured dataset
-    }.items():
-        for r in ph["results"]:
-            r["snapshot_matches_result"] = True
-        (tmp_path / "phases" / f"{name}.json").write_text(json.dumps({**ph, "wall_s": 1.0, "policy_version": "p", "value_version": "v"}))
+    cfg = EvalConfig(datasets=("humaneval",), budgets=(5, 10), max_budget={}, output_dir=str(tmp_path / "phases"),
+                     results_file=str(tmp_path / "eval.json"), plot_file=str(tmp_path / "eval.png"), report_only=True, bootstrap=500)
+    for name, ph in _phases().items():
+        write_phase(phase_path(cfg, name), {**ph, "config": _phase_config(cfg)})
+    other = {**_phases()["humaneval.greedy.b1"], "dataset": "gym_test", "config": _phase_config(cfg)}
+    write_phase(phase_path(cfg, "gym_test.greedy.b1"), other)  # not a configured dataset
     run_eval(cfg)
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert report["humaneval"] == {"vm_mcts": {"5": 0.5, "20": 1.0}, "best_of_n": {"20": 0.5}}
-    assert report["oracle"]["humaneval"]["vm_mcts"] == {"5": 1.0, "20": 1.0}
-    assert "gym_test" not in report and report["meta"]["value_version"] == "v"
-    assert report["paired"]["humaneval"]["vm_mcts@20 vs best_of_n@20"]["won"] == 1
+    assert report["humaneval"]["vm_mcts"] == {"5": 0.25, "10": 0.5} and "gym_test" not in report
+    assert report["oracle"]["humaneval"]["vm_mcts"] == {"5": 0.25, "10": 0.75} and report["meta"]["value_version"] == "v"
+    assert report["paired"]["humaneval"]["vm_mcts@10 vs best_of_n@10"]["won"] == 1
+    assert report["intervals"]["humaneval"]["best_of_n"]["10"][1] <= 1.0
     assert (tmp_path / "eval.png").stat().st_size > 0
+    # a phase made with other settings is refused, not mixed in
+    write_phase(phase_path(cfg, "humaneval.beam.b10"), {**_phases()["humaneval.vm_mcts.b10"], "strategy": "beam",
+                                                         "config": {**_phase_config(cfg), "c_uct": 0.5}})
+    with pytest.raises(ValueError, match="c_uct"):
+        run_eval(cfg)
