@@ -52,7 +52,7 @@ bench: venv
 	$(PY) -m bench.server
 
 eval: venv
-	$(VENV)/bin/restrl eval
+	$(VENV)/bin/restrl eval --config configs/eval.yaml --resume
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,7 +18,7 @@ hidden tests in the sandbox:
 In: phase files of ``restrl eval --set keep_traces=true`` (one per strategy). Out: a table per
 phase (problems solved per rule, and the oracle) and ``--out`` JSON.
 
-    python -m bench.final_choice runs/study2/gym_validation.vm_mcts.b20.json [more phase files] [--out FILE]
+    python -m bench.final_choice runs/study2/gym_validation.vm_mcts.b20.json.gz [more phase files] [--out FILE]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from models.prompting import assemble_program
 from tasks import Problem
-from training.search_eval import by_value, distinct_candidates
+from training.search_eval import by_value, choose, distinct_candidates, read_phase
 
 RULES = ("value", "visits", "node_mean", "public_tests", "first_k")
 
@@ -117,7 +117,8 @@ async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[
         for rule in RULES:
             chosen = pick(rule, trace, cands, public)
             row[rule] = bool(chosen is not None and passed[chosen["code"]])
-        row["returned_matches_value_rule"] = result["budgets"][str(result["run_budget"])]["passed"] == row["value"]
+        returned = choose(result, "value", unit="samples", limit=result["run_budget"])
+        row["returned_matches_value_rule"] = bool(returned is not None and returned["passed"]) == row["value"]
         first = min((c["seq"] for c in cands), default=0)
         row["scored"] = [[_value(c), passed[c["code"]], c["seq"] == first] for c in cands]
         rows.append(row)
@@ -147,7 +148,7 @@ async def _main(paths: list[Path], timeout_s: float) -> list[dict[str, Any]]:
     sandbox = Sandbox(workers=2)
     limits = Limits(wall_s=timeout_s, cpu_s=timeout_s)
     try:
-        return [await grade_phase(json.loads(p.read_text()), sandbox, limits) for p in paths]
+        return [await grade_phase(read_phase(p), sandbox, limits) for p in paths]
     finally:
         sandbox.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,13 +50,16 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
 async def real(vllm_policy: Any, value_model: Any) -> AsyncIterator[tuple[Services, str]]:
     settings = Settings(admin_token=ADMIN, max_concurrent_searches=8, max_queued=16, max_new_tokens=256,
                         ready_cache_s=0, ready_timeout_s=600, value_batch_wait_ms=2)
-    services = assemble_services(settings, loader=EngineLoader(settings, engine_config=vllm_policy.config),
-                                 search_fn=run_search)
-    # a view on the session's engine: the registry may close it on a swap without stopping the engine
-    view = vllm_policy.with_adapter(None, version=vllm_policy.version)
-    await services.registry.install(view, value_model)
-    async with running(build_app(settings, services=services, load_models=False)) as url:
-        yield services, url
+    from sandbox.pool import Sandbox
+
+    with Sandbox(workers=2) as sandbox:  # as `restrl serve` has one: rerank_with_tests works
+        services = assemble_services(settings, loader=EngineLoader(settings, engine_config=vllm_policy.config),
+                                     search_fn=run_search, sandbox=sandbox)
+        # a view on the session's engine: the registry may close it on a swap without stopping the engine
+        view = vllm_policy.with_adapter(None, version=vllm_policy.version)
+        await services.registry.install(view, value_model)
+        async with running(build_app(settings, services=services, load_models=False)) as url:
+            yield services, url
 
 
 async def test_openai_client_completions_chat_and_streams(real: tuple[Services, str]) -> None:
@@ -110,6 +114,41 @@ async def test_openai_client_completions_chat_and_streams(real: tuple[Services, 
     text = "".join(c.delta.content or "" for ch in chunks for c in ch.choices)
     final = chunks[-1].model_extra["search"]
     assert text and final["strategy"] == "greedy" and final["usage"]["samples"] == 1
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+async def test_the_readme_examples_hold_on_the_real_server(real: tuple[Services, str]) -> None:
+    """The README's first two examples, as written there, answer what the README says: a program
+    that passes the request's public tests (the search with rerank_with_tests on the real model)."""
+    from sandbox.pool import Sandbox
+    from tasks import TestCase
+
+    _, url = real
+    curl = next(b for b in readme_blocks("bash") if "/v1/solve" in b)
+    body = json.loads(re.search(r"-d '(.*)'", curl, flags=re.S).group(1))  # type: ignore[union-attr]
+    async with httpx.AsyncClient(timeout=900) as client:
+        r = await client.post(f"{url}/v1/solve", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["reranked"] and out["candidates"][0]["pass_fraction"] == 1.0 and out["program"] == out["candidates"][0]["program"]
+
+    snippet = next(b for b in readme_blocks("python") if "completions.create" in b)
+    namespace: dict[str, Any] = {}
+    await asyncio.to_thread(exec, snippet.replace("http://127.0.0.1:8000/v1", f"{url}/v1"), namespace)
+    answer = namespace["r"]
+    search = answer.model_extra["search"]
+    listed = re.search(r'"public_tests": (\[.*?\])\}', snippet)
+    assert listed is not None
+    tests = [TestCase.model_validate(t) for t in json.loads(listed.group(1))]
+    with Sandbox(workers=1) as box:
+        (verdict,) = await box.run_many([(answer.choices[0].text, tests, "largest")])
+    assert verdict.status == "passed", (answer.choices[0].text, search)
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "best_of_n", "prm_best_of_n", "beam", "orm_mcts", "vm_mcts"])
