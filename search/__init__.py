@@ -14,6 +14,7 @@ from search.batcher import ValueBatcher
 from search.evaluators import (
     Evaluation,
     Evaluator,
+    ExecutedRewards,
     ORMEvaluator,
     PRMEvaluator,
     TestEvaluator,
@@ -32,6 +33,7 @@ __all__ = [
     "Candidate",
     "Evaluation",
     "Evaluator",
+    "ExecutedRewards",
     "ORMEvaluator",
     "PRMEvaluator",
     "ReplayMismatch",

@@ -280,7 +280,8 @@ class SearchRun:
                     "rollouts": [
                         {"sample": r.sample, "finish_reason": r.finish_reason,
                          "value": ev.rollout_values[i] if ev is not None else None,
-                         "status": ev.statuses[i] if ev is not None and ev.statuses else None}
+                         "status": ev.statuses[i] if ev is not None and ev.statuses else None,
+                         "reward": ev.pass_fractions[i] if ev is not None and ev.pass_fractions else None}
                         for i, r in enumerate(rollouts)
                     ],
                     "children": [],

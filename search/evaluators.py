@@ -16,6 +16,10 @@ value-data collection of RESTRL_SPEC.md section 3:
   (Math-Shepherd, the default), ``mean`` or ``last`` (= the whole program's value, the ORM score).
 * `TestEvaluator(sandbox)` - training: rollouts are executed on the problem's tests; a rollout's
   value is its pass fraction, a child's value the mean of the rollouts through it.
+* `ExecutedRewards(evaluator, sandbox)` - value-data collection with the *decoding* settings: the
+  wrapped evaluator (a `VMEvaluator`) values the tree, so the search visits the states VM-MCTS
+  visits, and every rollout is also executed on the tests; its pass fraction is reported
+  (`Evaluation.pass_fractions`, the traces' ``reward``) as the training target.
 
 Each evaluator keeps a per-search cache (a state sampled twice is scored once); build one per
 search with `fork()`.
@@ -226,9 +230,8 @@ class TestEvaluator:
     def fork(self) -> TestEvaluator:
         return TestEvaluator(self.sandbox, which=self.which, limits=self.limits)
 
-    async def evaluate(
-        self, problem: Problem, children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec], *, mode: PromptMode
-    ) -> Evaluation:
+    async def execute(self, problem: Problem, rollouts: Sequence[RolloutSpec], *, mode: PromptMode) -> tuple[list[float], list[str]]:
+        """(pass fraction, verdict status) of every rollout, each distinct program run once."""
         tests: list[TestCase] = list(getattr(problem, self.which))
         programs = [assemble_program(problem, r.code, mode) for r in rollouts]
         todo = list(dict.fromkeys(p for p in programs if p not in self._cache))
@@ -238,11 +241,40 @@ class TestEvaluator:
             for p, v in zip(todo, verdicts, strict=True):
                 ok = v.status != "infra_error"
                 self._cache[p] = (float(v.pass_fraction) if ok else 0.0, str(v.status))
-        rollout_values = [self._cache[p][0] for p in programs]
+        return [self._cache[p][0] for p in programs], [self._cache[p][1] for p in programs]
+
+    async def evaluate(
+        self, problem: Problem, children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec], *, mode: PromptMode
+    ) -> Evaluation:
+        rollout_values, statuses = await self.execute(problem, rollouts, mode=mode)
         child_values = [_aggregate([rollout_values[i] for i in ids], "mean") for ids in _through(children, rollouts)]
         return Evaluation(
             child_values=child_values,
             rollout_values=rollout_values,
             pass_fractions=list(rollout_values),
-            statuses=[self._cache[p][1] for p in programs],
+            statuses=statuses,
         )
+
+
+class ExecutedRewards:
+    """``evaluator`` values the tree; every rollout is also executed on the problem's tests and its
+    pass fraction reported as the reward (value data collected with the decoding settings)."""
+
+    def __init__(self, evaluator: Evaluator, sandbox: Any, *, which: Literal["tests", "public_tests"] = "tests", limits: Any = None) -> None:
+        self.evaluator = evaluator
+        self.tests = TestEvaluator(sandbox, which=which, limits=limits)
+        self.version = f"{evaluator.version}+{self.tests.version}"
+
+    def max_value_calls(self, n: int, *, grow: bool, max_tokens: int) -> int:
+        return self.evaluator.max_value_calls(n, grow=grow, max_tokens=max_tokens)
+
+    def fork(self) -> ExecutedRewards:
+        return ExecutedRewards(self.evaluator.fork(), self.tests.sandbox, which=self.tests.which, limits=self.tests.limits)
+
+    async def evaluate(
+        self, problem: Problem, children: Sequence[ChildSpec], rollouts: Sequence[RolloutSpec], *, mode: PromptMode
+    ) -> Evaluation:
+        ev = await self.evaluator.evaluate(problem, children, rollouts, mode=mode)
+        rewards, ev.statuses = await self.tests.execute(problem, rollouts, mode=mode)
+        ev.pass_fractions = list(rewards)
+        return ev

@@ -335,7 +335,9 @@ class _Runner:
         for ps in prefixes:
             new.append(len(set(ps) - seen))
             seen.update(ps)
-        scores = [{how: aggregate_steps([values[p] for p in ps], how) for how in self.cfg.prm_aggregates} for ps in prefixes]
+        scores: list[dict[str, float]] = [
+            {str(how): aggregate_steps([values[p] for p in ps], how) for how in self.cfg.prm_aggregates} for ps in prefixes
+        ]
         return scores, new
 
     def search_config(self, strategy: str, budget: int, index: int) -> Any:
@@ -642,7 +644,7 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
         await policy.close()
 
 
-def _phase_order(cfg: EvalConfig) -> list[tuple[str, str]]:
+def _phase_order(cfg: EvalConfig) -> list[tuple[Dataset, str]]:
     order = [s for s in cfg.phases if s in cfg.strategies] + [s for s in cfg.strategies if s not in cfg.phases]
     if cfg.order == "dataset":
         return [(d, s) for d in cfg.datasets for s in order]

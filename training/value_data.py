@@ -68,6 +68,13 @@ class CollectConfig(BaseModel):
     parallel_expansions: int = Field(default=1, ge=1, le=64, description="expansions of one search in flight")
     concurrency: int = Field(default=12, ge=1, le=1024, description="problems searched at once on the engine")
     include_children: bool = Field(default=True, description="also emit unexpanded child states (kind 'child')")
+    guided: bool = Field(
+        default=False,
+        description="also search every problem with the decoding settings: the value model (value_model) values the tree at guided_c_uct, rollouts are still executed for the targets; same sample budget",
+    )
+    guided_c_uct: float = Field(default=0.1, ge=0, description="UCT constant of the value-guided searches (the decoding C)")
+    value_model: str | None = Field(default=None, description="value checkpoint guiding the guided searches; None = the shipped default")
+    value_dtype: Literal["float32", "bfloat16"] = Field(default="bfloat16")
     seed: int = Field(default=0, ge=0, description="search seed (per problem: seed + its index)")
     engine: Literal["vllm", "hf"] = Field(default="vllm")
     kv_cache_gib: float = Field(default=1.0, gt=0)
@@ -80,47 +87,60 @@ class CollectConfig(BaseModel):
 # ------------------------------------------------------------------------------------ rows
 
 
+def _reward(ro: dict[str, Any]) -> float | None:
+    """A rollout's executed reward: ``reward`` (recorded since value-guided collection), else its
+    ``value`` (the same number under `search.TestEvaluator`)."""
+    reward = ro.get("reward")
+    return ro["value"] if reward is None else reward
+
+
 def rows_from_trace(trace: dict[str, Any], *, include_children: bool = True) -> list[dict[str, Any]]:
-    """Training rows of one test-evaluated search trace (see the module doc), not yet de-duplicated."""
+    """Training rows of one executed search trace (see the module doc), not yet de-duplicated.
+
+    Targets come from the rollouts' executed rewards, whatever valued the tree (the tests, or the
+    value model in a value-guided collection): an expanded state gets the mean reward of every
+    rollout sampled at or below it, an unexpanded child the mean reward of the samples that chose
+    it, a program its own reward. Every row carries ``depth``: a state's depth in the tree (lines
+    below the root), a program's the depth of the state it was sampled from."""
     problem_id = trace["problem"]["id"]
     nodes = {n["id"]: n for n in trace["nodes"]}
-    rows: list[dict[str, Any]] = []
-    for n in trace["nodes"]:
-        if n["expanded"] and n["subtree_rollouts"]:
-            rows.append(_row(problem_id, n["state"], n["subtree_mean"], "expanded", n["subtree_rollouts"]))
-        elif include_children and not n["expanded"] and not n["terminal"] and n["parent"] is not None:
-            # an unexpanded child: its value is the mean of the rollouts through it (N = 1 node)
-            rows.append(_row(problem_id, n["state"], n["initial_value"], "child", _through_count(trace, n["id"])))
+    below: dict[int, list[float]] = {}
+    programs: list[dict[str, Any]] = []
+    chose: dict[int, list[float]] = {}
     for exp in trace["expansions"]:
         if not exp.get("complete", True):
             continue
-        state = nodes[exp["node"]]["state"]
+        node = nodes[exp["node"]]
+        state = node["state"]
+        kids = [nodes[c] for c in exp.get("children", [])]
         for ro in exp["rollouts"]:
-            if ro["value"] is None:
+            reward = _reward(ro)
+            if reward is None:
                 continue
             sample = exp["samples"][ro["sample"]]
             code = rollout_code(state, sample["text"], sample["finish_reason"])
-            rows.append(_row(problem_id, code, ro["value"], "program", 1))
-    return rows
+            programs.append(_row(problem_id, code, reward, "program", 1, node["depth"]))
+            nid: int | None = node["id"]
+            while nid is not None:
+                below.setdefault(nid, []).append(reward)
+                nid = nodes[nid]["parent"]
+            for kid in kids:  # the child this sample chose (a step of its code), if any
+                if not kid["terminal"] and code.startswith(kid["state"]) and code != kid["state"]:
+                    chose.setdefault(kid["id"], []).append(reward)
+                    break
+    rows: list[dict[str, Any]] = []
+    for n in trace["nodes"]:
+        if n["expanded"] and below.get(n["id"]):
+            got = below[n["id"]]
+            rows.append(_row(problem_id, n["state"], sum(got) / len(got), "expanded", len(got), n["depth"]))
+        elif include_children and not n["expanded"] and not n["terminal"] and chose.get(n["id"]):
+            got = chose[n["id"]]
+            rows.append(_row(problem_id, n["state"], sum(got) / len(got), "child", len(got), n["depth"]))
+    return rows + programs
 
 
-def _through_count(trace: dict[str, Any], node_id: int) -> int:
-    """Rollouts that chose ``node_id``'s line: the samples of its parent's expansions that made it."""
-    node = next(n for n in trace["nodes"] if n["id"] == node_id)
-    count = 0
-    for exp in trace["expansions"]:
-        if exp["node"] != node["parent"] or node_id not in exp["children"]:
-            continue
-        parent_state = next(n for n in trace["nodes"] if n["id"] == node["parent"])["state"]
-        for s in exp["samples"]:
-            code = rollout_code(parent_state, s["text"], s["finish_reason"])
-            if code.startswith(node["state"]) and s["finish_reason"] != "abort":
-                count += 1
-    return max(count, 1)
-
-
-def _row(problem_id: str, state: str, target: float, kind: RowKind, visits: int) -> dict[str, Any]:
-    return {"problem_id": problem_id, "state": state, "target": float(target), "kind": kind, "visits": int(visits)}
+def _row(problem_id: str, state: str, target: float, kind: RowKind, visits: int, depth: int) -> dict[str, Any]:
+    return {"problem_id": problem_id, "state": state, "target": float(target), "kind": kind, "visits": int(visits), "depth": int(depth)}
 
 
 def dedupe_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -170,19 +190,26 @@ def select_problems(cfg: CollectConfig) -> list[Problem]:
     return check_trainable(picked)
 
 
-def trace_path(output_dir: Path, problem_id: str) -> Path:
+Mode = Literal["tests", "guided"]
+
+
+def trace_path(output_dir: Path, problem_id: str, mode: Mode = "tests") -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in problem_id)
-    return output_dir / "traces" / f"{safe}.json"
+    return output_dir / "traces" / (f"{safe}.json" if mode == "tests" else f"{safe}.{mode}.json")
 
 
-def search_config(cfg: CollectConfig, index: int) -> Any:
+def modes(cfg: CollectConfig) -> tuple[Mode, ...]:
+    return ("tests", "guided") if cfg.guided else ("tests",)
+
+
+def search_config(cfg: CollectConfig, index: int, mode: Mode = "tests") -> Any:
     from search import Budget, SearchConfig
 
     return SearchConfig(
         strategy="vm_mcts",
         budget=Budget(samples=cfg.samples),
         k=cfg.k,
-        c_uct=cfg.c_uct,
+        c_uct=cfg.c_uct if mode == "tests" else cfg.guided_c_uct,
         temperature=cfg.temperature,
         max_tokens=cfg.max_tokens,
         parallel_expansions=cfg.parallel_expansions,
@@ -196,33 +223,39 @@ def search_config(cfg: CollectConfig, index: int) -> Any:
 
 
 async def collect(
-    problems: Sequence[Problem], policy: Any, sandbox: Any, cfg: CollectConfig, *, resume: bool = False, limits: Any = None
+    problems: Sequence[Problem], policy: Any, sandbox: Any, cfg: CollectConfig, *, resume: bool = False, limits: Any = None,
+    value: Any = None,
 ) -> dict[str, Any]:
-    """Search every problem without a trace in ``cfg.output_dir`` (all of them unless ``resume``),
-    write traces as they finish, then rebuild ``rows.jsonl`` from every trace; return the summary."""
-    from search import TestEvaluator, run_search, save_trace
+    """Search every (problem, mode) without a trace in ``cfg.output_dir`` (all of them unless
+    ``resume``), write traces as they finish, then rebuild ``rows.jsonl`` from every trace; return
+    the summary. ``value`` (the value model) is needed for the guided mode."""
+    from search import ExecutedRewards, TestEvaluator, VMEvaluator, run_search, save_trace
 
     out = Path(cfg.output_dir)
     (out / "traces").mkdir(parents=True, exist_ok=True)
-    todo = [(i, p) for i, p in enumerate(problems) if not (resume and trace_path(out, p.id).exists())]
+    jobs = [(i, p, m) for m in modes(cfg) for i, p in enumerate(problems)]
+    todo = [(i, p, m) for i, p, m in jobs if not (resume and trace_path(out, p.id, m).exists())]
     if not resume:
-        for p in problems:
-            trace_path(out, p.id).unlink(missing_ok=True)
-    logger.info("collect-values: %d problems, %d to search (%d done before)", len(problems), len(todo), len(problems) - len(todo))
-    evaluator = TestEvaluator(sandbox, which="tests", limits=limits)
+        for _, p, m in jobs:
+            trace_path(out, p.id, m).unlink(missing_ok=True)
+    logger.info("collect-values: %d searches (%s), %d to run (%d done before)", len(jobs), "+".join(modes(cfg)), len(todo), len(jobs) - len(todo))
+    tests = TestEvaluator(sandbox, which="tests", limits=limits)
+    if cfg.guided and value is None:
+        raise ValueError("collect-values with guided=true needs a value model")
+    evaluators = {"tests": tests, "guided": ExecutedRewards(VMEvaluator(value), sandbox, limits=limits) if cfg.guided else tests}
     gate = asyncio.Semaphore(cfg.concurrency)
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="collect-values", unit="problem")
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="collect-values", unit="search")
     t0 = time.monotonic()
 
-    async def one(index: int, problem: Problem) -> None:
+    async def one(index: int, problem: Problem, mode: Mode) -> None:
         async with gate:
-            result = await run_search(problem, policy, None, search_config(cfg, index), evaluator=evaluator)
+            result = await run_search(problem, policy, None, search_config(cfg, index, mode), evaluator=evaluators[mode])
         assert result.trace is not None
-        save_trace(result.trace, trace_path(out, problem.id))
+        save_trace(result.trace, trace_path(out, problem.id, mode))
         bar.update(1)
 
     try:
-        await asyncio.gather(*(one(i, p) for i, p in todo))
+        await asyncio.gather(*(one(i, p, m) for i, p, m in todo))
     finally:
         bar.close()
     return write_rows(problems, cfg, wall_s=time.monotonic() - t0)
@@ -235,11 +268,14 @@ def write_rows(problems: Sequence[Problem], cfg: CollectConfig, *, wall_s: float
     out = Path(cfg.output_dir)
     rows: list[dict[str, Any]] = []
     traced = 0
+    searched: dict[str, int] = {}
     for p in problems:
-        path = trace_path(out, p.id)
-        if path.exists():
-            traced += 1
-            rows.extend(rows_from_trace(load_trace(path), include_children=cfg.include_children))
+        for m in modes(cfg):
+            path = trace_path(out, p.id, m)
+            if path.exists():
+                traced += m == "tests"
+                searched[m] = searched.get(m, 0) + 1
+                rows.extend(rows_from_trace(load_trace(path), include_children=cfg.include_children))
     raw = len(rows)
     rows = dedupe_rows(rows)
     tmp = out / "rows.jsonl.tmp"
@@ -253,10 +289,22 @@ def write_rows(problems: Sequence[Problem], cfg: CollectConfig, *, wall_s: float
         if ts:
             by_kind[kind] = {"rows": len(ts), "mean_target": sum(ts) / len(ts), "share_zero": sum(t == 0 for t in ts) / len(ts)}
     solved = {r["problem_id"] for r in rows if r["kind"] == "program" and r["target"] >= 1.0}
+    failed = {r["problem_id"] for r in rows if r["kind"] == "program" and r["target"] < 1.0}
+    depths: dict[str, dict[str, int]] = {}
+    histogram = [0] * 10  # targets in [0, 0.1), ..., [0.9, 1.0]
+    for r in rows:
+        key = str(r.get("depth", 0)) if r.get("depth", 0) < 8 else "8+"
+        by_depth = depths.setdefault(r["kind"], {})
+        by_depth[key] = by_depth.get(key, 0) + 1
+        histogram[min(int(r["target"] * 10), 9)] += 1
     summary = {
         "problems": len(problems),
         "problems_searched": traced,
+        "searches_by_mode": searched,
         "problems_with_a_passing_program": len(solved),
+        "problems_with_passing_and_failing_programs": len(solved & failed),
+        "rows_by_kind_and_depth": {k: dict(sorted(v.items())) for k, v in depths.items()},
+        "target_histogram": histogram,
         "rows_raw": raw,
         "rows": len(rows),
         "by_kind": by_kind,
@@ -297,15 +345,30 @@ async def _run(cfg: CollectConfig, *, resume: bool) -> dict[str, Any]:
             seed=cfg.seed,
         )
     )
+    value = batcher = None
+    if cfg.guided:
+        from models.config import ValueConfig, resolve_device
+        from models.value import cpu_threads, load_value_model
+        from search import ValueBatcher
+        from search.batcher import pauses_engine
+
+        pause = pauses_engine("auto", engine_on_cpu=bool(getattr(policy, "on_cpu", False)), value_device=resolve_device("auto"))
+        value = await load_value_model(ValueConfig(model=cfg.value_model, dtype=cfg.value_dtype, threads=cpu_threads(0, exclusive=pause)))
+        batcher = ValueBatcher(value, hold=getattr(policy, "paused", None) if pause else None)
     sandbox = Sandbox(workers=cfg.sandbox_workers, hide=[str(Path.cwd()), str(Path.home()), str(out.resolve())])
     try:
         limits = Limits(wall_s=cfg.sandbox_timeout_s, cpu_s=cfg.sandbox_timeout_s)
-        summary = await collect(problems, policy, sandbox, cfg, resume=resume, limits=limits)
+        summary = await collect(problems, policy, sandbox, cfg, resume=resume, limits=limits, value=batcher)
         summary["policy_version"] = str(policy.version)
+        summary["value_version"] = str(value.version) if value is not None else None
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
     finally:
         sandbox.close()
+        if batcher is not None:
+            await batcher.close()
+        if value is not None:
+            await value.close()
         await policy.close()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from search import TestEvaluator, run_search
+from search import TestEvaluator, load_trace, run_search
 from tasks import Problem, TestCase
 from tests.search.doubles import ScriptedPolicy, make_problem, random_script
 from training.value_data import (
@@ -198,6 +198,29 @@ async def test_collect_writes_traces_and_rows_and_resumes(tmp_path: Path) -> Non
     assert summary2["problems_searched"] == 3
     assert read_rows(tmp_path / "vd" / "rows.jsonl") == rows_before  # same seed, same search
     json.loads((tmp_path / "vd" / "summary.json").read_text())
+
+
+async def test_guided_collection_values_the_tree_with_the_value_model_and_targets_executed_rewards(tmp_path: Path) -> None:
+    """guided=true: every problem is also searched as VM-MCTS decodes (the value model values the
+    tree, decoding C), and the rows' targets are still the executed rewards, with each row's depth."""
+    from tests.search.doubles import HashValue
+
+    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), samples=15, k=5, max_tokens=200, concurrency=2, guided=True)
+    problems = [_problem(f"p{i}") for i in range(2)]
+    box = HashSandbox()
+    summary = await collect(problems, SeededPolicy(), box, cfg, value=HashValue())
+    assert summary["searches_by_mode"] == {"tests": 2, "guided": 2}
+    guided = load_trace(trace_path(tmp_path / "vd", "p0", "guided"))
+    assert guided["config"]["c_uct"] == 0.1 and load_trace(trace_path(tmp_path / "vd", "p0"))["config"]["c_uct"] == 0.2
+    ros = [ro for e in guided["expansions"] for ro in e["rollouts"]]
+    assert ros and all(ro["reward"] in (0.0, 0.5, 1.0) for ro in ros)
+    assert any(ro["value"] not in (0.0, 0.5, 1.0) for ro in ros)  # the tree's values came from the value model
+    rows = rows_from_trace(guided)
+    assert {r["target"] for r in rows if r["kind"] == "program"} <= {0.0, 0.5, 1.0}
+    assert all(isinstance(r["depth"], int) and r["depth"] >= 0 for r in rows) and max(r["depth"] for r in rows) >= 1
+    assert sum(summary["target_histogram"]) == summary["rows"]
+    with pytest.raises(ValueError, match="needs a value model"):
+        await collect(problems, SeededPolicy(), box, cfg.model_copy(update={"output_dir": str(tmp_path / "x")}))
 
 
 def test_humaneval_is_refused_as_training_data(tmp_path: Path) -> None:
