@@ -86,12 +86,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 async def _score(problems: list[Any], codes: list[list[str]], mode: PromptMode) -> list[list[bool]]:
     from models.prompting import assemble_program
-    from sandbox import Sandbox
+    from sandbox import SandboxConfig
+    from search.stack import open_sandbox
 
     jobs = [
         (assemble_program(p, code, mode), p.tests, p.entry_point) for p, group in zip(problems, codes, strict=True) for code in group
     ]
-    sandbox = Sandbox(workers=2)
+    sandbox = open_sandbox(SandboxConfig(workers=2))
     try:
         verdicts = await sandbox.run_many(jobs)
     finally:
@@ -107,56 +108,62 @@ async def _score(problems: list[Any], codes: list[list[str]], mode: PromptMode) 
 async def run_engine(
     engine: Literal["vllm", "hf"], limit: int | None, sequential_limit: int, n: int, kv_cache_gib: float, max_tokens: int
 ) -> dict[str, Any]:
-    from models import EngineConfig, load_policy
-    from models.prompting import STOP, render_prompt
+    from models import EngineConfig
+    from search import open_stack
     from tasks.humaneval import load_humaneval
 
     problems = load_humaneval(limit)
     rss = PeakRSS()
     t0 = time.perf_counter()
-    policy: Any = await load_policy(EngineConfig(engine=engine, kv_cache_gib=kv_cache_gib))  # VLLMPolicy or HFPolicy
-    startup_s = time.perf_counter() - t0
-    print(f"[{engine}] started in {startup_s:.1f} s ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
-    mode = policy.prompt_mode
-    prompts = [render_prompt(policy.tokenizer, p, "", mode) for p in problems]
-    row: dict[str, Any] = {"engine": engine, "version": policy.version, "prompt_mode": mode, "problems": len(problems)}
+    async with open_stack(EngineConfig(engine=engine, kv_cache_gib=kv_cache_gib)) as stack:
+        startup_s = time.perf_counter() - t0
+        print(f"[{engine}] started in {startup_s:.1f} s ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
+        row, greedy, batched = await _generate(stack.policy, engine, problems, sequential_limit, n, max_tokens)
     row["startup_s"] = round(startup_s, 1)
-    try:
-        t = time.perf_counter()
-        greedy = await asyncio.gather(*[policy.sample(pr, n=1, max_tokens=max_tokens, stop=STOP, temperature=0) for pr in prompts])
-        dt = time.perf_counter() - t
-        tokens = sum(s.tokens for g in greedy for s in g)
-        row.update(greedy_tokens=tokens, greedy_s=round(dt, 1), greedy_tok_s=round(tokens / dt, 1))
-        print(f"[{engine}] greedy: {tokens} tokens in {dt:.1f} s", file=sys.stderr, flush=True)
-
-        t = time.perf_counter()
-        batched = await asyncio.gather(
-            *[policy.sample(pr, n=n, max_tokens=max_tokens, stop=STOP, temperature=0.7, seed=i) for i, pr in enumerate(prompts)]
-        )
-        dt = time.perf_counter() - t
-        tokens = sum(s.tokens for g in batched for s in g)
-        row.update(batched_tokens=tokens, batched_s=round(dt, 1), batched_tok_s=round(tokens / dt, 1))
-        print(f"[{engine}] batched n={n}: {tokens} tokens in {dt:.1f} s", file=sys.stderr, flush=True)
-
-        seq_count = min(sequential_limit, len(prompts))
-        t = time.perf_counter()
-        tokens = 0
-        for i, pr in enumerate(prompts[:seq_count]):
-            tokens += sum(s.tokens for s in await policy.sample(pr, n=n, max_tokens=max_tokens, stop=STOP, temperature=0.7, seed=i))
-        dt = time.perf_counter() - t
-        row.update(sequential_problems=seq_count, sequential_tokens=tokens, sequential_s=round(dt, 1))
-        row["sequential_tok_s"] = round(tokens / dt, 1) if dt > 0 else None
-        print(f"[{engine}] sequential ({seq_count} problems): {tokens} tokens in {dt:.1f} s", file=sys.stderr, flush=True)
-    finally:
-        await policy.close()
     row["peak_rss_gib"] = round(rss.stop(), 2)
-
+    mode = stack.policy.prompt_mode
     greedy_ok = await _score(problems, [[g[0].text] for g in greedy], mode)
     sample_ok = await _score(problems, [[s.text for s in g] for g in batched], mode)
     row["humaneval_greedy_pass1"] = round(sum(ok[0] for ok in greedy_ok) / len(problems), 4)
     row["humaneval_t07_pass1"] = round(sum(pass_at_k(n, sum(ok), 1) for ok in sample_ok) / len(problems), 4)
     row[f"humaneval_t07_pass{n}"] = round(sum(pass_at_k(n, sum(ok), n) for ok in sample_ok) / len(problems), 4)
     return row
+
+
+async def _generate(policy: Any, engine: str, problems: list[Any], sequential_limit: int, n: int,
+                    max_tokens: int) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """Greedy, batched and sequential generation: (row, greedy samples, batched samples)."""
+    from models.prompting import STOP, render_prompt
+
+    mode = policy.prompt_mode
+    prompts = [render_prompt(policy.tokenizer, p, "", mode) for p in problems]
+    row: dict[str, Any] = {"engine": engine, "version": policy.version, "prompt_mode": mode, "problems": len(problems)}
+    t = time.perf_counter()
+    greedy = await asyncio.gather(*[policy.sample(pr, n=1, max_tokens=max_tokens, stop=STOP, temperature=0) for pr in prompts])
+    dt = time.perf_counter() - t
+    tokens = sum(s.tokens for g in greedy for s in g)
+    row.update(greedy_tokens=tokens, greedy_s=round(dt, 1), greedy_tok_s=round(tokens / dt, 1))
+    print(f"[{engine}] greedy: {tokens} tokens in {dt:.1f} s", file=sys.stderr, flush=True)
+
+    t = time.perf_counter()
+    batched = await asyncio.gather(
+        *[policy.sample(pr, n=n, max_tokens=max_tokens, stop=STOP, temperature=0.7, seed=i) for i, pr in enumerate(prompts)]
+    )
+    dt = time.perf_counter() - t
+    tokens = sum(s.tokens for g in batched for s in g)
+    row.update(batched_tokens=tokens, batched_s=round(dt, 1), batched_tok_s=round(tokens / dt, 1))
+    print(f"[{engine}] batched n={n}: {tokens} tokens in {dt:.1f} s", file=sys.stderr, flush=True)
+
+    seq_count = min(sequential_limit, len(prompts))
+    t = time.perf_counter()
+    tokens = 0
+    for i, pr in enumerate(prompts[:seq_count]):
+        tokens += sum(s.tokens for s in await policy.sample(pr, n=n, max_tokens=max_tokens, stop=STOP, temperature=0.7, seed=i))
+    dt = time.perf_counter() - t
+    row.update(sequential_problems=seq_count, sequential_tokens=tokens, sequential_s=round(dt, 1))
+    row["sequential_tok_s"] = round(tokens / dt, 1) if dt > 0 else None
+    print(f"[{engine}] sequential ({seq_count} problems): {tokens} tokens in {dt:.1f} s", file=sys.stderr, flush=True)
+    return row, greedy, batched
 
 
 def _child(args: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from models.prompting import assemble_program
+from sandbox import ProgramRunner, SandboxConfig
+from search.stack import open_sandbox
 from tasks import Problem
 from training.search_eval import by_value, choose, distinct_candidates, read_phase
 
@@ -96,7 +98,7 @@ def pair_accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[str, Any]:
+async def grade_phase(phase: dict[str, Any], sandbox: ProgramRunner) -> dict[str, Any]:
     """Every rule's pick on every problem of one phase, graded on the hidden tests."""
     rows = []
     for result in phase["results"]:
@@ -107,10 +109,10 @@ async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[
         mode = trace["prompt_mode"]
         cands = distinct_candidates(trace)
         programs = [assemble_program(problem, c["code"], mode) for c in cands]
-        hidden = await sandbox.run_many([(p, list(problem.tests), problem.entry_point) for p in programs], limits=limits)
+        hidden = await sandbox.run_many([(p, list(problem.tests), problem.entry_point) for p in programs])
         public: dict[str, float] = {}
         if problem.public_tests:
-            verdicts = await sandbox.run_many([(p, list(problem.public_tests), problem.entry_point) for p in programs], limits=limits)
+            verdicts = await sandbox.run_many([(p, list(problem.public_tests), problem.entry_point) for p in programs])
             public = {c["code"]: float(v.pass_fraction) for c, v in zip(cands, verdicts, strict=True)}
         passed = {c["code"]: v.status == "passed" for c, v in zip(cands, hidden, strict=True)}
         row: dict[str, Any] = {"problem_id": problem.id, "candidates": len(cands), "oracle": any(passed.values())}
@@ -142,13 +144,9 @@ async def grade_phase(phase: dict[str, Any], sandbox: Any, limits: Any) -> dict[
 
 
 async def _main(paths: list[Path], timeout_s: float) -> list[dict[str, Any]]:
-    from sandbox.limits import Limits
-    from sandbox.pool import Sandbox
-
-    sandbox = Sandbox(workers=2)
-    limits = Limits(wall_s=timeout_s, cpu_s=timeout_s)
+    sandbox = open_sandbox(SandboxConfig(workers=2, timeout_s=timeout_s))
     try:
-        return [await grade_phase(read_phase(p), sandbox, limits) for p in paths]
+        return [await grade_phase(read_phase(p), sandbox) for p in paths]
     finally:
         sandbox.close()
 

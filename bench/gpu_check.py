@@ -125,6 +125,7 @@ def bench_policy_loop(model: Any, *, batch: int, prompt_len: int, new_tokens: in
         model_dir="random",
         model_name="random",
         version="random",
+        base_model="random",
         prompt_mode="rewrite",
         adapter_dir=None,
     )

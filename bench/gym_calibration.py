@@ -23,6 +23,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from models import EngineConfig, HFPolicy, VLLMPolicy
+from models.prompting import STOP, assemble_program, join_code, render_prompt, root_state
+from sandbox import SandboxConfig
+from search import open_stack
+from tasks.gym import make_gym
+
 RESULTS = Path(__file__).resolve().parent / "results" / "gym.json"
 
 
@@ -45,20 +51,18 @@ def _group(rows: list[dict[str, Any]], *keys: str) -> dict[str, dict[str, Any]]:
 
 
 async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
-    from models import EngineConfig, load_policy
-    from models.prompting import STOP, assemble_program, join_code, render_prompt, root_state
-    from sandbox import Sandbox
-    from tasks.gym import make_gym
-
     gym = make_gym(args.seed, args.n_per_tier)
     problems = gym.all()
     rows: list[dict[str, Any]] = []
     partial = args.out.with_suffix(".rows.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with Sandbox(workers=args.sandbox_workers) as box, partial.open("w") as log:
-        policy: Any = await load_policy(EngineConfig(engine=args.engine, kv_cache_gib=args.kv_cache_gib))  # has prompt_mode, model_name
+    engine = EngineConfig(engine=args.engine, kv_cache_gib=args.kv_cache_gib)
+    async with open_stack(engine, None, SandboxConfig(workers=args.sandbox_workers)) as stack:
+        assert stack.sandbox is not None
+        policy, box = stack.policy, stack.sandbox
         startup_s = time.monotonic() - started
+        log = partial.open("w")
         mode = policy.prompt_mode
 
         async def solve(problem: Any) -> None:
@@ -84,17 +88,16 @@ async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
             log.flush()
 
         t0 = time.monotonic()
-        try:
+        with log:
             await asyncio.gather(*(solve(p) for p in problems))
-        finally:
-            await policy.close()
         gen_s = time.monotonic() - t0
+        name = policy.model_name if isinstance(policy, (VLLMPolicy, HFPolicy)) else policy.version
     order = {p.id: i for i, p in enumerate(problems)}
     rows.sort(key=lambda r: order[r["id"]])
     infra = sum(1 for r in rows if r["status"] == "infra_error")
     return {
         "command": "python -m bench.gym_calibration " + " ".join(sys.argv[1:]),
-        "model": policy.model_name,
+        "model": name,
         "version": policy.version,
         "engine": args.engine,
         "prompt_mode": mode,

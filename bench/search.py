@@ -24,8 +24,18 @@ import os
 import platform
 import sys
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from models import EngineConfig, ValueConfig
+from models.base import PausablePolicy
+from models.prompting import STOP, render_prompt, root_state
+from models.value import HFValueModel
+from sandbox import ProgramRunner, SandboxConfig
+from search import Budget, SearchConfig, ValueBatcher, open_stack, run_search
+from tasks.humaneval import load_humaneval
 
 RESULTS = Path(__file__).parent / "results" / "search.json"
 
@@ -72,8 +82,6 @@ async def _raw_sampling(
     """Raw batched sampling with the request shape of the searches: per problem ``lanes`` workers
     send ``requests`` root requests between them, so the engine sees as many requests in flight
     as C searches with ``parallel_expansions = lanes``."""
-    from models.prompting import STOP, render_prompt, root_state
-
     async def worker(p: Any, count: int) -> int:
         prompt = render_prompt(policy.tokenizer, p, root_state(p, policy.prompt_mode), policy.prompt_mode)
         tokens = 0
@@ -89,8 +97,6 @@ async def _raw_sampling(
 
 
 async def _searches(policy: Any, value: Any, problems: list[Any], cfg: Any, *, concurrent: bool) -> dict[str, float]:
-    from search import run_search
-
     t0, c0 = time.perf_counter(), _cpu_s()
     if concurrent:
         results = await asyncio.gather(*(run_search(p, policy, value, cfg) for p in problems))
@@ -122,86 +128,82 @@ def _pooled(runs: list[dict[str, float]]) -> dict[str, float]:
     return _rates(tokens, sum(r["wall_s"] for r in runs), sum(r["cpu_s"] for r in runs))
 
 
-async def throughput(policy: Any, value_model: Any, problems: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Raw and VM-MCTS runs alternate for ``rounds`` rounds (the machine is shared: alternating
-    spreads other jobs' load over both); ratios use the pooled tokens / wall seconds."""
-    from search import Budget, SearchConfig, ValueBatcher
+@dataclass
+class _Runs:
+    """What the throughput rounds measured, per ``parallel_expansions``."""
 
-    k, budget = args.k, args.throughput_budget
-    out: dict[str, Any] = {"concurrency": len(problems), "k": k, "budget_samples": budget, "max_tokens": args.max_tokens,
-                           "rounds": args.rounds}
-    await _raw_sampling(policy, problems[:2], requests=1, lanes=1, n=k, max_tokens=16, temperature=args.temperature)  # warm-up
-    await value_model.score(problems[0], ["x = 1\n"])
-    raw_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
-    mcts_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
-    batch_sizes: dict[int, list[int]] = {p: [] for p in args.parallel}
-    no_cache_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
-    constant_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
-    concurrent_runs: dict[int, list[dict[str, float]]] = {p: [] for p in args.parallel}
-    hold = getattr(policy, "paused", None) if args.pause else None
-    baselines = [  # (asked for, what differs, the batcher's value model and hold, where its runs go)
-        (args.no_prefix_cache_baseline, "without the value prefix cache (every input in full)",
-         value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), hold, no_cache_runs),
-        (args.concurrent_value_baseline, "with the value model beside the running engine (no pause, half the CPUs)",
-         value_model.sharing_weights(threads=0), None, concurrent_runs),
-        (args.constant_value_baseline, "with a constant value (no value compute)", ConstantValue(), None, constant_runs),
+    raw: dict[int, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
+    mcts: dict[int, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
+    batch_sizes: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    baselines: dict[str, dict[int, list[dict[str, float]]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+
+
+def _baselines(value_model: HFValueModel, hold: Any, args: argparse.Namespace) -> list[tuple[str, str, Any, Any]]:
+    """The same searches with one thing changed, as asked: (key, what differs, value model, hold)."""
+    asked = [
+        (args.no_prefix_cache_baseline, "no_prefix_cache", "without the value prefix cache (every input in full)",
+         lambda: value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0), hold),
+        (args.concurrent_value_baseline, "value_beside_engine", "with the value model beside the running engine (no pause, half the CPUs)",
+         lambda: value_model.sharing_weights(threads=0), None),
+        (args.constant_value_baseline, "constant_value", "with a constant value (no value compute)", ConstantValue, None),
     ]
-    for rnd in range(args.rounds):
-        for par in args.parallel:
-            raw = await _raw_sampling(policy, problems, requests=budget // k, lanes=par, n=k, max_tokens=args.max_tokens,
-                                      temperature=args.temperature)
-            raw_runs[par].append(raw)
-            vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0, on_batch=batch_sizes[par].append, hold=hold)
-            cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
-                               temperature=args.temperature, parallel_expansions=par, seed=rnd)
-            res = await _batched_searches(policy, vb, problems, cfg)
-            mcts_runs[par].append(res)
-            print(f"round {rnd} parallel={par}: raw {raw['tok_s']:6.1f} tok/s, vm_mcts {res['tok_s']:6.1f} tok/s "
-                  f"(ratio {res['tok_s'] / raw['tok_s']:.2f}; per CPU-s {res['tok_per_cpu_s'] / raw['tok_per_cpu_s']:.2f})",
-                  flush=True)
-            for asked, what, model, model_hold, runs in baselines:  # the same searches, one thing changed
-                if asked:
-                    other = await _batched_searches(policy, ValueBatcher(model, max_batch=64, max_wait_ms=2.0, hold=model_hold),
-                                                    problems, cfg)
-                    runs[par].append(other)
-                    print(f"round {rnd} parallel={par}: vm_mcts {what} {other['tok_s']:6.1f} tok/s "
-                          f"(ratio {other['tok_s'] / raw['tok_s']:.2f})", flush=True)
-    sweep: dict[str, Any] = {}
-    for par in args.parallel:
-        raw, res = _pooled(raw_runs[par]), _pooled(mcts_runs[par])
-        sizes = batch_sizes[par]
-        sweep[str(par)] = {
-            "raw": raw,
-            "vm_mcts": res,
-            "ratio_vs_raw": res["tok_s"] / raw["tok_s"],
-            "cpu_ratio_vs_raw": res["tok_per_cpu_s"] / raw["tok_per_cpu_s"],
-            "round_ratios": [m["tok_s"] / r["tok_s"] for m, r in zip(mcts_runs[par], raw_runs[par], strict=True)],
-            "mean_value_batch": sum(sizes) / max(len(sizes), 1),
-            # share of the searches' wall time with a value batch running (the rest: policy only)
-            "value_busy_share": sum(m["value_busy_s"] for m in mcts_runs[par]) / res["wall_s"],
-            "hold_wait_share": sum(m["hold_wait_s"] for m in mcts_runs[par]) / res["wall_s"],  # pausing the engine
-            "cached_prompt_fraction": sum(m["cached_prompt_tokens"] for m in mcts_runs[par])
-            / max(sum(m["prompt_tokens"] for m in mcts_runs[par]), 1),
-        }
-        if no_cache_runs[par]:
-            full = _pooled(no_cache_runs[par])
-            sweep[str(par)]["vm_mcts_no_prefix_cache"] = full
-            sweep[str(par)]["no_prefix_cache_ratio_vs_raw"] = full["tok_s"] / raw["tok_s"]
-            sweep[str(par)]["no_prefix_cache_value_busy_share"] = sum(m["value_busy_s"] for m in no_cache_runs[par]) / full["wall_s"]
-        if concurrent_runs[par]:
-            side = _pooled(concurrent_runs[par])
-            sweep[str(par)]["vm_mcts_value_beside_engine"] = side
-            sweep[str(par)]["value_beside_engine_ratio_vs_raw"] = side["tok_s"] / raw["tok_s"]
-            sweep[str(par)]["value_beside_engine_busy_share"] = sum(m["value_busy_s"] for m in concurrent_runs[par]) / side["wall_s"]
-        if constant_runs[par]:
-            free = _pooled(constant_runs[par])
-            sweep[str(par)]["vm_mcts_constant_value"] = free
-            sweep[str(par)]["constant_value_ratio_vs_raw"] = free["tok_s"] / raw["tok_s"]
-    out["parallel_sweep"] = sweep
-    out["best_parallel_expansions"] = int(max(sweep, key=lambda p: sweep[p]["ratio_vs_raw"]))
-    # the reference pattern: searches one after another, one expansion at a time, value batch 1,
-    # every value input scored in full (the reference code has no prefix cache)
-    n_ref = args.reference_problems
+    return [(key, what, make(), model_hold) for on, key, what, make, model_hold in asked if on]
+
+
+async def _round(policy: Any, value_model: HFValueModel, problems: list[Any], args: argparse.Namespace, runs: _Runs,
+                 baselines: list[tuple[str, str, Any, Any]], hold: Any, rnd: int, par: int) -> None:
+    """One raw run and one VM-MCTS run (and the asked baselines) at ``parallel_expansions = par``."""
+    k, budget = args.k, args.throughput_budget
+    raw = await _raw_sampling(policy, problems, requests=budget // k, lanes=par, n=k, max_tokens=args.max_tokens,
+                              temperature=args.temperature)
+    runs.raw[par].append(raw)
+    vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0, on_batch=runs.batch_sizes[par].append, hold=hold)
+    cfg = SearchConfig(strategy="vm_mcts", budget=Budget(samples=budget), k=k, max_tokens=args.max_tokens,
+                       temperature=args.temperature, parallel_expansions=par, seed=rnd)
+    res = await _batched_searches(policy, vb, problems, cfg)
+    runs.mcts[par].append(res)
+    print(f"round {rnd} parallel={par}: raw {raw['tok_s']:6.1f} tok/s, vm_mcts {res['tok_s']:6.1f} tok/s "
+          f"(ratio {res['tok_s'] / raw['tok_s']:.2f}; per CPU-s {res['tok_per_cpu_s'] / raw['tok_per_cpu_s']:.2f})", flush=True)
+    for key, what, model, model_hold in baselines:  # the same searches, one thing changed
+        other = await _batched_searches(policy, ValueBatcher(model, max_batch=64, max_wait_ms=2.0, hold=model_hold), problems, cfg)
+        runs.baselines[key][par].append(other)
+        print(f"round {rnd} parallel={par}: vm_mcts {what} {other['tok_s']:6.1f} tok/s (ratio {other['tok_s'] / raw['tok_s']:.2f})",
+              flush=True)
+
+
+def _sweep_row(runs: _Runs, par: int) -> dict[str, Any]:
+    """Pooled figures of one ``parallel_expansions`` value."""
+    raw, res = _pooled(runs.raw[par]), _pooled(runs.mcts[par])
+    sizes = runs.batch_sizes[par]
+    row: dict[str, Any] = {
+        "raw": raw,
+        "vm_mcts": res,
+        "ratio_vs_raw": res["tok_s"] / raw["tok_s"],
+        "cpu_ratio_vs_raw": res["tok_per_cpu_s"] / raw["tok_per_cpu_s"],
+        "round_ratios": [m["tok_s"] / r["tok_s"] for m, r in zip(runs.mcts[par], runs.raw[par], strict=True)],
+        "mean_value_batch": sum(sizes) / max(len(sizes), 1),
+        # share of the searches' wall time with a value batch running (the rest: policy only)
+        "value_busy_share": sum(m["value_busy_s"] for m in runs.mcts[par]) / res["wall_s"],
+        "hold_wait_share": sum(m["hold_wait_s"] for m in runs.mcts[par]) / res["wall_s"],  # pausing the engine
+        "cached_prompt_fraction": sum(m["cached_prompt_tokens"] for m in runs.mcts[par])
+        / max(sum(m["prompt_tokens"] for m in runs.mcts[par]), 1),
+    }
+    for key, by_par in runs.baselines.items():
+        if by_par[par]:
+            other = _pooled(by_par[par])
+            row[f"vm_mcts_{key}"] = other
+            row[f"{key}_ratio_vs_raw"] = other["tok_s"] / raw["tok_s"]
+            if key != "constant_value":
+                busy = "no_prefix_cache_value_busy_share" if key == "no_prefix_cache" else f"{key}_busy_share"
+                row[busy] = sum(m["value_busy_s"] for m in by_par[par]) / other["wall_s"]
+    return row
+
+
+async def _reference(policy: Any, value_model: HFValueModel, problems: list[Any], args: argparse.Namespace,
+                     base: dict[str, float]) -> dict[str, Any]:
+    """The reference pattern: searches one after another, one expansion at a time, value batch 1,
+    every value input scored in full (the reference code has no prefix cache)."""
+    k, budget, n_ref = args.k, args.throughput_budget, args.reference_problems
     raw1 = await _raw_sampling(policy, problems[:n_ref], requests=budget // k, lanes=1, n=k, max_tokens=args.max_tokens,
                                temperature=args.temperature)
     vb1 = ValueBatcher(value_model.sharing_weights(prefix_cache_mb=0, pack_tokens=0, threads=0), max_batch=1, max_wait_ms=0.0)
@@ -209,23 +211,36 @@ async def throughput(policy: Any, value_model: Any, problems: list[Any], args: a
                            temperature=args.temperature, parallel_expansions=1, seed=0)
     ref = await _searches(policy, vb1, problems[:n_ref], ref_cfg, concurrent=False)
     await vb1.close()
-    base = _pooled(raw_runs[args.parallel[0]])  # raw batched sampling at the searches' concurrency
-    out["reference_style"] = {
-        **ref,
-        "problems": n_ref,
-        "ratio_vs_raw": ref["tok_s"] / base["tok_s"],
-        "cpu_ratio_vs_raw": ref["tok_per_cpu_s"] / base["tok_per_cpu_s"],
-        "raw_same_problems_concurrent": raw1,
-    }
-    print(f"reference style: {ref['tok_s']:6.1f} tok/s, ratio vs raw {out['reference_style']['ratio_vs_raw']:.2f}", flush=True)
+    out = {**ref, "problems": n_ref, "ratio_vs_raw": ref["tok_s"] / base["tok_s"],
+           "cpu_ratio_vs_raw": ref["tok_per_cpu_s"] / base["tok_per_cpu_s"], "raw_same_problems_concurrent": raw1}
+    print(f"reference style: {ref['tok_s']:6.1f} tok/s, ratio vs raw {out['ratio_vs_raw']:.2f}", flush=True)
+    return out
+
+
+async def throughput(policy: Any, value_model: HFValueModel, problems: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Raw and VM-MCTS runs alternate for ``rounds`` rounds (the machine is shared: alternating
+    spreads other jobs' load over both); ratios use the pooled tokens / wall seconds."""
+    out: dict[str, Any] = {"concurrency": len(problems), "k": args.k, "budget_samples": args.throughput_budget,
+                           "max_tokens": args.max_tokens, "rounds": args.rounds}
+    await _raw_sampling(policy, problems[:2], requests=1, lanes=1, n=args.k, max_tokens=16, temperature=args.temperature)  # warm-up
+    await value_model.score(problems[0], ["x = 1\n"])
+    hold = policy.paused if args.pause and isinstance(policy, PausablePolicy) else None
+    runs = _Runs()
+    baselines = _baselines(value_model, hold, args)
+    for rnd in range(args.rounds):
+        for par in args.parallel:
+            await _round(policy, value_model, problems, args, runs, baselines, hold, rnd, par)
+    sweep = {str(par): _sweep_row(runs, par) for par in args.parallel}
+    out["parallel_sweep"] = sweep
+    out["best_parallel_expansions"] = int(max(sweep, key=lambda p: sweep[p]["ratio_vs_raw"]))
+    # against raw batched sampling at the searches' concurrency
+    out["reference_style"] = await _reference(policy, value_model, problems, args, _pooled(runs.raw[args.parallel[0]]))
     return out
 
 
 async def quality(
     policy: Any, value_model: Any, sandbox: Any, problems: list[Any], args: argparse.Namespace, on_cell: Any = None
 ) -> dict[str, Any]:
-    from search import Budget, SearchConfig, ValueBatcher, run_search
-
     vb = ValueBatcher(value_model, max_batch=64, max_wait_ms=2.0)
     sem = asyncio.Semaphore(args.concurrency)
     pass1: dict[str, dict[str, float]] = {}
@@ -334,25 +349,38 @@ def _tables(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stack_configs(args: argparse.Namespace) -> tuple[EngineConfig, ValueConfig, SandboxConfig | None]:
+    """The stack the bench runs on: the serving defaults, with the bench's own flags."""
+    policy = EngineConfig(kv_cache_gib=args.kv_cache_gib, max_model_len=2048)
+    value = ValueConfig(batch_size=16, max_length=768, dtype=args.value_dtype, prefix_cache_mb=args.value_prefix_cache_mb,
+                        threads=args.value_threads, cpu_sharing=args.value_cpu_sharing, batch_max=64)
+    return policy, value, None if args.skip_quality else SandboxConfig(workers=2)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from models import EngineConfig, load_policy, load_value_model
-    from models.config import ValueConfig, resolve_device
-    from models.value import cpu_threads
-    from search.batcher import pauses_engine
-    from tasks.humaneval import load_humaneval
-
     problems = load_humaneval()
     t0 = time.perf_counter()
-    policy = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))
-    args.pause = pauses_engine(args.value_cpu_sharing, engine_on_cpu=bool(getattr(policy, "on_cpu", False)),
-                               value_device=resolve_device("auto"))
-    value_model = await load_value_model(
-        ValueConfig(batch_size=16, max_length=768, dtype=args.value_dtype, prefix_cache_mb=args.value_prefix_cache_mb,
-                    threads=cpu_threads(args.value_threads, exclusive=args.pause)))
-    print(f"engines ready in {time.perf_counter() - t0:.1f}s: {policy.version} / {value_model.version}", flush=True)
-    result: dict[str, Any] = {
+    async with open_stack(*stack_configs(args)) as stack:
+        assert stack.value is not None
+        policy, value_model = stack.policy, stack.value.value
+        assert isinstance(value_model, HFValueModel)
+        args.pause = stack.pauses_engine
+        print(f"engines ready in {time.perf_counter() - t0:.1f}s: {policy.version} / {value_model.version}", flush=True)
+        result = _provenance(args, policy, value_model)
+        # each half records its own provenance: `_save` merges, so a file can hold two runs' halves
+        run = {"command": "python -m bench.search " + " ".join(sys.argv[1:]), "loadavg_at_start": os.getloadavg(),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if not args.skip_throughput:
+            result.update(await _throughput_half(policy, value_model, problems, args, run))
+        if stack.sandbox is not None:
+            result.update(await _quality_half(policy, value_model, stack.sandbox, problems, args, run, result))
+    return result
+
+
+def _provenance(args: argparse.Namespace, policy: Any, value_model: HFValueModel) -> dict[str, Any]:
+    import torch
+
+    return {
         "policy_version": policy.version,
         "value_version": value_model.version,
         "value_model_trained": "untrained" not in value_model.version,
@@ -362,36 +390,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "args": {k: v for k, v in vars(args).items()},
     }
-    # each half records its own provenance: `_save` merges, so a file can hold two runs' halves
-    run = {"command": "python -m bench.search " + " ".join(sys.argv[1:]), "loadavg_at_start": os.getloadavg(),
-           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    try:
-        if not args.skip_throughput:
-            tp_problems = problems[: args.throughput_concurrency]
-            result["throughput"] = await throughput(policy, value_model, tp_problems, args)
-            result["throughput_run"] = run
-            best = result["throughput"]["parallel_sweep"][str(result["throughput"]["best_parallel_expansions"])]
-            result["throughput_ratio_vs_raw"] = best["ratio_vs_raw"]
-            result["throughput_cpu_ratio_vs_raw"] = best["cpu_ratio_vs_raw"]
-            result["reference_style_ratio_vs_raw"] = result["throughput"]["reference_style"]["ratio_vs_raw"]
-        if not args.skip_quality:
-            from sandbox import Sandbox
 
-            def save_partial(q: dict[str, Any]) -> None:
-                _save(args.out, {**result, "quality": q, "quality_problems": args.limit, "pass1": q["pass1"],
-                                 "quality_complete": False, "quality_run": run})
 
-            with Sandbox(workers=2) as sandbox:
-                q = await quality(policy, value_model, sandbox, problems[: args.limit], args, on_cell=save_partial)
-            result["quality_complete"] = True
-            result["quality_run"] = run
-            result["quality"] = q
-            result["quality_problems"] = args.limit
-            result["pass1"] = q["pass1"]
-    finally:
-        await value_model.close()
-        await policy.close()
-    return result
+async def _throughput_half(policy: Any, value_model: HFValueModel, problems: list[Any], args: argparse.Namespace,
+                           run: dict[str, Any]) -> dict[str, Any]:
+    tp = await throughput(policy, value_model, problems[: args.throughput_concurrency], args)
+    best = tp["parallel_sweep"][str(tp["best_parallel_expansions"])]
+    return {"throughput": tp, "throughput_run": run, "throughput_ratio_vs_raw": best["ratio_vs_raw"],
+            "throughput_cpu_ratio_vs_raw": best["cpu_ratio_vs_raw"],
+            "reference_style_ratio_vs_raw": tp["reference_style"]["ratio_vs_raw"]}
+
+
+async def _quality_half(policy: Any, value_model: HFValueModel, sandbox: ProgramRunner, problems: list[Any],
+                        args: argparse.Namespace, run: dict[str, Any], so_far: dict[str, Any]) -> dict[str, Any]:
+    def save_partial(q: dict[str, Any]) -> None:
+        _save(args.out, {**so_far, "quality": q, "quality_problems": args.limit, "pass1": q["pass1"],
+                         "quality_complete": False, "quality_run": run})
+
+    q = await quality(policy, value_model, sandbox, problems[: args.limit], args, on_cell=save_partial)
+    return {"quality_complete": True, "quality_run": run, "quality": q, "quality_problems": args.limit, "pass1": q["pass1"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

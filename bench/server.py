@@ -24,6 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import uvicorn
+
+from models import EngineConfig
+from models.value import HFValueModel
+from search import run_search
+from search.stack import value_pauses_engine
+from server import Settings, build_app
+from server.loading import EngineLoader
+from server.services import Services, assemble_services
+from tasks.humaneval import load_humaneval
+
 RESULTS = Path(__file__).parent / "results" / "server.json"
 CONFIGS = (("greedy", 1), ("vm_mcts", 5), ("vm_mcts", 20))
 
@@ -105,83 +117,69 @@ def save(out: dict[str, Any], path: Path) -> None:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-    import uvicorn
-
-    from models import EngineConfig, load_policy
-    from search import run_search
-    from server import Settings, build_app
-    from server.loading import EngineLoader
-    from server.services import assemble_services, value_pauses_engine
-    from tasks.humaneval import load_humaneval
-
     problems = load_humaneval()[: args.problems]
     t0 = time.perf_counter()
-    policy: Any = await load_policy(EngineConfig(engine="vllm", kv_cache_gib=args.kv_cache_gib, max_model_len=2048))  # a VLLMPolicy
-    settings = Settings(max_concurrent_searches=max(args.concurrency), max_queued=1024, max_new_tokens=args.max_tokens)
-    loader = EngineLoader(settings, engine_config=policy.config)
-    value = await loader.load_value(None)  # as `restrl serve` loads it (RESTRL_VALUE_* settings apply)
+    # the server's own stack: the settings' policy and value model through its loader
+    settings = Settings(policy=EngineConfig(kv_cache_gib=args.kv_cache_gib, max_model_len=2048),
+                        max_concurrent_searches=max(args.concurrency), max_queued=1024, max_new_tokens=args.max_tokens)
+    services = assemble_services(settings, loader=EngineLoader(settings), search_fn=run_search)
+    pair = await services.registry.load_initial(None, None)
     startup_s = time.perf_counter() - t0
-    services = assemble_services(settings, loader=loader, search_fn=run_search)
-    await services.registry.install(policy, value)
     server = uvicorn.Server(uvicorn.Config(build_app(settings, services=services, load_models=False),
                                            host="127.0.0.1", port=0, log_level="warning"))
     serve_task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
     url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    value = pair.raw_value
     out: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "policy_version": policy.version, "value_version": value.version, "engine_startup_s": startup_s,
+        "policy_version": pair.policy.version, "value_version": pair.value_version, "engine_startup_s": startup_s,
         "max_tokens": args.max_tokens, "problems": len(problems), "k": 5,
-        "value_cpu_sharing": settings.value_cpu_sharing, "value_pauses_engine": value_pauses_engine(settings),
-        "value_threads": getattr(value, "threads", None),
+        "value_cpu_sharing": settings.value.cpu_sharing, "value_pauses_engine": value_pauses_engine(settings.policy, settings.value),
+        "value_threads": value.threads if isinstance(value, HFValueModel) else None,
         "load_average_start": os.getloadavg(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     try:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-            for p in problems[:2]:  # warm-up: first engine and value calls
-                (await client.post("/v1/solve", json=solve_body(p, "vm_mcts", 5, args.max_tokens))).raise_for_status()
-            out["overhead"] = await overhead(client, services, problems[: args.overhead_problems],
-                                             rounds=args.overhead_rounds, max_tokens=args.max_tokens)
-            out["overhead_ratio"] = out["overhead"]["overhead_ratio"]
-            save(out, args.out)
-            o = out["overhead"]
-            print(f"overhead: direct p50 {o['direct_p50_s']:.3f}s, HTTP p50 {o['http_p50_s']:.3f}s, ratio "
-                  f"{o['overhead_ratio']:.3f} (paired median {o['overhead_ratio_paired_median']:.3f}, {o['pairs']} pairs)",
-                  flush=True)
-            table: list[dict[str, Any]] = []
-            out["latency"] = table
-            for strategy, samples in CONFIGS:
-                for c in args.concurrency:
-                    requests = max(args.min_requests, c * args.waves)
-                    row = await level(client, problems, strategy=strategy, samples=samples, concurrency=c,
-                                      requests=requests, max_tokens=args.max_tokens)
-                    table.append(row)
-                    save(out, args.out)
-                    print(f"{strategy:8s} budget {samples:3d} c={c:3d} n={requests:3d}: p50 {row['p50_s']:7.2f}s"
-                          f" p95 {row['p95_s']:7.2f}s  {row['throughput_rps']:6.2f} req/s"
-                          f" {row['policy_tok_s']:7.1f} tok/s errors={row['errors']}", flush=True)
-            metrics = (await client.get("/metrics")).text
-            out["metrics_value_batch"] = [line for line in metrics.splitlines()
-                                          if line.startswith("restrl:value_batch_size_")]
+        await _measure(url, services, problems, args, out)
     finally:
         server.should_exit = True
         await serve_task
         await services.registry.close()
     out["load_average_end"] = os.getloadavg()
     save(out, args.out)
-    print()
-    print("| strategy | budget | concurrency | requests | p50 s | p95 s | req/s | policy tok/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in out["latency"]:
-        print(f"| {r['strategy']} | {r['budget']} | {r['concurrency']} | {r['requests']} | {r['p50_s']:.2f} |"
-              f" {r['p95_s']:.2f} | {r['throughput_rps']:.2f} | {r['policy_tok_s']:.0f} |")
-    print(f"\noverhead_ratio (HTTP greedy / direct greedy, p50): {out['overhead_ratio']:.3f}")
     return out
 
+
+async def _measure(url: str, services: Services, problems: list[Any], args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """The overhead pairs, then the latency table, each saved as it finishes."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        for p in problems[:2]:  # warm-up: first engine and value calls
+            (await client.post("/v1/solve", json=solve_body(p, "vm_mcts", 5, args.max_tokens))).raise_for_status()
+        out["overhead"] = await overhead(client, services, problems[: args.overhead_problems],
+                                         rounds=args.overhead_rounds, max_tokens=args.max_tokens)
+        out["overhead_ratio"] = out["overhead"]["overhead_ratio"]
+        save(out, args.out)
+        o = out["overhead"]
+        print(f"overhead: direct p50 {o['direct_p50_s']:.3f}s, HTTP p50 {o['http_p50_s']:.3f}s, ratio "
+              f"{o['overhead_ratio']:.3f} (paired median {o['overhead_ratio_paired_median']:.3f}, {o['pairs']} pairs)",
+              flush=True)
+        table: list[dict[str, Any]] = []
+        out["latency"] = table
+        for strategy, samples in CONFIGS:
+            for c in args.concurrency:
+                requests = max(args.min_requests, c * args.waves)
+                row = await level(client, problems, strategy=strategy, samples=samples, concurrency=c,
+                                  requests=requests, max_tokens=args.max_tokens)
+                table.append(row)
+                save(out, args.out)
+                print(f"{strategy:8s} budget {samples:3d} c={c:3d} n={requests:3d}: p50 {row['p50_s']:7.2f}s"
+                      f" p95 {row['p95_s']:7.2f}s  {row['throughput_rps']:6.2f} req/s"
+                      f" {row['policy_tok_s']:7.1f} tok/s errors={row['errors']}", flush=True)
+        metrics = (await client.get("/metrics")).text
+        out["metrics_value_batch"] = [line for line in metrics.splitlines() if line.startswith("restrl:value_batch_size_")]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__.split("\n\n")[0])

@@ -22,8 +22,15 @@ import logging
 import subprocess
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
+
+from models import EngineConfig, Policy, load_policy
+from sandbox import SandboxConfig
+from search import open_stack
+from training.evaluate import greedy_completions, score_pass1
+from training.rewards import TestRewarder
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "training"
@@ -53,22 +60,16 @@ def train(algo: str, *, resume: bool) -> dict[str, Any]:
 async def evaluate_all(problems: dict[str, list[Any]], adapters: dict[str, str | None], *, max_tokens: int) -> dict[str, dict[str, Any]]:
     """Every (model, split) request in flight at once on one engine: adapters are LoRA views of the
     base engine, so the engine batches all of them together."""
-    from models.config import EngineConfig
-    from models.loading import load_policy
-    from sandbox.pool import Sandbox
-    from training.evaluate import greedy_completions, score_pass1
-    from training.rewards import TestRewarder
-
-    engine: dict[str, Any] = {"kv_cache_gib": 1.0, "max_lora_rank": 16}
-    base = await load_policy(EngineConfig(**engine))
-    mode = base.prompt_mode  # type: ignore[attr-defined]
-    policies = {
-        name: base if adapter is None else await load_policy(EngineConfig(**engine, adapter=adapter), reuse=base)
-        for name, adapter in adapters.items()
-    }
-    sandbox = Sandbox(workers=2)
-    try:
-        rewarder = TestRewarder(sandbox, mode=mode)
+    engine = EngineConfig(kv_cache_gib=1.0, max_lora_rank=16)
+    async with open_stack(engine, None, SandboxConfig(workers=2)) as stack, AsyncExitStack() as views:
+        assert stack.sandbox is not None
+        base, mode = stack.policy, stack.policy.prompt_mode
+        policies: dict[str, Policy] = {}
+        for name, adapter in adapters.items():
+            policies[name] = base if adapter is None else await load_policy(engine.model_copy(update={"adapter": adapter}), reuse=base)
+            if policies[name] is not base:
+                views.push_async_callback(policies[name].close)
+        rewarder = TestRewarder(stack.sandbox, mode=mode)
         t0 = time.perf_counter()
         jobs = [(name, split) for name in policies for split in problems]
         texts = await asyncio.gather(
@@ -83,12 +84,6 @@ async def evaluate_all(problems: dict[str, list[Any]], adapters: dict[str, str |
             row[f"{split}_mean_pass_fraction"] = round(score.mean_pass_fraction, 4)
             row[f"{split}_problems"] = score.problems
             row[f"{split}_infra_errors"] = score.infra_errors
-    finally:
-        for policy in policies.values():
-            if policy is not base:
-                await policy.close()
-        await base.close()
-        sandbox.close()
     return results
 
 

@@ -1,4 +1,8 @@
-"""The two interfaces the search engine and the training jobs talk to: `Policy` and `ValueModel`.
+"""The two interfaces the search engine and the training jobs talk to: `Policy` and `ValueModel`,
+and the optional capabilities some engines add, as small Protocols checked with ``isinstance``:
+`PausablePolicy` (the engine can stop for a value batch on the same CPU cores), `PingablePolicy`
+(a health check), `PreparingValueModel` (warms a problem's cache when a search starts) and
+`PairScoringValueModel` (scores states of several problems in one call).
 
 Engines implement them (`models.vllm_engine.VLLMPolicy`, `models.hf_engine.HFPolicy`,
 `models.value.HFValueModel`); test doubles live in `tests/`, never here.
@@ -7,9 +11,11 @@ Engines implement them (`models.vllm_engine.VLLMPolicy`, `models.hf_engine.HFPol
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from models.prompting import PromptMode
 from tasks import Problem
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -43,12 +49,16 @@ class Policy(Protocol):
     """A causal LM that samples continuations of fully rendered prompts.
 
     ``version`` identifies the weights (base + adapter) for responses, metrics and traces.
-    ``tokenizer`` is the HF tokenizer (chat template, token counting) used by
-    `models.prompting.render_prompt`.
+    ``base_model`` names the base model they derive from (a manifest's ``base``, else the folder or
+    hub id): what a value model's training policy is matched against. ``tokenizer`` is the HF
+    tokenizer (chat template, token counting) used by `models.prompting.render_prompt`;
+    ``prompt_mode`` the prompt format the model was measured best with.
     """
 
     version: str
+    base_model: str
     tokenizer: Any
+    prompt_mode: PromptMode
 
     async def sample(
         self,
@@ -76,9 +86,51 @@ class ValueModel(Protocol):
     @property
     def version(self) -> str: ...  # read-only here: a plain attribute or a property satisfies it
 
+    @property
+    def policy_base(self) -> str | None:
+        """The ``base_model`` of the policy whose rollouts trained it (None: untrained, or unknown)."""
+        ...
+
     async def score(self, problem: Problem, states: Sequence[str]) -> list[float]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PausablePolicy(Protocol):
+    """A policy whose engine can hold its scheduler while a value model uses the same CPU cores."""
+
+    @property
+    def on_cpu(self) -> bool:
+        """True when the engine computes on this machine's CPU cores."""
+        ...
+
+    def paused(self) -> AbstractAsyncContextManager[None]:
+        """Hold the engine for the block: its requests keep their place and resume afterwards."""
+        ...
+
+
+@runtime_checkable
+class PingablePolicy(Protocol):
+    """A policy with a health check of its engine."""
+
+    async def ping(self) -> dict[str, Any]:
+        """A small status dict; raises `EngineDeadError` when the engine is gone."""
+        ...
+
+
+@runtime_checkable
+class PreparingValueModel(Protocol):
+    """A value model that can warm its cache for a problem before its first states arrive."""
+
+    async def prepare(self, problem: Problem) -> None: ...
+
+
+@runtime_checkable
+class PairScoringValueModel(Protocol):
+    """A value model that scores states of several problems in one call (shared forward passes)."""
+
+    async def score_pairs(self, pairs: Sequence[tuple[Problem, str]]) -> list[float]: ...
 
 
 def encode_prompt(tokenizer: Any, prompt: str, *, n: int, max_model_len: int) -> tuple[list[int], int]:

@@ -7,6 +7,11 @@ policy or value), where it came from (``base``, ``parent``, ``job``, ``config``)
 `verify_checkpoint` is what every loader calls before touching weights: only ``.safetensors``
 weights are accepted (pickled ``.bin``/``.pt`` files can execute code when loaded), and a missing,
 extra or altered file, bad JSON or the wrong kind raises `CheckpointError` naming the file and field.
+`model_folder` turns a model source (a folder, or a Hugging Face Hub id) into a local folder.
+
+Hashing is the cost of verification: files hash in parallel threads (hashlib releases the GIL), and
+a file's digest is remembered for the process while its inode, size, mtime and ctime stay the same
+(any write changes them), so loading a base twice (a policy and a value model on it) hashes it once.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +51,11 @@ class Manifest(BaseModel):
     kind: CheckpointKind = Field(description="policy (causal LM) or value (scalar-head scorer)")
     format: CheckpointFormat = Field(description="full transformers folder, or a PEFT LoRA adapter")
     base: str = Field(min_length=1, description="the base model (name or path) the weights derive from")
+    policy: str | None = Field(
+        default=None,
+        description="value checkpoints: the base model of the policy whose rollouts trained it (a policy's"
+        " `base_model`); None = unknown (older manifests: taken to be `base`)",
+    )
     parent: str | None = Field(default=None, description="the checkpoint this one was trained from")
     created: str = Field(description="ISO-8601 UTC time of writing")
     job: str | None = Field(default=None, description="the training job that wrote it")
@@ -56,12 +69,32 @@ class Manifest(BaseModel):
         return hashlib.sha256(blob).hexdigest()
 
 
+_digests: dict[tuple[str, int, int, int, int, int], str] = {}  # (path, dev, inode, size, mtime, ctime) -> sha256
+_digests_lock = threading.Lock()
+_HASH_THREADS = 4
+
+
 def sha256_file(path: Path) -> str:
+    """The file's sha256 (remembered while the file is unchanged: see the module doc)."""
+    info = path.stat()
+    key = (str(path.resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    with _digests_lock:
+        known = _digests.get(key)
+    if known is not None:
+        return known
     h = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    with _digests_lock:
+        _digests[key] = digest
+    return digest
+
+
+def _hash_all(root: Path, names: list[str]) -> dict[str, str]:
+    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, max(1, len(names)))) as pool:
+        return dict(zip(names, pool.map(lambda name: sha256_file(root / name), names), strict=True))
 
 
 def _listed_files(directory: Path) -> list[str]:
@@ -84,7 +117,7 @@ def _refuse_unsafe(directory: Path, names: list[str]) -> None:
 def hash_files(directory: str | os.PathLike[str]) -> dict[str, str]:
     """sha256 of every file under ``directory`` except the manifest."""
     root = Path(directory)
-    return {name: sha256_file(root / name) for name in _listed_files(root)}
+    return _hash_all(root, _listed_files(root))
 
 
 def write_manifest(
@@ -93,6 +126,7 @@ def write_manifest(
     kind: CheckpointKind,
     format: CheckpointFormat,
     base: str,
+    policy: str | None = None,
     parent: str | None = None,
     job: str | None = None,
     config: dict[str, Any] | None = None,
@@ -111,12 +145,13 @@ def write_manifest(
         kind=kind,
         format=format,
         base=base,
+        policy=policy,
         parent=parent,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         job=job,
         config=config or {},
         metrics=metrics or {},
-        files={name: sha256_file(root / name) for name in names},
+        files=_hash_all(root, names),
     )
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".restrl.", suffix=".json.tmp")
     with os.fdopen(fd, "w") as fh:
@@ -173,8 +208,9 @@ def verify_checkpoint(
     if extra:
         raise CheckpointError(f"{root / extra[0]}: present but not listed in {MANIFEST_NAME} field 'files'")
     if check_hashes:
+        actual_files = _hash_all(root, list(manifest.files))
         for name, expected in manifest.files.items():
-            actual = sha256_file(root / name)
+            actual = actual_files[name]
             if actual != expected:
                 raise CheckpointError(
                     f"{root / name}: sha256 {actual[:12]}... does not match {MANIFEST_NAME} field"
@@ -200,3 +236,33 @@ def inspect_directory(directory: str | os.PathLike[str], *, kind: CheckpointKind
     logger.warning("%s has no %s: loading it unverified", root, MANIFEST_NAME)
     digest = hashlib.sha256(json.dumps(sorted(hash_files(root).items())).encode()).hexdigest()
     return None, digest[:8]
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def model_folder(source: str) -> Path:
+    """The local folder of a model ``source``: an existing folder, or a Hugging Face Hub id
+    (``org/name``) taken from the local hub cache, or downloaded where the hub is reachable (never
+    when ``HF_HUB_OFFLINE`` is set). `CheckpointError` saying what to do otherwise."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.exists() or not _HUB_ID.match(source) or source.startswith((".", "~")):
+        raise CheckpointError(f"{source}: not a model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        try:
+            folder = snapshot_download(source, local_files_only=True)
+        except Exception:  # not in the local cache: ask the hub (huggingface_hub honours HF_HUB_OFFLINE)
+            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+                raise
+            folder = snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as exc:
+        raise CheckpointError(
+            f"{source}: not a local folder, and the Hugging Face Hub could not provide it ({type(exc).__name__}: {exc})."
+            " Pass a local model folder, or download it first where the hub is reachable"
+            f" (huggingface-cli download {source}) and run with that cache (HF_HOME)"
+        ) from None
+    return Path(folder)

@@ -1,29 +1,105 @@
-"""Typed configuration of the policy engines (`EngineConfig`) and the value model (`ValueConfig`).
+"""Typed configuration of the policy (`EngineConfig`) and the value model (`ValueConfig`).
 
-Both are pydantic models whose validation errors say what to change. ``model=None`` means the
-embedded default (`models.default`); the loaders resolve it.
+Each is declared once, here, with its defaults, bounds and descriptions; the server's settings and
+every job config (eval, collect-values, value training, ReST-GRPO) nest them instead of
+re-declaring fields. Both are pydantic models whose validation errors say what to change; a plain
+string stands for ``{"model": string}`` (``RESTRL_POLICY=/path``, ``policy: /path`` in YAML).
+``model=None`` means the embedded default (`models.default`); the loaders resolve it.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.prompting import PromptMode
 
+logger = logging.getLogger(__name__)
+
 EngineName = Literal["vllm", "hf"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
+CpuSharing = Literal["auto", "pause", "concurrent"]
+
+
+def move_renamed_keys(data: Any, renamed: Mapping[str, tuple[str, ...]], *, what: str,
+                      name: Callable[[str], str] = str) -> Any:
+    """``data`` (the raw input of a config) with the keys of earlier releases moved to their places
+    now - ``{"kv_cache_gib": 2}`` -> ``{"policy": {"kv_cache_gib": 2}}``; old keys may be dotted
+    too (``sampling.engine``) - each with a warning naming the new key (``name`` spells it). A
+    value set at the new place wins."""
+    if not isinstance(data, dict):
+        return data
+    out = copy.deepcopy(data)
+    for old, keys in renamed.items():
+        *old_parents, old_leaf = old.split(".")
+        holder = out
+        for part in old_parents:
+            holder = holder.get(part) if isinstance(holder.get(part), dict) else None  # type: ignore[assignment]
+            if holder is None:
+                break
+        if holder is None or old_leaf not in holder:
+            continue
+        value = holder.pop(old_leaf)
+        for key in keys:
+            node = out
+            *parents, leaf = key.split(".")
+            for part in parents:
+                child = node.get(part)
+                if isinstance(child, BaseModel):
+                    child = child.model_dump(exclude_unset=True)
+                node[part] = child = dict(_model_shorthand(child) or {})
+                node = child
+            node.setdefault(leaf, value)
+        logger.warning("%s: '%s' is a deprecated name: use %s", what, old, " and ".join(name(k) for k in keys))
+    return out
+
+
+def _deep_merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in given.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def over_job_defaults(cls: type[BaseModel], data: Any) -> Any:
+    """``data`` (the raw input of a job config) with every nested config given as a partial mapping
+    merged over the job's own default for it (``EvalConfig.policy`` defaults to ``max_model_len=2048``:
+    ``policy: {kv_cache_gib: 2}`` keeps that), instead of replacing it with the class defaults."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in cls.model_fields.items():
+        given = _model_shorthand(out.get(name))
+        if field.default_factory is None or not isinstance(given, dict):
+            continue
+        default = field.default_factory()  # type: ignore[call-arg]
+        if isinstance(default, BaseModel):
+            out[name] = _deep_merge(default.model_dump(exclude_unset=True), given)
+    return out
+
+
+def _model_shorthand(value: Any) -> Any:
+    """A bare string (or path) is the ``model`` field: ``RESTRL_POLICY=/path``, ``policy: /path``."""
+    return {"model": value} if isinstance(value, str) else value
 
 
 class EngineConfig(BaseModel):
-    """How to load a policy: which engine, which weights, and the engine's resources."""
+    """The policy: which weights, which engine, the engine's resources, placement and parallelism."""
 
     model_config = ConfigDict(extra="forbid")
 
-    engine: EngineName = Field(default="vllm", description="vllm (AsyncLLM, continuous batching, prefix cache) or hf (transformers)")
-    model: str | None = Field(default=None, description="model folder (full transformers checkpoint); None = the embedded default SmolLM2-135M-Instruct")
+    model: str | None = Field(
+        default=None,
+        description="the policy: a model folder (transformers checkpoint, with or without restrl.json), a LoRA adapter"
+        " folder (applied on the base its restrl.json or adapter_config.json names), or a Hugging Face Hub id (resolved"
+        " from the local hub cache, downloaded where the hub is reachable); None = the embedded default SmolLM2-135M-Instruct",
+    )
     adapter: str | None = Field(default=None, description="PEFT LoRA adapter folder applied on top of `model`")
+    engine: EngineName = Field(default="vllm", description="vllm (AsyncLLM, continuous batching, prefix cache) or hf (transformers)")
     dtype: DType | None = Field(
         default=None,
         description="weights dtype; None = bfloat16 for vllm (measured fastest on these CPUs), float32 for hf",
@@ -43,8 +119,15 @@ class EngineConfig(BaseModel):
     seed: int = Field(default=0, ge=0, description="engine-level seed (reproducible sampling for unseeded requests)")
     prompt_mode: PromptMode | None = Field(default=None, description="None = the measured default for the model (models.prompting.default_mode)")
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1, description="vLLM on CUDA: fraction of GPU memory to use")
-    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM on CUDA: GPUs per engine")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM on CUDA: GPUs per pipeline stage (tensor parallelism)")
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM on CUDA: pipeline stages (GPUs = tensor x pipeline)")
     hf_max_batch: int = Field(default=64, ge=1, le=4096, description="hf: sequences generated per forward batch")
+    hf_device: str = Field(default="auto", description="hf: torch device (cpu, cuda, cuda:1, ...); auto = cuda when a GPU is visible")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _model_shorthand(data)
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
@@ -99,20 +182,32 @@ DEFAULT_PACK_TOKENS = 384  # tokens per packed value pass on a CPU (`ValueConfig
 
 
 class ValueConfig(BaseModel):
-    """How to load the value model."""
+    """The value model: which weights, how it runs, and how it is served beside the policy (the
+    shared batcher and the CPU-sharing rule)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(
         default=None,
         description="value checkpoint folder (full sequence-classification model, or a LoRA adapter + score head);"
-        " None = the shipped adapter in models/default/value/ if present, else an untrained head on the default base",
+        " None = the value model shipped for the embedded default policy (models/default/value/) when the policy is of"
+        " that family, else none (see any_policy)",
     )
     use_shipped: bool = Field(
         default=True,
         description="with model None: the shipped adapter when present; False = an untrained head on the default base (what training starts from)",
     )
-    base: str | None = Field(default=None, description="base model folder for an adapter; None = the adapter manifest's base, else the default model")
+    base: str | None = Field(
+        default=None,
+        description="base model (folder or hub id) of a value adapter; None = the one its manifest names. Value training:"
+        " the backbone to train on; None = the base of the policy whose rollouts it learns from (a smaller one is allowed)",
+    )
+    any_policy: bool = Field(
+        default=False,
+        description="guide the policy with this value model even when it was trained on another policy's rollouts (or,"
+        " with model None, with the shipped SmolLM2 value model for a policy of another family); off = such a pairing is"
+        " refused: the server answers value-guided requests with 400, jobs stop with an error",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
         description="weights dtype; auto = bfloat16 where the device computes it natively (a CUDA GPU with bf16, a CPU with"
@@ -139,10 +234,23 @@ class ValueConfig(BaseModel):
     device: str = Field(default="auto", description="torch device (cpu, cuda, cuda:1, ...); auto = cuda when a GPU is visible, else cpu")
     threads: int = Field(
         default=0, ge=0, le=4096,
-        description="on a CPU device: torch threads of a scoring call; 0 = half the CPUs this process may use, at least 1"
-        " - the policy engine runs beside it and shares the cores (where value batches pause the engine, the server and"
-        " restrl eval pass all of them)",
+        description="on a CPU device: torch threads of a scoring call; 0 = all the CPUs this process may use where value"
+        " batches pause the engine (cpu_sharing), else half of them, at least 1 - the engine runs beside it on the rest",
     )
+
+    cpu_sharing: CpuSharing = Field(
+        default="auto",
+        description="how the value model shares CPU cores with the policy engine: pause = each value batch pauses the (vLLM)"
+        " engine and uses all cores; concurrent = both run at once; auto = pause when both compute on the CPU (vLLM CPU"
+        " build, value device cpu)",
+    )
+    batch_max: int = Field(default=32, ge=1, le=4096, description="value batcher: most states per scoring call, all searches together")
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="value batcher: how long a batch waits to fill")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _model_shorthand(data)
 
     def resolved_device(self) -> str:
         """The torch device ``device`` means here."""

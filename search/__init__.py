@@ -7,7 +7,8 @@ collecting value-training data), a `SearchConfig` with an explicit `Budget`, opt
 usage, stop reason, tree size, versions, optional replayable trace) and `SearchProgress` events
 after each expansion. `ValueBatcher` groups the value calls of all concurrent searches into
 batched forward passes. This package imports `models.base`, `models.prompting`, `tasks` and
-nothing that needs vLLM or FastAPI.
+nothing that needs vLLM or FastAPI. `open_stack` (`search.stack`) opens what searches run on - the
+policy, the value model behind the batcher, the sandbox - for every entry point that searches.
 """
 
 from search.batcher import ValueBatcher
@@ -23,6 +24,7 @@ from search.evaluators import (
 )
 from search.replay import ReplayMismatch, ReplayPolicy, ReplayValue, replay_inputs
 from search.runner import run_search
+from search.stack import NoValueModel, Stack, ValueMatch, open_stack, value_match
 from search.strategies import STRATEGIES, Strategy
 from search.trace import load_trace, save_trace
 from search.types import Budget, Candidate, SearchConfig, SearchProgress, SearchResult, StopReason, Usage
@@ -34,6 +36,7 @@ __all__ = [
     "Evaluation",
     "Evaluator",
     "ExecutedRewards",
+    "NoValueModel",
     "ORMEvaluator",
     "PRMEvaluator",
     "ReplayMismatch",
@@ -42,15 +45,19 @@ __all__ = [
     "SearchConfig",
     "SearchProgress",
     "SearchResult",
+    "Stack",
     "StopReason",
     "Strategy",
     "TestEvaluator",
     "Usage",
     "VMEvaluator",
+    "ValueMatch",
     "ValueBatcher",
     "load_trace",
+    "open_stack",
     "replay_inputs",
     "run_search",
     "save_trace",
     "step_prefixes",
+    "value_match",
 ]

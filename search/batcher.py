@@ -4,8 +4,8 @@ In: ``score(problem, states)`` calls from any number of concurrent searches. Out
 scores, computed in forward passes of up to ``max_batch`` states. A worker task waits at most
 ``max_wait_ms`` after the first queued state for more to arrive, then scores what is queued.
 
-If the wrapped model has ``score_pairs(pairs: Sequence[tuple[Problem, str]]) -> list[float]``,
-states of different problems share one forward pass; otherwise the batch is split per problem
+If the wrapped model scores pairs (`models.base.PairScoringValueModel`), states of different
+problems share one forward pass; otherwise the batch is split per problem
 (states of one problem, e.g. the parallel expansions of one search, still share a pass).
 A caller cancelled while its states wait is dropped from the queue; a batch already running
 finishes for the others. ``max_batch=1`` reproduces the reference's one-state-per-call pattern.
@@ -27,15 +27,13 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from models.base import ModelError, ValueModel
+from models.base import ModelError, PairScoringValueModel, PreparingValueModel, ValueModel
+from models.config import CpuSharing
 from tasks import Problem
 
 logger = logging.getLogger(__name__)
-
-
-CpuSharing = Literal["auto", "pause", "concurrent"]
 
 
 def pauses_engine(mode: CpuSharing, *, engine_on_cpu: bool, value_device: str) -> bool:
@@ -89,6 +87,10 @@ class ValueBatcher:
     def version(self) -> str:  # the wrapped model's version, so responses and traces name it
         return self.value.version
 
+    @property
+    def policy_base(self) -> str | None:
+        return self.value.policy_base
+
     async def score(self, problem: Problem, states: Sequence[str]) -> list[float]:
         if self._closed:
             raise ModelError("ValueBatcher is closed")
@@ -108,9 +110,8 @@ class ValueBatcher:
     async def prepare(self, problem: Problem) -> None:
         """Pass a search's start on to the wrapped model's ``prepare`` (warming its cache for the
         problem), when it has one."""
-        prepare = getattr(self.value, "prepare", None)
-        if prepare is not None and not self._closed:
-            await prepare(problem)
+        if isinstance(self.value, PreparingValueModel) and not self._closed:
+            await self.value.prepare(problem)
 
     def _ensure_worker(self) -> asyncio.Event:
         if self._worker is None or self._worker.done() or self._wakeup is None:
@@ -165,9 +166,8 @@ class ValueBatcher:
             self.on_batch(len(batch))
         started = time.perf_counter()
         try:
-            pairs_fn = getattr(self.value, "score_pairs", None)
-            if pairs_fn is not None:
-                values = list(await pairs_fn([(it.problem, it.state) for it in batch]))
+            if isinstance(self.value, PairScoringValueModel):
+                values = list(await self.value.score_pairs([(it.problem, it.state) for it in batch]))
             else:
                 by_problem: dict[int, list[_Item]] = {}
                 for it in batch:

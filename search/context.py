@@ -41,10 +41,10 @@ from models.prompting import (
     STOP,
     PromptMode,
     assemble_program,
-    default_mode,
     render_prompt,
     root_state,
 )
+from sandbox.api import ProgramRunner
 from search.evaluators import Evaluation, Evaluator
 from search.tree import ChildSpec, Node, RolloutSpec, Tree, rollout_code, split_continuations
 from search.types import Candidate, SearchConfig, SearchProgress, SearchResult, StopReason, Usage
@@ -77,10 +77,7 @@ class Expansion:
 def resolve_mode(policy: Policy, config: SearchConfig) -> PromptMode:
     if config.prompt_mode is not None:
         return config.prompt_mode
-    mode = getattr(policy, "prompt_mode", None)
-    if mode is not None:
-        return mode  # type: ignore[no-any-return]
-    return default_mode(str(getattr(policy, "model_name", "") or policy.version))
+    return policy.prompt_mode
 
 
 class SearchRun:
@@ -93,7 +90,7 @@ class SearchRun:
         evaluator: Evaluator,
         config: SearchConfig,
         *,
-        sandbox: Any = None,
+        sandbox: ProgramRunner | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> None:
         self.problem = problem
@@ -336,6 +333,7 @@ class SearchRun:
         todo = list(dict.fromkeys(c.program for c in cands if c.program not in self._public_pass))
         if todo:
             tests = list(self.problem.public_tests)
+            assert self.sandbox is not None  # `test_public` says so
             verdicts = await self.sandbox.run_many([(p, tests, self.problem.entry_point) for p in todo])
             for p, v in zip(todo, verdicts, strict=True):
                 self._public_pass[p] = float(v.pass_fraction) if v.status != "infra_error" else 0.0

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from models.base import ValueModel
 from models.prompting import PromptMode, assemble_program, root_state
+from sandbox.api import ProgramRunner
+from sandbox.limits import Limits
 from search.tree import ChildSpec, RolloutSpec
 from tasks import Problem, TestCase
 
@@ -210,14 +212,15 @@ class PRMEvaluator:
 class TestEvaluator:
     """Test execution as the evaluator (value-data collection, RESTRL_SPEC.md section 3).
 
-    ``sandbox`` is a `sandbox.Sandbox` (``async run_many([(program, tests, entry_point), ...])``
-    returning verdicts with ``status`` and ``pass_fraction``). ``which`` picks the problem's hidden
+    ``sandbox`` runs the programs (`sandbox.ProgramRunner`: ``run_many`` returns verdicts with
+    ``status`` and ``pass_fraction``), under ``limits`` (None: the sandbox's own). ``which`` picks the problem's hidden
     ``tests`` (training problems) or its ``public_tests``. An ``infra_error`` verdict counts as 0
     and is reported in `Evaluation.statuses`, never as a pass."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, sandbox: Any, *, which: Literal["tests", "public_tests"] = "tests", limits: Any = None) -> None:
+    def __init__(self, sandbox: ProgramRunner, *, which: Literal["tests", "public_tests"] = "tests",
+                 limits: Limits | None = None) -> None:
         self.sandbox = sandbox
         self.which = which
         self.limits = limits
@@ -232,12 +235,11 @@ class TestEvaluator:
 
     async def execute(self, problem: Problem, rollouts: Sequence[RolloutSpec], *, mode: PromptMode) -> tuple[list[float], list[str]]:
         """(pass fraction, verdict status) of every rollout, each distinct program run once."""
-        tests: list[TestCase] = list(getattr(problem, self.which))
+        tests: list[TestCase] = list(problem.tests if self.which == "tests" else problem.public_tests)
         programs = [assemble_program(problem, r.code, mode) for r in rollouts]
         todo = list(dict.fromkeys(p for p in programs if p not in self._cache))
         if todo:
-            kwargs = {"limits": self.limits} if self.limits is not None else {}
-            verdicts = await self.sandbox.run_many([(p, tests, problem.entry_point) for p in todo], **kwargs)
+            verdicts = await self.sandbox.run_many([(p, tests, problem.entry_point) for p in todo], self.limits)
             for p, v in zip(todo, verdicts, strict=True):
                 ok = v.status != "infra_error"
                 self._cache[p] = (float(v.pass_fraction) if ok else 0.0, str(v.status))
@@ -260,7 +262,8 @@ class ExecutedRewards:
     """``evaluator`` values the tree; every rollout is also executed on the problem's tests and its
     pass fraction reported as the reward (value data collected with the decoding settings)."""
 
-    def __init__(self, evaluator: Evaluator, sandbox: Any, *, which: Literal["tests", "public_tests"] = "tests", limits: Any = None) -> None:
+    def __init__(self, evaluator: Evaluator, sandbox: ProgramRunner, *, which: Literal["tests", "public_tests"] = "tests",
+                 limits: Limits | None = None) -> None:
         self.evaluator = evaluator
         self.tests = TestEvaluator(sandbox, which=which, limits=limits)
         self.version = f"{evaluator.version}+{self.tests.version}"

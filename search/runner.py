@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
-from models.base import Policy, ValueModel
+from models.base import Policy, PreparingValueModel, ValueModel
+from sandbox.api import ProgramRunner
 from search.context import ProgressCallback, SearchRun
 from search.evaluators import Evaluator
 from search.strategies import STRATEGIES
@@ -36,7 +36,7 @@ async def run_search(
     value: ValueModel | None,
     config: SearchConfig,
     *,
-    sandbox: Any = None,
+    sandbox: ProgramRunner | None = None,
     evaluator: Evaluator | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> SearchResult:
@@ -50,7 +50,7 @@ async def run_search(
         raise ValueError("run_search needs a value model or an evaluator")
     run = SearchRun(problem, policy, evaluator, config, sandbox=sandbox, on_progress=on_progress)
     # the value model may warm its cache for the problem while the first expansion samples
-    prepare = getattr(value, "prepare", None) if value is not None else None
+    prepare = value if isinstance(value, PreparingValueModel) else None
     warm = asyncio.get_running_loop().create_task(_warm(prepare, problem)) if prepare is not None else None
     deadline = config.budget.deadline_s
     timeout = asyncio.timeout(deadline) if deadline is not None else None
@@ -83,11 +83,11 @@ async def run_search(
     return result
 
 
-async def _warm(prepare: Any, problem: Problem) -> None:
+async def _warm(value: PreparingValueModel, problem: Problem) -> None:
     """A value model's ``prepare``: an optimisation, so a failure is logged and scoring (which
     reports errors) goes on."""
     try:
-        await prepare(problem)
+        await value.prepare(problem)
     except Exception as exc:
         logger.warning("value model prepare failed for problem %s: %s", problem.id, exc)
 

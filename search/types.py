@@ -37,9 +37,9 @@ class SearchConfig(BaseModel):
     strategy: StrategyName = "vm_mcts"
     budget: Budget = Field(default_factory=Budget)
     k: int = Field(default=5, ge=1, le=64, description="continuations per expansion (n of one policy request)")
-    num_decision: int | None = Field(default=None, ge=1, description="children kept selectable per node; None = k")
-    c_uct: float = Field(default=0.1, ge=0, description="UCT exploration constant C (0.2 when collecting value data)")
-    eps_uct: float = Field(default=0.1, gt=0, description="UCT epsilon in the visit denominator")
+    num_decision: int | None = Field(default=None, ge=1, le=64, description="children kept selectable per node; None = k")
+    c_uct: float = Field(default=0.1, ge=0, le=10, description="UCT exploration constant C (0.2 when collecting value data)")
+    eps_uct: float = Field(default=0.1, gt=0, le=10, description="UCT epsilon in the visit denominator")
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_tokens: int = Field(default=512, ge=1, le=8192, description="max new tokens per policy request")
@@ -53,12 +53,12 @@ class SearchConfig(BaseModel):
         default="one",
         description="a child chosen by several samples of one expansion starts with N = 1 (one, the spec) or N = that many samples, W = N * V (samples, the reference's duplicate counting)",
     )
-    prompt_mode: Literal["continue", "rewrite"] | None = Field(default=None, description="None = the policy's measured default")
+    prompt_mode: Literal["continue", "rewrite"] | None = Field(default=None, description="prompt format; None = the policy's measured default")
     rerank_with_tests: bool = Field(default=False, description="execute candidates on the problem's public tests and rank by pass fraction, then value")
     stop_when_solved: bool = Field(default=False, description="with test-based evaluation: stop at the first candidate passing all public tests")
-    seed: int | None = None
-    record_trace: bool = False
-    top_candidates: int = Field(default=5, ge=0, le=100)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="seeds the search's random choices and its policy requests (signed 64-bit)")
+    record_trace: bool = Field(default=False, description="keep the search's full trace (tree, samples, values) in the result")
+    top_candidates: int = Field(default=5, ge=0, le=100, description="candidates returned besides the chosen program")
 
 
 class Usage(BaseModel):

@@ -24,13 +24,13 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.base import EngineDeadError
+from models.base import EngineDeadError, PingablePolicy
 from server import playground
 from server.deps import STRATEGY_KEY
 from server.errors import APIError, error_body, install_error_handlers
 from server.metrics import Metrics
 from server.routes import admin, openai, ops, solve
-from server.services import Services, maybe_await
+from server.services import Services
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,9 +71,8 @@ def build_app(settings: Settings | None = None, *, services: Services | None = N
                 task.cancel()
             if services is None:  # we built them: we close them
                 await svc.registry.close()
-                close = getattr(svc.sandbox, "close", None)
-                if close is not None:
-                    await maybe_await(close())
+                if svc.sandbox is not None:
+                    svc.sandbox.close()
 
     app = FastAPI(
         title="restrl",
@@ -92,22 +91,21 @@ def build_app(settings: Settings | None = None, *, services: Services | None = N
 
 async def _load_initial(services: Services, settings: Settings) -> None:
     try:
-        await services.registry.load_initial(settings.policy, settings.value)
+        await services.registry.load_initial(settings.policy.model, settings.value.model)
     except Exception:
         logger.exception("loading the initial models failed; /ready reports why")
 
 
 async def _watch_engine(app: FastAPI, services: Services) -> None:
-    """Ping the active policy (if it has ``ping``); on `EngineDeadError`, record it and ask the
+    """Ping the active policy (a `PingablePolicy`); on `EngineDeadError`, record it and ask the
     runner to exit so that the supervisor restarts the process (the engine cannot be revived)."""
     while True:
         await asyncio.sleep(ENGINE_WATCH_S)
         try:
             async with services.registry.acquire() as pair:  # held: a swap cannot close it mid-ping
-                ping = getattr(pair.policy, "ping", None)
-                if ping is None or pair.retired:
+                if not isinstance(pair.policy, PingablePolicy) or pair.retired:
                     continue
-                await asyncio.wait_for(ping(), 30)
+                await asyncio.wait_for(pair.policy.ping(), 30)
         except EngineDeadError as exc:
             services.engine_dead = str(exc)
             request_exit = getattr(app.state, "request_exit", None)

@@ -1,7 +1,8 @@
 """`restrl serve` (the HTTP service under uvicorn) and `restrl solve FILE|-` (a client of it).
 
-``restrl serve`` takes one flag per `server.settings.Settings` field (``--max-samples 50``); a flag
-overrides the ``RESTRL_*`` variable, which overrides the default. Secrets (admin token, API keys)
+``restrl serve`` takes one flag per `server.settings.Settings` field (``--max-samples 50``, and for the
+nested policy, value and sandbox configs ``--policy.kv-cache-gib 2``; ``--policy DIR`` and ``--value
+DIR`` name the checkpoints); a flag overrides the ``RESTRL_*`` variable, which overrides the default. Secrets (admin token, API keys)
 are read from the environment only, so that they never appear in a process list.
 
 ``restrl solve`` posts a problem (a /v1/solve body, a problem object with ``statement``, or a line
@@ -34,20 +35,52 @@ def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
         return _flag_type(args[0])
     if origin is typing.Literal:
         return str, [str(a) for a in args]
-    if annotation in (int, float, str):
+    if annotation in (int, float, str, bool):
         return annotation, None
     return str, None
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    from server.settings import Settings
+    """One flag per setting: ``--max-samples``, ``--policy.kv-cache-gib``; ``--policy`` / ``--value``
+    name the checkpoints; the flat flags of earlier releases (``--kv-cache-gib``) still parse, hidden."""
+    from server.settings import RENAMED, env_name, setting_rows
 
-    for name, field in Settings.model_fields.items():
-        if name in SECRET_FIELDS:
+    for side in ("policy", "value"):
+        parser.add_argument(f"--{side}", dest=f"setting:{side}.model", default=None, metavar="CHECKPOINT",
+                            help=f"the {side} model: a folder, a LoRA adapter folder or a hub id [env {env_name(side)}]")
+    for key, field in setting_rows():
+        if key in SECRET_FIELDS or key in ("policy.model", "value.model"):
             continue
         kind, choices = _flag_type(field.annotation)
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", type=kind, choices=choices,
-                            default=None, metavar=name.upper(), help=f"{field.description} [env RESTRL_{name.upper()}]")
+        default = field.get_default(call_default_factory=True)
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=f"setting:{key}", type=_bool if kind is bool else kind,
+                            choices=choices, default=None, metavar=key.rsplit(".", 1)[-1].upper(),
+                            help=f"{field.description} (default {default}) [env {env_name(key)}]")
+    for old in RENAMED:
+        parser.add_argument(f"--{old.replace('_', '-')}", dest=f"setting:{old}", default=None, help=argparse.SUPPRESS)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags set, nested (``{"policy": {"kv_cache_gib": 2.0}}``): init arguments of
+    `Settings`, merged over the environment."""
+    out: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith("setting:") or value is None:
+            continue
+        *parents, leaf = dest[len("setting:"):].split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,8 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import build_app
     from server.settings import Settings
 
-    overrides = {k[len("setting_"):]: v for k, v in vars(args).items() if k.startswith("setting_") and v is not None}
-    settings = Settings(**overrides)
+    settings = Settings(**settings_overrides(args))
     app = build_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s), timeout_keep_alive=KEEP_ALIVE_S,

@@ -1,83 +1,70 @@
-"""The real services: model loading from checkpoint folders, the value batcher, the sandbox.
+"""The real services: models loaded the way the settings say, on the pieces of `search.stack`.
 
-`EngineLoader` maps a checkpoint folder to `models.EngineConfig` / `models.ValueConfig` using the
-server's engine settings: a LoRA policy adapter (``restrl.json`` format ``lora``) is applied on its
-base and may reuse the running engine; a full checkpoint gets an engine of its own. Every folder is
-verified against its manifest before any weight is read (`models.checkpoints.inspect_directory`).
-`build_services(settings)` assembles what `server.app.build_app` needs when a test gives nothing.
+`EngineLoader` maps a checkpoint source to the nested `Settings.policy` / `Settings.value` configs
+(a folder, a LoRA adapter applied on its base - reusing the running engine when it can - or a hub
+id; None = what the settings name) and loads it with the same code every job uses
+(`models.load_policy`, `search.stack.load_value`). It applies the pairing rule of
+`search.stack`: a policy of another base than the embedded default gets no value model unless
+``RESTRL_VALUE`` names one (or ``RESTRL_VALUE__ANY_POLICY`` allows the shipped one), and `match`
+says whether a value model may guide a policy. `build_services(settings)` assembles what
+`server.app.build_app` needs when a test gives nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
 
 from models.base import Policy, ValueModel
-from server.services import Services, assemble_services, value_pauses_engine
+from models.config import EngineConfig
+from models.loading import load_policy
+from search import run_search
+from search.stack import (
+    NoValueModel,
+    ValueMatch,
+    choose_value,
+    load_value,
+    open_sandbox,
+    value_match,
+    value_pauses_engine,
+)
+from server.services import Services, assemble_services
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 class EngineLoader:
-    """Loads policies and value models the way the server's settings say. ``engine_config``: a
-    template `models.EngineConfig` used instead of the settings' engine options (its ``model`` and
-    ``adapter`` are replaced per checkpoint)."""
+    """Loads policies and value models the way the server's settings say."""
 
-    def __init__(self, settings: Settings, *, engine_config: Any = None):
+    def __init__(self, settings: Settings):
         self._settings = settings
-        self._template = engine_config
 
-    def _base_config(self) -> Any:
-        from models import EngineConfig
-
-        if self._template is not None:
-            return self._template.model_copy(update={"model": None, "adapter": None})
-        s = self._settings
-        options: dict[str, Any] = {"engine": s.engine, "seed": s.seed, "tensor_parallel_size": s.tensor_parallel_size}
-        for name in ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "dtype", "max_lora_rank"):
-            if getattr(s, name) is not None:
-                options[name] = getattr(s, name)
-        return EngineConfig(**options)
-
-    def engine_config(self, source: str | None) -> Any:
-        """The `EngineConfig` of a policy checkpoint folder (None = the embedded default)."""
-        from models import default_model_path
-        from models.checkpoints import inspect_directory
-
-        config = self._base_config()
-        if source is None:
-            return config
-        manifest, _ = inspect_directory(source, kind="policy")
-        if manifest is not None and manifest.format == "lora":
-            base = Path(manifest.base).expanduser()
-            # the default base stays model=None so that the adapter can reuse the running default engine
-            default = base.is_dir() and base.resolve() == default_model_path().resolve()
-            model = str(base) if base.is_dir() and not default else None
-            return config.model_copy(update={"model": model, "adapter": source})
-        return config.model_copy(update={"model": source})
+    def engine_config(self, source: str | None) -> EngineConfig:
+        """The `EngineConfig` of a policy source: the settings' policy, on the weights ``source``
+        names (None = the embedded default; the settings' own checkpoint keeps their adapter)."""
+        policy = self._settings.policy
+        if source == policy.model:
+            return policy
+        return policy.model_copy(update={"model": source, "adapter": None})
 
     async def load_policy(self, source: str | None, *, reuse: Policy | None = None) -> Policy:
-        from models import load_policy
-
         return await load_policy(self.engine_config(source), reuse=reuse)
 
-    async def load_value(self, source: str | None) -> ValueModel:
-        from models import ValueConfig, load_value_model
-        from models.value import cpu_threads
-
+    async def load_value(self, source: str | None, *, policy: Policy) -> ValueModel:
+        """The value model ``source`` names for ``policy`` (None: the settings' choice), or a
+        `NoValueModel` where none may guide it."""
         s = self._settings
-        return await load_value_model(ValueConfig(
-            model=source, seed=s.seed, device=s.value_device, threads=cpu_threads(s.value_threads, exclusive=value_pauses_engine(s)),
-            dtype=s.value_dtype, pack_tokens=s.value_pack_tokens,
-        ))
+        cfg = choose_value(s.value.model_copy(update={"model": source}), policy.base_model)
+        if cfg is None:
+            return NoValueModel(f"no value model for the policy {policy.base_model}: set RESTRL_VALUE to one trained on"
+                                " its rollouts (restrl train collect-values, then restrl train value)")
+        return await load_value(cfg, pauses=value_pauses_engine(s.policy, cfg))
+
+    def match(self, policy: Policy, value: ValueModel) -> ValueMatch:
+        return value_match(policy.base_model, value, any_policy=self._settings.value.any_policy)
 
 
 def build_services(settings: Settings) -> Services:
     """The production services (models are loaded later, by the app's lifespan)."""
-    from sandbox import Sandbox
-    from search import run_search
-
     return assemble_services(settings, loader=EngineLoader(settings), search_fn=run_search,
-                             sandbox=Sandbox(workers=settings.sandbox_workers))
+                             sandbox=open_sandbox(settings.sandbox))

@@ -319,9 +319,15 @@ class SwapRequest(BaseModel):
 class PairInfo(BaseModel):
     pair_id: int
     policy_version: str
-    value_version: str
+    value_version: str = Field(description="the value model's version; '(trained for X)' when that is not this policy's base")
     policy_source: str | None
     value_source: str | None
+    policy_base: str = Field(description="the base model the policy derives from")
+    value_trained_for: str | None = Field(description="the base of the policy whose rollouts trained the value model (None: unknown)")
+    value_match: Literal["matches", "other_policy", "unknown", "none"] = Field(
+        description="matches (trained for this policy's base), other_policy, unknown (no record: untrained or no manifest), none (no value model)")
+    searches_allowed: bool = Field(description="whether searches run: false when the value model may not guide this policy (searches answer 400)")
+    value_note: str = Field(description="what is wrong with the pairing, if anything")
     loaded_at: float
     in_flight: int
 

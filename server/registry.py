@@ -6,7 +6,11 @@ and keeps it until it finishes, so a swap never changes the models under a runni
 
 `swap()` loads the new side(s) next to the old ones (a LoRA policy adapter may reuse the running
 engine: `models.load_policy(..., reuse=old)`), probes the new pair with one real expansion and one
-value call, then makes it active in one assignment. The previous pair is *retired*: its models
+value call, then makes it active in one assignment. Every pair carries its `search.ValueMatch`
+(whether its value model may guide its policy: `search.stack`); a value model that may not is
+neither probed nor used, and the log, ``/ready``, ``/admin/models`` and every response's
+``value_version`` say so. A new policy of another base with the value left to the settings (no
+value source) gets the value model the settings give that policy, as at start-up. The previous pair is *retired*: its models
 are closed once its last request releases it (models shared with the new pair stay open). Any
 failure closes what was loaded and leaves the old pair serving; the error names the file at fault.
 `rollback()` reloads the pair that was active before the last swap.
@@ -18,13 +22,14 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from models.base import CheckpointError, Policy, ValueModel
-from models.prompting import PromptMode, join_code, render_prompt, root_state
+from models.base import CheckpointError, PausablePolicy, Policy, ValueModel
+from models.prompting import join_code, render_prompt, root_state
+from search.stack import ValueMatch
 from server.errors import SwapFailed, Unavailable
 from server.metrics import Metrics
 from server.protocol import ModelsStatus, PairInfo, SwapEvent
@@ -41,20 +46,25 @@ PROBE_PROBLEM = Problem(
 
 
 class ModelLoader(Protocol):
-    """Loads models from checkpoint folders (None = the embedded defaults); `server.loading`."""
+    """Loads models from checkpoint folders (None = the settings' choice); `server.loading`."""
 
     async def load_policy(self, source: str | None, *, reuse: Policy | None = None) -> Policy: ...
 
-    async def load_value(self, source: str | None) -> ValueModel: ...
+    async def load_value(self, source: str | None, *, policy: Policy) -> ValueModel: ...
+
+    def match(self, policy: Policy, value: ValueModel) -> ValueMatch:
+        """Whether ``value`` may guide ``policy`` (`search.stack.value_match`)."""
+        ...
 
 
 BatcherFactory = Callable[[ValueModel], ValueModel]
 
 
-async def probe(policy: Policy, value: ValueModel, *, metrics: Metrics | None = None) -> dict[str, Any]:
-    """One real expansion (a short greedy continuation of a fixed problem) and one value call."""
+async def probe(policy: Policy, value: ValueModel | None, *, metrics: Metrics | None = None) -> dict[str, Any]:
+    """One real expansion (a short greedy continuation of a fixed problem) and one value call
+    (``value`` None: none, the pair's value model may not be used)."""
     start = time.monotonic()
-    mode: PromptMode = getattr(policy, "prompt_mode", "rewrite")
+    mode = policy.prompt_mode
     state = root_state(PROBE_PROBLEM, mode)
     prompt = render_prompt(policy.tokenizer, PROBE_PROBLEM, state, mode)
     samples = await policy.sample(prompt, n=1, max_tokens=8, temperature=0.0)
@@ -63,6 +73,8 @@ async def probe(policy: Policy, value: ValueModel, *, metrics: Metrics | None = 
     if metrics is not None:
         s = samples[0]
         metrics.observe_engine(generated=s.tokens, prompt=s.prompt_tokens, cached=s.cached_prompt_tokens)
+    if value is None:
+        return {"expansion_tokens": samples[0].tokens, "value": None, "seconds": round(time.monotonic() - start, 3)}
     scores = await value.score(PROBE_PROBLEM, [join_code(state, samples[0].text)])
     if len(scores) != 1 or not 0.0 <= scores[0] <= 1.0:
         raise RuntimeError(f"probe value call returned {scores!r}, expected one score in [0, 1]")
@@ -77,14 +89,25 @@ class ModelPair:
     raw_value: ValueModel
     policy_source: str | None
     value_source: str | None
+    match: ValueMatch  # whether the value model may guide the policy
     loaded_at: float = field(default_factory=time.time)
     refs: int = 0
     retired: bool = False
 
+    @property
+    def value_version(self) -> str:
+        """The value model's version as responses report it: with what it was trained for when
+        that is not the served policy's base (or is unknown)."""
+        if self.match.status in ("other_policy", "unknown") and self.match.trained_for != self.match.policy_base:
+            return f"{self.value.version} (trained for {self.match.trained_for or 'an unknown policy'})"
+        return self.value.version
+
     def info(self) -> PairInfo:
-        return PairInfo(pair_id=self.pair_id, policy_version=self.policy.version, value_version=self.value.version,
+        return PairInfo(pair_id=self.pair_id, policy_version=self.policy.version, value_version=self.value_version,
                         policy_source=self.policy_source, value_source=self.value_source,
-                        loaded_at=self.loaded_at, in_flight=self.refs)
+                        policy_base=self.match.policy_base, value_trained_for=self.match.trained_for,
+                        value_match=self.match.status, searches_allowed=self.match.allowed,
+                        value_note=self.match.message, loaded_at=self.loaded_at, in_flight=self.refs)
 
 
 class ModelRegistry:
@@ -110,11 +133,10 @@ class ModelRegistry:
         that cannot pause): the `ValueBatcher` hold of CPU time-sharing. Resolved per batch, so it
         follows policy swaps."""
         pair = self.active
-        paused = getattr(pair.policy, "paused", None) if pair is not None else None
-        if paused is None:
+        if pair is None or not isinstance(pair.policy, PausablePolicy):
             yield
             return
-        async with paused():
+        async with pair.policy.paused():
             started = time.perf_counter()
             try:
                 yield
@@ -152,10 +174,12 @@ class ModelRegistry:
         if self.active is not None:
             raise RuntimeError("install() is for the first pair; use swap() afterwards")
         batcher = self._batcher_factory(value)
-        await asyncio.wait_for(probe(policy, batcher, metrics=self._metrics), self._probe_timeout_s)
+        match = self._loader.match(policy, value)
+        await asyncio.wait_for(probe(policy, batcher if match.allowed else None, metrics=self._metrics), self._probe_timeout_s)
         self.active = ModelPair(pair_id=next(self._ids), policy=policy, value=batcher, raw_value=value,
-                                policy_source=policy_source, value_source=value_source)
-        self._metrics.set_active_pair(policy.version, batcher.version)
+                                policy_source=policy_source, value_source=value_source, match=match)
+        self._note(self.active)
+        self._metrics.set_active_pair(policy.version, self.active.value_version)
         self._record("load", "ok", policy_source, value_source, "installed", 0.0)
         return self.active
 
@@ -186,12 +210,16 @@ class ModelRegistry:
             try:
                 if change_policy:
                     new_policy = await self._loader.load_policy(policy_src, reuse=old.policy if old else None)
-                if change_value:
-                    new_value = await self._loader.load_value(value_src)
                 policy = new_policy if new_policy is not None else old.policy  # type: ignore[union-attr]
+                if old is not None and not change_value and old.value_source is None and policy.base_model != old.policy.base_model:
+                    change_value, value_src = True, None  # the settings' value model for a policy of another base
+                if change_value:
+                    new_value = await self._loader.load_value(value_src, policy=policy)
                 raw_value = new_value if new_value is not None else old.raw_value  # type: ignore[union-attr]
                 batcher = self._batcher_factory(raw_value) if new_value is not None or old is None else old.value
-                result = await asyncio.wait_for(probe(policy, batcher, metrics=self._metrics), self._probe_timeout_s)
+                match = self._loader.match(policy, raw_value)
+                result = await asyncio.wait_for(probe(policy, batcher if match.allowed else None, metrics=self._metrics),
+                                                self._probe_timeout_s)
             except BaseException as exc:
                 for model in (batcher if batcher is not (old.value if old else None) else None, new_value, new_policy):
                     if model is not None:
@@ -206,10 +234,11 @@ class ModelRegistry:
                 pair_id=next(self._ids), policy=policy, value=batcher, raw_value=raw_value,
                 policy_source=policy_src if change_policy else old.policy_source,  # type: ignore[union-attr]
                 value_source=value_src if change_value else old.value_source,  # type: ignore[union-attr]
+                match=match,
             )
             self.active = pair  # the swap: new requests take this pair from here on
             self.load_error = None
-            self._metrics.set_active_pair(policy.version, batcher.version)
+            self._metrics.set_active_pair(policy.version, pair.value_version)
             if old is not None:
                 if kind == "rollback":
                     self._previous.pop()
@@ -221,11 +250,21 @@ class ModelRegistry:
                 else:
                     self._retired.append(old)
             seconds = time.monotonic() - start
+            note = f"; {match.message}" if match.message else ""
             self._record(kind, "ok", pair.policy_source, pair.value_source,
-                         f"policy {policy.version}, value {batcher.version}, probe {result}", seconds)
+                         f"policy {policy.version}, value {pair.value_version}, probe {result}{note}", seconds)
             logger.info("%s: pair %d active (policy %s, value %s) in %.2fs", kind, pair.pair_id,
-                        policy.version, batcher.version, seconds)
+                        policy.version, pair.value_version, seconds)
+            self._note(pair)
             return pair
+
+    @staticmethod
+    def _note(pair: ModelPair) -> None:
+        """Say in the log when the pair's value model does not match its policy."""
+        if pair.match.message:
+            logger.warning("pair %d: %s%s", pair.pair_id, pair.match.message,
+                           "" if pair.match.allowed else "; searches answer 400 until RESTRL_VALUE names a value model"
+                           " trained for this policy (or RESTRL_VALUE__ANY_POLICY=true)")
 
     def _record(self, kind: Literal["load", "swap", "rollback"], result: Literal["ok", "failed"],
                 policy: str | None, value: str | None, message: str, seconds: float) -> None:
@@ -275,11 +314,8 @@ def _describe_failure(exc: BaseException, policy: str | None, value: str | None)
     return f"{what} ({sources})" if sources else what
 
 
-async def _close_quietly(model: Any) -> None:
-    close: Callable[[], Awaitable[None]] | None = getattr(model, "close", None)
-    if close is None:
-        return
+async def _close_quietly(model: Policy | ValueModel) -> None:
     try:
-        await close()
+        await model.close()
     except Exception:  # closing must never break a swap or a shutdown
         logger.exception("closing %r failed", model)

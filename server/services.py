@@ -14,21 +14,26 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastapi import Request
 
+from models.base import Policy, ValueModel
+from sandbox.api import Job, ProgramRunner
+from sandbox.limits import Limits, Verdict
+from search.batcher import ValueBatcher
+from search.stack import batch_values, value_pauses_engine
 from search.types import SearchConfig, SearchProgress, SearchResult
 from server.admission import AdmissionController
-from server.errors import ClientDisconnected
+from server.errors import ClientDisconnected, InvalidRequest
 from server.metrics import Metrics
 from server.protocol import ServerLimits
 from server.registry import ModelLoader, ModelPair, ModelRegistry
 from server.settings import Settings
-from tasks import Problem
+from tasks import Problem, TestCase
 
 logger = logging.getLogger(__name__)
 
@@ -37,40 +42,40 @@ DEADLINE_GRACE_S = 30.0  # beyond the budget's own deadline, before the server c
 
 
 class SearchFn(Protocol):
-    async def __call__(self, problem: Problem, policy: Any, value: Any, config: SearchConfig, *,
-                       sandbox: Any = None, on_progress: Any = None) -> SearchResult: ...
+    async def __call__(self, problem: Problem, policy: Policy, value: ValueModel | None, config: SearchConfig, *,
+                       sandbox: ProgramRunner | None = None,
+                       on_progress: Callable[[SearchProgress], Awaitable[None] | None] | None = None) -> SearchResult: ...
 
 
 class MeteredSandbox:
-    """Delegates to a sandbox and counts every verdict's status in `restrl:sandbox_verdicts_total`."""
+    """A `ProgramRunner` that delegates to a sandbox and counts every verdict's status in
+    `restrl:sandbox_verdicts_total`."""
 
-    def __init__(self, sandbox: Any, metrics: Metrics):
+    def __init__(self, sandbox: ProgramRunner, metrics: Metrics):
         self._sandbox = sandbox
         self._metrics = metrics
 
-    def _count(self, verdicts: Any) -> None:
+    def _count(self, verdicts: Sequence[Verdict]) -> None:
         for verdict in verdicts:
-            status = getattr(verdict, "status", None)
-            if status is not None:
-                self._metrics.sandbox_verdicts.labels(str(status)).inc()
+            self._metrics.sandbox_verdicts.labels(str(verdict.status)).inc()
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        verdict = self._sandbox.run(*args, **kwargs)
+    async def arun(self, program: str, tests: Sequence[TestCase], limits: Limits | None = None, *,
+                   entry_point: str | None = None) -> Verdict:
+        verdict = await self._sandbox.arun(program, tests, limits, entry_point=entry_point)
         self._count([verdict])
         return verdict
 
-    async def arun(self, *args: Any, **kwargs: Any) -> Any:
-        verdict = await self._sandbox.arun(*args, **kwargs)
-        self._count([verdict])
-        return verdict
-
-    async def run_many(self, *args: Any, **kwargs: Any) -> Any:
-        verdicts = await self._sandbox.run_many(*args, **kwargs)
+    async def run_many(self, jobs: Sequence[Job], limits: Limits | None = None, *,
+                       entry_point: str | None = None) -> list[Verdict]:
+        verdicts = await self._sandbox.run_many(jobs, limits, entry_point=entry_point)
         self._count(verdicts)
         return verdicts
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sandbox, name)
+    def capabilities(self) -> dict[str, Any]:
+        return self._sandbox.capabilities()
+
+    def close(self) -> None:
+        self._sandbox.close()
 
 
 @dataclass
@@ -80,7 +85,7 @@ class Services:
     admission: AdmissionController
     metrics: Metrics
     search_fn: SearchFn
-    sandbox: Any = None  # MeteredSandbox (None: re-ranking with tests unavailable)
+    sandbox: MeteredSandbox | None = None  # None: re-ranking with tests unavailable
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     ready_cache: tuple[float, int, dict[str, Any]] | None = None  # (time, pair id, report)
     engine_dead: str | None = None  # set by the app's engine watchdog: why the policy engine died
@@ -103,6 +108,17 @@ class Services:
             raise
         return stack, pair
 
+    def check_value(self, pair: ModelPair | None = None) -> None:
+        """400 when the pair's value model may not guide its policy (`search.stack`'s pairing
+        rule): every strategy ranks by it. ``pair``: the held one (default: the active one)."""
+        pair = pair or self.registry.active
+        if pair is None or pair.match.allowed:
+            return
+        raise InvalidRequest(f"searches are refused on this server: {pair.match.message}. Set RESTRL_VALUE to a value model"
+                             " trained on this policy's rollouts (restrl train collect-values, then restrl train value), or"
+                             " RESTRL_VALUE__ANY_POLICY=true to search with this one anyway; plain completions (no 'search')"
+                             " work", field="strategy")
+
     async def run_search(
         self,
         request: Request,
@@ -113,6 +129,7 @@ class Services:
         on_progress: Callable[[SearchProgress], Awaitable[None] | None] | None = None,
     ) -> SearchResult:
         """Run one search on ``pair``; cancelled on client disconnect or past the deadline."""
+        self.check_value(pair)
         sandbox = self.sandbox if config.rerank_with_tests else None
         task = asyncio.create_task(
             self.search_fn(problem, pair.policy, pair.value, config, sandbox=sandbox, on_progress=on_progress)
@@ -159,33 +176,18 @@ async def maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-def value_pauses_engine(settings: Settings) -> bool:
-    """Whether value batches pause the policy engine (`search.batcher.pauses_engine` on the
-    settings). Only vLLM can pause: with ``engine=hf`` the answer is no, whatever the setting."""
-    from models.config import resolve_device
-    from search.batcher import pauses_engine
-
-    if settings.engine != "vllm":
-        if settings.value_cpu_sharing == "pause":
-            logger.warning("value_cpu_sharing=pause: the %s engine cannot pause; the value model runs beside it", settings.engine)
-        return False
-    on_cpu = resolve_device("auto") == "cpu"
-    return pauses_engine(settings.value_cpu_sharing, engine_on_cpu=on_cpu, value_device=resolve_device(settings.value_device))
-
-
-def assemble_services(settings: Settings, *, loader: ModelLoader, search_fn: SearchFn, sandbox: Any = None,
+def assemble_services(settings: Settings, *, loader: ModelLoader, search_fn: SearchFn, sandbox: ProgramRunner | None = None,
                       metrics: Metrics | None = None) -> Services:
-    """Services around a model loader: metrics, registry (value calls batched by `ValueBatcher`),
-    admission control, and the sandbox wrapped to count verdicts."""
-    from search import ValueBatcher
-
+    """Services around a model loader: metrics, registry (value calls batched by the stack's
+    `ValueBatcher`, pausing the engine per the CPU-sharing rule), admission control, and the
+    sandbox wrapped to count verdicts."""
     metrics = metrics or Metrics()
 
-    pause = value_pauses_engine(settings)
+    pause = value_pauses_engine(settings.policy, settings.value)
 
-    def batcher(value: Any) -> Any:
-        return ValueBatcher(value, max_batch=settings.value_batch_max, max_wait_ms=settings.value_batch_wait_ms,
-                            on_batch=metrics.value_batch_size.observe, hold=registry.policy_paused if pause else None)
+    def batcher(value: ValueModel) -> ValueBatcher:
+        return batch_values(value, settings.value, on_batch=metrics.value_batch_size.observe,
+                            hold=registry.policy_paused if pause else None)
 
     registry = ModelRegistry(loader, metrics, batcher_factory=batcher, probe_timeout_s=settings.ready_timeout_s)
     admission = AdmissionController(max_active=settings.max_concurrent_searches, max_queued=settings.max_queued,

@@ -1,33 +1,99 @@
 """Every server setting, read from the environment (prefix ``RESTRL_``) in this one module.
 
-`restrl serve` flags override the environment (``Settings(**flags)``: init arguments win). A list
-setting (``RESTRL_API_KEYS``) is comma-separated. Secrets are `SecretStr` and never logged.
+The models and the sandbox are the configs every job shares, nested here, not re-declared:
+``policy`` is a `models.EngineConfig`, ``value`` a `models.ValueConfig`, ``sandbox`` a
+`sandbox.SandboxConfig`. Their fields are ``RESTRL_POLICY__KV_CACHE_GIB``, ``RESTRL_VALUE__DTYPE``,
+``RESTRL_SANDBOX__WORKERS``, ... (``--policy.kv-cache-gib`` on `restrl serve`); ``RESTRL_POLICY`` and
+``RESTRL_VALUE`` alone name the checkpoint (a folder, a LoRA adapter, or a hub id). The flat names
+of earlier releases (``RESTRL_KV_CACHE_GIB``, ``RESTRL_VALUE_DTYPE``, ...) are still read, each with a
+warning naming its new variable (`RENAMED`). `restrl serve` flags override the environment
+(``Settings(**flags)``: init arguments win). A list setting (``RESTRL_API_KEYS``) is comma-separated.
+Secrets are `SecretStr` and never logged.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import logging
+import os
+from collections.abc import Iterator
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from models.config import EngineConfig, ValueConfig, move_renamed_keys
+from sandbox.api import SandboxConfig
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "RESTRL_"
+NESTED = ("policy", "value", "sandbox")  # the shared configs, by their field here
+# flat names of earlier releases -> their field now (RESTRL_<OLD> and `--<old>` still work, with a warning)
+RENAMED: dict[str, tuple[str, ...]] = {
+    "engine": ("policy.engine",),
+    "max_model_len": ("policy.max_model_len",),
+    "kv_cache_gib": ("policy.kv_cache_gib",),
+    "gpu_memory_utilization": ("policy.gpu_memory_utilization",),
+    "tensor_parallel_size": ("policy.tensor_parallel_size",),
+    "dtype": ("policy.dtype",),
+    "max_lora_rank": ("policy.max_lora_rank",),
+    "seed": ("policy.seed", "value.seed"),
+    "sandbox_workers": ("sandbox.workers",),
+    "value_batch_max": ("value.batch_max",),
+    "value_batch_wait_ms": ("value.batch_wait_ms",),
+    "value_dtype": ("value.dtype",),
+    "value_device": ("value.device",),
+    "value_threads": ("value.threads",),
+    "value_cpu_sharing": ("value.cpu_sharing",),
+    "value_pack_tokens": ("value.pack_tokens",),
+}
+
+
+def env_name(key: str) -> str:
+    """The variable of a (dotted) settings key: ``policy.kv_cache_gib`` -> ``RESTRL_POLICY__KV_CACHE_GIB``."""
+    return PREFIX + key.replace(".", "__").upper()
+
+
+class _Env(EnvSettingsSource):
+    """The environment, where ``RESTRL_POLICY`` / ``RESTRL_VALUE`` may be a bare checkpoint path
+    (the ``model`` of the nested config) besides JSON, and nested fields merge with it."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if field_name in ("policy", "value"):
+                return {"model": value}
+            raise
+
+
+class _RenamedEnv(PydanticBaseSettingsSource):
+    """The flat variables of earlier releases (`RENAMED`), handed to `Settings` under their old
+    names, where `move_renamed_keys` moves them and warns."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {old: os.environ[PREFIX + old.upper()] for old in RENAMED if PREFIX + old.upper() in os.environ}
 
 
 class Settings(BaseSettings):
-    """The server's configuration (docs/api.md lists every field with its variable)."""
+    """The server's configuration (docs/api.md lists every variable)."""
 
-    model_config = SettingsConfigDict(env_prefix="RESTRL_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True)
 
-    # models
-    policy: str | None = Field(default=None, description="policy checkpoint folder (full weights or LoRA adapter with restrl.json); None = the embedded default model")
-    value: str | None = Field(default=None, description="value checkpoint folder; None = the default value model")
-    engine: Literal["vllm", "hf"] = Field(default="vllm", description="policy engine: vLLM (CPU or CUDA build) or transformers")
-    max_model_len: int | None = Field(default=None, ge=128, description="engine context length; None = the engine's default")
-    kv_cache_gib: float | None = Field(default=None, gt=0, description="vLLM CPU KV-cache size in GiB; None = the engine's default")
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, description="vLLM CUDA memory fraction")
-    tensor_parallel_size: int = Field(default=1, ge=1, description="vLLM tensor parallel size (GPUs)")
-    dtype: str | None = Field(default=None, description="weights dtype (auto, bfloat16, float32, ...); None = the engine's default")
-    max_lora_rank: int | None = Field(default=None, ge=1, description="largest LoRA rank an adapter may have; None = the engine's default")
-    seed: int = Field(default=0, description="engine-level seed")
+    # models and sandbox: the configs every job shares
+    policy: EngineConfig = Field(default_factory=EngineConfig, description="the policy (RESTRL_POLICY: its checkpoint)")
+    value: ValueConfig = Field(default_factory=ValueConfig, description="the value model (RESTRL_VALUE: its checkpoint)")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="the sandbox of public-test re-ranking")
     # network
     host: str = Field(default="127.0.0.1", description="bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="bind port (0 = any free port)")
@@ -46,24 +112,17 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, ge=0, description="graceful shutdown: how long in-flight requests may finish")
     ready_timeout_s: float = Field(default=60.0, gt=0, description="/ready: time allowed for the probe expansion + value call")
     ready_cache_s: float = Field(default=5.0, ge=0, description="/ready: how long a probe result is reused")
-    # services
-    sandbox_workers: int = Field(default=2, ge=1, le=256, description="sandbox worker processes (public-test re-ranking)")
-    value_batch_max: int = Field(default=32, ge=1, description="value batcher: most states per forward pass")
-    value_batch_wait_ms: float = Field(default=2.0, ge=0, description="value batcher: how long a batch waits to fill")
-    value_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="value model weights: auto = bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else float32"
-    )
-    value_device: str = Field(default="auto", description="value model torch device (cpu, cuda, cuda:1, ...); auto = cuda when a GPU is visible, else cpu")
-    value_threads: int = Field(default=0, ge=0, le=4096, description="value model CPU threads; 0 = all the CPUs when value batches pause the engine, else half")
-    value_cpu_sharing: Literal["auto", "pause", "concurrent"] = Field(
-        default="auto",
-        description="how the value model shares CPU cores with the policy engine: pause = each value batch pauses the (vLLM) engine and uses"
-        " all cores; concurrent = both run at once; auto = pause when both compute on the CPU (vLLM CPU build, value device cpu)",
-    )
-    value_pack_tokens: int | None = Field(
-        default=None, ge=0, le=65536,
-        description="value model on a CPU: states packed as a prefix tree, up to this many tokens per pass; 0 = padded batches; None = 384 on a CPU, 0 on a GPU",
-    )
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _Env(settings_cls), _RenamedEnv(settings_cls), dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return move_renamed_keys(data, RENAMED, what="restrl serve", name=lambda key: f"{env_name(key)} ({key})")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -71,3 +130,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+def setting_rows() -> Iterator[tuple[str, FieldInfo]]:
+    """Every leaf setting as (dotted key, field): ``policy.kv_cache_gib``, ..., ``port``."""
+    for name, field in Settings.model_fields.items():
+        nested = field.annotation if name in NESTED else None
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            for sub, sub_field in nested.model_fields.items():
+                yield f"{name}.{sub}", sub_field
+        else:
+            yield name, field

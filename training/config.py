@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from models.config import EngineConfig, move_renamed_keys, over_job_defaults
+from sandbox.api import SandboxConfig
+
 Algorithm = Literal["rest_grpo", "grpo", "dapo"]
 LossType = Literal["grpo", "dapo", "dr_grpo", "bnpo"]
-PromptModeSetting = Literal["auto", "continue", "rewrite"]
 
 
 class _Strict(BaseModel):
@@ -33,30 +35,14 @@ class DataConfig(_Strict):
     shuffle_seed: int | None = Field(default=None, description="shuffle problems with this seed before `limit`")
 
 
-class PolicyConfig(_Strict):
-    """The model being trained and the sampler of the iteration."""
-
-    base_model: str | None = Field(
-        default=None, description="HF folder of the base model; null = the embedded default (SmolLM2-135M-Instruct)"
-    )
-    adapter: Path | None = Field(
-        default=None,
-        description="LoRA adapter to start from (the previous iteration's output): it is both the sampler and the "
-        "initial trainable weights, so iterations chain",
-    )
-    prompt_mode: PromptModeSetting = Field(default="auto", description="auto = models.prompting.default_mode")
-
-
 class SamplingConfig(_Strict):
-    """Step 1 (ReST-GRPO and DAPO screening): N programs per problem from the serving engine."""
+    """Step 1 (ReST-GRPO and DAPO screening): N programs per problem from the serving engine
+    (``policy``: the model, its adapter and the engine's settings)."""
 
-    engine: Literal["vllm", "hf"] = Field(default="vllm", description="vllm (the serving engine) or hf (transformers)")
     n: int = Field(default=5, ge=2, description="samples per problem (N); >= 2 or no std exists")
     temperature: float = Field(default=0.7, gt=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=512, ge=8, description="spec: 1024 (GPU); 512 default on CPU")
-    engine_seed: int = Field(default=0, description="engine-level seed (per-request seeds crash the CPU build)")
-    kv_cache_gib: float = Field(default=2.0, gt=0.0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
 
 
 class FilterConfig(_Strict):
@@ -126,9 +112,17 @@ class DAPOConfig(_Strict):
     screen_rounds: int = Field(default=1, ge=1, description="screening passes over the pool")
 
 
-class SandboxSettings(_Strict):
-    workers: int = Field(default=2, ge=1, description="sandbox worker processes")
-    timeout_s: float = Field(default=5.0, gt=0.0, description="per-program wall limit")
+# keys of earlier releases -> their place now (still read, with a warning)
+RENAMED: dict[str, tuple[str, ...]] = {
+    "policy.base_model": ("policy.model",),
+    "sampling.engine": ("policy.engine",),
+    "sampling.engine_seed": ("policy.seed",),
+    "sampling.kv_cache_gib": ("policy.kv_cache_gib",),
+}
+
+
+def _policy() -> EngineConfig:
+    return EngineConfig(kv_cache_gib=2.0)
 
 
 class RestGRPOConfig(_Strict):
@@ -138,13 +132,26 @@ class RestGRPOConfig(_Strict):
     output_dir: Path = Field(description="run directory: samples, curated set, trainer state, metrics, final/")
     seed: int = Field(default=0, description="seeds partial-state draws, shuffling and the trainer")
     data: DataConfig
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    policy: EngineConfig = Field(
+        default_factory=_policy,
+        description="the model being trained (model: its base - a folder or hub id, null = the embedded default; adapter:"
+        " the LoRA adapter to start from, the previous iteration's final/, both the sampler and the initial trainable"
+        " weights, so iterations chain) and the sampling engine's settings",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     partial_states: PartialStateConfig = Field(default_factory=PartialStateConfig)
     grpo: GRPOUpdateConfig = Field(default_factory=GRPOUpdateConfig)
     dapo: DAPOConfig = Field(default_factory=DAPOConfig)
-    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(timeout_s=5.0))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        data = move_renamed_keys(data, RENAMED, what="restrl train policy")
+        if isinstance(data, dict) and isinstance(data.get("policy"), dict) and data["policy"].get("prompt_mode") == "auto":
+            data["policy"] = {k: v for k, v in data["policy"].items() if k != "prompt_mode"}  # auto = the measured default
+        return over_job_defaults(cls, data)
 
     @model_validator(mode="after")
     def _consistent(self) -> RestGRPOConfig:
@@ -162,6 +169,12 @@ class RestGRPOConfig(_Strict):
             raise ValueError("algorithm 'dapo' is clip-higher: set grpo.epsilon_high (DAPO uses 0.28)")
         if g.max_completion_length < 8:
             raise ValueError("grpo.max_completion_length must be >= 8")
+        needed = self.partial_states.max_prompt_tokens + self.sampling.max_new_tokens
+        if self.policy.max_model_len < needed:
+            raise ValueError(
+                f"policy.max_model_len={self.policy.max_model_len} is below partial_states.max_prompt_tokens +"
+                f" sampling.max_new_tokens = {needed}: raise policy.max_model_len to at least {needed}"
+            )
         return self
 
     @property

@@ -41,24 +41,22 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from tqdm.auto import tqdm
 
-from models.prompting import (
-    STOP,
-    PromptMode,
-    continuation,
-    default_mode,
-    join_code,
-    render_prompt,
-    root_state,
-)
+from models.checkpoints import write_manifest
+from models.loading import ResolvedWeights, resolve_weights
+from models.prompting import STOP, PromptMode, continuation, join_code, render_prompt, root_state
+from search.stack import open_sandbox, open_stack
 from tasks import Problem
+from tasks.humaneval import is_eval_only
+from tasks.jsonl import load_jsonl
 from training.config import FilterConfig, RestGRPOConfig
 from training.curation import CuratedPrompt, CurationStats, ProblemSamples, curate
 from training.rewards import SandboxReward, TestRewarder
@@ -94,9 +92,6 @@ class TrainingDataError(ValueError):
 
 def load_training_problems(config: RestGRPOConfig) -> list[Problem]:
     """Read, check, shuffle and cut the training problems. Raises before any compute starts."""
-    from tasks.humaneval import is_eval_only
-    from tasks.jsonl import load_jsonl
-
     path = config.data.train_file
     problems = load_jsonl(path)  # DatasetError names file:line:field
     if not problems:
@@ -178,22 +173,10 @@ class RunPaths:
 # ------------------------------------------------------------------------------------------ models
 
 
-def resolve_base_model(config: RestGRPOConfig) -> str:
-    if config.policy.base_model is not None:
-        return config.policy.base_model
-    from models.default import prepare_default_model
-
-    return str(prepare_default_model())
-
-
-def resolve_mode(config: RestGRPOConfig, base_model: str) -> PromptMode:
-    if config.policy.prompt_mode != "auto":
-        return config.policy.prompt_mode
-    if config.policy.base_model is None:
-        from models.default import DEFAULT_MODEL_NAME
-
-        return default_mode(DEFAULT_MODEL_NAME)
-    return default_mode(base_model)
+def resolve_policy(config: RestGRPOConfig) -> ResolvedWeights:
+    """The policy's base folder (a folder, a hub id or the embedded default, verified), its adapter
+    and its prompt mode (``policy.prompt_mode``, else the measured default)."""
+    return resolve_weights(config.policy)
 
 
 def stop_token_ids(tokenizer: Any, stops: Sequence[str] = STOP) -> list[int]:
@@ -207,43 +190,15 @@ def stop_token_ids(tokenizer: Any, stops: Sequence[str] = STOP) -> list[int]:
     return sorted(ids)
 
 
-def make_sandbox(config: RestGRPOConfig) -> Any:
-    from sandbox.pool import Sandbox
-
-    return Sandbox(workers=config.sandbox.workers)
-
-
-def sandbox_limits(config: RestGRPOConfig) -> Any:
-    from sandbox.limits import Limits
-
-    return Limits(wall_s=config.sandbox.timeout_s, cpu_s=config.sandbox.timeout_s)
-
-
-# -------------------------------------------------------------------------------- sampling stage
-
-
-async def _sample_all(
-    problems: Sequence[Problem], prompts: Sequence[str], *, n: int, config: RestGRPOConfig, base_model: str, mode: PromptMode
-) -> list[list[str]]:
-    from models.config import EngineConfig
-    from models.loading import load_policy
-
+async def _sample_all(prompts: Sequence[str], *, n: int, config: RestGRPOConfig) -> list[list[str]]:
+    """N completions of every prompt, all in flight at once on the stack's engine."""
     s = config.sampling
-    engine = EngineConfig(
-        engine=s.engine,
-        model=base_model,
-        adapter=str(config.policy.adapter) if config.policy.adapter else None,
-        kv_cache_gib=s.kv_cache_gib,
-        seed=s.engine_seed,
-        prompt_mode=mode,
-        max_model_len=max(1024, config.partial_states.max_prompt_tokens + s.max_new_tokens + 64),
-    )
-    policy = await load_policy(engine)
-    try:
-        bar = tqdm(total=len(problems), desc=f"sampling n={n}", unit="problem")
+    async with open_stack(config.policy) as stack:
+        bar = tqdm(total=len(prompts), desc=f"sampling n={n}", unit="problem")
 
         async def one(prompt: str) -> list[str]:
-            samples = await policy.sample(prompt, n=n, max_tokens=s.max_new_tokens, stop=STOP, temperature=s.temperature, top_p=s.top_p)
+            samples = await stack.policy.sample(prompt, n=n, max_tokens=s.max_new_tokens, stop=STOP, temperature=s.temperature,
+                                                top_p=s.top_p)
             bar.update(1)
             return [x.text for x in samples]
 
@@ -251,8 +206,6 @@ async def _sample_all(
             return list(await asyncio.gather(*(one(p) for p in prompts)))
         finally:
             bar.close()
-    finally:
-        await policy.close()
 
 
 def sample_and_score(
@@ -260,7 +213,6 @@ def sample_and_score(
     *,
     n: int,
     config: RestGRPOConfig,
-    base_model: str,
     mode: PromptMode,
     tokenizer: Any,
     rewarder: TestRewarder,
@@ -268,7 +220,7 @@ def sample_and_score(
     """Steps 1-2: N completions per problem from the engine, scored in the sandbox."""
     roots = [root_state(p, mode) for p in problems]
     prompts = [render_prompt(tokenizer, p, r, mode) for p, r in zip(problems, roots, strict=True)]
-    completions = asyncio.run(_sample_all(problems, prompts, n=n, config=config, base_model=base_model, mode=mode))
+    completions = asyncio.run(_sample_all(prompts, n=n, config=config))
     items = [(p, join_code(r, c)) for p, r, cs in zip(problems, roots, completions, strict=True) for c in cs]
     # Kept relative to the root (the prompt held back its final newline): partial states are
     # root + line prefixes of these. A sample that rewrote the root's last line offers none.
@@ -354,7 +306,7 @@ def _metrics_callback(path: Path) -> Any:
 def build_trainer(
     config: RestGRPOConfig,
     *,
-    base_model: str,
+    weights: ResolvedWeights,
     rows: list[dict[str, Any]],
     reward: SandboxReward,
     paths: RunPaths,
@@ -371,15 +323,15 @@ def build_trainer(
         torch.set_num_threads(g.torch_threads)
     use_cpu = g.use_cpu if g.use_cpu is not None else not torch.cuda.is_available()
     dtype = torch.bfloat16 if g.bf16 else torch.float32
-    model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(weights.model_dir, dtype=dtype)
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
         eos_ids.insert(0, tokenizer.eos_token_id)
     model.generation_config.eos_token_id = eos_ids + [i for i in stop_token_ids(tokenizer) if i not in eos_ids]
     peft_config = None
-    if config.policy.adapter is not None:
-        model = PeftModel.from_pretrained(model, str(config.policy.adapter), is_trainable=True)
+    if weights.adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, weights.adapter_dir, is_trainable=True)
     elif g.lora is not None:
         peft_config = LoraConfig(
             r=g.lora.r,
@@ -440,19 +392,16 @@ def _trim_metrics(path: Path, max_step: int) -> None:
 
 
 def export_checkpoint(
-    trainer: Any, config: RestGRPOConfig, *, paths: RunPaths, base_model: str, data_hashes: dict[str, str], metrics: dict[str, Any]
+    trainer: Any, config: RestGRPOConfig, *, paths: RunPaths, weights: ResolvedWeights, data_hashes: dict[str, str],
+    metrics: dict[str, Any],
 ) -> Path:
     """Save the trained weights to RUN/final with a manifest (config, data hashes, metrics)."""
-    import shutil
-
-    from models.checkpoints import write_manifest
-
     final = paths.final
     if final.exists():
         shutil.rmtree(final)
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(str(final), safe_serialization=True)
-    lora = config.policy.adapter is not None or config.grpo.lora is not None
+    lora = weights.adapter_dir is not None or config.grpo.lora is not None
     if not lora:
         trainer.processing_class.save_pretrained(str(final))
     for junk in final.glob("*.bin"):  # never ship pickles (the checkpoint loader refuses them)
@@ -461,8 +410,8 @@ def export_checkpoint(
         final,
         kind="policy",
         format="lora" if lora else "full",
-        base=base_model,
-        parent=str(config.policy.adapter) if config.policy.adapter else None,
+        base=weights.base_source,
+        parent=weights.adapter_dir,
         job=f"{JOB_NAME}:{config.algorithm}",
         config={**json.loads(config.model_dump_json()), "data_hashes": data_hashes},
         metrics=metrics,
@@ -483,10 +432,6 @@ def _step_metrics(rows: list[dict[str, Any]], max_step: int) -> dict[str, Any]:
 def export_saved_step(config: RestGRPOConfig, *, step: int | None = None) -> Path:
     """Export a saved trainer step (default: the last) of a LoRA run to RUN/final with its manifest,
     without training further: for a run that was interrupted, or compared at an earlier step."""
-    import shutil
-
-    from models.checkpoints import write_manifest
-
     paths = RunPaths(Path(config.output_dir))
     if step is None:
         checkpoint = last_checkpoint(paths.trainer)
@@ -511,13 +456,14 @@ def export_saved_step(config: RestGRPOConfig, *, step: int | None = None) -> Pat
     for key, path in (("curated", paths.curated), ("samples", paths.samples)):
         if path.exists():
             data_hashes[key] = sha256_path(path)
-    base = json.loads((final / "adapter_config.json").read_text()).get("base_model_name_or_path") or resolve_base_model(config)
+    weights = resolve_policy(config)
+    base = json.loads((final / "adapter_config.json").read_text()).get("base_model_name_or_path") or weights.base_source
     write_manifest(
         final,
         kind="policy",
         format="lora",
         base=base,
-        parent=str(config.policy.adapter) if config.policy.adapter else None,
+        parent=weights.adapter_dir,
         job=f"{JOB_NAME}:{config.algorithm}@step{saved}",
         config={**json.loads(config.model_dump_json()), "data_hashes": data_hashes},
         metrics=metrics,
@@ -531,7 +477,8 @@ def export_saved_step(config: RestGRPOConfig, *, step: int | None = None) -> Pat
 def _write_config(paths: RunPaths, config: RestGRPOConfig, *, resume: bool) -> None:
     text = config.model_dump_json(indent=2)
     if paths.config.exists() and resume:
-        if json.loads(paths.config.read_text()) != json.loads(text):
+        # a config of an earlier release is read through its renamed keys
+        if RestGRPOConfig.model_validate(json.loads(paths.config.read_text())).model_dump_json() != config.model_dump_json():
             raise ValueError(
                 f"{paths.config}: the run was started with a different config; resume with the same config file"
                 " or choose a new output_dir"
@@ -546,130 +493,146 @@ def run_iteration(config: RestGRPOConfig, *, resume: bool = False) -> Path:
     """Run one iteration (sample -> reward -> curate -> GRPO update -> checkpoint) and return the
     checkpoint directory. Every stage's output is on disk, so an interrupted run resumes from the
     last finished stage (and, inside the update, the last saved trainer step)."""
-    spec = ALGORITHMS[config.algorithm]
     problems = load_training_problems(config)  # data errors before any compute (and before heavy imports)
     from accelerate import PartialState
     from transformers import AutoTokenizer
 
-    if config.policy.adapter is not None and not (Path(config.policy.adapter) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"policy.adapter: {config.policy.adapter} is not a PEFT adapter folder (no adapter_config.json)")
-    paths = RunPaths(Path(config.output_dir))
-    state = PartialState()
-    base_model = resolve_base_model(config)
-    mode = resolve_mode(config, base_model)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    weights = resolve_policy(config)  # refuses a missing or malformed adapter before anything loads
+    tokenizer = AutoTokenizer.from_pretrained(weights.model_dir)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-
-    sandbox = make_sandbox(config)
+    sandbox = open_sandbox(config.sandbox)
     try:
-        return _run_stages(
-            config, resume=resume, spec=spec, problems=problems, paths=paths, state=state, base_model=base_model,
-            mode=mode, tokenizer=tokenizer, rewarder=TestRewarder(sandbox, mode=mode, limits=sandbox_limits(config)),
-        )
+        run = _Iteration(config=config, resume=resume, spec=ALGORITHMS[config.algorithm], problems=problems,
+                         paths=RunPaths(Path(config.output_dir)), state=PartialState(), weights=weights, tokenizer=tokenizer,
+                         rewarder=TestRewarder(sandbox, mode=weights.prompt_mode))
+        return run.stages()
     finally:
         sandbox.close()
 
 
-def _run_stages(
-    config: RestGRPOConfig,
-    *,
-    resume: bool,
-    spec: AlgorithmSpec,
-    problems: list[Problem],
-    paths: RunPaths,
-    state: Any,
-    base_model: str,
-    mode: PromptMode,
-    tokenizer: Any,
-    rewarder: TestRewarder,
-) -> Path:
-    by_id = {p.id: p for p in problems}
-    timings: dict[str, float] = {}
+@dataclass
+class _Iteration:
+    """One iteration's inputs, shared by its stages (`stages` runs them in order)."""
+
+    config: RestGRPOConfig
+    resume: bool
+    spec: AlgorithmSpec
+    problems: list[Problem]
+    paths: RunPaths
+    state: Any  # accelerate's PartialState: which process is the main one
+    weights: ResolvedWeights
+    tokenizer: Any
+    rewarder: TestRewarder
+    timings: dict[str, float] = field(default_factory=dict)
     stats: CurationStats | None = None
 
-    def fits(problem_id: str, state_text: str) -> bool:
-        prompt = render_prompt(tokenizer, by_id[problem_id], state_text, mode)
-        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= config.partial_states.max_prompt_tokens
+    @property
+    def mode(self) -> PromptMode:
+        return self.weights.prompt_mode
 
-    if state.is_main_process:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        _write_config(paths, config, resume=resume)
-        if not (resume and paths.curated.exists()):
-            t0 = time.perf_counter()
-            if spec.sample:
-                if resume and paths.samples.exists():
-                    samples = [ProblemSamples(r["problem_id"], r["root"], tuple(r["completions"]), tuple(r["rewards"])) for r in read_jsonl_rows(paths.samples)]
-                else:
-                    n = config.grpo.num_generations if spec.screen_zero_std else config.sampling.n
-                    samples = sample_and_score(
-                        problems, n=n, config=config, base_model=base_model, mode=mode, tokenizer=tokenizer, rewarder=rewarder
-                    )
-                    write_jsonl_rows(paths.samples, [asdict(s) for s in samples])
-                timings["sample_and_reward_s"] = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                curated, stats = curate_for(spec, samples, config, fits)
-                timings["curate_s"] = time.perf_counter() - t1
-            else:
-                curated = base_prompts(problems, mode)
-            if not curated:
-                raise TrainingDataError(
-                    f"the curated prompt set is empty: every one of {len(problems)} problems was filtered out"
-                    f" (sigma_0={config.filter.sigma_0}); use more or harder/easier problems, a larger sampling.n, or"
-                    " a lower filter.sigma_0"
-                )
-            write_jsonl_rows(paths.curated, curated_rows(curated, by_id, tokenizer, mode))
-    state.wait_for_everyone()
-    rows = read_jsonl_rows(paths.curated)
-    needed = config.grpo.max_steps * config.prompts_per_step
-    if len(rows) < needed:
-        logger.info("curated set has %d prompts for %d prompt slots: the trainer cycles through it", len(rows), needed)
-    reward = SandboxReward(rewarder, by_id, groups_log=paths.groups if state.is_main_process else None)
-    trainer = build_trainer(config, base_model=base_model, rows=rows, reward=reward, paths=paths, tokenizer=tokenizer)
-    checkpoint = last_checkpoint(paths.trainer) if resume else None
-    if checkpoint is not None:
-        step = int(checkpoint.name.split("-")[-1])
-        logger.info("resuming the update from %s (step %d)", checkpoint, step)
-        if state.is_main_process:
-            _trim_metrics(paths.metrics, step)
-            if paths.groups.exists():
-                write_jsonl_rows(paths.groups, [r for r in read_jsonl_rows(paths.groups) if (r.get("step") or 0) < step])
-    elif state.is_main_process:
-        for stale in (paths.metrics, paths.groups):
-            stale.unlink(missing_ok=True)
-    t2 = time.perf_counter()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except KeyboardInterrupt:
-        logger.warning(
-            "interrupted: the last saved trainer step is under %s; continue with `restrl train policy --config FILE --resume`",
-            paths.trainer,
-        )
-        raise
-    timings["grpo_update_s"] = time.perf_counter() - t2
-    final_metrics: dict[str, Any] = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    logged = read_jsonl_rows(paths.metrics) if paths.metrics.exists() else []
-    final_metrics.update(_step_metrics(logged, int(trainer.state.global_step)))
-    final_metrics["sandbox_infra_errors"] = reward.infra_errors
-    data_hashes = {"train_file": sha256_path(Path(config.data.train_file)), "curated": sha256_path(paths.curated)}
-    if paths.samples.exists():
-        data_hashes["samples"] = sha256_path(paths.samples)
-    out = paths.final
-    if state.is_main_process:
-        out = export_checkpoint(trainer, config, paths=paths, base_model=base_model, data_hashes=data_hashes, metrics=final_metrics)
-        summary: dict[str, Any] = {}
-        if paths.summary.exists() and resume:
-            summary = json.loads(paths.summary.read_text())
-        summary.setdefault("timings", {}).update(timings)
-        summary["algorithm"] = config.algorithm
-        summary["problems"] = len(problems)
-        summary["curated_prompts"] = len(rows)
-        summary["curated_kinds"] = {k: sum(r["kind"] == k for r in rows) for k in ("base", "partial")}
-        if stats is not None:
-            summary["curation"] = {k: v for k, v in asdict(stats).items() if not isinstance(v, list)}
+    @property
+    def by_id(self) -> dict[str, Problem]:
+        return {p.id: p for p in self.problems}
+
+    def stages(self) -> Path:
+        if self.state.is_main_process:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            _write_config(self.paths, self.config, resume=self.resume)
+            if not (self.resume and self.paths.curated.exists()):
+                write_jsonl_rows(self.paths.curated, curated_rows(self.curate(), self.by_id, self.tokenizer, self.mode))
+        self.state.wait_for_everyone()
+        rows = read_jsonl_rows(self.paths.curated)
+        needed = self.config.grpo.max_steps * self.config.prompts_per_step
+        if len(rows) < needed:
+            logger.info("curated set has %d prompts for %d prompt slots: the trainer cycles through it", len(rows), needed)
+        reward = SandboxReward(self.rewarder, self.by_id, groups_log=self.paths.groups if self.state.is_main_process else None)
+        trainer, result = self.update(rows, reward)
+        out = self.paths.final
+        if self.state.is_main_process:
+            out = self.finish(trainer, result, rows, reward)
+        self.state.wait_for_everyone()
+        return out
+
+    def fits(self, problem_id: str, state_text: str) -> bool:
+        prompt = render_prompt(self.tokenizer, self.by_id[problem_id], state_text, self.mode)
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= self.config.partial_states.max_prompt_tokens
+
+    def curate(self) -> list[CuratedPrompt]:
+        """Steps 1-4 (those the algorithm runs): the curated prompt set."""
+        if not self.spec.sample:
+            return base_prompts(self.problems, self.mode)
+        t0 = time.perf_counter()
+        samples = self.samples()
+        self.timings["sample_and_reward_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        curated, self.stats = curate_for(self.spec, samples, self.config, self.fits)
+        self.timings["curate_s"] = time.perf_counter() - t1
+        if not curated:
+            raise TrainingDataError(
+                f"the curated prompt set is empty: every one of {len(self.problems)} problems was filtered out"
+                f" (sigma_0={self.config.filter.sigma_0}); use more or harder/easier problems, a larger sampling.n, or"
+                " a lower filter.sigma_0"
+            )
+        return curated
+
+    def samples(self) -> list[ProblemSamples]:
+        """Steps 1-2, or their file when resuming."""
+        if self.resume and self.paths.samples.exists():
+            return [ProblemSamples(r["problem_id"], r["root"], tuple(r["completions"]), tuple(r["rewards"]))
+                    for r in read_jsonl_rows(self.paths.samples)]
+        n = self.config.grpo.num_generations if self.spec.screen_zero_std else self.config.sampling.n
+        samples = sample_and_score(self.problems, n=n, config=self.config, mode=self.mode, tokenizer=self.tokenizer,
+                                   rewarder=self.rewarder)
+        write_jsonl_rows(self.paths.samples, [asdict(s) for s in samples])
+        return samples
+
+    def update(self, rows: list[dict[str, Any]], reward: SandboxReward) -> tuple[Any, Any]:
+        """Step 5: the GRPO update (from the last saved step when resuming); (trainer, result)."""
+        paths = self.paths
+        trainer = build_trainer(self.config, weights=self.weights, rows=rows, reward=reward, paths=paths, tokenizer=self.tokenizer)
+        checkpoint = last_checkpoint(paths.trainer) if self.resume else None
+        if checkpoint is not None:
+            step = int(checkpoint.name.split("-")[-1])
+            logger.info("resuming the update from %s (step %d)", checkpoint, step)
+            if self.state.is_main_process:
+                _trim_metrics(paths.metrics, step)
+                if paths.groups.exists():
+                    write_jsonl_rows(paths.groups, [r for r in read_jsonl_rows(paths.groups) if (r.get("step") or 0) < step])
+        elif self.state.is_main_process:
+            for stale in (paths.metrics, paths.groups):
+                stale.unlink(missing_ok=True)
+        t2 = time.perf_counter()
+        try:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except KeyboardInterrupt:
+            logger.warning(
+                "interrupted: the last saved trainer step is under %s; continue with `restrl train policy --config FILE --resume`",
+                paths.trainer,
+            )
+            raise
+        self.timings["grpo_update_s"] = time.perf_counter() - t2
+        return trainer, result
+
+    def finish(self, trainer: Any, result: Any, rows: list[dict[str, Any]], reward: SandboxReward) -> Path:
+        """The checkpoint with its manifest, and ``summary.json``."""
+        paths = self.paths
+        final_metrics: dict[str, Any] = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        logged = read_jsonl_rows(paths.metrics) if paths.metrics.exists() else []
+        final_metrics.update(_step_metrics(logged, int(trainer.state.global_step)))
+        final_metrics["sandbox_infra_errors"] = reward.infra_errors
+        data_hashes = {"train_file": sha256_path(Path(self.config.data.train_file)), "curated": sha256_path(paths.curated)}
+        if paths.samples.exists():
+            data_hashes["samples"] = sha256_path(paths.samples)
+        out = export_checkpoint(trainer, self.config, paths=paths, weights=self.weights, data_hashes=data_hashes, metrics=final_metrics)
+        summary: dict[str, Any] = json.loads(paths.summary.read_text()) if paths.summary.exists() and self.resume else {}
+        summary.setdefault("timings", {}).update(self.timings)
+        summary.update(algorithm=self.config.algorithm, problems=len(self.problems), curated_prompts=len(rows),
+                       curated_kinds={k: sum(r["kind"] == k for r in rows) for k in ("base", "partial")})
+        if self.stats is not None:
+            summary["curation"] = {k: v for k, v in asdict(self.stats).items() if not isinstance(v, list)}
         summary["metrics"] = final_metrics
         summary["checkpoint"] = str(out)
         paths.summary.write_text(json.dumps(summary, indent=2))
-    state.wait_for_everyone()
-    return out
+        return out

@@ -56,10 +56,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from models.base import Policy
+from models.config import EngineConfig, ValueConfig, move_renamed_keys, over_job_defaults
 from models.prompting import PromptMode, assemble_program, root_state
+from sandbox.api import ProgramRunner, SandboxConfig
+from search import Budget, SearchConfig, ValueBatcher, open_stack, run_search
+from search.context import resolve_mode
 from search.evaluators import aggregate_steps, step_prefixes
 from search.tree import rollout_code
 from tasks import Problem
@@ -75,6 +80,28 @@ PHASE_FORMAT = 2
 # the order arms are listed and paired in (the first of a pair is the "a" arm)
 ARM_ORDER = ("vm_mcts", "vm_mcts+public", "best_of_n", "best_of_n+public", "prm_best_of_n", "prm_best_of_n:mean",
              "prm_best_of_n:last", "orm_mcts", "orm_mcts+public", "beam", "beam+public", "greedy")
+
+
+def _eval_search() -> SearchConfig:
+    return SearchConfig(k=5, c_uct=0.1, step_lines=1, merged_visits="one", temperature=0.7, max_tokens=256, beam_width=2,
+                        parallel_expansions=1, seed=0)
+
+
+# flat keys of earlier releases -> their nested place (`--set k=5` still works, with a warning)
+RENAMED: dict[str, tuple[str, ...]] = {
+    **{name: (f"search.{name}",) for name in ("k", "c_uct", "step_lines", "merged_visits", "temperature", "max_tokens", "beam_width")},
+    "seed": ("search.seed", "policy.seed"),
+    "value_model": ("value.model",),
+    "value_dtype": ("value.dtype",),
+    "value_batch_size": ("value.batch_size",),
+    "value_max_length": ("value.max_length",),
+    "value_cpu_sharing": ("value.cpu_sharing",),
+    "policy_adapter": ("policy.adapter",),
+    "kv_cache_gib": ("policy.kv_cache_gib",),
+    "max_model_len": ("policy.max_model_len",),
+    "sandbox_workers": ("sandbox.workers",),
+    "sandbox_timeout_s": ("sandbox.timeout_s",),
+}
 
 
 class EvalConfig(BaseModel):
@@ -100,28 +127,17 @@ class EvalConfig(BaseModel):
     prm_aggregates: tuple[Literal["min", "mean", "last"], ...] = Field(default=("min", "mean", "last"), description="PRM-BoN rules read from best_of_n's samples")
     public_selector: bool = Field(default=True, description="also rank every strategy's candidates by public tests, then value (the +public arms)")
     bootstrap: int = Field(default=10_000, ge=100, description="bootstrap resamples for the intervals")
-    k: int = Field(default=5, ge=1, le=64)
-    c_uct: float = Field(default=0.1, ge=0, description="UCT constant at decode time")
-    step_lines: int = Field(default=1, ge=1, le=64, description="lines per step of the tree strategies")
-    merged_visits: Literal["one", "samples"] = Field(default="one", description="how a merged child counts the samples that chose it (SearchConfig)")
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    max_tokens: int = Field(default=256, ge=1, le=8192)
-    beam_width: int = Field(default=2, ge=1)
     snapshots: bool = Field(default=True, description="read smaller budgets from the largest budget's run (see the module doc)")
     concurrency: int = Field(default=32, ge=1, description="searches in flight at once")
-    seed: int = Field(default=0, ge=0, description="search seed (per problem: seed + its index)")
-    value_model: str | None = Field(default=None, description="value checkpoint; None = the shipped default")
-    value_dtype: Literal["float32", "bfloat16"] = Field(default="bfloat16", description="bfloat16 halves CPU scoring time")
-    value_batch_size: int = Field(default=16, ge=1)
-    value_max_length: int = Field(default=1024, ge=64)
-    value_cpu_sharing: Literal["auto", "pause", "concurrent"] = Field(
-        default="auto", description="value batches pause the policy engine and use all cores (pause), or both run at once; auto = pause on a CPU"
+    policy: EngineConfig = Field(default_factory=lambda: EngineConfig(max_model_len=2048), description="the policy evaluated")
+    value: ValueConfig = Field(default_factory=lambda: ValueConfig(dtype="bfloat16"),
+                               description="the value model (model None: the one shipped for the default policy; bfloat16 halves CPU scoring time)")
+    sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(timeout_s=6.0), description="the sandbox that grades the programs")
+    search: SearchConfig = Field(
+        default_factory=_eval_search,
+        description="every phase's search settings; each phase sets strategy and budget, parallel_expansions = 1 (snapshots"
+        " need the issue order), record_trace, and seed = search.seed + the problem's index",
     )
-    policy_adapter: str | None = Field(default=None)
-    kv_cache_gib: float = Field(default=1.0, gt=0)
-    max_model_len: int = Field(default=2048, ge=256)
-    sandbox_workers: int = Field(default=2, ge=1)
-    sandbox_timeout_s: float = Field(default=6.0, gt=0)
     time_limit_s: float | None = Field(default=None, gt=0, description="start no new phase after this many seconds")
     report_only: bool = Field(default=False, description="no searching: rebuild the JSON and plot from the phase files in output_dir")
     keep_traces: bool = Field(default=False, description="store every search's trace in its phase file (for `python -m bench.final_choice`; large, not for committing)")
@@ -132,6 +148,16 @@ class EvalConfig(BaseModel):
         default=("greedy", "vm_mcts", "best_of_n", "orm_mcts", "beam"),
         description="strategy order within each dataset (what runs first when time is short)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return over_job_defaults(cls, move_renamed_keys(data, RENAMED, what="restrl eval"))
+
+    @property
+    def seed(self) -> int:
+        """The search seed (per problem: seed + its index; also the bootstrap's)."""
+        return self.search.seed or 0
 
 
 # ------------------------------------------------------------------------------------ problems
@@ -217,7 +243,7 @@ def plan_runs(cfg: EvalConfig, strategy: str) -> dict[int, list[int]]:
         return {1: budgets}
     if cfg.snapshots and (strategy == "best_of_n" or strategy in TREE_STRATEGIES):
         top = budgets[-1]
-        exact = [b for b in budgets if b == top or strategy == "best_of_n" or b % cfg.k == 0]
+        exact = [b for b in budgets if b == top or strategy == "best_of_n" or b % cfg.search.k == 0]
         plan: dict[int, list[int]] = {top: exact}
         for b in budgets:
             if b not in exact:
@@ -297,21 +323,20 @@ def choose(record: dict[str, Any], selector: str, *, unit: Literal["samples", "t
 
 
 class _Runner:
-    def __init__(self, cfg: EvalConfig, policy: Any, value: Any, sandbox: Any, limits: Any) -> None:
+    def __init__(self, cfg: EvalConfig, policy: Policy, value: ValueBatcher, sandbox: ProgramRunner) -> None:
         self.cfg = cfg
         self.policy = policy
         self.value = value
         self.sandbox = sandbox
-        self.limits = limits
         self.verdicts: dict[tuple[str, str, str], float] = {}
 
     async def fractions(self, problem: Problem, programs: Sequence[str], which: Literal["tests", "public_tests"]) -> list[float]:
         """Per program: 1.0 when it passes every hidden test (``tests``: the score), or its pass
         fraction on the public tests (the +public rule's key). An infra error counts as 0, logged."""
-        tests = list(getattr(problem, which))
+        tests = list(problem.tests if which == "tests" else problem.public_tests)
         todo = list(dict.fromkeys(p for p in programs if (which, problem.id, p) not in self.verdicts))
         if todo:
-            verdicts = await self.sandbox.run_many([(p, tests, problem.entry_point) for p in todo], limits=self.limits)
+            verdicts = await self.sandbox.run_many([(p, tests, problem.entry_point) for p in todo])
             for p, v in zip(todo, verdicts, strict=True):
                 if v.status == "infra_error":
                     logger.warning("eval problem=%s: infra error on %s (counted as not passed)", problem.id, which)
@@ -340,29 +365,13 @@ class _Runner:
         ]
         return scores, new
 
-    def search_config(self, strategy: str, budget: int, index: int) -> Any:
-        from search import Budget, SearchConfig
-
-        cfg = self.cfg
-        return SearchConfig(
-            strategy=strategy,  # type: ignore[arg-type]
-            budget=Budget(samples=budget),
-            k=cfg.k,
-            c_uct=cfg.c_uct,
-            step_lines=cfg.step_lines,
-            merged_visits=cfg.merged_visits,
-            temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens,
-            beam_width=cfg.beam_width,
-            parallel_expansions=1,
-            seed=cfg.seed + index,
-            record_trace=True,
-            top_candidates=0,
-        )
+    def search_config(self, strategy: str, budget: int, index: int) -> SearchConfig:
+        return self.cfg.search.model_copy(update={
+            "strategy": strategy, "budget": Budget(samples=budget), "parallel_expansions": 1, "seed": self.cfg.seed + index,
+            "record_trace": True, "top_candidates": 0,
+        })
 
     async def one(self, problem: Problem, index: int, strategy: str, run_budget: int, mode: PromptMode) -> dict[str, Any]:
-        from search import run_search
-
         result = await run_search(problem, self.policy, self.value, self.search_config(strategy, run_budget, index))
         assert result.trace is not None
         record = search_record(result.trace, per_sample=strategy in ("best_of_n", "greedy"))
@@ -392,8 +401,6 @@ class _Runner:
 
 
 async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, run_budget: int, desc: str) -> list[dict[str, Any]]:
-    from search.context import resolve_mode
-
     mode = resolve_mode(runner.policy, runner.search_config(strategy, run_budget, 0))
     gate = asyncio.Semaphore(runner.cfg.concurrency)
     bar = tqdm(total=len(problems), desc=desc, unit="problem")
@@ -591,57 +598,41 @@ def read_phase(path: str | Path) -> dict[str, Any]:
 
 
 async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
-    from models.config import EngineConfig, ValueConfig, resolve_device
-    from models.loading import load_policy
-    from models.value import cpu_threads, load_value_model
-    from sandbox.limits import Limits
-    from sandbox.pool import Sandbox
-    from search import ValueBatcher
-    from search.batcher import pauses_engine
-
     t0 = time.monotonic()
-    load0 = os.getloadavg()
-    policy = await load_policy(EngineConfig(engine="vllm", adapter=cfg.policy_adapter, kv_cache_gib=cfg.kv_cache_gib,
-                                            max_model_len=cfg.max_model_len, seed=cfg.seed))
-    pause = pauses_engine(cfg.value_cpu_sharing, engine_on_cpu=bool(getattr(policy, "on_cpu", False)), value_device=resolve_device("auto"))
-    value = await load_value_model(ValueConfig(model=cfg.value_model, dtype=cfg.value_dtype, batch_size=cfg.value_batch_size,
-                                               max_length=cfg.value_max_length, threads=cpu_threads(0, exclusive=pause)))
-    batcher = ValueBatcher(value, max_batch=cfg.value_batch_size * 2, hold=getattr(policy, "paused", None) if pause else None)
-    sandbox = Sandbox(workers=cfg.sandbox_workers)
-    limits = Limits(wall_s=cfg.sandbox_timeout_s, cpu_s=cfg.sandbox_timeout_s)
-    runner = _Runner(cfg, policy, batcher, sandbox, limits)
+    loads: list[tuple[float, float, float]] = [os.getloadavg()]
     phases: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
-    loads: list[tuple[float, float, float]] = [load0]
-    try:
+    async with open_stack(cfg.policy, cfg.value, cfg.sandbox) as stack:
+        assert stack.value is not None and stack.sandbox is not None
+        runner = _Runner(cfg, stack.policy, stack.value, stack.sandbox)
         problem_sets = {d: eval_problems(cfg, d) for d in cfg.datasets}
         for dataset, strategy in _phase_order(cfg):
-            problems = problem_sets[dataset]
             for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
                 name = f"{dataset}.{strategy}.b{run_budget}"
                 path = phase_path(cfg, name)
                 if resume and path.exists():
                     phases[name] = _checked(read_phase(path), cfg, path)
-                    continue
-                if cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
+                elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
                     skipped.append(name)
-                    continue
-                t_phase = time.monotonic()
-                results = await _run_phase(runner, problems, strategy, run_budget, name)
-                phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
-                         "answers": answers, "problems": [p.id for p in problems], "wall_s": time.monotonic() - t_phase,
-                         "loadavg_after": os.getloadavg(), "policy_version": str(policy.version),
-                         "value_version": str(value.version), "config": _phase_config(cfg), "results": results}
-                write_phase(path, phase)
-                phases[name] = phase
-                loads.append(os.getloadavg())
-                logger.info("eval phase %s: %.0f s", name, phase["wall_s"])
-        return write_report(cfg, phases, skipped=skipped, wall_s=time.monotonic() - t0, loads=loads)
-    finally:
-        sandbox.close()
-        await batcher.close()
-        await value.close()
-        await policy.close()
+                else:
+                    phases[name] = await _run_and_write(runner, problem_sets[dataset], dataset, strategy, run_budget, answers, path)
+                    loads.append(os.getloadavg())
+    return write_report(cfg, phases, skipped=skipped, wall_s=time.monotonic() - t0, loads=loads)
+
+
+async def _run_and_write(runner: _Runner, problems: list[Problem], dataset: str, strategy: str, run_budget: int,
+                         answers: list[int], path: Path) -> dict[str, Any]:
+    """Run one phase and write its file."""
+    name = path.name.removesuffix(".json.gz")
+    t_phase = time.monotonic()
+    results = await _run_phase(runner, problems, strategy, run_budget, name)
+    phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
+             "answers": answers, "problems": [p.id for p in problems], "wall_s": time.monotonic() - t_phase,
+             "loadavg_after": os.getloadavg(), "policy_version": str(runner.policy.version),
+             "value_version": str(runner.value.version), "config": _phase_config(runner.cfg), "results": results}
+    write_phase(path, phase)
+    logger.info("eval phase %s: %.0f s", name, phase["wall_s"])
+    return phase
 
 
 def _phase_order(cfg: EvalConfig) -> list[tuple[Dataset, str]]:
@@ -651,13 +642,21 @@ def _phase_order(cfg: EvalConfig) -> list[tuple[Dataset, str]]:
     return [(d, s) for s in order for d in cfg.datasets]
 
 
-# settings a phase's results depend on: a phase file made with others is not reused
+# settings a phase's results depend on: a phase file made with others is not reused. The keys are
+# those of the flat config of earlier releases, so that committed phase files stay reusable.
 _PHASE_KEYS = ("gym_seed", "gym_n_per_tier", "humaneval_seed", "k", "c_uct", "step_lines", "merged_visits", "temperature",
-               "max_tokens", "beam_width", "seed", "value_model", "value_dtype", "policy_adapter", "prm_aggregates")
+               "max_tokens", "beam_width", "seed", "value_model", "value_dtype", "policy_adapter", "prm_aggregates", "policy_model")
 
 
 def _phase_config(cfg: EvalConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.model_dump(mode="json").items() if k in _PHASE_KEYS}
+    s = cfg.search
+    flat = {"gym_seed": cfg.gym_seed, "gym_n_per_tier": cfg.gym_n_per_tier, "humaneval_seed": cfg.humaneval_seed,
+            "k": s.k, "c_uct": s.c_uct, "step_lines": s.step_lines, "merged_visits": s.merged_visits,
+            "temperature": s.temperature, "max_tokens": s.max_tokens, "beam_width": s.beam_width, "seed": cfg.seed,
+            "value_model": cfg.value.model, "value_dtype": cfg.value.dtype, "policy_adapter": cfg.policy.adapter,
+            "prm_aggregates": list(cfg.prm_aggregates), "policy_model": cfg.policy.model}
+    assert tuple(flat) == _PHASE_KEYS
+    return flat
 
 
 def _checked(phase: dict[str, Any], cfg: EvalConfig, path: Path) -> dict[str, Any]:

@@ -34,11 +34,28 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from models.base import Policy, ValueModel
+from models.config import EngineConfig, ValueConfig, move_renamed_keys, over_job_defaults
+from sandbox.api import ProgramRunner, SandboxConfig
+from sandbox.limits import Limits
+from search import (
+    Budget,
+    ExecutedRewards,
+    SearchConfig,
+    TestEvaluator,
+    VMEvaluator,
+    load_trace,
+    open_stack,
+    run_search,
+    save_trace,
+)
 from search.tree import rollout_code
 from tasks import Problem
+from tasks.humaneval import check_trainable
+from tasks.jsonl import load_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +65,28 @@ RowKind = Literal["expanded", "program", "child"]
 KIND_RANK: dict[str, int] = {"program": 0, "expanded": 1, "child": 2}
 
 
+def _collect_search() -> SearchConfig:
+    return SearchConfig(strategy="vm_mcts", budget=Budget(samples=30), k=5, c_uct=0.2, max_tokens=192, parallel_expansions=1, seed=0)
+
+
+# flat keys of earlier releases -> their nested place (`--set samples=10` still works, with a warning)
+RENAMED: dict[str, tuple[str, ...]] = {
+    "samples": ("search.budget.samples",),
+    **{name: (f"search.{name}",) for name in ("k", "c_uct", "temperature", "max_tokens", "parallel_expansions")},
+    "seed": ("search.seed", "policy.seed"),
+    "engine": ("policy.engine",),
+    "kv_cache_gib": ("policy.kv_cache_gib",),
+    "max_model_len": ("policy.max_model_len",),
+    "policy_adapter": ("policy.adapter",),
+    "value_model": ("value.model",),
+    "value_dtype": ("value.dtype",),
+    "sandbox_workers": ("sandbox.workers",),
+    "sandbox_timeout_s": ("sandbox.timeout_s",),
+}
+
+
 class CollectConfig(BaseModel):
-    """`restrl train collect-values`: which problems, how much search per problem, which engine."""
+    """`restrl train collect-values`: which problems, which policy, how much search per problem."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -60,28 +97,28 @@ class CollectConfig(BaseModel):
     gym_tiers: tuple[int, ...] = Field(default=(1, 2), description="gym tiers to draw problems from")
     gym_split: Literal["train", "validation"] = Field(default="train", description="never the test split")
     max_problems: int | None = Field(default=80, ge=1, description="cap on problems (an even share per tier, in gym order)")
-    samples: int = Field(default=30, ge=1, le=10_000, description="sampled programs per problem (the budget; iterations = samples / k)")
-    k: int = Field(default=5, ge=1, le=64, description="continuations per expansion")
-    c_uct: float = Field(default=0.2, ge=0, description="UCT exploration constant (0.2 for data collection)")
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    max_tokens: int = Field(default=192, ge=1, le=8192, description="max new tokens per policy request")
-    parallel_expansions: int = Field(default=1, ge=1, le=64, description="expansions of one search in flight")
+    policy: EngineConfig = Field(default_factory=lambda: EngineConfig(max_model_len=2048),
+                                 description="the policy whose rollouts the value model will learn from (a folder, an adapter, a hub id)")
+    search: SearchConfig = Field(
+        default_factory=_collect_search,
+        description="each problem's search: vm_mcts with the tests as evaluator, budget.samples programs (iterations ="
+        " samples / k), C = 0.2; seed = search.seed + the problem's index",
+    )
     concurrency: int = Field(default=12, ge=1, le=1024, description="problems searched at once on the engine")
     include_children: bool = Field(default=True, description="also emit unexpanded child states (kind 'child')")
     guided: bool = Field(
         default=False,
-        description="also search every problem with the decoding settings: the value model (value_model) values the tree at guided_c_uct, rollouts are still executed for the targets; same sample budget",
+        description="also search every problem with the decoding settings: the value model (value) values the tree at guided_c_uct, rollouts are still executed for the targets; same sample budget",
     )
-    guided_c_uct: float = Field(default=0.1, ge=0, description="UCT constant of the value-guided searches (the decoding C)")
-    value_model: str | None = Field(default=None, description="value checkpoint guiding the guided searches; None = the shipped default")
-    value_dtype: Literal["float32", "bfloat16"] = Field(default="bfloat16")
-    seed: int = Field(default=0, ge=0, description="search seed (per problem: seed + its index)")
-    engine: Literal["vllm", "hf"] = Field(default="vllm")
-    kv_cache_gib: float = Field(default=1.0, gt=0)
-    max_model_len: int = Field(default=2048, ge=256)
-    policy_adapter: str | None = Field(default=None, description="LoRA adapter of the policy (None = the base policy)")
-    sandbox_workers: int = Field(default=2, ge=1, le=256)
-    sandbox_timeout_s: float = Field(default=4.0, gt=0, description="wall and CPU seconds per program")
+    guided_c_uct: float = Field(default=0.1, ge=0, le=10, description="UCT constant of the value-guided searches (the decoding C)")
+    value: ValueConfig = Field(default_factory=lambda: ValueConfig(dtype="bfloat16"),
+                               description="the value model guiding the guided searches (model None: the one shipped for the default policy)")
+    sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(timeout_s=4.0), description="the sandbox that runs the rollouts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return over_job_defaults(cls, move_renamed_keys(data, RENAMED, what="restrl train collect-values"))
 
 
 # ------------------------------------------------------------------------------------ rows
@@ -167,11 +204,7 @@ def dedupe_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def select_problems(cfg: CollectConfig) -> list[Problem]:
     """The configured training problems; evaluation-only problems are refused."""
-    from tasks.humaneval import check_trainable
-
     if cfg.problems_file:
-        from tasks.jsonl import load_jsonl
-
         problems = list(load_jsonl(cfg.problems_file))
         if cfg.max_problems is not None:
             problems = problems[: cfg.max_problems]
@@ -202,35 +235,22 @@ def modes(cfg: CollectConfig) -> tuple[Mode, ...]:
     return ("tests", "guided") if cfg.guided else ("tests",)
 
 
-def search_config(cfg: CollectConfig, index: int, mode: Mode = "tests") -> Any:
-    from search import Budget, SearchConfig
-
-    return SearchConfig(
-        strategy="vm_mcts",
-        budget=Budget(samples=cfg.samples),
-        k=cfg.k,
-        c_uct=cfg.c_uct if mode == "tests" else cfg.guided_c_uct,
-        temperature=cfg.temperature,
-        max_tokens=cfg.max_tokens,
-        parallel_expansions=cfg.parallel_expansions,
-        seed=cfg.seed + index,
-        record_trace=True,
-        top_candidates=0,
-    )
+def search_config(cfg: CollectConfig, index: int, mode: Mode = "tests") -> SearchConfig:
+    s = cfg.search
+    return s.model_copy(update={"strategy": "vm_mcts", "c_uct": s.c_uct if mode == "tests" else cfg.guided_c_uct,
+                                "seed": (s.seed or 0) + index, "record_trace": True, "top_candidates": 0})
 
 
 # ------------------------------------------------------------------------------------ the job
 
 
 async def collect(
-    problems: Sequence[Problem], policy: Any, sandbox: Any, cfg: CollectConfig, *, resume: bool = False, limits: Any = None,
-    value: Any = None,
+    problems: Sequence[Problem], policy: Policy, sandbox: ProgramRunner, cfg: CollectConfig, *, resume: bool = False,
+    limits: Limits | None = None, value: ValueModel | None = None,
 ) -> dict[str, Any]:
     """Search every (problem, mode) without a trace in ``cfg.output_dir`` (all of them unless
     ``resume``), write traces as they finish, then rebuild ``rows.jsonl`` from every trace; return
     the summary. ``value`` (the value model) is needed for the guided mode."""
-    from search import ExecutedRewards, TestEvaluator, VMEvaluator, run_search, save_trace
-
     out = Path(cfg.output_dir)
     (out / "traces").mkdir(parents=True, exist_ok=True)
     jobs = [(i, p, m) for m in modes(cfg) for i, p in enumerate(problems)]
@@ -242,7 +262,7 @@ async def collect(
     tests = TestEvaluator(sandbox, which="tests", limits=limits)
     if cfg.guided and value is None:
         raise ValueError("collect-values with guided=true needs a value model")
-    evaluators = {"tests": tests, "guided": ExecutedRewards(VMEvaluator(value), sandbox, limits=limits) if cfg.guided else tests}
+    evaluators = {"tests": tests, "guided": ExecutedRewards(VMEvaluator(value), sandbox, limits=limits) if value is not None else tests}
     gate = asyncio.Semaphore(cfg.concurrency)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="collect-values", unit="search")
     t0 = time.monotonic()
@@ -263,8 +283,6 @@ async def collect(
 
 def write_rows(problems: Sequence[Problem], cfg: CollectConfig, *, wall_s: float | None = None) -> dict[str, Any]:
     """Rebuild ``rows.jsonl`` and ``summary.json`` from the traces of ``problems`` present on disk."""
-    from search import load_trace
-
     out = Path(cfg.output_dir)
     rows: list[dict[str, Any]] = []
     traced = 0
@@ -319,57 +337,32 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-async def _run(cfg: CollectConfig, *, resume: bool) -> dict[str, Any]:
-    from models.config import EngineConfig
-    from models.loading import load_policy
-    from sandbox.limits import Limits
-    from sandbox.pool import Sandbox
-    from tasks.jsonl import write_jsonl
-
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _write_config(out: Path, cfg: CollectConfig, *, resume: bool) -> None:
+    """``config.json`` of the run; with ``resume``, the one there must describe the same run (a
+    config of an earlier release is read through its renamed keys)."""
     config_file = out / "config.json"
     if resume and config_file.exists():
-        before = json.loads(config_file.read_text())
-        if before != cfg.model_dump(mode="json"):
+        before = CollectConfig.model_validate(json.loads(config_file.read_text()))
+        if before.model_dump(mode="json") != cfg.model_dump(mode="json"):
             raise ValueError(f"{config_file}: --resume with a different configuration; use a new output_dir or the same settings")
     config_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+async def _run(cfg: CollectConfig, *, resume: bool) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_config(out, cfg, resume=resume)
     problems = select_problems(cfg)
     write_jsonl(out / "problems.jsonl", problems)
-    policy = await load_policy(
-        EngineConfig(
-            engine=cfg.engine,
-            adapter=cfg.policy_adapter,
-            kv_cache_gib=cfg.kv_cache_gib,
-            max_model_len=cfg.max_model_len,
-            seed=cfg.seed,
-        )
-    )
-    value = batcher = None
-    if cfg.guided:
-        from models.config import ValueConfig, resolve_device
-        from models.value import cpu_threads, load_value_model
-        from search import ValueBatcher
-        from search.batcher import pauses_engine
-
-        pause = pauses_engine("auto", engine_on_cpu=bool(getattr(policy, "on_cpu", False)), value_device=resolve_device("auto"))
-        value = await load_value_model(ValueConfig(model=cfg.value_model, dtype=cfg.value_dtype, threads=cpu_threads(0, exclusive=pause)))
-        batcher = ValueBatcher(value, hold=getattr(policy, "paused", None) if pause else None)
-    sandbox = Sandbox(workers=cfg.sandbox_workers, hide=[str(Path.cwd()), str(Path.home()), str(out.resolve())])
-    try:
-        limits = Limits(wall_s=cfg.sandbox_timeout_s, cpu_s=cfg.sandbox_timeout_s)
-        summary = await collect(problems, policy, sandbox, cfg, resume=resume, limits=limits, value=batcher)
-        summary["policy_version"] = str(policy.version)
-        summary["value_version"] = str(value.version) if value is not None else None
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
-    finally:
-        sandbox.close()
-        if batcher is not None:
-            await batcher.close()
-        if value is not None:
-            await value.close()
-        await policy.close()
+    hide = [str(Path.cwd()), str(Path.home()), str(out.resolve())]  # the hidden tests live in out
+    async with open_stack(cfg.policy, cfg.value if cfg.guided else None, cfg.sandbox, sandbox_hide=hide) as stack:
+        assert stack.sandbox is not None
+        summary = await collect(problems, stack.policy, stack.sandbox, cfg, resume=resume, value=stack.value)
+        summary["policy_version"] = stack.policy.version
+        summary["policy_base"] = stack.policy.base_model
+        summary["value_version"] = stack.value.version if stack.value is not None else None
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def run_collect(cfg: CollectConfig, *, resume: bool = False) -> dict[str, Any]:

@@ -4,14 +4,17 @@ In: ``rows.jsonl`` and ``problems.jsonl`` written by `training.value_data` (coll
 rows are split *by problem* (never by row: a held-out problem contributes no row to training);
 each row's input is tokenized by `models.value.encode_value_inputs`, the function serving uses,
 with the serving ``max_length``, so training and serving see identical tokens. The model is
-`AutoModelForSequenceClassification(num_labels=1)` on the policy's base (`build_value_backbone`)
+`AutoModelForSequenceClassification(num_labels=1)` on ``value.base`` - by default the base of the
+policy whose rollouts the rows come from (the one the collect-values run recorded), any causal LM
+transformers can load as a sequence classifier; a smaller one is allowed - (`build_value_backbone`)
 with a LoRA adapter on every projection and the ``score`` head trained in full
 (`value_lora_config`: ``modules_to_save``); HF `Trainer` minimises the MSE (transformers'
 regression loss for one float label). Batches are right-padded without an attention mask, as
 in `HFValueModel._forward`.
 
 Out, in ``output_dir``: ``final/`` - the adapter + head with its `restrl.json` manifest (metrics
-included), loadable by ``restrl serve --value DIR`` and checked here by loading it back through
+included; ``base`` = the value model's base, ``policy`` = the base of the policy it was trained for,
+which the server matches against the policy it serves), loadable by ``restrl serve --value DIR`` and checked here by loading it back through
 `HFValueModel.load` and re-scoring held-out rows; ``metrics.json`` - held-out MSE,
 accuracy@0.05 (|clip(pred) - target| < 0.05, RESTRL_SPEC.md section 3), the MSE of predicting the
 training mean (the bar to beat), Pearson r, per-kind figures, and the same on the training rows;
@@ -28,16 +31,33 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.config import EngineConfig, ValueConfig, move_renamed_keys, over_job_defaults, resolve_device
+from models.default import DEFAULT_MODEL_BASE, canonical_base, is_default_base
+from models.loading import ResolvedWeights, resolve_weights
+from models.value import (
+    HFValueModel,
+    build_value_backbone,
+    encode_value_inputs,
+    resolve_value_base,
+    save_value_checkpoint,
+    value_lora_config,
+)
 from tasks import Problem
-from training.value_data import RowKind, read_rows
+from tasks.humaneval import check_trainable
+from tasks.jsonl import load_jsonl
+from training.value_data import CollectConfig, RowKind, read_rows
 
 logger = logging.getLogger(__name__)
 
 ACCURACY_TOLERANCE = 0.05
+
+
+# keys of earlier releases -> their nested place (still read, with a warning)
+RENAMED: dict[str, tuple[str, ...]] = {"max_length": ("value.max_length",), "device": ("value.device",)}
 
 
 class ValueTrainConfig(BaseModel):
@@ -48,10 +68,19 @@ class ValueTrainConfig(BaseModel):
     rows_file: str = Field(default="runs/value_data/rows.jsonl", description="rows written by collect-values")
     problems_file: str = Field(default="runs/value_data/problems.jsonl", description="the problems those rows refer to")
     output_dir: str = Field(default="runs/value_model", description="folder for final/, metrics.json, predictions, plot")
+    policy: EngineConfig | None = Field(
+        default=None,
+        description="the policy whose rollouts the rows come from; None = the one the collect-values run recorded"
+        " (config.json beside rows_file)",
+    )
+    value: ValueConfig = Field(
+        default_factory=ValueConfig,
+        description="the value model trained: base (None = the policy's base; a smaller one is allowed), max_length (tokens"
+        " per input, the serving one: identical tokens) and device; the head starts from `seed`",
+    )
     kinds: tuple[RowKind, ...] = Field(default=("expanded", "program", "child"), description="row kinds to train on")
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of problems held out for evaluation")
     split_seed: int = Field(default=0, ge=0, description="seed of the problem split")
-    max_length: int = Field(default=1024, ge=64, le=131072, description="tokens per input: keep equal to the serving ValueConfig.max_length")
     lora_r: int = Field(default=8, ge=1, le=256)
     lora_alpha: int = Field(default=16, ge=1)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -63,9 +92,13 @@ class ValueTrainConfig(BaseModel):
     batch_size: int = Field(default=16, ge=1)
     eval_batch_size: int = Field(default=32, ge=1)
     bf16: bool = Field(default=False, description="bf16 autocast (recommended on a GPU)")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available")
     seed: int = Field(default=0, ge=0, description="seed of the head init, LoRA init and data order")
     max_train_rows: int | None = Field(default=None, ge=1, description="cap on training rows (a seeded sample), for quick runs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return over_job_defaults(cls, move_renamed_keys(data, RENAMED, what="restrl train value"))
 
 
 # ------------------------------------------------------------------------------------ data
@@ -84,16 +117,11 @@ def split_by_problem(rows: Sequence[dict[str, Any]], *, holdout_fraction: float,
 
 
 def load_problems(path: str | Path) -> dict[str, Problem]:
-    from tasks.humaneval import check_trainable
-    from tasks.jsonl import load_jsonl
-
     return {p.id: p for p in check_trainable(load_jsonl(path))}
 
 
 def encode_rows(rows: Sequence[dict[str, Any]], problems: dict[str, Problem], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
     """``{"input_ids", "labels"}`` per row, tokenized exactly as serving tokenizes."""
-    from models.value import encode_value_inputs
-
     out = []
     for r in rows:
         ids = encode_value_inputs(tokenizer, problems[r["problem_id"]], [r["state"]], max_length)[0]
@@ -186,38 +214,37 @@ def calibration_plot(preds: Sequence[float], targets: Sequence[float], path: str
 # ------------------------------------------------------------------------------------ the job
 
 
-def _device(cfg: ValueTrainConfig) -> str:
-    from models.config import resolve_device
+def trained_policy(cfg: ValueTrainConfig) -> EngineConfig:
+    """The policy the rows come from: ``cfg.policy``, else the one the collect-values run beside
+    ``rows_file`` recorded (the embedded default when there is no record)."""
+    if cfg.policy is not None:
+        return cfg.policy
+    recorded = Path(cfg.rows_file).parent / "config.json"
+    if recorded.exists():
+        return CollectConfig.model_validate(json.loads(recorded.read_text())).policy
+    logger.warning("%s: no collect-values config beside the rows; taking them for the default policy's", recorded)
+    return EngineConfig()
 
-    return resolve_device(cfg.device)
+
+def value_base(cfg: ValueTrainConfig, policy: ResolvedWeights) -> tuple[Path, str]:
+    """(folder, name for the manifest) of the value model's base: ``value.base``, else the policy's."""
+    if cfg.value.base is not None:
+        return resolve_value_base(cfg.value.base), canonical_base(cfg.value.base)
+    if is_default_base(policy.base_model):
+        return resolve_value_base(None), DEFAULT_MODEL_BASE
+    return Path(policy.model_dir), policy.base_model
 
 
 def _predict(model: Any, tokenizer: Any, problems: dict[str, Problem], rows: Sequence[dict[str, Any]], cfg: ValueTrainConfig, device: str) -> list[float]:
     """Scores through `HFValueModel` itself: the serving code path (clamped to [0, 1])."""
-    from models.config import ValueConfig
-    from models.value import HFValueModel
-
-    vcfg = ValueConfig(batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device, dtype="float32")
+    vcfg = ValueConfig(batch_size=cfg.eval_batch_size, max_length=cfg.value.max_length, device=device, dtype="float32")
     scorer = HFValueModel(model=model, tokenizer=tokenizer, config=vcfg, version="training", trained=True)
     model.eval()
     return scorer.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in rows])
 
 
-def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
-    """Train, evaluate on the held-out problems, save ``final/`` and verify it loads (see the module doc)."""
-    import torch
-    from peft import get_peft_model
-    from transformers import Trainer, TrainingArguments
-
-    from models.config import ValueConfig
-    from models.default import DEFAULT_MODEL_BASE, prepare_default_model
-    from models.value import HFValueModel, build_value_backbone, save_value_checkpoint, value_lora_config
-
-    t0 = time.monotonic()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg)
-    problems = load_problems(cfg.problems_file)
+def _split_rows(cfg: ValueTrainConfig, problems: dict[str, Problem]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train rows, held-out rows) of the configured kinds, split by problem."""
     rows = [r for r in read_rows(cfg.rows_file) if r["kind"] in cfg.kinds and r["problem_id"] in problems]
     if not rows:
         raise ValueError(f"{cfg.rows_file}: no rows of kinds {list(cfg.kinds)} for the problems in {cfg.problems_file}")
@@ -225,15 +252,17 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     if cfg.max_train_rows is not None and len(train_rows) > cfg.max_train_rows:
         train_rows = random.Random(cfg.seed).sample(train_rows, cfg.max_train_rows)
     logger.info(
-        "value training: %d rows (%d train from %d problems, %d held out from %d problems) on %s",
-        len(rows), len(train_rows), len({r["problem_id"] for r in train_rows}), len(held_rows),
-        len({r["problem_id"] for r in held_rows}), device,
+        "value training: %d rows (%d train from %d problems, %d held out from %d problems)",
+        len(rows), len(train_rows), len({r["problem_id"] for r in train_rows}), len(held_rows), len({r["problem_id"] for r in held_rows}),
     )
-    torch.manual_seed(cfg.seed)
-    base_dir = prepare_default_model()
-    model, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
-    model = get_peft_model(model, value_lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
-    train_data = encode_rows(train_rows, problems, tokenizer, cfg.max_length)
+    return train_rows, held_rows
+
+
+def _train(cfg: ValueTrainConfig, model: Any, tokenizer: Any, train_data: list[dict[str, Any]], device: str,
+           out: Path) -> tuple[Any, Any, float]:
+    """Fit the LoRA adapter and head with the HF `Trainer`; (unwrapped model, train result, seconds)."""
+    from transformers import Trainer, TrainingArguments
+
     args = TrainingArguments(
         output_dir=str(out / "trainer"),
         per_device_train_batch_size=cfg.batch_size,
@@ -257,16 +286,16 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=_Collator(tokenizer.pad_token_id))
     t_train = time.monotonic()
     result = trainer.train()
-    train_s = time.monotonic() - t_train
     # Unwrapped: with bf16 the accelerator leaves an autocast wrapper on forward; predictions and
     # the saved weights must be those of the plain float32 model that serving loads.
-    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    held_preds = _predict(model, tokenizer, problems, held_rows, cfg, device)
-    probe = random.Random(cfg.seed).sample(train_rows, min(len(train_rows), max(64, len(held_rows))))
-    train_preds = _predict(model, tokenizer, problems, probe, cfg, device)
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False), result, time.monotonic() - t_train
+
+
+def _metrics(cfg: ValueTrainConfig, held_rows: list[dict[str, Any]], held_preds: list[float], train_rows: list[dict[str, Any]],
+             probe: list[dict[str, Any]], train_preds: list[float]) -> dict[str, Any]:
     train_mean = sum(r["target"] for r in train_rows) / len(train_rows)
     held_targets = [r["target"] for r in held_rows]
-    metrics: dict[str, Any] = {
+    return {
         "held_out": regression_metrics(held_preds, held_targets, train_mean=train_mean),
         "held_out_by_kind": {
             kind: regression_metrics(
@@ -282,29 +311,56 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
         "held_out_rows": len(held_rows),
         "train_problems": len({r["problem_id"] for r in train_rows}),
         "held_out_problems": sorted({r["problem_id"] for r in held_rows}),
-        "train_loss": float(result.training_loss),
-        "steps": int(result.global_step),
-        "train_s": train_s,
-        "device": device,
     }
+
+
+def _save(cfg: ValueTrainConfig, model: Any, tokenizer: Any, final: Path, *, base: str, policy: ResolvedWeights,
+          metrics: dict[str, Any]) -> None:
+    """``final/`` with its manifest: the value model's base, and the policy it was trained for."""
+    h = metrics["held_out"]
+    manifest_metrics = {
+        "held_out_mse": h.get("mse"), "held_out_accuracy_at_0.05": h.get("accuracy_at_0.05"),
+        "held_out_constant_mse": h.get("constant_mse"), "held_out_pearson_r": h.get("pearson_r"),
+        "held_out_rows": metrics["held_out_rows"], "train_rows": metrics["train_rows"],
+    }
+    config = {**cfg.model_dump(mode="json"), "policy_version": policy.version, "policy_base": policy.base_model}
+    save_value_checkpoint(model, tokenizer, final, base=base, policy=policy.base_model, job="restrl train value",
+                          config=config, metrics=manifest_metrics)
+
+
+def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
+    """Train, evaluate on the held-out problems, save ``final/`` and verify it loads (see the module doc)."""
+    import torch
+    from peft import get_peft_model
+
+    t0 = time.monotonic()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.value.device)
+    policy = resolve_weights(trained_policy(cfg))
+    base_dir, base_name = value_base(cfg, policy)
+    problems = load_problems(cfg.problems_file)
+    train_rows, held_rows = _split_rows(cfg, problems)
+    logger.info("value model on %s for the policy %s, on %s", base_name, policy.version, device)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
+    model = get_peft_model(model, value_lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+    train_data = encode_rows(train_rows, problems, tokenizer, cfg.value.max_length)
+    model, result, train_s = _train(cfg, model, tokenizer, train_data, device, out)
+    held_preds = _predict(model, tokenizer, problems, held_rows, cfg, device)
+    probe = random.Random(cfg.seed).sample(train_rows, min(len(train_rows), max(64, len(held_rows))))
+    train_preds = _predict(model, tokenizer, problems, probe, cfg, device)
+    metrics = _metrics(cfg, held_rows, held_preds, train_rows, probe, train_preds)
+    metrics.update(train_loss=float(result.training_loss), steps=int(result.global_step), train_s=train_s, device=device,
+                   value_base=base_name, policy_version=policy.version, policy_base=policy.base_model)
     with (out / "predictions.jsonl").open("w") as fh:
         for r, p in zip(held_rows, held_preds, strict=True):
             fh.write(json.dumps({**r, "prediction": p}, ensure_ascii=False) + "\n")
     final = out / "final"
-    manifest_metrics = {
-        "held_out_mse": metrics["held_out"].get("mse"),
-        "held_out_accuracy_at_0.05": metrics["held_out"].get("accuracy_at_0.05"),
-        "held_out_constant_mse": metrics["held_out"].get("constant_mse"),
-        "held_out_pearson_r": metrics["held_out"].get("pearson_r"),
-        "held_out_rows": len(held_rows),
-        "train_rows": len(train_rows),
-    }
-    save_value_checkpoint(
-        model, tokenizer, final, base=DEFAULT_MODEL_BASE, job="restrl train value",
-        config=cfg.model_dump(mode="json"), metrics=manifest_metrics,
-    )
+    _save(cfg, model, tokenizer, final, base=base_name, policy=policy, metrics=metrics)
     # The saved checkpoint must score like the trained model through the loader serving uses.
-    reloaded = HFValueModel.load(ValueConfig(model=str(final), batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device, dtype="float32"))
+    reloaded = HFValueModel.load(ValueConfig(model=str(final), batch_size=cfg.eval_batch_size, max_length=cfg.value.max_length,
+                                             device=device, dtype="float32"))
     check = held_rows[:8] or probe[:8]
     again = reloaded.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in check])
     first = held_preds[: len(check)] if held_rows else train_preds[: len(check)]
@@ -314,9 +370,10 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     h = metrics["held_out"]
     calibration_plot(
-        held_preds, held_targets, out / "calibration.png",
+        held_preds, [r["target"] for r in held_rows], out / "calibration.png",
         title=f"value model, held-out problems ({len(held_rows)} rows): MSE {h.get('mse', float('nan')):.3f},"
         f" acc@0.05 {h.get('accuracy_at_0.05', float('nan')):.2f}",
     )
     logger.info("value training done: held-out %s; checkpoint %s", h, final)
-    return {"checkpoint": str(final), **{k: metrics[k] for k in ("held_out", "train_sample", "steps", "train_s", "reload_max_abs_diff", "value_version")}}
+    return {"checkpoint": str(final), **{k: metrics[k] for k in ("held_out", "train_sample", "steps", "train_s", "reload_max_abs_diff",
+                                                                   "value_version", "value_base", "policy_base")}}

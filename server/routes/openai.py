@@ -55,7 +55,7 @@ async def list_models(services: ServicesDep) -> ModelList:
     if pair is None:
         return ModelList(data=[])
     return ModelList(data=[ModelCard(id=pair.policy.version, created=int(pair.loaded_at),
-                                     value_version=pair.value.version)])
+                                     value_version=pair.value_version)])
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
@@ -194,7 +194,7 @@ def _search_choices(result: SearchResult, n: int) -> list[tuple[str, str | None]
 def _search_info(result: SearchResult, pair: ModelPair, capped: list[str]) -> SearchInfo:
     return SearchInfo(strategy=result.strategy, value=result.value, stop_reason=result.stop_reason, usage=result.usage,
                       policy_version=result.policy_version or pair.policy.version,
-                      value_version=result.value_version or pair.value.version, budget_capped=capped)
+                      value_version=pair.value_version, budget_capped=capped)
 
 
 def _search_usage(result: SearchResult) -> UsageInfo:
@@ -214,6 +214,7 @@ async def _search(body: _OpenAIRequest, kind: Kind, request: Request, services: 
     config = config.model_copy(update={"top_candidates": max(config.top_candidates, body.n)})
     problem = spec.to_problem(statement, request_id)
     check_rerank(spec.rerank_with_tests, problem, services, "search.")
+    services.check_value()  # 400 before queueing when the active pair may not search
     stack, pair = await services.hold()
     if not body.stream:
         async with stack:

@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from models.base import PingablePolicy
+from sandbox.api import ProgramRunner
 from server.deps import ServicesDep
 from server.errors import error_body
 from server.metrics import CONTENT_TYPE
@@ -41,10 +43,10 @@ async def ready(services: ServicesDep) -> JSONResponse:
     engine: Any = None
     try:
         async with services.registry.acquire() as held:
-            result = await asyncio.wait_for(probe(held.policy, held.value, metrics=services.metrics), settings.ready_timeout_s)
-            ping = getattr(held.policy, "ping", None)
-            if ping is not None:  # the engine's own view: requests it still holds (none once idle)
-                engine = await asyncio.wait_for(ping(), settings.ready_timeout_s)
+            value = held.value if held.match.allowed else None
+            result = await asyncio.wait_for(probe(held.policy, value, metrics=services.metrics), settings.ready_timeout_s)
+            if isinstance(held.policy, PingablePolicy):  # the engine's own view: requests it still holds (none once idle)
+                engine = await asyncio.wait_for(held.policy.ping(), settings.ready_timeout_s)
     except asyncio.TimeoutError:
         return _not_ready(f"probe took longer than {settings.ready_timeout_s:.0f}s")
     except Exception as exc:
@@ -52,7 +54,8 @@ async def ready(services: ServicesDep) -> JSONResponse:
     report: dict[str, Any] = {
         "status": "ready",
         "policy_version": pair.policy.version,
-        "value_version": pair.value.version,
+        "value_version": pair.value_version,
+        "value_match": pair.match.summary(),
         "probe": result,
         "sandbox": _capabilities(services.sandbox),
         "engine": engine,
@@ -63,11 +66,8 @@ async def ready(services: ServicesDep) -> JSONResponse:
     return JSONResponse(report)
 
 
-def _capabilities(sandbox: Any) -> Any:
-    if sandbox is None:
-        return None
-    caps = sandbox.capabilities()
-    return caps.model_dump() if hasattr(caps, "model_dump") else caps
+def _capabilities(sandbox: ProgramRunner | None) -> dict[str, Any] | None:
+    return sandbox.capabilities() if sandbox is not None else None
 
 
 def _not_ready(reason: str) -> JSONResponse:

@@ -40,7 +40,7 @@ def to_solve_response(request_id: str, result: SearchResult, pair: ModelPair, ca
         candidates=result.candidates, usage=result.usage, stop_reason=result.stop_reason, nodes=result.nodes,
         max_depth=result.max_depth, reranked=result.reranked,
         policy_version=result.policy_version or pair.policy.version,
-        value_version=result.value_version or pair.value.version, budget_capped=capped, tree=result.trace,
+        value_version=pair.value_version, budget_capped=capped, tree=result.trace,
     )
 
 
@@ -52,6 +52,7 @@ async def solve(body: SolveRequest, request: Request, services: ServicesDep) -> 
     config, capped = body.to_config(services.limits, record_trace=body.return_tree)
     problem = body.problem.to_problem(request_id)
     check_rerank(body.rerank_with_tests, problem, services, "problem.")
+    services.check_value()  # 400 before queueing when the active pair may not search
     stack, pair = await services.hold()
     if not body.stream:
         async with stack:

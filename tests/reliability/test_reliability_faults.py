@@ -118,6 +118,7 @@ class FlakyValue:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.version = inner.version
+        self.policy_base = inner.policy_base
         self.calls = 0
         self.fail_on: set[int] = set()
         self.failed = 0

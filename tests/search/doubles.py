@@ -59,6 +59,7 @@ class ScriptedPolicy:
     script: Callable[[str, int, int], Sequence[str]] = random_script
     delay: float | Callable[[int], float] = 0.0
     version: str = "fake-policy@1"
+    base_model: str = "fake-base"
     prompt_mode: str = "rewrite"
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
     calls: list[Call] = field(default_factory=list)
@@ -108,6 +109,7 @@ class HashValue:
 
     fn: Callable[[str], float] = hash_value
     version: str = "fake-value@1"
+    policy_base: str | None = "fake-base"
     batch_sizes: list[int] = field(default_factory=list)
     delay: float = 0.0
 

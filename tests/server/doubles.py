@@ -25,8 +25,9 @@ class FakeTokenizer:
 class FakePolicy:
     prompt_mode = "rewrite"
 
-    def __init__(self, version: str = "fake-policy@1", *, delay_s: float = 0.0, text: str = PROGRAM):
+    def __init__(self, version: str = "fake-policy@1", *, delay_s: float = 0.0, text: str = PROGRAM, base_model: str = "fake-base"):
         self.version = version
+        self.base_model = base_model
         self.tokenizer = FakeTokenizer()
         self.delay_s = delay_s
         self.text = text
@@ -55,8 +56,9 @@ class FakePolicy:
 
 
 class FakeValue:
-    def __init__(self, version: str = "fake-value@1", score: float = 0.5):
+    def __init__(self, version: str = "fake-value@1", score: float = 0.5, policy_base: str | None = "fake-base"):
         self.version = version
+        self.policy_base = policy_base
         self.value = score
         self.closed = False
 
@@ -68,10 +70,14 @@ class FakeValue:
 
 
 class FakeLoader:
-    """Loads doubles by name: a source containing 'corrupt' fails like a bad checkpoint."""
+    """Loads doubles by name: a source containing 'corrupt' fails like a bad checkpoint; a policy
+    source containing 'other' is of another base ('other-base'), and a value source containing
+    'other' was trained for it. The value left to the settings (None) follows the pairing rule of
+    `search.stack`: none for a policy of another base than the default."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, any_policy: bool = False) -> None:
         self.loaded: list[str] = []
+        self.any_policy = any_policy
 
     async def load_policy(self, source: str | None, *, reuse: object = None) -> FakePolicy:
         from models.base import CheckpointError
@@ -79,8 +85,18 @@ class FakeLoader:
         if source and "corrupt" in source:
             raise CheckpointError(f"{source}/restrl.json: invalid JSON at line 1 column 1")
         self.loaded.append(f"policy:{source}")
-        return FakePolicy(f"policy@{source or 'default'}")
+        return FakePolicy(f"policy@{source or 'default'}", base_model="other-base" if source and "other" in source else "fake-base")
 
-    async def load_value(self, source: str | None) -> FakeValue:
+    async def load_value(self, source: str | None, *, policy: FakePolicy) -> object:
+        from search import NoValueModel
+
+        if source is None and policy.base_model != "fake-base" and not self.any_policy:
+            self.loaded.append("value:none")
+            return NoValueModel(f"no value model for the policy {policy.base_model}")
         self.loaded.append(f"value:{source}")
-        return FakeValue(f"value@{source or 'default'}")
+        return FakeValue(f"value@{source or 'default'}", policy_base="other-base" if source and "other" in source else "fake-base")
+
+    def match(self, policy: FakePolicy, value: object) -> object:
+        from search import value_match
+
+        return value_match(policy.base_model, value, any_policy=self.any_policy)  # type: ignore[arg-type]

@@ -15,9 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from models.default import DEFAULT_MODEL_BASE
 from search import run_search
+from search.stack import value_pauses_engine
 from server import Settings, build_app
-from server.services import Services, assemble_services, value_pauses_engine
+from server.services import Services, assemble_services
 from tests.server.conftest import running
 from tests.server.doubles import PROGRAM, FakeLoader, FakePolicy
 
@@ -27,15 +29,18 @@ PROBLEM = {"statement": "Return the sum of a and b.", "starter_code": 'def add(a
            "entry_point": "add"}
 
 
-async def start(**overrides: Any) -> tuple[Services, Settings]:
-    settings = Settings(**{"admin_token": ADMIN, "max_samples": 8, "value_batch_wait_ms": 0, **overrides})
-    services = assemble_services(settings, loader=FakeLoader(), search_fn=run_search)
-    await services.registry.load_initial(None, None)
+async def start(policy: str | None = None, value: str | None = None, *, any_policy: bool = False,
+                **overrides: Any) -> tuple[Services, Settings]:
+    settings = Settings(**{"admin_token": ADMIN, "max_samples": 8, "value": {"batch_wait_ms": 0, "any_policy": any_policy},
+                           **overrides})
+    services = assemble_services(settings, loader=FakeLoader(any_policy=any_policy), search_fn=run_search)
+    await services.registry.load_initial(policy, value)
     return services, settings
 
 
-async def serve(**overrides: Any) -> tuple[Services, Any]:
-    services, settings = await start(**overrides)
+async def serve(policy: str | None = None, value: str | None = None, *, any_policy: bool = False,
+                **overrides: Any) -> tuple[Services, Any]:
+    services, settings = await start(policy, value, any_policy=any_policy, **overrides)
     return services, running(build_app(settings, services=services, load_models=False))
 
 
@@ -313,24 +318,26 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_value_settings_reach_the_loaded_value_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """RESTRL_VALUE_PACK_TOKENS, RESTRL_VALUE_DTYPE and RESTRL_VALUE_DEVICE arrive in the value model
-    the server loads; the default device is the GPU when there is one, else the CPU."""
+    """RESTRL_VALUE__PACK_TOKENS, the value dtype and device arrive in the value model the server
+    loads; the default device is the GPU when there is one, else the CPU."""
     import torch
 
     from server.loading import EngineLoader
 
-    monkeypatch.setenv("RESTRL_VALUE_PACK_TOKENS", "0")
-    settings = Settings(value_dtype="float32")
-    assert settings.value_pack_tokens == 0 and Settings(value_pack_tokens=None).value_pack_tokens is None
-    assert settings.value_device == "auto" and Settings(value_device="cpu").value_device == "cpu"
-    value = await EngineLoader(settings).load_value(None)
+    monkeypatch.setenv("RESTRL_VALUE__PACK_TOKENS", "0")
+    settings = Settings(value={"dtype": "float32"})
+    assert settings.value.pack_tokens == 0 and Settings(value={"pack_tokens": None}).value.pack_tokens is None
+    assert settings.value.device == "auto" and Settings(value={"device": "cpu"}).value.device == "cpu"
+    value = await EngineLoader(settings).load_value(None, policy=FakePolicy(base_model=DEFAULT_MODEL_BASE))  # type: ignore[arg-type]
     try:
         cfg = value.config  # type: ignore[attr-defined]
         assert (cfg.pack_tokens, cfg.resolved_pack_tokens(), cfg.resolved_dtype()) == (0, 0, "float32")
         expected = "cuda" if torch.cuda.is_available() else "cpu"
         assert cfg.device == expected and next(value.model.parameters()).device.type == expected  # type: ignore[attr-defined]
         if expected == "cpu":  # vLLM on the CPU too: value batches pause it and take every core
-            assert value_pauses_engine(settings) and value.threads == len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+            assert value_pauses_engine(settings.policy, settings.value)
+            assert value.threads == len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+        assert value.policy_base == DEFAULT_MODEL_BASE  # the shipped adapter was trained for the default policy
     finally:
         await value.close()
 
@@ -338,13 +345,93 @@ async def test_value_settings_reach_the_loaded_value_model(monkeypatch: pytest.M
 def test_cpu_sharing_setting_resolves_per_engine_and_device() -> None:
     import torch
 
+    def pauses(**settings: Any) -> bool:
+        s = Settings(**settings)
+        return value_pauses_engine(s.policy, s.value)
+
     cpu_host = not torch.cuda.is_available()
-    assert value_pauses_engine(Settings()) == cpu_host  # auto: vLLM CPU build + value on the CPU
-    assert not value_pauses_engine(Settings(engine="hf"))  # nothing to pause
-    assert not value_pauses_engine(Settings(value_cpu_sharing="concurrent"))
-    assert not value_pauses_engine(Settings(value_cpu_sharing="pause", engine="hf"))  # only vLLM can pause
+    assert pauses() == cpu_host  # auto: vLLM CPU build + value on the CPU
+    assert not pauses(policy={"engine": "hf"})  # nothing to pause
+    assert not pauses(value={"cpu_sharing": "concurrent"})
+    assert not pauses(value={"cpu_sharing": "pause"}, policy={"engine": "hf"})  # only vLLM can pause
     with pytest.raises(ValidationError):
-        Settings(value_cpu_sharing="sometimes")  # type: ignore[arg-type]
+        Settings(value={"cpu_sharing": "sometimes"})
+
+
+def test_nested_settings_from_the_environment_and_the_renamed_flat_names(monkeypatch: pytest.MonkeyPatch,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """RESTRL_POLICY / RESTRL_VALUE name the checkpoints, RESTRL_POLICY__X sets a field of the policy
+    config; the flat names of earlier releases still work, each warning with its new name."""
+    monkeypatch.setenv("RESTRL_POLICY", "/models/mine")
+    monkeypatch.setenv("RESTRL_POLICY__MAX_MODEL_LEN", "1024")
+    monkeypatch.setenv("RESTRL_VALUE", "/models/mine-value")
+    monkeypatch.setenv("RESTRL_SANDBOX__WORKERS", "3")
+    s = Settings()
+    assert (s.policy.model, s.policy.max_model_len, s.value.model, s.sandbox.workers) == ("/models/mine", 1024, "/models/mine-value", 3)
+    assert not caplog.records
+    monkeypatch.setenv("RESTRL_KV_CACHE_GIB", "2.5")
+    monkeypatch.setenv("RESTRL_ENGINE", "hf")
+    monkeypatch.setenv("RESTRL_VALUE_DTYPE", "float32")
+    monkeypatch.setenv("RESTRL_SANDBOX_WORKERS", "5")
+    with caplog.at_level("WARNING"):
+        s = Settings(value_threads=2)  # a flat init argument (a flag of earlier releases) too
+    assert (s.policy.kv_cache_gib, s.policy.engine, s.policy.model) == (2.5, "hf", "/models/mine")
+    assert (s.value.dtype, s.value.threads, s.value.model) == ("float32", 2, "/models/mine-value")
+    assert s.sandbox.workers == 3  # the new name wins over the old one
+    warned = caplog.text
+    for old, new in (("kv_cache_gib", "RESTRL_POLICY__KV_CACHE_GIB"), ("engine", "RESTRL_POLICY__ENGINE"),
+                     ("value_dtype", "RESTRL_VALUE__DTYPE"), ("value_threads", "RESTRL_VALUE__THREADS")):
+        assert f"'{old}' is a deprecated name: use {new}" in warned
+
+
+def test_serve_flags_nest_and_keep_the_old_names() -> None:
+    import restrl
+    from server.cli import settings_overrides
+
+    args = restrl.build_parser().parse_args(["serve", "--policy", "/m", "--policy.kv-cache-gib", "2", "--value.any-policy", "true",
+                                             "--kv-cache-gib", "3", "--max-samples", "5", "--sandbox.workers", "4"])
+    flags = settings_overrides(args)
+    assert flags == {"policy": {"model": "/m", "kv_cache_gib": 2.0}, "value": {"any_policy": True}, "kv_cache_gib": "3",
+                     "max_samples": 5, "sandbox": {"workers": 4}}
+    s = Settings(**flags)
+    assert (s.policy.model, s.policy.kv_cache_gib, s.value.any_policy, s.max_samples, s.sandbox.workers) == ("/m", 2.0, True, 5, 4)
+
+
+async def test_a_policy_of_another_base_gets_no_value_model_and_searches_answer_400() -> None:
+    """No silent fallback to the value model of the default policy: the pairing is reported in
+    /ready and /admin/models, searches answer 400 naming RESTRL_VALUE, plain completions work."""
+    services, server = await serve(policy="/ckpt/other-policy")
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for body in ({"problem": PROBLEM, "strategy": "vm_mcts"}, {"problem": PROBLEM, "strategy": "greedy", "stream": True}):
+            r = await client.post("/v1/solve", json=body)
+            assert r.status_code == 400 and "RESTRL_VALUE" in r.json()["error"]["message"], r.text
+        r = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4, "search": {"strategy": "vm_mcts"}})
+        assert r.status_code == 400 and "RESTRL_VALUE__ANY_POLICY" in r.json()["error"]["message"]
+        assert (await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4})).status_code == 200
+        ready = (await client.get("/ready")).json()
+        assert ready["status"] == "ready" and ready["value_version"] == "none" and ready["probe"]["value"] is None
+        assert ready["value_match"]["status"] == "none" and not ready["value_match"]["allowed"]
+        active = (await client.get("/admin/models", headers={"authorization": f"Bearer {ADMIN}"})).json()["active"]
+        assert (active["policy_base"], active["value_match"], active["searches_allowed"]) == ("other-base", "none", False)
+        # a hot swap applies the same rule: a value model trained for this policy makes searches run
+        r = await client.post("/admin/models", json={"value": "/ckpt/other-value"}, headers={"authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 200 and r.json()["active"]["value_match"] == "matches", r.text
+        assert (await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "vm_mcts"})).status_code == 200
+        # ... and the default policy back, its value model trained for another: refused again
+        r = await client.post("/admin/models", json={"policy": "/ckpt/default-again"}, headers={"authorization": f"Bearer {ADMIN}"})
+        assert r.json()["active"]["value_match"] == "other_policy" and not r.json()["active"]["searches_allowed"]
+        r = await client.post("/v1/solve", json={"problem": PROBLEM})
+        assert r.status_code == 400 and "was trained on rollouts of other-base" in r.json()["error"]["message"]
+
+
+async def test_any_policy_opts_in_and_every_response_says_whose_value_model_it_is() -> None:
+    services, server = await serve(policy="/ckpt/default-policy", value="/ckpt/other-value", any_policy=True)
+    async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        r = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "vm_mcts"})
+        assert r.status_code == 200 and r.json()["value_version"] == "value@/ckpt/other-value (trained for other-base)"
+        r = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4, "search": {"strategy": "best_of_n"}})
+        assert r.json()["search"]["value_version"].endswith("(trained for other-base)")
+        assert (await client.get("/ready")).json()["value_match"]["status"] == "other_policy"
 
 
 @pytest.mark.parametrize(("error", "status", "kind"), [
@@ -397,7 +484,7 @@ async def test_plain_openai_routes_with_doubles(api: tuple[Services, httpx.Async
 async def test_rerank_with_public_tests_runs_the_real_sandbox() -> None:
     from sandbox import Sandbox
 
-    settings = Settings(admin_token=ADMIN, value_batch_wait_ms=0)
+    settings = Settings(admin_token=ADMIN, value={"batch_wait_ms": 0})
     sandbox = Sandbox(workers=1)
     try:
         services = assemble_services(settings, loader=FakeLoader(), search_fn=run_search, sandbox=sandbox)
