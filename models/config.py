@@ -58,6 +58,23 @@ def move_renamed_keys(data: Any, renamed: Mapping[str, tuple[str, ...]], *, what
     return out
 
 
+def set_key(data: dict[str, Any], key: str, value: Any, renamed: Mapping[str, tuple[str, ...]] | None = None, *,
+            what: str = "config") -> None:
+    """Set the dotted ``key`` of a config's raw input to ``value`` (a ``--set KEY=VALUE``), replacing
+    what is there; a key of an earlier release (``renamed``) sets its new places, with a warning."""
+    keys = (renamed or {}).get(key)
+    if keys:
+        logger.warning("%s: '%s' is a deprecated name: use %s", what, key, " and ".join(keys))
+    for target in keys or (key,):
+        node = data
+        *parents, leaf = target.split(".")
+        for part in parents:
+            child = _model_shorthand(node.get(part))
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[leaf] = value
+
+
 def _deep_merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in given.items():

@@ -15,7 +15,10 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from models.config import set_key
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +88,8 @@ def _register_report_training(sub: Any) -> None:
 
 def load_job_config(cls: Any, path: str | None, overrides: list[str] | None) -> Any:
     """A pydantic job config from an optional YAML/JSON file plus ``KEY=VALUE`` overrides
-    (values parsed as JSON when they parse, dotted keys reach nested fields)."""
-    from pathlib import Path
-
+    (values parsed as JSON when they parse, dotted keys reach nested fields; a flat key of an
+    earlier release, ``k=5``, sets its nested place, ``search.k``, with a warning)."""
     data: dict[str, Any] = {}
     if path:
         text = Path(path).read_text()
@@ -103,11 +105,7 @@ def load_job_config(cls: Any, path: str | None, overrides: list[str] | None) -> 
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_key(data, key, value, getattr(cls, "renamed_keys", None), what=f"--set {key}")
     return cls.model_validate(data)
 
 

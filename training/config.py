@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.config import EngineConfig, move_renamed_keys, over_job_defaults
+from models.config import EngineConfig, move_renamed_keys, over_job_defaults, set_key
 from sandbox.api import SandboxConfig
 
 Algorithm = Literal["rest_grpo", "grpo", "dapo"]
@@ -128,6 +128,7 @@ def _policy() -> EngineConfig:
 class RestGRPOConfig(_Strict):
     """One training iteration (`restrl train policy --config FILE`)."""
 
+    renamed_keys: ClassVar[dict[str, tuple[str, ...]]] = RENAMED  # keys of earlier releases -> their place now
     algorithm: Algorithm = Field(default="rest_grpo", description="rest_grpo | grpo (vanilla) | dapo")
     output_dir: Path = Field(description="run directory: samples, curated set, trainer state, metrics, final/")
     seed: int = Field(default=0, description="seeds partial-state draws, shuffling and the trainer")
@@ -214,11 +215,7 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
     taken relative to the current directory. ``overrides`` (dotted keys) replace fields."""
     raw = _read_mapping(Path(path))
     for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        set_key(raw, dotted, value, RENAMED, what=f"--set {dotted}")
     try:
         return RestGRPOConfig.model_validate(raw)
     except ValidationError as exc:

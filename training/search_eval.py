@@ -54,7 +54,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
@@ -109,6 +109,7 @@ class EvalConfig(BaseModel):
     bench/results/eval.json (hours of CPU; run it in the background with ``--resume``)."""
 
     model_config = ConfigDict(extra="forbid")
+    renamed_keys: ClassVar[dict[str, tuple[str, ...]]] = RENAMED  # flat keys of earlier releases -> their place now
 
     output_dir: str = Field(default="bench/results/eval_phases", description="per-phase results, gzipped JSON (resumable; committed)")
     results_file: str = Field(default="bench/results/eval.json", description="the summary JSON")

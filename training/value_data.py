@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
@@ -89,6 +89,7 @@ class CollectConfig(BaseModel):
     """`restrl train collect-values`: which problems, which policy, how much search per problem."""
 
     model_config = ConfigDict(extra="forbid")
+    renamed_keys: ClassVar[dict[str, tuple[str, ...]]] = RENAMED  # flat keys of earlier releases -> their place now
 
     output_dir: str = Field(default="runs/value_data", description="folder for traces/, rows.jsonl, problems.jsonl")
     problems_file: str | None = Field(default=None, description="JSONL of training problems; None = the gym's split below")

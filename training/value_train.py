@@ -31,7 +31,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -64,6 +64,7 @@ class ValueTrainConfig(BaseModel):
     """Data, split, adapter and optimiser of one value-model training run."""
 
     model_config = ConfigDict(extra="forbid")
+    renamed_keys: ClassVar[dict[str, tuple[str, ...]]] = RENAMED  # flat keys of earlier releases -> their place now
 
     rows_file: str = Field(default="runs/value_data/rows.jsonl", description="rows written by collect-values")
     problems_file: str = Field(default="runs/value_data/problems.jsonl", description="the problems those rows refer to")

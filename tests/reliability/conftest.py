@@ -61,8 +61,8 @@ async def inproc_server(vllm_policy: Any, value_model: Any, *, sandbox: Any = No
     from tests.server.conftest import running
 
     settings = Settings(**{"admin_token": ADMIN_TOKEN, "api_keys": API_KEY, "ready_cache_s": 0,
-                           "value_batch_wait_ms": 2, **overrides})
-    services = assemble_services(settings, loader=EngineLoader(settings, engine_config=vllm_policy.config),
+                           "policy": vllm_policy.config, "value": {"batch_wait_ms": 2}, **overrides})
+    services = assemble_services(settings, loader=EngineLoader(settings),
                                  search_fn=run_search, sandbox=sandbox)
     await services.registry.install(vllm_policy.with_adapter(None, version=vllm_policy.version), value_model)
     async with running(build_app(settings, services=services, load_models=False)) as url:

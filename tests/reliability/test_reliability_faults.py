@@ -149,8 +149,8 @@ async def test_value_model_failing_mid_search_fails_that_request_cleanly(vllm_po
     from server.services import assemble_services
     from tests.server.conftest import running
 
-    settings = Settings(max_new_tokens=64, value_batch_wait_ms=2, ready_cache_s=0)
-    services = assemble_services(settings, loader=EngineLoader(settings, engine_config=vllm_policy.config),
+    settings = Settings(max_new_tokens=64, policy=vllm_policy.config, value={"batch_wait_ms": 2}, ready_cache_s=0)
+    services = assemble_services(settings, loader=EngineLoader(settings),
                                  search_fn=run_search)
     flaky = FlakyValue(value_model)
     await services.registry.install(vllm_policy.with_adapter(None, version=vllm_policy.version), flaky)

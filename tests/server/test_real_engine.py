@@ -49,11 +49,11 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 async def real(vllm_policy: Any, value_model: Any) -> AsyncIterator[tuple[Services, str]]:
     settings = Settings(admin_token=ADMIN, max_concurrent_searches=8, max_queued=16, max_new_tokens=256,
-                        ready_cache_s=0, ready_timeout_s=600, value_batch_wait_ms=2)
+                        ready_cache_s=0, ready_timeout_s=600, policy=vllm_policy.config, value={"batch_wait_ms": 2})
     from sandbox.pool import Sandbox
 
     with Sandbox(workers=2) as sandbox:  # as `restrl serve` has one: rerank_with_tests works
-        services = assemble_services(settings, loader=EngineLoader(settings, engine_config=vllm_policy.config),
+        services = assemble_services(settings, loader=EngineLoader(settings),
                                      search_fn=run_search, sandbox=sandbox)
         # a view on the session's engine: the registry may close it on a swap without stopping the engine
         view = vllm_policy.with_adapter(None, version=vllm_policy.version)

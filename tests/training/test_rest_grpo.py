@@ -93,7 +93,7 @@ async def test_rest_grpo_iteration_end_to_end(tmp_path: Path, vllm_policy) -> No
 
     cfg = _config(
         tmp_path, "rest_grpo", problems=8,
-        sampling={"n": 5, "max_new_tokens": 96, "kv_cache_gib": 0.5},
+        sampling={"n": 5, "max_new_tokens": 96}, policy={"kv_cache_gib": 0.5},
         grpo={"num_generations": 4, "per_device_batch_size": 8, "max_steps": 2, "max_completion_length": 96, "learning_rate": 1e-3},
         seed=3,
     )

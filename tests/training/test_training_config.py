@@ -125,3 +125,47 @@ def test_problems_without_tests_or_from_humaneval_are_refused(tmp_path: Path) ->
     train.write_text("")
     with pytest.raises(TrainingDataError, match="empty"):
         load_training_problems(_run_config(tmp_path, train))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_loads_in_the_nested_shape(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """configs/*.yaml use the nested policy/value/sandbox/search sections: they load with no
+    deprecation warning."""
+    from training.cli import load_job_config
+    from training.search_eval import EvalConfig
+    from training.value_data import CollectConfig
+    from training.value_train import ValueTrainConfig
+
+    jobs = {"eval.yaml": EvalConfig, "value_data.yaml": CollectConfig, "value.yaml": ValueTrainConfig}
+    with caplog.at_level("WARNING"):
+        if name in jobs:
+            load_job_config(jobs[name], str(CONFIGS / name), None)
+        else:
+            load_config(CONFIGS / name)
+    assert "deprecated" not in caplog.text
+
+
+def test_keys_of_earlier_releases_still_load_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(base(tmp_path, policy={"base_model": "/models/base", "prompt_mode": "auto"},
+                                    sampling={"engine": "hf", "kv_cache_gib": 0.5, "engine_seed": 3, "n": 4})))
+    with caplog.at_level("WARNING"):
+        cfg = load_config(path, overrides={"sampling.engine": "vllm"})
+    assert (cfg.policy.model, cfg.policy.engine, cfg.policy.kv_cache_gib, cfg.policy.seed) == ("/models/base", "vllm", 0.5, 3)
+    assert cfg.policy.prompt_mode is None and cfg.sampling.n == 4
+    assert "'policy.base_model' is a deprecated name: use policy.model" in caplog.text
+
+
+def test_eval_phase_settings_keep_their_flat_keys() -> None:
+    """A phase file records the settings it was made with under the flat keys of earlier releases,
+    so committed phase files stay reusable with --resume; the old flat config means the same."""
+    from training.search_eval import EvalConfig, _phase_config
+
+    flat = {"k": 4, "c_uct": 0.3, "merged_visits": "samples", "seed": 2, "value_model": "/v", "policy_adapter": "/a"}
+    nested = EvalConfig(search={"k": 4, "c_uct": 0.3, "merged_visits": "samples", "seed": 2}, policy={"adapter": "/a", "seed": 2},
+                        value={"model": "/v"})
+    assert EvalConfig.model_validate(flat) == nested
+    assert _phase_config(nested) == {
+        "gym_seed": 0, "gym_n_per_tier": 2000, "humaneval_seed": 0, "k": 4, "c_uct": 0.3, "step_lines": 1, "merged_visits": "samples",
+        "temperature": 0.7, "max_tokens": 256, "beam_width": 2, "seed": 2, "value_model": "/v", "value_dtype": "bfloat16",
+        "policy_adapter": "/a", "prm_aggregates": ["min", "mean", "last"], "policy_model": None}

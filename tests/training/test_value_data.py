@@ -149,7 +149,7 @@ def _problem(pid: str) -> Problem:
 
 
 async def test_search_trace_targets_are_subtree_means_of_executed_rollouts() -> None:
-    cfg = CollectConfig(samples=30, k=5, max_tokens=200)
+    cfg = CollectConfig(search={"budget": {"samples": 30}, "k": 5, "max_tokens": 200})
     problem = _problem("p")
     box = HashSandbox()
     result = await run_search(problem, ScriptedPolicy(), None, search_config(cfg, 0), evaluator=TestEvaluator(box))
@@ -182,7 +182,7 @@ async def test_search_trace_targets_are_subtree_means_of_executed_rollouts() -> 
 
 
 async def test_collect_writes_traces_and_rows_and_resumes(tmp_path: Path) -> None:
-    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), samples=10, k=5, max_tokens=200, concurrency=2)
+    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), search={"budget": {"samples": 10}, "k": 5, "max_tokens": 200}, concurrency=2)
     problems = [_problem(f"p{i}") for i in range(3)]
     policy = SeededPolicy()
     summary = await collect(problems, policy, HashSandbox(), cfg)
@@ -205,7 +205,8 @@ async def test_guided_collection_values_the_tree_with_the_value_model_and_target
     tree, decoding C), and the rows' targets are still the executed rewards, with each row's depth."""
     from tests.search.doubles import HashValue
 
-    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), samples=15, k=5, max_tokens=200, concurrency=2, guided=True)
+    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), search={"budget": {"samples": 15}, "k": 5, "max_tokens": 200}, concurrency=2,
+                        guided=True)
     problems = [_problem(f"p{i}") for i in range(2)]
     box = HashSandbox()
     summary = await collect(problems, SeededPolicy(), box, cfg, value=HashValue())
@@ -237,3 +238,16 @@ def test_gym_selection_takes_an_even_share_of_train_problems_per_tier() -> None:
     tiers = [p.metadata["tier"] for p in problems]
     assert tiers.count(1) == 4 and tiers.count(2) == 3
     assert all(p.metadata["split"] == "train" for p in problems)
+
+
+def test_flat_keys_of_earlier_releases_still_configure_collection(caplog: pytest.LogCaptureFixture) -> None:
+    """`--set samples=10` and the other flat keys keep working (configs and commands of running
+    jobs), each with a warning naming the nested key; nested keys keep the job's own defaults."""
+    with caplog.at_level("WARNING"):
+        old = CollectConfig.model_validate({"samples": 12, "k": 4, "c_uct": 0.3, "seed": 2, "kv_cache_gib": 0.5,
+                                            "policy_adapter": "/a", "sandbox_workers": 3, "value_dtype": "float32"})
+    new = CollectConfig(search={"budget": {"samples": 12}, "k": 4, "c_uct": 0.3, "seed": 2},
+                        policy={"kv_cache_gib": 0.5, "adapter": "/a", "seed": 2}, sandbox={"workers": 3}, value={"dtype": "float32"})
+    assert old == new
+    assert "'samples' is a deprecated name: use search.budget.samples" in caplog.text
+    assert (new.search.max_tokens, new.policy.max_model_len, new.sandbox.timeout_s) == (192, 2048, 4.0)  # the job's defaults
