@@ -237,3 +237,19 @@ def test_gym_selection_takes_an_even_share_of_train_problems_per_tier() -> None:
     tiers = [p.metadata["tier"] for p in problems]
     assert tiers.count(1) == 4 and tiers.count(2) == 3
     assert all(p.metadata["split"] == "train" for p in problems)
+
+
+def test_pair_accuracy_by_depth_of_the_failing_program() -> None:
+    from training.value_train import pair_accuracy_by_depth
+
+    rows = [
+        {"problem_id": "p", "kind": "program", "target": 1.0, "depth": 0},
+        {"problem_id": "p", "kind": "program", "target": 0.0, "depth": 0},
+        {"problem_id": "p", "kind": "program", "target": 0.5, "depth": 3},
+        {"problem_id": "p", "kind": "child", "target": 0.0, "depth": 1},  # states are not programs
+        {"problem_id": "q", "kind": "program", "target": 0.0, "depth": 6},  # no passing program: no pair
+    ]
+    acc = pair_accuracy_by_depth(rows, [0.8, 0.2, 0.8, 0.9, 0.1])
+    assert acc["0"] == {"pairs": 1, "accuracy": 1.0}
+    assert acc["3"] == {"pairs": 1, "accuracy": 0.5}  # a tie counts half
+    assert acc["2+"] == acc["3"] and acc["all"] == {"pairs": 2, "accuracy": 0.75} and "4+" not in acc
