@@ -169,6 +169,30 @@ def regression_metrics(preds: Sequence[float], targets: Sequence[float], *, trai
     return out
 
 
+def pair_accuracy_by_depth(rows: Sequence[dict[str, Any]], preds: Sequence[float], *, max_depth: int = 4) -> dict[str, Any]:
+    """How often, within one problem, a passing program (target 1) is scored above a failing one
+    (target < 1; ties count half), by the depth the failing program was sampled at (its row's
+    ``depth``; ``max_depth`` gathers the deeper ones) - the comparison a search's final choice makes,
+    and where deep near-duplicates of the states the model likes go wrong. ``"2+"`` pools depth >= 2."""
+    by_problem: dict[str, list[tuple[dict[str, Any], float]]] = {}
+    for r, p in zip(rows, preds, strict=True):
+        if r["kind"] == "program":
+            by_problem.setdefault(r["problem_id"], []).append((r, p))
+    tallies: dict[str, list[float]] = {}
+    for items in by_problem.values():
+        passing = [p for r, p in items if r["target"] >= 1.0]
+        for r, p_fail in items:
+            if r["target"] >= 1.0:
+                continue
+            d = min(int(r.get("depth", 0)), max_depth)
+            keys = [str(d) if d < max_depth else f"{max_depth}+", "all"] + (["2+"] if d >= 2 else [])
+            for p_pass in passing:
+                score = 1.0 if p_pass > p_fail else 0.5 if p_pass == p_fail else 0.0
+                for k in keys:
+                    tallies.setdefault(k, []).append(score)
+    return {k: {"pairs": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(tallies.items())}
+
+
 def calibration_bins(preds: Sequence[float], targets: Sequence[float], *, bins: int = 10) -> list[dict[str, float]]:
     """Rows grouped by clipped prediction into equal-width bins: mean predicted vs mean observed."""
     groups: list[list[tuple[float, float]]] = [[] for _ in range(bins)]
@@ -306,6 +330,7 @@ def _metrics(cfg: ValueTrainConfig, held_rows: list[dict[str, Any]], held_preds:
             )
             for kind in cfg.kinds
         },
+        "held_out_pair_accuracy_by_depth": pair_accuracy_by_depth(held_rows, held_preds),
         "train_sample": regression_metrics(train_preds, [r["target"] for r in probe], train_mean=train_mean),
         "calibration": calibration_bins(held_preds, held_targets),
         "train_rows": len(train_rows),

@@ -251,3 +251,19 @@ def test_flat_keys_of_earlier_releases_still_configure_collection(caplog: pytest
     assert old == new
     assert "'samples' is a deprecated name: use search.budget.samples" in caplog.text
     assert (new.search.max_tokens, new.policy.max_model_len, new.sandbox.timeout_s) == (192, 2048, 4.0)  # the job's defaults
+
+
+def test_pair_accuracy_by_depth_of_the_failing_program() -> None:
+    from training.value_train import pair_accuracy_by_depth
+
+    rows = [
+        {"problem_id": "p", "kind": "program", "target": 1.0, "depth": 0},
+        {"problem_id": "p", "kind": "program", "target": 0.0, "depth": 0},
+        {"problem_id": "p", "kind": "program", "target": 0.5, "depth": 3},
+        {"problem_id": "p", "kind": "child", "target": 0.0, "depth": 1},  # states are not programs
+        {"problem_id": "q", "kind": "program", "target": 0.0, "depth": 6},  # no passing program: no pair
+    ]
+    acc = pair_accuracy_by_depth(rows, [0.8, 0.2, 0.8, 0.9, 0.1])
+    assert acc["0"] == {"pairs": 1, "accuracy": 1.0}
+    assert acc["3"] == {"pairs": 1, "accuracy": 0.5}  # a tie counts half
+    assert acc["2+"] == acc["3"] and acc["all"] == {"pairs": 2, "accuracy": 0.75} and "4+" not in acc
