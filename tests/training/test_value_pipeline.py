@@ -18,8 +18,8 @@ async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
     from training.value_data import CollectConfig, collect, read_rows, select_problems
     from training.value_train import ValueTrainConfig, run_value_training
 
-    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), max_problems=2, gym_tiers=(1,), gym_n_per_tier=20, samples=5,
-                        max_tokens=96, concurrency=2)
+    cfg = CollectConfig(output_dir=str(tmp_path / "vd"), max_problems=2, gym_tiers=(1,), gym_n_per_tier=20,
+                        search={"budget": {"samples": 5}, "max_tokens": 96}, concurrency=2)
     problems = select_problems(cfg)
     write_jsonl(tmp_path / "vd" / "problems.jsonl", problems)
     with Sandbox(workers=2) as box:
@@ -31,7 +31,7 @@ async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
 
     tcfg = ValueTrainConfig(
         rows_file=str(tmp_path / "vd" / "rows.jsonl"), problems_file=str(tmp_path / "vd" / "problems.jsonl"),
-        output_dir=str(tmp_path / "vm"), max_steps=2, batch_size=2, max_length=256, eval_batch_size=8, device="cpu",
+        output_dir=str(tmp_path / "vm"), max_steps=2, batch_size=2, value={"max_length": 256, "device": "cpu"}, eval_batch_size=8,
         holdout_fraction=0.5, bf16=False,
     )
     result = run_value_training(tcfg)
@@ -42,5 +42,6 @@ async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
 
     value = HFValueModel.load(ValueConfig(model=str(final), max_length=256))
     assert value.trained and "untrained" not in value.version
+    assert value.policy_base == "HuggingFaceTB/SmolLM2-135M-Instruct" == result["policy_base"]  # no collect config: the default
     scores = await value.score(problems[0], ["", rows[0]["state"]])
     assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
