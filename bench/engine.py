@@ -30,10 +30,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from models.prompting import PromptMode
+from models import EngineConfig
+from models.prompting import STOP, PromptMode, assemble_program, render_prompt
+from sandbox import SandboxConfig
+from search import open_stack
+from search.stack import open_sandbox
+from tasks.humaneval import load_humaneval
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
 MAX_TOKENS = 512  # default; --max-tokens
@@ -85,10 +89,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 async def _score(problems: list[Any], codes: list[list[str]], mode: PromptMode) -> list[list[bool]]:
-    from models.prompting import assemble_program
-    from sandbox import SandboxConfig
-    from search.stack import open_sandbox
-
     jobs = [
         (assemble_program(p, code, mode), p.tests, p.entry_point) for p, group in zip(problems, codes, strict=True) for code in group
     ]
@@ -108,10 +108,6 @@ async def _score(problems: list[Any], codes: list[list[str]], mode: PromptMode) 
 async def run_engine(
     engine: Literal["vllm", "hf"], limit: int | None, sequential_limit: int, n: int, kv_cache_gib: float, max_tokens: int
 ) -> dict[str, Any]:
-    from models import EngineConfig
-    from search import open_stack
-    from tasks.humaneval import load_humaneval
-
     problems = load_humaneval(limit)
     rss = PeakRSS()
     t0 = time.perf_counter()
@@ -133,8 +129,6 @@ async def run_engine(
 async def _generate(policy: Any, engine: str, problems: list[Any], sequential_limit: int, n: int,
                     max_tokens: int) -> tuple[dict[str, Any], list[Any], list[Any]]:
     """Greedy, batched and sequential generation: (row, greedy samples, batched samples)."""
-    from models.prompting import STOP, render_prompt
-
     mode = policy.prompt_mode
     prompts = [render_prompt(policy.tokenizer, p, "", mode) for p in problems]
     row: dict[str, Any] = {"engine": engine, "version": policy.version, "prompt_mode": mode, "problems": len(problems)}

@@ -253,24 +253,71 @@ def _last_event(text: str) -> tuple[str, Any]:
     return name, data
 
 
+@dataclass
+class _Tally:
+    """What the clients of one load run saw, request by request."""
+
+    report: LoadReport
+    ok_lat: list[float] = field(default_factory=list)
+    busy_lat: list[float] = field(default_factory=list)
+    retry: list[float] = field(default_factory=list)
+
+    def unexpected(self, counts: dict[str, int], message: str) -> None:
+        counts["unexpected"] += 1
+        self.report.unexpected += 1
+        if len(self.report.errors) < 20:
+            self.report.errors.append(message[:300])
+
+    def answer(self, strategy: str, stream: bool, r: httpx.Response, latency: float) -> float | None:
+        """Count one answer; the Retry-After seconds of a well-formed 429 (else None)."""
+        report = self.report
+        report.requests += 1
+        counts = report.by_strategy.setdefault(strategy, {"ok": 0, "overloaded": 0, "unexpected": 0})
+        if r.status_code == 429 and r.headers.get("retry-after", "").isdigit():
+            report.overloaded += 1
+            counts["overloaded"] += 1
+            self.busy_lat.append(latency)
+            self.retry.append(float(r.headers["retry-after"]))
+            return self.retry[-1]
+        problem: str | None = None
+        result: Any = None
+        if r.status_code != 200:
+            problem = f"HTTP {r.status_code}: {r.text[:200]}"
+        elif stream:
+            name, result = _last_event(r.text)
+            problem = None if name == "result" else f"stream ended with {name}: {str(result)[:200]}"
+        else:
+            result = r.json()
+        problem = problem or _check_ok(result)
+        if problem is not None:
+            self.unexpected(counts, f"{strategy}{' (stream)' if stream else ''}: {problem}")
+            return None
+        report.ok += 1
+        counts["ok"] += 1
+        self.ok_lat.append(latency)
+        report.stop_reasons[result["stop_reason"]] = report.stop_reasons.get(result["stop_reason"], 0) + 1
+        report.samples += result["usage"]["samples"]
+        report.policy_tokens += result["usage"]["policy_tokens"]
+        return None
+
+    def finish(self) -> None:
+        report = self.report
+        report.latency_ok_s = {f"p{q}": percentile(self.ok_lat, q / 100) for q in (50, 90, 99)} | {"max": percentile(self.ok_lat, 1.0)}
+        report.latency_429_s = {f"p{q}": percentile(self.busy_lat, q / 100) for q in (50, 99)}
+        report.retry_after_s = {"min": min(self.retry, default=None), "max": max(self.retry, default=None)}
+
+
 async def run_load(url: str, *, clients: int, duration_s: float, api_key: str | None = None,
                    grace_s: float | None = None, retry_cap_s: float = 5.0, mix: tuple[str, ...] = tuple(MIX),
                    request_timeout_s: float = 180.0) -> LoadReport:
     """``clients`` concurrent clients for ``duration_s``; returns when every client has stopped."""
-    report = LoadReport(clients=clients, duration_s=duration_s)
+    tally = _Tally(LoadReport(clients=clients, duration_s=duration_s))
+    report = tally.report
     grace_s = duration_s if grace_s is None else grace_s
-    ok_lat: list[float] = []
-    busy_lat: list[float] = []
-    retry: list[float] = []
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     start = time.monotonic()
     stop_at = start + duration_s
-
-    def unexpected(message: str) -> None:
-        report.unexpected += 1
-        if len(report.errors) < 20:
-            report.errors.append(message[:300])
 
     async def client_loop(index: int, client: httpx.AsyncClient) -> None:
         i = index
@@ -279,46 +326,17 @@ async def run_load(url: str, *, clients: int, duration_s: float, api_key: str | 
             stream = i % 3 == 2
             body = {"problem": PROBLEMS[i % len(PROBLEMS)], **MIX[strategy], "stream": stream}
             i += clients
-            counts = report.by_strategy.setdefault(strategy, {"ok": 0, "overloaded": 0, "unexpected": 0})
             t0 = time.monotonic()
             try:
                 r = await client.post("/v1/solve", json=body, headers=headers)
             except httpx.HTTPError as exc:
                 report.requests += 1
-                counts["unexpected"] += 1
-                unexpected(f"{strategy}: transport error {exc!r}")
+                tally.unexpected(report.by_strategy.setdefault(strategy, {"ok": 0, "overloaded": 0, "unexpected": 0}),
+                                 f"{strategy}: transport error {exc!r}")
                 continue
-            latency = time.monotonic() - t0
-            report.requests += 1
-            if r.status_code == 429 and r.headers.get("retry-after", "").isdigit():
-                report.overloaded += 1
-                counts["overloaded"] += 1
-                busy_lat.append(latency)
-                wait = float(r.headers["retry-after"])
-                retry.append(wait)
+            wait = tally.answer(strategy, stream, r, time.monotonic() - t0)
+            if wait is not None:
                 await asyncio.sleep(max(0.0, min(wait, retry_cap_s, stop_at - time.monotonic())))
-                continue
-            problem: str | None = None
-            result: Any = None
-            if r.status_code != 200:
-                problem = f"HTTP {r.status_code}: {r.text[:200]}"
-            elif stream:
-                name, result = _last_event(r.text)
-                problem = None if name == "result" else f"stream ended with {name}: {str(result)[:200]}"
-            else:
-                result = r.json()
-            if problem is None:
-                problem = _check_ok(result)
-            if problem is not None:
-                counts["unexpected"] += 1
-                unexpected(f"{strategy}{' (stream)' if stream else ''}: {problem}")
-                continue
-            report.ok += 1
-            counts["ok"] += 1
-            ok_lat.append(latency)
-            report.stop_reasons[result["stop_reason"]] = report.stop_reasons.get(result["stop_reason"], 0) + 1
-            report.samples += result["usage"]["samples"]
-            report.policy_tokens += result["usage"]["policy_tokens"]
 
     timeout = httpx.Timeout(request_timeout_s, connect=10.0)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
@@ -331,13 +349,11 @@ async def run_load(url: str, *, clients: int, duration_s: float, api_key: str | 
         await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
             if task.exception() is not None:
-                unexpected(f"client crashed: {task.exception()!r}")
+                tally.unexpected({"unexpected": 0}, f"client crashed: {task.exception()!r}")
         report.wall_s = round(time.monotonic() - start, 2)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         report.active_searches_after = await wait_idle(client)
-    report.latency_ok_s = {f"p{q}": percentile(ok_lat, q / 100) for q in (50, 90, 99)} | {"max": percentile(ok_lat, 1.0)}
-    report.latency_429_s = {f"p{q}": percentile(busy_lat, q / 100) for q in (50, 99)}
-    report.retry_after_s = {"min": min(retry, default=None), "max": max(retry, default=None)}
+    tally.finish()
     return report
 
 

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sandbox import Limits, Sandbox
 from tasks.humaneval import humaneval_canonical_program, load_humaneval
 from tasks.problem import Problem
 
@@ -178,8 +179,6 @@ def _humaneval_test(problem: Problem) -> str:
 
 # ---- ours -------------------------------------------------------------------------------------------
 async def ours(problems: list[Problem], programs: list[str], *, workers: int, mode: str) -> dict[str, Any]:
-    from sandbox import Limits, Sandbox
-
     limits = Limits(wall_s=TIMEOUT_S, cpu_s=TIMEOUT_S)
     with Sandbox(workers=workers, mode=mode, limits=limits) as sb:  # type: ignore[arg-type]
         await sb.run_many([("pass\n", [])] * workers)  # warm up
@@ -222,17 +221,57 @@ def _row(name: str, n: int, phase: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4], help="our pool sizes to measure")
-    parser.add_argument("--harness-threads", type=int, default=4)
-    parser.add_argument("--no-variants", action="store_true")
-    parser.add_argument("--peer", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.peer:
-        _peer_main(args.peer[0], args.peer[1], args.harness_threads)
-        return
+def _broken_variants(problems: list[Any], workers: int, harness_threads: int) -> dict[str, Any]:
+    """Our verdicts against the harness's on generated broken variants of the canonical solutions."""
+    v_problems, v_programs, v_kinds = [], [], []
+    for p in problems:
+        for kind, program in broken_variants(p):
+            v_problems.append(p)
+            v_programs.append(program)
+            v_kinds.append(kind)
+    ours_v = asyncio.run(ours(v_problems, v_programs, workers=workers, mode="forkserver"))
+    peer_v = harness_verdicts(v_problems, v_programs, threads=harness_threads)
+    ours_vp = [v.status == "passed" for v in ours_v["verdicts"]]
+    return {
+        "n": len(v_programs),
+        "agreement": sum(a == b for a, b in zip(ours_vp, peer_v["passed"], strict=True)) / len(v_programs),
+        "ours_failed": sum(not x for x in ours_vp),
+        "harness_failed": sum(not x for x in peer_v["passed"]),
+        "by_kind": {k: v_kinds.count(k) for k in sorted(set(v_kinds))},
+        "disagreements": [
+            {"task_id": p.id, "kind": k, "ours": a, "harness": b}
+            for p, k, a, b in zip(v_problems, v_kinds, ours_vp, peer_v["passed"], strict=True)
+            if a != b
+        ],
+    }
 
+
+def _print(result: dict[str, Any], load_before: float) -> None:
+    n, rows, broken = result["n_programs"], result["runners"], result["broken_variants"]
+    print(f"HumanEval canonical solutions: {n} programs; load avg {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"| {'runner':<56} | {'programs/s':>10} | {'CPU ms/prog':>11} | {'p50 ms':>7} | {'p90 ms':>7} | {'p99 ms':>7} |")
+    print(f"|{'-' * 58}|{'-' * 12}|{'-' * 13}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
+    for r in rows:
+        d = r["latency"]
+        print(
+            f"| {r['runner']:<56} | {r['programs_per_s']:>10.1f} | {r['cpu_ms_per_program']:>11.1f} "
+            f"| {d['p50_ms']:>7.1f} | {d['p90_ms']:>7.1f} | {d['p99_ms']:>7.1f} |"
+        )
+    print(
+        f"ratio ours ({result['ours_workers']} workers) / harness: {result['ratio']}x throughput, {result['cpu_ratio']}x less CPU "
+        f"per program; canonical agreement {result['agreement']:.3f} (ours passed {result['ours_canonical_passed']}/{n}, "
+        f"harness {result['harness_canonical_passed']}/{n}; every mode agrees: {result['agreement_every_mode']})"
+    )
+    if broken:
+        print(
+            f"broken variants: {broken['n']} {broken['by_kind']}, agreement {broken['agreement']:.3f}, "
+            f"failed: ours {broken['ours_failed']}, harness {broken['harness_failed']}"
+        )
+    print(f"wrote {RESULTS}")
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+    """Every runner on the canonical solutions (and the broken variants): (result, load before)."""
     problems = load_humaneval()
     canonical = [humaneval_canonical_program(p) for p in problems]
     n = len(problems)
@@ -246,38 +285,10 @@ def main() -> None:
     best_w = max(phases, key=lambda w: n / phases[w]["elapsed_s"])
     fork = phases[best_w]
     ours_pass = [v.status == "passed" for v in fork["verdicts"]]
-    agree_all = all(
-        [v.status == "passed" for v in ph["verdicts"]] == peer["passed"] for ph in [*phases.values(), spawn]
-    )
-
-    broken: dict[str, Any] = {}
-    if not args.no_variants:
-        v_problems, v_programs, v_kinds = [], [], []
-        for p in problems:
-            for kind, program in broken_variants(p):
-                v_problems.append(p)
-                v_programs.append(program)
-                v_kinds.append(kind)
-        ours_v = asyncio.run(ours(v_problems, v_programs, workers=best_w, mode="forkserver"))
-        peer_v = harness_verdicts(v_problems, v_programs, threads=args.harness_threads)
-        ours_vp = [v.status == "passed" for v in ours_v["verdicts"]]
-        broken = {
-            "n": len(v_programs),
-            "agreement": sum(a == b for a, b in zip(ours_vp, peer_v["passed"], strict=True))
-            / len(v_programs),
-            "ours_failed": sum(not x for x in ours_vp),
-            "harness_failed": sum(not x for x in peer_v["passed"]),
-            "by_kind": {k: v_kinds.count(k) for k in sorted(set(v_kinds))},
-            "disagreements": [
-                {"task_id": p.id, "kind": k, "ours": a, "harness": b}
-                for p, k, a, b in zip(v_problems, v_kinds, ours_vp, peer_v["passed"], strict=True)
-                if a != b
-            ],
-        }
-
-    ours_rate = n / fork["elapsed_s"]
-    harness_rate = n / peer["elapsed_s"]
-    result = {
+    agree_all = all([v.status == "passed" for v in ph["verdicts"]] == peer["passed"] for ph in [*phases.values(), spawn])
+    broken = {} if args.no_variants else _broken_variants(problems, best_w, args.harness_threads)
+    ours_rate, harness_rate = n / fork["elapsed_s"], n / peer["elapsed_s"]
+    return {
         "command": "python -m bench.sandbox " + " ".join(sys.argv[1:]),
         "machine": {
             "cpus": os.cpu_count(),
@@ -300,34 +311,23 @@ def main() -> None:
         "runners": rows,
         "broken_variants": broken,
         "capabilities": fork["capabilities"],
-    }
+    }, load_before
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4], help="our pool sizes to measure")
+    parser.add_argument("--harness-threads", type=int, default=4)
+    parser.add_argument("--no-variants", action="store_true")
+    parser.add_argument("--peer", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer:
+        _peer_main(args.peer[0], args.peer[1], args.harness_threads)
+        return
+    result, load_before = measure(args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-
-    print(
-        f"HumanEval canonical solutions: {n} programs; load avg {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
-    )
-    print(
-        f"| {'runner':<56} | {'programs/s':>10} | {'CPU ms/prog':>11} | {'p50 ms':>7} | {'p90 ms':>7} | {'p99 ms':>7} |"
-    )
-    print(f"|{'-' * 58}|{'-' * 12}|{'-' * 13}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
-    for r in rows:
-        d = r["latency"]
-        print(
-            f"| {r['runner']:<56} | {r['programs_per_s']:>10.1f} | {r['cpu_ms_per_program']:>11.1f} "
-            f"| {d['p50_ms']:>7.1f} | {d['p90_ms']:>7.1f} | {d['p99_ms']:>7.1f} |"
-        )
-    print(
-        f"ratio ours ({best_w} workers) / harness: {result['ratio']}x throughput, {result['cpu_ratio']}x less CPU "
-        f"per program; canonical agreement {result['agreement']:.3f} (ours passed {sum(ours_pass)}/{n}, "
-        f"harness {sum(peer['passed'])}/{n}; every mode agrees: {agree_all})"
-    )
-    if broken:
-        print(
-            f"broken variants: {broken['n']} {broken['by_kind']}, agreement {broken['agreement']:.3f}, "
-            f"failed: ours {broken['ours_failed']}, harness {broken['harness_failed']}"
-        )
-    print(f"wrote {RESULTS}")
+    _print(result, load_before)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from search import run_search
 from search.stack import value_pauses_engine
 from server import Settings, build_app
 from server.loading import EngineLoader
+from server.protocol import SolveRequest
 from server.services import Services, assemble_services
 from tasks.humaneval import load_humaneval
 
@@ -84,9 +85,6 @@ async def level(client: Any, problems: list[Any], *, strategy: str, samples: int
 
 async def overhead(client: Any, services: Any, problems: list[Any], *, rounds: int, max_tokens: int) -> dict[str, Any]:
     """Greedy latency through HTTP vs calling `run_search` directly, alternating per problem."""
-    from search import run_search
-    from server.protocol import SolveRequest
-
     direct, http = [], []
     for r in range(rounds):
         for i, p in enumerate(problems):

@@ -29,7 +29,12 @@ from typing import Any
 from models import EngineConfig, Policy, load_policy
 from sandbox import SandboxConfig
 from search import open_stack
+from tasks.gym import make_gym
+from tasks.humaneval import load_humaneval
+from tasks.jsonl import load_jsonl
+from training.curation import population_std
 from training.evaluate import greedy_completions, score_pass1
+from training.report import report_training, sample_stds
 from training.rewards import TestRewarder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +47,6 @@ logger = logging.getLogger("bench.training")
 
 
 def write_gym(n_per_tier: int) -> dict[str, Path]:
-    from tasks.gym import make_gym
-
     return make_gym(0, n_per_tier).write(RUNS / "gym")
 
 
@@ -90,8 +93,6 @@ async def evaluate_all(problems: dict[str, list[Any]], adapters: dict[str, str |
 def run_stats(run: Path) -> dict[str, Any]:
     """Statistics of a run up to the step its final/ checkpoint holds (a run may have been stopped
     and exported at an earlier step for an equal-step comparison)."""
-    from training.curation import population_std
-
     manifest_path = run / "final" / "restrl.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"job": None, "metrics": {}}
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()] if (run / "metrics.jsonl").exists() else []
@@ -118,8 +119,6 @@ def run_stats(run: Path) -> dict[str, Any]:
         "timings_s": summary.get("timings"),
     }
     if (run / "samples.jsonl").exists():
-        from training.report import sample_stds
-
         naive, kept = sample_stds(run)
         out["sampling_stage"] = {
             "problems": len(naive),
@@ -136,9 +135,6 @@ def run_stats(run: Path) -> dict[str, Any]:
 
 def eval_models(names: list[str], *, n_per_tier: int, humaneval_limit: int, max_tokens: int) -> None:
     """Greedy pass@1 of the named models (base and/or trained runs); one JSON per model in runs/training/."""
-    from tasks.humaneval import load_humaneval
-    from tasks.jsonl import load_jsonl
-
     test_path = RUNS / "gym" / "test.jsonl"
     if not test_path.exists():
         write_gym(n_per_tier)
@@ -152,8 +148,6 @@ def eval_models(names: list[str], *, n_per_tier: int, humaneval_limit: int, max_
 
 def report(*, n_per_tier: int, humaneval_limit: int) -> dict[str, Any]:
     """Merge the evaluations and run statistics into bench/results/training.json; draw the plots."""
-    from training.report import report_training
-
     runs_present = [a for a in ALGOS if (RUNS / a / "config.json").exists()]
     plots = report_training([RUNS / a for a in runs_present], out_dir=PLOTS, labels=runs_present)
     out: dict[str, Any] = {"gym": {"seed": 0, "n_per_tier": n_per_tier}, "humaneval_limit": humaneval_limit, "runs": {}}

@@ -39,6 +39,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.config import ValueConfig
+from models.value import HFValueModel
+from tasks.humaneval import load_humaneval
+from training.cli import load_job_config
+from training.value_train import ValueTrainConfig, load_problems, regression_metrics, split_by_problem
+
 RESULTS = Path(__file__).parent / "results" / "value_scoring.json"
 
 
@@ -61,10 +67,6 @@ def _spin() -> None:  # pragma: no cover - a busy child process
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-
-    from models.config import ValueConfig
-    from models.value import HFValueModel
-    from tasks.humaneval import load_humaneval
 
     problems = load_humaneval()[: args.problems]
     inputs = [(p, expansion_states(p, args.expansions, args.k)) for p in problems]
@@ -125,11 +127,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def agreement(args: argparse.Namespace) -> dict[str, Any]:
     """float32 vs bfloat16 scores of held-out value rows (see the module docstring)."""
     import random
-
-    from models.config import ValueConfig
-    from models.value import HFValueModel
-    from training.cli import load_job_config
-    from training.value_train import ValueTrainConfig, load_problems, regression_metrics, split_by_problem
 
     train_cfg = load_job_config(ValueTrainConfig, "configs/value.yaml", [])
     data = Path(args.agreement)

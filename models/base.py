@@ -1,7 +1,7 @@
 """The two interfaces the search engine and the training jobs talk to: `Policy` and `ValueModel`,
 and the optional capabilities some engines add, as small Protocols checked with ``isinstance``:
 `PausablePolicy` (the engine can stop for a value batch on the same CPU cores), `PingablePolicy`
-(a health check), `PreparingValueModel` (warms a problem's cache when a search starts) and
+(a health check), `SharedEnginePolicy` (an engine shared by adapter views, shut down by its owner), `PreparingValueModel` (warms a problem's cache when a search starts) and
 `PairScoringValueModel` (scores states of several problems in one call).
 
 Engines implement them (`models.vllm_engine.VLLMPolicy`, `models.hf_engine.HFPolicy`,
@@ -117,6 +117,14 @@ class PingablePolicy(Protocol):
     async def ping(self) -> dict[str, Any]:
         """A small status dict; raises `EngineDeadError` when the engine is gone."""
         ...
+
+
+@runtime_checkable
+class SharedEnginePolicy(Protocol):
+    """A policy whose engine may be shared by views (adapter hot swap): ``close`` releases this
+    view, ``shutdown`` stops the engine for all of them."""
+
+    async def shutdown(self) -> None: ...
 
 
 @runtime_checkable

@@ -140,7 +140,13 @@ class _SharedEngine:
 
     def release(self) -> None:
         self.holders -= 1
-        if self.holders > 0 or self.closed:
+        if self.holders <= 0:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Shut the engine down now, whatever holds it (explicitly: an engine left to vLLM's
+        finalizers at interpreter exit prints tracebacks after the logging streams are gone)."""
+        if self.closed:
             return
         self.closed = True
         try:
@@ -477,3 +483,9 @@ class VLLMPolicy:
             return
         self._closed = True
         self._shared.release()
+
+    async def shutdown(self) -> None:
+        """Shut the engine down for this policy and every view sharing it (what the owner of the
+        engine does at the end: `search.open_stack`, a test session)."""
+        self._closed = True
+        self._shared.shutdown()

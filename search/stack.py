@@ -28,7 +28,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models.base import ModelError, PausablePolicy, Policy, ValueModel
+from models.base import ModelError, PausablePolicy, Policy, SharedEnginePolicy, ValueModel
 from models.config import EngineConfig, ValueConfig, resolve_device
 from models.default import DEFAULT_MODEL_BASE
 from models.loading import load_policy
@@ -151,7 +151,8 @@ async def open_stack(engine: EngineConfig, value: ValueConfig | None = None, san
         if box is not None:
             stack.callback(box.close)
         policy = await load_policy(engine)
-        stack.push_async_callback(policy.close)
+        # the stack started the engine: it shuts it down, also for views made from this policy
+        stack.push_async_callback(policy.shutdown if isinstance(policy, SharedEnginePolicy) else policy.close)
         batcher = match = None
         pause = False
         if value is not None:

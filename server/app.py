@@ -28,6 +28,7 @@ from models.base import EngineDeadError, PingablePolicy
 from server import playground
 from server.deps import STRATEGY_KEY
 from server.errors import APIError, error_body, install_error_handlers
+from server.loading import build_services
 from server.metrics import Metrics
 from server.routes import admin, openai, ops, solve
 from server.services import Services
@@ -49,8 +50,6 @@ def build_app(settings: Settings | None = None, *, services: Services | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = services
         if svc is None:
-            from server.loading import build_services
-
             svc = build_services(settings)
         app.state.services = svc
         if load_models and svc.registry.active is None:

@@ -20,6 +20,8 @@ import types
 import typing
 from typing import Any
 
+from server.settings import RENAMED, Settings, env_name, setting_rows
+
 SECRET_FIELDS = ("admin_token", "api_keys")
 # idle keep-alive connections are kept this long (uvicorn's default, 5 s, raced clients that waited
 # a Retry-After of 5 s: the server closed the connection as the next request went out)
@@ -43,8 +45,6 @@ def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting: ``--max-samples``, ``--policy.kv-cache-gib``; ``--policy`` / ``--value``
     name the checkpoints; the flat flags of earlier releases (``--kv-cache-gib``) still parse, hidden."""
-    from server.settings import RENAMED, env_name, setting_rows
-
     for side in ("policy", "value"):
         parser.add_argument(f"--{side}", dest=f"setting:{side}.model", default=None, metavar="CHECKPOINT",
                             help=f"the {side} model: a folder, a LoRA adapter folder or a hub id [env {env_name(side)}]")
@@ -87,7 +87,6 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import build_app
-    from server.settings import Settings
 
     settings = Settings(**settings_overrides(args))
     app = build_app(settings)

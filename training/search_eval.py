@@ -68,6 +68,8 @@ from search.context import resolve_mode
 from search.evaluators import aggregate_steps, step_prefixes
 from search.tree import rollout_code
 from tasks import Problem
+from tasks.gym import make_gym
+from tasks.humaneval import load_humaneval
 from training.paired import Bootstrap
 
 logger = logging.getLogger(__name__)
@@ -167,13 +169,9 @@ class EvalConfig(BaseModel):
 def eval_problems(cfg: EvalConfig, dataset: Dataset) -> list[Problem]:
     """The fixed problem set of ``dataset`` (deterministic from the config)."""
     if dataset == "humaneval":
-        from tasks.humaneval import load_humaneval
-
         allp = load_humaneval()
         picked = sorted(random.Random(cfg.humaneval_seed).sample(range(len(allp)), min(cfg.humaneval_n, len(allp))))
         return [allp[i] for i in picked]
-    from tasks.gym import make_gym
-
     # gym_validation: the split for choosing search settings (K, C, ...) - never HumanEval or test
     test = make_gym(cfg.gym_seed, cfg.gym_n_per_tier, tiers=cfg.gym_tiers).split("test" if dataset == "gym_test" else "validation")
     per = {t: [p for p in test if p.metadata.get("tier") == t] for t in cfg.gym_tiers}

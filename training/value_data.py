@@ -54,6 +54,7 @@ from search import (
 )
 from search.tree import rollout_code
 from tasks import Problem
+from tasks.gym import make_gym
 from tasks.humaneval import check_trainable
 from tasks.jsonl import load_jsonl, write_jsonl
 
@@ -210,8 +211,6 @@ def select_problems(cfg: CollectConfig) -> list[Problem]:
         if cfg.max_problems is not None:
             problems = problems[: cfg.max_problems]
         return check_trainable(problems)
-    from tasks.gym import make_gym
-
     pool = make_gym(cfg.gym_seed, cfg.gym_n_per_tier, tiers=cfg.gym_tiers).split(cfg.gym_split)
     if cfg.max_problems is None:
         return check_trainable(pool)

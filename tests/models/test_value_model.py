@@ -234,22 +234,6 @@ def test_cpu_threads_default_leaves_cores_to_the_policy(default_model_dir):
         torch.set_num_threads(before)
 
 
-def test_value_scoring_bench_smoke(default_model_dir, tmp_path):
-    """bench.value runs end to end on the real model: both shared modes agree with full scoring and
-    compute fewer decoder positions, packing fewest."""
-    import bench.value as bv
-
-    args = bv.parse_args(["--problems", "1", "--expansions", "2", "--k", "2", "--repeats", "1", "--threads", "1",
-                          "--dtypes", "float32", "--out", str(tmp_path / "v.json")])
-    result = bv.main(args)
-    modes = {r["mode"]: r for r in result["rows"]}
-    assert set(modes) == {"full", "shared_padded", "shared"} and result["states_per_problem"] == 8
-    assert modes["shared"]["max_abs_diff_vs_full"] < 1e-4 and modes["shared_padded"]["max_abs_diff_vs_full"] < 1e-4
-    assert modes["full"]["speedup_vs_full"] == 1.0
-    assert modes["shared"]["positions"] < modes["shared_padded"]["positions"] < modes["full"]["positions"]
-    assert "| float32 | 1 | shared |" in bv.table(result)
-
-
 def test_auto_dtype_is_bf16_only_on_bf16_hardware_and_ranks_like_float32(value_model):
     """The default dtype: bfloat16 where the CPU has AVX512-BF16/AMX (emulated bf16 would be slower
     than float32), float32 elsewhere; explicit dtypes are kept. Where it is bfloat16, its scores stay

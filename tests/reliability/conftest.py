@@ -65,8 +65,11 @@ async def inproc_server(vllm_policy: Any, value_model: Any, *, sandbox: Any = No
     services = assemble_services(settings, loader=EngineLoader(settings),
                                  search_fn=run_search, sandbox=sandbox)
     await services.registry.install(vllm_policy.with_adapter(None, version=vllm_policy.version), value_model)
-    async with running(build_app(settings, services=services, load_models=False)) as url:
-        yield services, url
+    try:
+        async with running(build_app(settings, services=services, load_models=False)) as url:
+            yield services, url
+    finally:
+        await services.registry.close()  # the views it holds (the session owns the engine)
 
 
 ADMIN_TOKEN = "inproc-admin-token-7f3a"

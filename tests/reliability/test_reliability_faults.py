@@ -176,6 +176,7 @@ async def test_value_model_failing_mid_search_fails_that_request_cleanly(vllm_po
         text = (await client.get("/metrics")).text
         assert gauge(text, "restrl:active_searches") == 0
         assert (await client.get("/ready")).status_code == 200
+    await services.registry.close()  # the view it holds (the session owns the engine)
 
 
 async def test_stream_disconnect_leaves_no_pending_task() -> None:

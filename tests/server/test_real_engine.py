@@ -58,8 +58,11 @@ async def real(vllm_policy: Any, value_model: Any) -> AsyncIterator[tuple[Servic
         # a view on the session's engine: the registry may close it on a swap without stopping the engine
         view = vllm_policy.with_adapter(None, version=vllm_policy.version)
         await services.registry.install(view, value_model)
-        async with running(build_app(settings, services=services, load_models=False)) as url:
-            yield services, url
+        try:
+            async with running(build_app(settings, services=services, load_models=False)) as url:
+                yield services, url
+        finally:
+            await services.registry.close()  # the views it holds (the session owns the engine)
 
 
 async def test_openai_client_completions_chat_and_streams(real: tuple[Services, str]) -> None:
