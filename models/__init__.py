@@ -11,8 +11,17 @@ returns values in [0, 1]; both carry a ``version`` naming their weights. Prompts
 `models.vllm_engine`, so this package imports without it.
 """
 
-from models.base import CheckpointError, EngineDeadError, ModelError, Policy, Sample, ValueModel
-from models.checkpoints import Manifest, read_manifest, verify_checkpoint, write_manifest
+from models.base import (
+    CheckpointError,
+    EngineDeadError,
+    ModelError,
+    Policy,
+    Sample,
+    SampleDelta,
+    StreamingPolicy,
+    ValueModel,
+)
+from models.checkpoints import Manifest, locate_checkpoint, read_manifest, verify_checkpoint, write_manifest
 from models.config import EngineConfig, ValueConfig
 from models.default import default_model_path, prepare_default_model
 from models.hf_engine import HFPolicy
@@ -31,12 +40,15 @@ __all__ = [
     "ModelError",
     "Policy",
     "Sample",
+    "SampleDelta",
+    "StreamingPolicy",
     "VLLMPolicy",
     "ValueConfig",
     "ValueModel",
     "default_model_path",
     "load_policy",
     "load_value_model",
+    "locate_checkpoint",
     "prepare_default_model",
     "read_manifest",
     "resolve_weights",
