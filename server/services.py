@@ -129,12 +129,22 @@ class Services:
     async def hold(self, request: Request, *, deadline_s: float | None) -> tuple[AsyncExitStack, ModelPair]:
         """Admission slot + the active pair, held until the returned stack is closed (a streamed
         response closes it when its stream ends). The slot is waited for until ``deadline_s``
-        (counted from the request's arrival) at most. Raises 429/503 before anything is held."""
+        (counted from the request's arrival) at most, and not after the client has gone (499).
+        Raises 429/503 before anything is held."""
         state = request_state(request.scope)
         stack = AsyncExitStack()
         try:
             wait_s = None if deadline_s is None else state.left_s(deadline_s)
-            await stack.enter_async_context(self.admission.slot(wait_s=wait_s))
+            entering = asyncio.ensure_future(stack.enter_async_context(self.admission.slot(wait_s=wait_s)))
+            try:
+                while not (await asyncio.wait({entering}, timeout=DISCONNECT_POLL_S))[0]:
+                    if state.disconnected or await request.is_disconnected():  # left while queued: give the place up
+                        raise ClientDisconnected("the client disconnected while the request waited for a slot")
+            finally:
+                if not entering.done():
+                    entering.cancel()
+                    await asyncio.gather(entering, return_exceptions=True)
+            entering.result()
             state.admitted = time.monotonic()
             pair = await stack.enter_async_context(self.registry.acquire())
         except BaseException:
