@@ -4,7 +4,8 @@ In: an `EngineConfig` / `ValueConfig` (which engine, which weights: a full model
 adapter, or None for the embedded SmolLM2-135M-Instruct converted once into ``$RESTRL_CACHE``),
 `tasks.Problem`s and search states. Out: a `Policy` (`load_policy`: `VLLMPolicy` on vLLM's
 `AsyncLLM` or `HFPolicy` on transformers, chosen from `POLICY_ENGINES`) whose ``sample`` returns
-`Sample`s with usage, and a `ValueModel` (`load_value_model`: `HFValueModel`) whose ``score``
+`Sample`s with usage (`VLLMPolicy` also streams `SampleDelta`s token by token: `StreamingPolicy`),
+and a `ValueModel` (`load_value_model`: `HFValueModel`) whose ``score``
 returns values in [0, 1]; both carry a ``version`` naming their weights. Prompts come from
 `models.prompting` only; checkpoints are verified against their ``restrl.json`` manifest
 (`verify_checkpoint`) before any weights load. vLLM is imported lazily, only by

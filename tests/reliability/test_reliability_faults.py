@@ -79,7 +79,7 @@ async def test_client_disconnect_cancels_search_and_aborts_engine_requests(serve
     async with httpx.AsyncClient(base_url=served.url, timeout=60, headers=served.headers) as observer:
         text = (await observer.get("/metrics")).text
         before = {r: _counter(text, "restrl:searches_cancelled_total", reason=r) for r in ("disconnect", "cancelled")}
-        gone_before = _counter(text, "restrl:requests_total", route="/v1/solve", strategy="vm_mcts", status="499")
+        gone_before = _counter(text, "restrl:requests_total", route="/v1/solve", status="499", strategy="vm_mcts")
         for stream in (False, True):
             async with httpx.AsyncClient(base_url=served.url, timeout=120, headers=served.headers) as client:
                 task = asyncio.create_task(client.post("/v1/solve", json={**body, "stream": stream}))
@@ -101,7 +101,7 @@ async def test_client_disconnect_cancels_search_and_aborts_engine_requests(serve
         # plain and streamed alike: reason `disconnect` (the stream's too, whichever side noticed first; it
         # was counted as `cancelled` before issue 24) and status 499 (the stream's was counted as a 200)
         assert after == {"disconnect": before["disconnect"] + 2, "cancelled": before["cancelled"]}, (before, after)
-        gone = _counter(text, "restrl:requests_total", route="/v1/solve", strategy="vm_mcts", status="499")
+        gone = _counter(text, "restrl:requests_total", route="/v1/solve", status="499", strategy="vm_mcts")
         assert gone == gone_before + 2
         for _ in range(100):  # vLLM finishes the aborts asynchronously
             ready = (await observer.get("/ready")).json()
