@@ -3,8 +3,8 @@
 `AdmissionController.slot(wait_s=...)` is an async context manager: it enters at once while fewer
 than ``max_active`` requests run, waits (FIFO) while fewer than ``max_queued`` wait, and otherwise
 raises `Overloaded` (429) with a Retry-After estimated from recent request durations. A request
-waits at most ``wait_s`` (what is left of its deadline): then it gets the same 429 (its deadline
-passed in the queue; nothing ran). While the server drains (shutdown) new requests get
+waits at most ``wait_s`` (its share of its deadline for waiting, `server.services`): then it gets
+the same 429 (nothing ran). While the server drains (shutdown) new requests get
 `Unavailable` (503). Gauges and the ``rejected_requests`` counter (reasons ``queue_full``,
 ``deadline``, ``draining``) follow every change.
 """
@@ -47,11 +47,11 @@ class AdmissionController:
         return max(1, min(120, math.ceil(waves * self._mean_s)))
 
     def deadline_passed(self, waited_s: float) -> Overloaded:
-        """The 429 of a request whose deadline passed before it could start (counted)."""
+        """The 429 of a request that could not start within its share of its deadline (counted as ``deadline``)."""
         self._metrics.rejected_requests.labels("deadline").inc()
         return Overloaded(
-            f"the request's deadline passed after {waited_s:.1f} s waiting for a search slot ({self.active} running, "
-            f"{self.queued} queued); nothing ran", retry_after_s=self.retry_after_s())
+            f"no search slot freed within the request's share of its deadline for waiting ({waited_s:.1f} s; "
+            f"{self.active} running, {self.queued} queued); nothing ran", retry_after_s=self.retry_after_s())
 
     @asynccontextmanager
     async def slot(self, *, wait_s: float | None = None) -> AsyncIterator[None]:

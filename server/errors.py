@@ -49,8 +49,8 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
     ErrorKind(413, "payload_too_large", "body over `max_body_bytes` (by Content-Length or while streaming in)"),
     ErrorKind(422, "invalid_request", "a field fails validation (type, range, a server limit: `seed` outside 64 bits, `max_tokens` "
               "above `max_new_tokens`, ...); `field` names the first bad field"),
-    ErrorKind(429, "overloaded", "`max_concurrent_searches` running and `max_queued` waiting, or the request's deadline passed "
-              "while it waited for a slot; `Retry-After` header (seconds)"),
+    ErrorKind(429, "overloaded", "`max_concurrent_searches` running and `max_queued` waiting, or no slot freed within the "
+              "request's share of its deadline for waiting (`queue_wait_share`; nothing ran); `Retry-After` header (seconds)"),
     ErrorKind(499, "client_disconnected", "the client left before its answer was complete (the search and its engine requests "
               "are cancelled); seen only in metrics and access logs"),
     ErrorKind(500, "model_error", "the engine failed this request (it is still alive)"),

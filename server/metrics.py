@@ -49,8 +49,8 @@ class Metrics:
         self.queue_depth = Gauge("restrl:queue_depth", "requests waiting for a search slot", registry=r)
         self.active_searches = Gauge("restrl:active_searches", "searches and plain completions running", registry=r)
         self.rejected_requests = Counter("restrl:rejected_requests",
-                                         "requests refused by admission control (429/503): queue_full, deadline (passed while"
-                                         " queued), draining", ["reason"], registry=r)
+                                         "requests refused by admission control (429/503): queue_full, deadline (no slot within"
+                                         " the request's share of its deadline), draining", ["reason"], registry=r)
         self.searches_cancelled = Counter("restrl:searches_cancelled",
                                           "searches stopped before they finished: disconnect (the client left), deadline"
                                           " (budget.deadline_s reached), cancelled (the request was cancelled otherwise)",

@@ -5,9 +5,9 @@
 search and sandbox imported there); tests pass their own to `server.app.build_app`.
 
 Deadlines are wall time from the request's arrival (`RequestState`, recorded by the app's
-middleware): `Services.hold` waits for an admission slot at most until the deadline (then 429
-``overloaded``), and `Services.run_search` gives the search what is left of it as its
-``budget.deadline_s``, so time spent queued counts. `Services.supervise` awaits a request's work
+middleware): `Services.hold` waits for an admission slot for at most ``queue_wait_share`` of the
+deadline (then 429 ``overloaded``: nothing ran), and `Services.run_search` gives the search what is
+left of it as its ``budget.deadline_s``, so time spent queued counts. `Services.supervise` awaits a request's work
 (a search, plain sampling) as a task and cancels it - and so every engine request it has in
 flight - when the client disconnects, when a safety-net time passes, or when the request itself is
 cancelled; `Services.run_search` is the path of every search on top of it.
@@ -128,13 +128,15 @@ class Services:
 
     async def hold(self, request: Request, *, deadline_s: float | None) -> tuple[AsyncExitStack, ModelPair]:
         """Admission slot + the active pair, held until the returned stack is closed (a streamed
-        response closes it when its stream ends). The slot is waited for until ``deadline_s``
-        (counted from the request's arrival) at most, and not after the client has gone (499).
-        Raises 429/503 before anything is held."""
+        response closes it when its stream ends). The slot is waited for at most ``queue_wait_share``
+        of ``deadline_s`` (counted from the request's arrival), and not after the client has gone
+        (499). Raises 429/503 before anything is held."""
         state = request_state(request.scope)
         stack = AsyncExitStack()
         try:
-            wait_s = None if deadline_s is None else state.left_s(deadline_s)
+            # at most a share of the deadline in the queue: a search that starts has the rest (a queue full
+            # of requests that each get a sliver of time would answer nothing, slowly)
+            wait_s = None if deadline_s is None else state.left_s(deadline_s * self.settings.queue_wait_share)
             entering = asyncio.ensure_future(stack.enter_async_context(self.admission.slot(wait_s=wait_s)))
             try:
                 while not (await asyncio.wait({entering}, timeout=DISCONNECT_POLL_S))[0]:
@@ -146,6 +148,8 @@ class Services:
                     await asyncio.gather(entering, return_exceptions=True)
             entering.result()
             state.admitted = time.monotonic()
+            if deadline_s is not None and state.left_s(deadline_s) <= 0:  # admitted too late to do anything
+                raise self.admission.deadline_passed(state.queued_s)
             pair = await stack.enter_async_context(self.registry.acquire())
         except BaseException:
             await stack.aclose()
@@ -196,9 +200,8 @@ class Services:
         request's arrival); cancelled on client disconnect, or past the deadline plus a grace
         period (the search's own deadline normally stops it first, with a result)."""
         state = request_state(request.scope)
-        left = state.left_s(config.budget.deadline_s or self.settings.max_deadline_s)
-        if left <= 0:
-            raise self.admission.deadline_passed(state.queued_s)
+        # `hold` admitted it with time left; a search with none left stops at once with stop reason "deadline"
+        left = max(state.left_s(config.budget.deadline_s or self.settings.max_deadline_s), 1e-3)
         config = config.model_copy(update={"budget": config.budget.model_copy(update={"deadline_s": left})})
         sandbox = self.sandbox if config.rerank_with_tests else None
         result = await self.supervise(

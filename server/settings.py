@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     max_samples: int = Field(default=100, ge=1, description="cap on a request's budget.samples")
     max_tokens_budget: int = Field(default=200_000, ge=1, description="cap on a request's budget.tokens (policy tokens of one search)")
     max_deadline_s: float = Field(default=300.0, gt=0, description="cap on a request's budget.deadline_s (wall time from arrival, queueing"
-                                  " included); applied when the request sets none; also how long a plain completion may wait for a slot")
+                                  " included); applied when the request sets none; a plain completion waits for a slot at most its queue_wait_share")
+    queue_wait_share: float = Field(
+        default=0.5, gt=0, le=1, description="share of a request's deadline it may spend waiting for a slot; if none frees by"
+        " then, 429 with Retry-After (nothing ran), so that a search that starts has the rest of its deadline")
     max_new_tokens: int = Field(default=1024, ge=1, description="cap on max_tokens per policy request")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="request body size cap (413 beyond)")
     # lifecycle
