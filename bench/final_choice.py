@@ -34,13 +34,16 @@ from models.prompting import assemble_program
 from sandbox import ProgramRunner, SandboxConfig
 from search.stack import open_sandbox
 from tasks import Problem
-from training.search_eval import by_value, choose, distinct_candidates, read_phase
+from training.search_eval import choose, read_phase, search_record, selector_key
 
 RULES = ("value", "visits", "node_mean", "public_tests", "first_k")
 
 
 def _value(c: dict[str, Any]) -> float:
     return float(c["value"]) if c["value"] is not None else -1.0
+
+
+by_value = selector_key("value")  # the search's rule: highest value; min() keeps the first sampled on ties
 
 
 def deepest_node(trace: dict[str, Any], code: str) -> dict[str, Any]:
@@ -53,19 +56,20 @@ def deepest_node(trace: dict[str, Any], code: str) -> dict[str, Any]:
 
 
 def pick(rule: str, trace: dict[str, Any], cands: list[dict[str, Any]], public: dict[str, float]) -> dict[str, Any] | None:
-    """The candidate ``rule`` returns among ``cands`` (distinct, in sampling order)."""
+    """The candidate ``rule`` returns among ``cands`` (`training.search_eval.search_record`'s
+    distinct candidates, in sampling order; ``step`` is the expansion that first sampled one)."""
     if not cands:
         return None
     if rule == "value":
         return min(cands, key=by_value)
     if rule == "first_k":
-        first = min(c["seq"] for c in cands)
-        return min((c for c in cands if c["seq"] == first), key=by_value)
+        first = min(c["step"] for c in cands)
+        return min((c for c in cands if c["step"] == first), key=by_value)
     if rule == "public_tests":
-        return min(cands, key=lambda c: (-public.get(c["code"], 0.0), *by_value(c)))
+        return min(cands, key=lambda c: (-public.get(c["code"], 0.0), by_value(c)))
     nodes = trace["nodes"]
     if rule == "node_mean":
-        return min(cands, key=lambda c: (-deepest_node(trace, c["code"])["value"], *by_value(c)))
+        return min(cands, key=lambda c: (-deepest_node(trace, c["code"])["value"], by_value(c)))
     if rule == "visits":
         children: dict[int, list[dict[str, Any]]] = {}
         for n in nodes[1:]:
@@ -107,7 +111,7 @@ async def grade_phase(phase: dict[str, Any], sandbox: ProgramRunner) -> dict[str
             raise SystemExit(f"{phase['dataset']}.{phase['strategy']}: no traces; rerun restrl eval with --set keep_traces=true")
         problem = Problem.model_validate(trace["problem"])
         mode = trace["prompt_mode"]
-        cands = distinct_candidates(trace)
+        cands = search_record(trace, per_sample=False)["candidates"]
         programs = [assemble_program(problem, c["code"], mode) for c in cands]
         hidden = await sandbox.run_many([(p, list(problem.tests), problem.entry_point) for p in programs])
         public: dict[str, float] = {}
@@ -121,8 +125,8 @@ async def grade_phase(phase: dict[str, Any], sandbox: ProgramRunner) -> dict[str
             row[rule] = bool(chosen is not None and passed[chosen["code"]])
         returned = choose(result, "value", unit="samples", limit=result["run_budget"])
         row["returned_matches_value_rule"] = bool(returned is not None and returned["passed"]) == row["value"]
-        first = min((c["seq"] for c in cands), default=0)
-        row["scored"] = [[_value(c), passed[c["code"]], c["seq"] == first] for c in cands]
+        first = min((c["step"] for c in cands), default=0)
+        row["scored"] = [[_value(c), passed[c["code"]], c["step"] == first] for c in cands]
         rows.append(row)
     accuracy = pair_accuracy(rows)
     for r in rows:

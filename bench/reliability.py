@@ -40,6 +40,10 @@ FAULTS = {
     "test_worker_killed_mid_run_is_an_infra_error_and_the_pool_refills": "sandbox worker killed mid-run",
     "test_worker_killed_while_idle_is_replaced_before_the_next_run": "sandbox worker killed while idle",
     "test_client_disconnect_cancels_search_and_aborts_engine_requests": "client disconnect mid-search (plain and SSE)",
+    "test_plain_streams_are_token_by_token_and_a_disconnect_aborts_the_engine_request":
+        "client disconnect mid plain token stream (engine request aborted, 499)",
+    "test_seed_outside_64_bits_is_422_and_no_error_path_leaves_an_engine_request":
+        "seed beyond 64 bits, oversized prompt, disconnects of every kind (nothing left unfinished in the engine)",
 }
 
 

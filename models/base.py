@@ -10,7 +10,7 @@ Engines implement them (`models.vllm_engine.VLLMPolicy`, `models.hf_engine.HFPol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -30,6 +30,19 @@ class Sample:
     finish_reason: FinishReason
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens served from the engine's prefix cache (0 if unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleDelta:
+    """A piece of one of the ``n`` completions of a request, as the engine produces it
+    (`StreamingPolicy.stream`). Concatenating the ``text`` of one ``index`` gives that completion."""
+
+    index: int  # which of the n completions (0-based)
+    text: str  # text new since this index's previous delta (may be empty: a stop string is held back)
+    tokens: int  # tokens new since this index's previous delta
+    finish_reason: FinishReason | None  # set on the index's last delta only
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
 
 
 class ModelError(RuntimeError):
@@ -76,6 +89,28 @@ class Policy(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingPolicy(Protocol):
+    """A `Policy` that can hand out its completions token by token (vLLM): what plain OpenAI
+    streaming uses. A policy without it streams each completion whole when it is done."""
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        max_tokens: int = 512,
+        stop: Sequence[str] = (),
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> AsyncGenerator[SampleDelta, None]:
+        """Deltas of the ``n`` completions in the order the engine produces them; every index ends
+        with a delta carrying its ``finish_reason``. Closing the iterator early (or cancelling the
+        task iterating it) aborts the engine request. Raises `ModelError` / `EngineDeadError`."""
+        ...
 
 
 @runtime_checkable

@@ -5,9 +5,12 @@ LoRA adapter (``format="lora"``, naming its ``base``), plus ``restrl.json``: wha
 policy or value), where it came from (``base``, ``parent``, ``job``, ``config``), how good it was
 (``metrics``) and the sha256 of every file in the directory. `write_manifest` hashes the files;
 `verify_checkpoint` is what every loader calls before touching weights: only ``.safetensors``
-weights are accepted (pickled ``.bin``/``.pt`` files can execute code when loaded), and a missing,
+weights are accepted (pickled ``.bin``/``.pt`` files can execute code when loaded), a symbolic link leading
+outside the directory is refused (nothing outside a checkpoint is read as part of it), and a missing,
 extra or altered file, bad JSON or the wrong kind raises `CheckpointError` naming the file and field.
-`model_folder` turns a model source (a folder, or a Hugging Face Hub id) into a local folder.
+`locate_checkpoint` turns a path a client sent (the admin API) into a checkpoint directory,
+confined to an optional root; `model_folder` turns a model source (a folder, or a Hugging Face Hub
+id) into a local folder.
 
 Hashing is the cost of verification: files hash in parallel threads (hashlib releases the GIL), and
 a file's digest is remembered for the process while its inode, size, mtime and ctime stay the same
@@ -22,10 +25,11 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -41,6 +45,7 @@ CheckpointFormat = Literal["full", "lora"]
 # Weight files that unpickle (and so may run code) when loaded: refused everywhere.
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _HASH_CHUNK = 1 << 20
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 class Manifest(BaseModel):
@@ -97,12 +102,25 @@ def _hash_all(root: Path, names: list[str]) -> dict[str, str]:
         return dict(zip(names, pool.map(lambda name: sha256_file(root / name), names), strict=True))
 
 
+def _refuse_outward_link(path: Path, real_root: Path) -> None:
+    if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+        raise CheckpointError(f"{path}: a symbolic link leading outside the checkpoint directory (refused)")
+
+
 def _listed_files(directory: Path) -> list[str]:
-    return sorted(
-        p.relative_to(directory).as_posix()
-        for p in directory.rglob("*")
-        if p.is_file() and p.name != MANIFEST_NAME and "__pycache__" not in p.parts
-    )
+    """Every regular file under ``directory`` (manifest and ``__pycache__`` aside). Symbolic links
+    that stay inside the directory are fine (linked folders are not entered); one leading outside
+    it raises `CheckpointError`, so that no file outside a checkpoint is ever read as part of it."""
+    real_root = directory.resolve()
+    names: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(directory):  # followlinks=False
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in (*dirnames, *filenames):
+            _refuse_outward_link(here / name, real_root)
+        names.extend((here / name).relative_to(directory).as_posix() for name in filenames
+                     if name != MANIFEST_NAME and (here / name).is_file())
+    return sorted(names)
 
 
 def _refuse_unsafe(directory: Path, names: list[str]) -> None:
@@ -164,9 +182,16 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """Parse ``restrl.json`` without checking the files (see `verify_checkpoint`)."""
     path = Path(directory) / MANIFEST_NAME
     try:
-        raw = json.loads(path.read_text())
+        _refuse_outward_link(path, Path(directory).resolve())
+        info = path.stat()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing (every checkpoint directory needs its manifest)") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path}: not a regular file")
+    if info.st_size > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{path}: {info.st_size} bytes, more than a manifest's {MAX_MANIFEST_BYTES}")
+    try:
+        raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     try:
@@ -197,6 +222,10 @@ def verify_checkpoint(
     mpath = root / MANIFEST_NAME
     if kind is not None and manifest.kind != kind:
         raise CheckpointError(f"{mpath}: field 'kind' is '{manifest.kind}' but a '{kind}' checkpoint is needed")
+    for name in manifest.files:
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or ".." in parts or "\\" in name:
+            raise CheckpointError(f"{mpath}: field 'files' names {name!r}, which is not a path inside the checkpoint directory")
     present = _listed_files(root)
     _refuse_unsafe(root, present)
     if not any(n.endswith(".safetensors") for n in manifest.files):
@@ -266,3 +295,33 @@ def model_folder(source: str) -> Path:
             f" (huggingface-cli download {source}) and run with that cache (HF_HOME)"
         ) from None
     return Path(folder)
+
+
+def locate_checkpoint(path: str, *, root: str | os.PathLike[str] | None) -> Path:
+    """The directory a client-sent checkpoint ``path`` (the admin API) names, symbolic links resolved.
+
+    Without ``root`` the path must be absolute; with one, a relative path is taken under ``root``
+    and the directory must lie under it (after resolving links: ``..`` or a link cannot leave it).
+    The directory must exist and hold a ``restrl.json`` manifest. Nothing is listed or read here:
+    a wrong path costs a few ``stat`` calls. `CheckpointError` otherwise; its message names
+    ``path`` as sent and nothing else of the file system (not the root, not where a link leads).
+    """
+    shown = repr(path)
+    if not path.strip():
+        raise CheckpointError(f"{shown}: empty checkpoint path")
+    candidate = Path(path).expanduser() if root is None else Path(root) / path
+    if root is None and not candidate.is_absolute():
+        raise CheckpointError(f"{shown}: not an absolute path (relative paths need a checkpoint root: RESTRL_CHECKPOINT_ROOT)")
+    where = " under the checkpoint root" if root is not None else ""
+    try:
+        real = candidate.resolve(strict=True)
+        inside = root is None or real.is_relative_to(Path(root).resolve(strict=True))
+        is_dir = real.is_dir()
+    except (OSError, ValueError, RuntimeError):  # missing, a link loop, a NUL byte, a name too long
+        inside = is_dir = False
+    if not (inside and is_dir):
+        raise CheckpointError(f"{shown}: no checkpoint directory at this path{where}")
+    manifest = real / MANIFEST_NAME
+    if not manifest.is_file():
+        raise CheckpointError(f"{shown}: no {MANIFEST_NAME} in this directory (checkpoints are loaded with their manifest only)")
+    return real

@@ -166,9 +166,9 @@ def build_value_backbone(base_dir: str | Path, *, dtype: str = "float32", seed: 
     return model, tokenizer
 
 
-def value_lora_config(*, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> Any:
-    """The PEFT LoRA configuration of a value adapter: attention and MLP projections, with the
-    ``score`` head saved in full (``modules_to_save``)."""
+def value_lora_config(*, r: int = 8, alpha: int = 16, dropout: float = 0.0, layers: list[int] | None = None) -> Any:
+    """The PEFT LoRA configuration of a value adapter: attention and MLP projections (of every
+    decoder layer, or of ``layers`` only), with the ``score`` head saved in full (``modules_to_save``)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -177,6 +177,7 @@ def value_lora_config(*, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> A
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
+        layers_to_transform=layers,
         modules_to_save=["score"],
     )
 

@@ -21,9 +21,12 @@ machine the engine runs in this process with the settings ENVIRONMENT.md measure
 their place and cache) so that a value model on the same CPU cores can have all of them for a
 batch (`search.ValueBatcher`'s ``hold``).
 
-Cancelling the task awaiting `sample` aborts the engine request (vLLM's `generate` does this on
-`CancelledError`). vLLM's `EngineDeadError` becomes `models.base.EngineDeadError`; request-level
-failures become `ModelError`.
+`stream` (`models.base.StreamingPolicy`) hands out the completions token by token. Every engine
+request runs through one generator, `_generate`: however it ends before the engine finished the
+request (an error, cancelling the task awaiting `sample`, closing a `stream` early), the request is
+aborted in the engine, so none is left unfinished. vLLM's `EngineDeadError` becomes
+`models.base.EngineDeadError`; request-level failures (including sampling parameters vLLM refuses)
+become `ModelError`.
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.base import EngineDeadError, ModelError, Sample, encode_prompt
+from models.base import EngineDeadError, FinishReason, ModelError, Sample, SampleDelta, encode_prompt
 from models.config import EngineConfig
 from models.prompting import PromptMode
 
@@ -159,6 +162,27 @@ class _SharedEngine:
                 self.reaper.stop()
             if self.rpc_dir:
                 shutil.rmtree(self.rpc_dir, ignore_errors=True)
+
+
+def _finish_reason(reason: Any) -> FinishReason:
+    if reason not in ("stop", "length", "abort"):
+        raise ModelError(f"vLLM finished a completion with reason {reason!r}")
+    return reason  # type: ignore[no-any-return]
+
+
+async def _abort(engine: Any, request_id: str) -> None:
+    """Abort ``request_id`` (vLLM's external id: every child of an n > 1 request) in the engine;
+    a no-op when the engine no longer knows it. Runs to completion even if the caller is cancelled."""
+    if engine.errored:  # dead or shut down: nothing left to abort
+        return
+    aborting = asyncio.ensure_future(engine.abort(request_id))
+    try:
+        await asyncio.shield(aborting)
+    except asyncio.CancelledError:
+        aborting.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise
+    except Exception:
+        logger.warning("vLLM engine: aborting request %s failed", request_id, exc_info=True)
 
 
 def _in_background(coro: Any) -> None:
@@ -403,6 +427,59 @@ class VLLMPolicy:
         finally:
             await asyncio.shield(shared.resume())  # a cancelled holder still resumes the engine
 
+    def _prepare(self, prompt: str, *, n: int, max_tokens: int, stop: Sequence[str], temperature: float, top_p: float,
+                 seed: int | None, delta: bool) -> tuple[list[int], Any, int]:
+        """Token ids, `SamplingParams`, and how many identical copies each engine completion stands
+        for (greedy copies are identical: the engine computes one)."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        if self._closed:
+            raise ModelError("this policy is closed")
+        ids, room = encode_prompt(self.tokenizer, prompt, n=n, max_model_len=self.config.max_model_len)
+        greedy = temperature == 0
+        try:
+            params = SamplingParams(
+                n=1 if greedy else n,
+                max_tokens=min(max_tokens, room),
+                stop=list(stop) or None,
+                temperature=temperature,
+                top_p=1.0 if greedy else top_p,
+                seed=seed,
+                output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+            )
+        except Exception as exc:  # vLLM validates the values here, before anything reaches the engine
+            raise ModelError(f"vLLM refused the sampling parameters: {exc}") from exc
+        return ids, params, n if greedy else 1
+
+    async def _generate(self, ids: list[int], params: Any) -> AsyncGenerator[Any, None]:
+        """The engine's outputs for one request. However the iteration ends before the engine
+        finished the request - an engine error, a cancellation, the consumer closing the iterator -
+        the request is aborted in the engine: vLLM's own `generate` does not when ``add_request``
+        fails after registering it (a seed beyond 64 bits left it unfinished forever)."""
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
+
+        engine = self.engine
+        request_id = f"restrl-{next(_request_ids)}-{uuid.uuid4().hex[:8]}"
+        finished = False
+        try:
+            async with contextlib.aclosing(engine.generate(
+                    TokensPrompt(prompt_token_ids=ids), params, request_id, lora_request=self._lora_request)) as outputs:
+                async for out in outputs:
+                    finished = bool(out.finished)
+                    yield out
+        except VLLMEngineDeadError as exc:
+            raise EngineDeadError(f"vLLM engine died: {exc}") from exc
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:  # validation errors, EngineGenerateError: this request only
+            if engine.errored:
+                raise EngineDeadError(f"vLLM engine died: {exc}") from exc
+            raise ModelError(f"vLLM request failed: {exc!r}") from exc
+        finally:
+            if not finished:
+                await _abort(engine, request_id)
+
     async def sample(
         self,
         prompt: str,
@@ -414,58 +491,46 @@ class VLLMPolicy:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> list[Sample]:
-        if self._closed:
-            raise ModelError("this policy is closed")
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
-
-        ids, room = encode_prompt(self.tokenizer, prompt, n=n, max_model_len=self.config.max_model_len)
-        greedy = temperature == 0
-        params = SamplingParams(
-            n=1 if greedy else n,  # greedy copies are identical: compute one
-            max_tokens=min(max_tokens, room),
-            stop=list(stop) or None,
-            temperature=temperature,
-            top_p=1.0 if greedy else top_p,
-            seed=seed,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
-        request_id = f"restrl-{next(_request_ids)}-{uuid.uuid4().hex[:8]}"
+        ids, params, copies = self._prepare(prompt, n=n, max_tokens=max_tokens, stop=stop, temperature=temperature,
+                                            top_p=top_p, seed=seed, delta=False)
         final = None
-        try:
-            async for out in self.engine.generate(
-                TokensPrompt(prompt_token_ids=ids), params, request_id, lora_request=self._lora_request
-            ):
+        async with contextlib.aclosing(self._generate(ids, params)) as outputs:
+            async for out in outputs:
                 final = out
-        except VLLMEngineDeadError as exc:
-            raise EngineDeadError(f"vLLM engine died: {exc}") from exc
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # validation errors, EngineGenerateError: this request only
-            if self.engine.errored:
-                raise EngineDeadError(f"vLLM engine died: {exc}") from exc
-            raise ModelError(f"vLLM request failed: {exc!r}") from exc
         if final is None:
             raise ModelError("vLLM returned no output")
         cached = int(final.num_cached_tokens or 0)
-        samples = []
-        for comp in sorted(final.outputs, key=lambda c: c.index):
-            reason = comp.finish_reason
-            if reason not in ("stop", "length", "abort"):
-                raise ModelError(f"vLLM finished a completion with reason {reason!r}")
-            samples.append(
-                Sample(
-                    text=comp.text,
-                    tokens=len(comp.token_ids),
-                    finish_reason=reason,
-                    prompt_tokens=len(ids),
-                    cached_prompt_tokens=cached,
-                )
-            )
-        if greedy and n > 1:
-            samples = samples * n
-        return samples
+        samples = [
+            Sample(text=comp.text, tokens=len(comp.token_ids), finish_reason=_finish_reason(comp.finish_reason),
+                   prompt_tokens=len(ids), cached_prompt_tokens=cached)
+            for comp in sorted(final.outputs, key=lambda c: c.index)
+        ]
+        return samples * copies
+
+    async def stream(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        max_tokens: int = 512,
+        stop: Sequence[str] = (),
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> AsyncGenerator[SampleDelta, None]:
+        """`models.base.StreamingPolicy`: the completions token by token (vLLM's
+        ``RequestOutputKind.DELTA``; with n > 1 an output carries only the completions that
+        changed). Closing the iterator early aborts the engine request."""
+        ids, params, copies = self._prepare(prompt, n=n, max_tokens=max_tokens, stop=stop, temperature=temperature,
+                                            top_p=top_p, seed=seed, delta=True)
+        async with contextlib.aclosing(self._generate(ids, params)) as outputs:  # closed with this iterator
+            async for out in outputs:
+                cached = int(out.num_cached_tokens or 0)
+                for comp in out.outputs:
+                    reason = None if comp.finish_reason is None else _finish_reason(comp.finish_reason)
+                    for index in range(copies) if copies > 1 else (comp.index,):
+                        yield SampleDelta(index=index, text=comp.text, tokens=len(comp.token_ids), finish_reason=reason,
+                                          prompt_tokens=len(ids), cached_prompt_tokens=cached)
 
     async def ping(self) -> dict[str, Any]:
         """Health: raises `EngineDeadError` if the engine is gone, else a small status dict."""

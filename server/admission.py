@@ -1,9 +1,12 @@
 """Admission control: a bound on running searches and on requests waiting for one.
 
-`AdmissionController.slot()` is an async context manager: it enters at once while fewer than
-``max_active`` requests run, waits (FIFO) while fewer than ``max_queued`` wait, and otherwise
-raises `Overloaded` (429) with a Retry-After estimated from recent request durations. While the
-server drains (shutdown) new requests get `Unavailable` (503). Gauges follow every change.
+`AdmissionController.slot(wait_s=...)` is an async context manager: it enters at once while fewer
+than ``max_active`` requests run, waits (FIFO) while fewer than ``max_queued`` wait, and otherwise
+raises `Overloaded` (429) with a Retry-After estimated from recent request durations. A request
+waits at most ``wait_s`` (its share of its deadline for waiting, `server.services`): then it gets
+the same 429 (nothing ran). While the server drains (shutdown) new requests get
+`Unavailable` (503). Gauges and the ``rejected_requests`` counter (reasons ``queue_full``,
+``deadline``, ``draining``) follow every change.
 """
 
 from __future__ import annotations
@@ -43,8 +46,16 @@ class AdmissionController:
         waves = (self.queued + self.active) / self.max_active
         return max(1, min(120, math.ceil(waves * self._mean_s)))
 
+    def deadline_passed(self, waited_s: float) -> Overloaded:
+        """The 429 of a request that could not start within its share of its deadline (counted as ``deadline``)."""
+        self._metrics.rejected_requests.labels("deadline").inc()
+        return Overloaded(
+            f"no search slot freed within the request's share of its deadline for waiting ({waited_s:.1f} s; "
+            f"{self.active} running, {self.queued} queued); nothing ran", retry_after_s=self.retry_after_s())
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, *, wait_s: float | None = None) -> AsyncIterator[None]:
+        """A running slot, waited for at most ``wait_s`` seconds (None: as long as it takes)."""
         if self.draining:
             self._metrics.rejected_requests.labels("draining").inc()
             raise Unavailable("the server is shutting down", retry_after_s=5)
@@ -55,10 +66,16 @@ class AdmissionController:
                 f"{self.max_active}/{self.max_queued})",
                 retry_after_s=self.retry_after_s(),
             )
+        if wait_s is not None and wait_s <= 0:
+            raise self.deadline_passed(0.0)
         self.queued += 1
         self._publish()
+        started = time.monotonic()
         try:
-            await self._semaphore.acquire()
+            async with asyncio.timeout(wait_s):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            raise self.deadline_passed(time.monotonic() - started) from None
         finally:
             self.queued -= 1
             self._publish()

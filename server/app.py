@@ -22,16 +22,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.base import EngineDeadError, PingablePolicy
 from server import playground
 from server.deps import STRATEGY_KEY
-from server.errors import APIError, error_body, install_error_handlers
+from server.errors import APIError, ClientDisconnected, error_body, install_error_handlers
 from server.loading import build_services
 from server.metrics import Metrics
 from server.routes import admin, openai, ops, solve
-from server.services import Services
+from server.services import REQUEST_STATE_KEY, RequestState, Services
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ def build_app(settings: Settings | None = None, *, services: Services | None = N
     install_error_handlers(app)
     for module in (solve, openai, admin, ops, playground):
         app.include_router(module.router)
-    app.add_middleware(RequestMetricsMiddleware, app_ref=app)
+    # the last added is the outermost: the metrics see every answer, a 413 by Content-Length too
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, app_ref=app)
     return app
 
 
@@ -159,8 +161,12 @@ class BodySizeLimitMiddleware:
 
 
 class RequestMetricsMiddleware:
-    """``restrl:requests_total`` and ``restrl:request_latency_seconds`` for every request (SSE
-    streams until their last event). Route = the matched path template."""
+    """The outermost middleware: puts the request's `RequestState` (arrival time, whether the client
+    left) in its scope, and counts every answer in ``restrl:requests_total`` and
+    ``restrl:request_latency_seconds`` (SSE streams until their last event). Route = the matched
+    path template (for a request refused before routing, e.g. a 413 by Content-Length, the route its
+    path and method would match). Status = the status sent, or 499 when the client left before its
+    answer was complete (a stream it closed, a search it abandoned)."""
 
     def __init__(self, app: ASGIApp, *, app_ref: FastAPI):
         self.app = app
@@ -170,25 +176,48 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.monotonic()
+        state = RequestState()
+        scope[REQUEST_STATE_KEY] = state
         status = 500
+        complete = False
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete:
+                state.disconnected = True
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal status, complete
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            try:
+                await send(message)
+            except OSError:  # an ASGI 2.4 server reports a closed connection here
+                state.disconnected = True
+                raise
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, watched_receive, watched_send)
         finally:
             services: Services | None = getattr(self._app_ref.state, "services", None)
             if services is not None:
-                self._observe(services.metrics, scope, status, time.monotonic() - start)
+                answered = ClientDisconnected.status if state.disconnected and not complete else status
+                self._observe(services.metrics, scope, answered, time.monotonic() - state.arrived)
 
-    @staticmethod
-    def _observe(metrics: Metrics, scope: Scope, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
+    def _route(self, scope: Scope) -> str:
+        route = getattr(scope.get("route"), "path", None)
+        if route is not None:
+            return str(route)
+        for candidate in self._app_ref.router.routes:
+            if candidate.matches(scope)[0] == Match.FULL:
+                return str(getattr(candidate, "path", "unmatched"))
+        return "unmatched"
+
+    def _observe(self, metrics: Metrics, scope: Scope, status: int, seconds: float) -> None:
+        route = self._route(scope)
         strategy = scope.get(STRATEGY_KEY, "none")
         metrics.requests.labels(route, strategy, str(status)).inc()
         metrics.request_latency.labels(route, strategy).observe(seconds)

@@ -1,25 +1,86 @@
-"""The server's exception hierarchy and its one JSON error shape.
+"""The server's exception hierarchy, its one JSON error shape, and the list of every error it answers.
 
 Every 4xx/5xx body is ``{"error": {"type": ..., "message": ..., "field": ...}}`` (``field`` only when
-one input is at fault). `install_error_handlers` maps our errors, request validation errors,
-Starlette's HTTP errors and the model errors of `models.base` to that shape in one place:
-`ModelError` (the engine is alive, this request failed) is a 500; `EngineDeadError` is a 503.
+one input is at fault). `ERROR_KINDS` lists every (status, type) the server answers with, in one
+place: docs/api.md's error table is that list (tests/test_docs.py checks both ways) and the routes'
+OpenAPI ``responses`` are built from it (`openapi_responses`). `install_error_handlers` maps our
+errors, request validation errors, Starlette's HTTP errors and the model errors of `models.base`
+to that shape in one place: `ModelError` (the engine is alive, this request failed) is a 500;
+`EngineDeadError` is a 503; a body that is not JSON is a 400 ``invalid_json``; a field that fails
+validation is a 422 ``invalid_request`` naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.base import CheckpointError, EngineDeadError, ModelError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int
+    type: str
+    when: str
+
+
+ERROR_KINDS: tuple[ErrorKind, ...] = (
+    ErrorKind(400, "invalid_request", "the schema accepts the request but this server cannot serve it: an OpenAI field it does not "
+              "implement (`logprobs`, `echo`, `best_of`, `tools`, ...: `field` names it), `rerank_with_tests` without public "
+              "tests or sandbox, an admin checkpoint path that is not a checkpoint directory"),
+    ErrorKind(400, "invalid_json", "the body is not JSON: a syntax error, not UTF-8, or nested too deep (`field` is `body`)"),
+    ErrorKind(400, "swap_failed", "admin swap or rollback failed loading or probing the checkpoint (the message names the file); "
+              "the previous pair keeps serving"),
+    ErrorKind(401, "unauthorized", "no credential, or a wrong API key (see Auth)"),
+    ErrorKind(403, "forbidden", "a wrong admin token, or the admin API is disabled"),
+    ErrorKind(404, "not_found", "no such route"),
+    ErrorKind(405, "method_not_allowed", "the route exists, not with this method"),
+    ErrorKind(413, "payload_too_large", "body over `max_body_bytes` (by Content-Length or while streaming in)"),
+    ErrorKind(422, "invalid_request", "a field fails validation (type, range, a server limit: `seed` outside 64 bits, `max_tokens` "
+              "above `max_new_tokens`, ...); `field` names the first bad field"),
+    ErrorKind(429, "overloaded", "`max_concurrent_searches` running and `max_queued` waiting, or no slot freed within the "
+              "request's share of its deadline for waiting (`queue_wait_share`; nothing ran); `Retry-After` header (seconds)"),
+    ErrorKind(499, "client_disconnected", "the client left before its answer was complete (the search and its engine requests "
+              "are cancelled); seen only in metrics and access logs"),
+    ErrorKind(500, "model_error", "the engine failed this request (it is still alive)"),
+    ErrorKind(500, "internal_error", "any other failure of this request (the server log has the traceback)"),
+    ErrorKind(503, "unavailable", "models loading, load failed, engine dead, or the server is draining (`Retry-After` when a "
+              "retry can help)"),
+    ErrorKind(503, "not_ready", "`/ready`: no models yet, the probe failed or timed out, or the server is draining"),
+    ErrorKind(503, "engine_dead", "`/health`: the policy engine died; `restrl serve` exits for its supervisor"),
+    ErrorKind(504, "timeout", "a search overran its deadline by the grace period and was cancelled (a search normally stops "
+              "at its deadline with a result)"),
+)
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The one error shape."""
+
+    error: ErrorDetail
+
+
+def openapi_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route that may answer ``statuses`` (from `ERROR_KINDS`)."""
+    return {status: {"model": ErrorBody, "description": "; ".join(f"`{k.type}`: {k.when}" for k in ERROR_KINDS
+                                                                    if k.status == status)}
+            for status in statuses}
 
 
 class APIError(Exception):
@@ -36,8 +97,16 @@ class APIError(Exception):
 
 
 class InvalidRequest(APIError):
+    """The schema accepts the request, this server cannot serve it (400)."""
+
     status = 400
     type = "invalid_request"
+
+
+class InvalidField(InvalidRequest):
+    """A field fails a check the schema cannot express (a server limit): 422, like schema validation."""
+
+    status = 422
 
 
 class Unauthorized(APIError):
@@ -100,6 +169,13 @@ class ClientDisconnected(APIError):
     type = "client_disconnected"
 
 
+class ModelFailed(APIError):
+    """The engine failed this request and is still alive (`models.base.ModelError`)."""
+
+    status = 500
+    type = "model_error"
+
+
 class SwapFailed(APIError):
     """A hot swap failed; the previous pair keeps serving. The message names the file at fault."""
 
@@ -125,9 +201,7 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, EngineDeadError):
         return Unavailable(f"the model engine is dead: {exc}")
     if isinstance(exc, ModelError):
-        err = APIError(f"model error: {exc}")
-        err.type = "model_error"
-        return err
+        return ModelFailed(f"model error: {exc}")
     if isinstance(exc, CheckpointError):
         return SwapFailed(str(exc))
     if isinstance(exc, asyncio.TimeoutError):
@@ -140,6 +214,10 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _not_json(reason: str) -> JSONResponse:
+    return JSONResponse(error_body("invalid_json", f"the request body is not valid JSON: {reason}", "body"), status_code=400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -149,13 +227,29 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # FastAPI's json.loads failed: loc is (body, character offset)
+            loc = tuple(first.get("loc", ()))
+            where = f" at character {loc[1]}" if len(loc) > 1 else ""
+            ctx = first.get("ctx")
+            reason = ctx.get("error", "syntax error") if isinstance(ctx, dict) else "syntax error"
+            return _not_json(f"{reason}{where}")
         field = _field_of(tuple(first.get("loc", ())))
         message = "; ".join(f"{_field_of(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors[:5])
         return JSONResponse(error_body("invalid_request", message, field), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+        if exc.status_code == 400:  # FastAPI: "There was an error parsing the body" (json.loads raised, not a syntax error)
+            cause = exc.__cause__
+            if isinstance(cause, RecursionError):
+                return _not_json("nested too deep")
+            if isinstance(cause, UnicodeError):
+                return _not_json("not UTF-8 text")
+            return _not_json(str(exc.detail))
+        type_ = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
+        if type_ is None:  # not an error this app raises: answer it as a generic failure rather than invent a type
+            logger.warning("unexpected HTTP error %d: %s", exc.status_code, exc.detail)
+            return error_response(APIError("internal server error"))
         return JSONResponse(error_body(type_, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ModelError)

@@ -48,9 +48,12 @@ class Metrics:
                                                    "prompt tokens served from the engine's prefix cache", registry=r)
         self.queue_depth = Gauge("restrl:queue_depth", "requests waiting for a search slot", registry=r)
         self.active_searches = Gauge("restrl:active_searches", "searches and plain completions running", registry=r)
-        self.rejected_requests = Counter("restrl:rejected_requests", "requests refused by admission control (429/503)",
-                                         ["reason"], registry=r)
-        self.searches_cancelled = Counter("restrl:searches_cancelled", "searches cancelled before they finished",
+        self.rejected_requests = Counter("restrl:rejected_requests",
+                                         "requests refused by admission control (429/503): queue_full, deadline (no slot within"
+                                         " the request's share of its deadline), draining", ["reason"], registry=r)
+        self.searches_cancelled = Counter("restrl:searches_cancelled",
+                                          "searches stopped before they finished: disconnect (the client left), deadline"
+                                          " (budget.deadline_s reached), cancelled (the request was cancelled otherwise)",
                                           ["reason"], registry=r)
         self.swap_events = Counter("restrl:swap_events", "model loads, swaps and rollbacks", ["kind", "result"],
                                    registry=r)
@@ -69,6 +72,8 @@ class Metrics:
         self.search_samples.labels(s).observe(u.samples)
         self.search_policy_tokens.labels(s).observe(u.policy_tokens)
         self.search_value_calls.labels(s).observe(u.value_calls)
+        if result.stop_reason == "deadline":  # stopped by its deadline, with what it had found
+            self.searches_cancelled.labels("deadline").inc()
         self.observe_usage(u)
 
     def observe_usage(self, usage: Usage) -> None:

@@ -19,6 +19,9 @@ from search.types import Budget, Candidate, SearchConfig, StopReason, StrategyNa
 from tasks import Problem, TestCase
 
 MAX_TEXT = 100_000  # characters of a statement / starter code / prompt
+# a signed 64-bit integer, as OpenAI and vLLM's own server take it; vLLM's engine fails on seeds
+# beyond 64 bits (it answered 500 and kept the request), so every `seed` is checked here
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, description="a signed 64-bit integer")]
 
 
 def new_id(prefix: str) -> str:
@@ -74,7 +77,7 @@ class SearchParams(BaseModel):
     top_candidates: int | None = Field(default=None, ge=0, le=100)
     rerank_with_tests: bool = Field(default=False, description="execute candidates on the public tests (sandbox) and rank by pass fraction first")
     stop_when_solved: bool = Field(default=False, description="with rerank_with_tests: stop at the first candidate passing every public test")
-    seed: int | None = Field(default=None, description="seeds the search's random choices")
+    seed: Seed | None = Field(default=None, description="seeds the search's random choices (signed 64-bit)")
 
     def to_config(self, limits: ServerLimits, *, record_trace: bool = False) -> tuple[SearchConfig, list[str]]:
         """The `SearchConfig` to run and the budget fields reduced to the server's limits."""
@@ -153,6 +156,7 @@ class SolveResponse(BaseModel):
     policy_version: str
     value_version: str
     budget_capped: list[str] = Field(description="budget fields the server's limits reduced")
+    queued_s: float = Field(default=0.0, description="seconds the request waited for a search slot; they count against budget.deadline_s")
     tree: dict[str, Any] | None = None
 
 
@@ -191,9 +195,55 @@ StopText = Annotated[str, Field(min_length=1, max_length=1000)]
 PromptText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 
 
+def _neutral(*values: Any) -> Any:
+    """A check that a field's value is one of ``values`` (booleans by identity: ``0`` is not ``False``)."""
+
+    def check(value: Any, _request: Any) -> bool:
+        return any(value is v if isinstance(v, bool) or isinstance(value, bool) or v is None else value == v for v in values)
+
+    return check
+
+
+# OpenAI (and vLLM) request fields that would change the answer and that this server does not
+# implement: set to anything but a neutral value they answer 400 naming the field, rather than an
+# answer that silently differs from what was asked. Other unknown fields (`user`, `metadata`,
+# `store`, ...) are ignored. docs/api.md lists these names (tests/test_docs.py checks).
+UNSUPPORTED_FIELDS: dict[str, Any] = {
+    "logprobs": _neutral(None, False),
+    "top_logprobs": _neutral(None, 0),
+    "echo": _neutral(None, False),
+    "best_of": lambda value, request: value is None or value == request.n,
+    "suffix": _neutral(None, ""),
+    "logit_bias": _neutral(None, {}),
+    "presence_penalty": _neutral(None, 0),
+    "frequency_penalty": _neutral(None, 0),
+    "tools": _neutral(None, []),
+    "tool_choice": _neutral(None, "none"),
+    "functions": _neutral(None, []),
+    "function_call": _neutral(None, "none"),
+    "response_format": _neutral(None, {"type": "text"}),
+    "modalities": _neutral(None, ["text"]),
+    "audio": _neutral(None),
+    # vLLM's own sampling and decoding extras
+    "top_k": _neutral(None, 0, -1),
+    "min_p": _neutral(None, 0),
+    "repetition_penalty": _neutral(None, 1),
+    "min_tokens": _neutral(None, 0),
+    "ignore_eos": _neutral(None, False),
+    "use_beam_search": _neutral(None, False),
+    "prompt_logprobs": _neutral(None),
+    "structured_outputs": _neutral(None),
+    "guided_json": _neutral(None),
+    "guided_regex": _neutral(None),
+    "guided_choice": _neutral(None),
+    "guided_grammar": _neutral(None),
+}
+
+
 class _OpenAIRequest(BaseModel):
-    # Unknown OpenAI fields (frequency_penalty, user, ...) are accepted and ignored, as vLLM does.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown OpenAI fields are kept (not validated) so that `unsupported_field` can refuse the
+    # ones that change the answer; the others (`user`, ...) are ignored, as vLLM does.
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(default=None, description="ignored: the active policy answers")
     max_tokens: int | None = Field(default=None, ge=1)
@@ -202,7 +252,7 @@ class _OpenAIRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=64)
     stop: StopText | Annotated[list[StopText], Field(max_length=16)] | None = Field(
         default=None, description="stop sequences (non-empty strings; an empty one made the engine fail with a 500)")
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     search: SearchSpec | None = None
@@ -211,6 +261,14 @@ class _OpenAIRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def unsupported_field(self) -> str | None:
+        """The first field set that this server does not implement (`UNSUPPORTED_FIELDS`), if any."""
+        for name, value in (self.model_extra or {}).items():
+            neutral = UNSUPPORTED_FIELDS.get(name)
+            if neutral is not None and not neutral(value, self):
+                return name
+        return None
 
 
 class CompletionRequest(_OpenAIRequest):
@@ -250,6 +308,7 @@ class SearchInfo(BaseModel):
     policy_version: str
     value_version: str
     budget_capped: list[str]
+    queued_s: float = Field(default=0.0, description="seconds the request waited for a search slot (part of the deadline)")
 
 
 class CompletionChoice(BaseModel):
@@ -312,8 +371,10 @@ class SwapRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: str | None = Field(default=None, description="policy checkpoint folder (full weights or LoRA adapter with restrl.json)")
-    value: str | None = Field(default=None, description="value checkpoint folder")
+    policy: str | None = Field(default=None, min_length=1, max_length=4096,
+                               description="policy checkpoint folder (full weights or LoRA adapter with restrl.json): absolute,"
+                               " or relative to RESTRL_CHECKPOINT_ROOT; under that root when it is set")
+    value: str | None = Field(default=None, min_length=1, max_length=4096, description="value checkpoint folder (same rules)")
 
 
 class PairInfo(BaseModel):

@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from models.base import CheckpointError, PausablePolicy, Policy, ValueModel
+from models.base import CheckpointError, ModelError, PausablePolicy, Policy, ValueModel
 from models.prompting import join_code, render_prompt, root_state
 from search.stack import ValueMatch
 from server.errors import SwapFailed, Unavailable
@@ -226,7 +226,8 @@ class ModelRegistry:
                         await _close_quietly(model)
                 message = _describe_failure(exc, policy_src if change_policy else None, value_src if change_value else None)
                 self._record(kind, "failed", policy_src, value_src, message, time.monotonic() - start)
-                logger.warning("%s failed, the active pair keeps serving: %s", kind, message)
+                logger.warning("%s failed, the active pair keeps serving: %s", kind, message,
+                               exc_info=not isinstance(exc, (CheckpointError, asyncio.CancelledError)))
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise SwapFailed(message) from exc
@@ -304,12 +305,17 @@ class ModelRegistry:
 
 
 def _describe_failure(exc: BaseException, policy: str | None, value: str | None) -> str:
+    """What a client is told (the log has the traceback): our own errors name the file at fault
+    inside the checkpoint; other errors (a library's text may name any file of the server) only
+    their kind."""
     if isinstance(exc, CheckpointError):
         return str(exc)  # names the file and what is wrong
     if isinstance(exc, asyncio.TimeoutError):
         what = "probe timed out"
-    else:
+    elif isinstance(exc, ModelError):
         what = f"{type(exc).__name__}: {exc}"
+    else:
+        what = f"{type(exc).__name__} while loading or probing (details in the server log)"
     sources = ", ".join(f"{side} {src}" for side, src in (("policy", policy), ("value", value)) if src)
     return f"{what} ({sources})" if sources else what
 

@@ -4,9 +4,13 @@
 `AdmissionController` and the `Metrics`. `build_services(settings)` makes the real ones (models,
 search and sandbox imported there); tests pass their own to `server.app.build_app`.
 
-`Services.run_search` is the path of every search: it runs the strategy as an asyncio task on the
-pair the request holds, forwards progress to a callback, and cancels the task (and so every engine
-request of the search) when the client disconnects or the server-side deadline passes.
+Deadlines are wall time from the request's arrival (`RequestState`, recorded by the app's
+middleware): `Services.hold` waits for an admission slot for at most ``queue_wait_share`` of the
+deadline (then 429 ``overloaded``: nothing ran), and `Services.run_search` gives the search what is
+left of it as its ``budget.deadline_s``, so time spent queued counts. `Services.supervise` awaits a request's work
+(a search, plain sampling) as a task and cancels it - and so every engine request it has in
+flight - when the client disconnects, when a safety-net time passes, or when the request itself is
+cancelled; `Services.run_search` is the path of every search on top of it.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
+from starlette.types import Scope
 
 from models.base import Policy, ValueModel
 from sandbox.api import Job, ProgramRunner
@@ -39,6 +45,35 @@ logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.25
 DEADLINE_GRACE_S = 30.0  # beyond the budget's own deadline, before the server cancels a search
+REQUEST_STATE_KEY = "restrl.request"  # the ASGI scope key of a request's `RequestState`
+T = TypeVar("T")
+
+
+@dataclass
+class RequestState:
+    """What the server knows about one HTTP request beyond its body: put in the ASGI scope by the
+    app's outermost middleware, read by `Services` and the request metrics."""
+
+    arrived: float = field(default_factory=time.monotonic)  # when the server received the request
+    admitted: float | None = None  # when it got its admission slot
+    disconnected: bool = False  # the client went away before its answer was complete
+
+    @property
+    def queued_s(self) -> float:
+        return 0.0 if self.admitted is None else self.admitted - self.arrived
+
+    def left_s(self, deadline_s: float) -> float:
+        """What is left of a deadline counted from arrival."""
+        return deadline_s - (time.monotonic() - self.arrived)
+
+
+def request_state(scope: Scope) -> RequestState:
+    """The request's `RequestState` (a fresh one when no middleware recorded it: the app mounted
+    without `server.app`'s middleware)."""
+    state = scope.get(REQUEST_STATE_KEY)
+    if state is None:
+        state = scope[REQUEST_STATE_KEY] = RequestState()
+    return state
 
 
 class SearchFn(Protocol):
@@ -96,12 +131,30 @@ class Services:
         return ServerLimits(max_samples=s.max_samples, max_tokens_budget=s.max_tokens_budget,
                             max_deadline_s=s.max_deadline_s, max_new_tokens=s.max_new_tokens)
 
-    async def hold(self) -> tuple[AsyncExitStack, ModelPair]:
+    async def hold(self, request: Request, *, deadline_s: float | None) -> tuple[AsyncExitStack, ModelPair]:
         """Admission slot + the active pair, held until the returned stack is closed (a streamed
-        response closes it when its stream ends). Raises 429/503 before anything is held."""
+        response closes it when its stream ends). The slot is waited for at most ``queue_wait_share``
+        of ``deadline_s`` (counted from the request's arrival), and not after the client has gone
+        (499). Raises 429/503 before anything is held."""
+        state = request_state(request.scope)
         stack = AsyncExitStack()
         try:
-            await stack.enter_async_context(self.admission.slot())
+            # at most a share of the deadline in the queue: a search that starts has the rest (a queue full
+            # of requests that each get a sliver of time would answer nothing, slowly)
+            wait_s = None if deadline_s is None else state.left_s(deadline_s * self.settings.queue_wait_share)
+            entering = asyncio.ensure_future(stack.enter_async_context(self.admission.slot(wait_s=wait_s)))
+            try:
+                while not (await asyncio.wait({entering}, timeout=DISCONNECT_POLL_S))[0]:
+                    if state.disconnected or await request.is_disconnected():  # left while queued: give the place up
+                        raise ClientDisconnected("the client disconnected while the request waited for a slot")
+            finally:
+                if not entering.done():
+                    entering.cancel()
+                    await asyncio.gather(entering, return_exceptions=True)
+            entering.result()
+            state.admitted = time.monotonic()
+            if deadline_s is not None and state.left_s(deadline_s) <= 0:  # admitted too late to do anything
+                raise self.admission.deadline_passed(state.queued_s)
             pair = await stack.enter_async_context(self.registry.acquire())
         except BaseException:
             await stack.aclose()
@@ -118,6 +171,36 @@ class Services:
                              " trained on this policy's rollouts (restrl train collect-values, then restrl train value), or"
                              " RESTRL_VALUE__ANY_POLICY=true to search with this one anyway; plain completions (no 'search')"
                              " work", field="strategy")
+    async def supervise(self, request: Request, work: Awaitable[T], *, what: str, give_up_at: float | None = None,
+                        on_cancel: Callable[[str], None] | None = None) -> T:
+        """Await ``work`` as a task; cancel it (and so its engine requests) when the client
+        disconnects (raises `ClientDisconnected`: a 499), when the monotonic time ``give_up_at``
+        passes (`asyncio.TimeoutError`: a 504) or when this request is cancelled (a stream closed,
+        shutdown). ``on_cancel`` gets the reason: ``disconnect``, ``deadline`` or ``cancelled``."""
+        state = request_state(request.scope)
+        task = asyncio.ensure_future(work)
+        reason = ""
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return task.result()
+                if state.disconnected or await request.is_disconnected():
+                    reason = "disconnect"
+                    raise ClientDisconnected(f"the client disconnected; the {what} was cancelled")
+                if give_up_at is not None and time.monotonic() > give_up_at:
+                    reason = "deadline"
+                    raise asyncio.TimeoutError(f"the {what} overran its deadline by {DEADLINE_GRACE_S:.0f} s")
+        except BaseException:
+            if not task.done():
+                # cancelled from outside: a closed SSE stream whose client left counts as a disconnect
+                reason = reason or ("disconnect" if state.disconnected else "cancelled")
+                task.cancel()
+                if on_cancel is not None:
+                    on_cancel(reason)
+                logger.info("%s cancelled (%s)", what, reason)  # before the await: it may be cancelled too
+                await asyncio.gather(task, return_exceptions=True)
+            raise
 
     async def run_search(
         self,
@@ -128,37 +211,19 @@ class Services:
         *,
         on_progress: Callable[[SearchProgress], Awaitable[None] | None] | None = None,
     ) -> SearchResult:
-        """Run one search on ``pair``; cancelled on client disconnect or past the deadline."""
+        """Run one search on ``pair`` within what is left of its deadline (counted from the
+        request's arrival); cancelled on client disconnect, or past the deadline plus a grace
+        period (the search's own deadline normally stops it first, with a result)."""
         self.check_value(pair)
+        state = request_state(request.scope)
+        # `hold` admitted it with time left; a search with none left stops at once with stop reason "deadline"
+        left = max(state.left_s(config.budget.deadline_s or self.settings.max_deadline_s), 1e-3)
+        config = config.model_copy(update={"budget": config.budget.model_copy(update={"deadline_s": left})})
         sandbox = self.sandbox if config.rerank_with_tests else None
-        task = asyncio.create_task(
-            self.search_fn(problem, pair.policy, pair.value, config, sandbox=sandbox, on_progress=on_progress)
-        )
-        limit = (config.budget.deadline_s or self.settings.max_deadline_s) + DEADLINE_GRACE_S
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + limit
-        reason = "error"
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-                if done:
-                    result = task.result()
-                    break
-                if await request.is_disconnected():
-                    reason = "disconnect"
-                    raise ClientDisconnected("the client disconnected; the search was cancelled")
-                if loop.time() > give_up_at:
-                    reason = "deadline"
-                    raise asyncio.TimeoutError(f"search exceeded {limit:.0f}s")
-        except BaseException:
-            if not task.done():
-                if reason == "error":
-                    reason = "cancelled"  # the request itself was cancelled (stream closed, shutdown)
-                task.cancel()
-                self.metrics.searches_cancelled.labels(reason).inc()
-                logger.info("search %s cancelled (%s)", problem.id, reason)  # before the await: it may be cancelled too
-                await asyncio.gather(task, return_exceptions=True)
-            raise
+        result = await self.supervise(
+            request, self.search_fn(problem, pair.policy, pair.value, config, sandbox=sandbox, on_progress=on_progress),
+            what=f"search {problem.id}", give_up_at=time.monotonic() + left + DEADLINE_GRACE_S,
+            on_cancel=lambda reason: self.metrics.searches_cancelled.labels(reason).inc())
         self.metrics.observe_search(result)  # `search` logs the one summary line of the search
         return result
 

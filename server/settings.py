@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     policy: EngineConfig = Field(default_factory=EngineConfig, description="the policy (RESTRL_POLICY: its checkpoint)")
     value: ValueConfig = Field(default_factory=ValueConfig, description="the value model (RESTRL_VALUE: its checkpoint)")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="the sandbox of public-test re-ranking")
+    checkpoint_root: str | None = Field(
+        default=None, description="folder the admin API loads checkpoints from: relative paths resolve against it and no path"
+        " may lead outside it; None = absolute paths only")
     # network
     host: str = Field(default="127.0.0.1", description="bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="bind port (0 = any free port)")
@@ -105,7 +108,11 @@ class Settings(BaseSettings):
     max_queued: int = Field(default=16, ge=0, le=100_000, description="requests waiting for a slot; beyond it 429")
     max_samples: int = Field(default=100, ge=1, description="cap on a request's budget.samples")
     max_tokens_budget: int = Field(default=200_000, ge=1, description="cap on a request's budget.tokens (policy tokens of one search)")
-    max_deadline_s: float = Field(default=300.0, gt=0, description="cap on a request's budget.deadline_s; applied when the request sets none")
+    max_deadline_s: float = Field(default=300.0, gt=0, description="cap on a request's budget.deadline_s (wall time from arrival, queueing"
+                                  " included); applied when the request sets none; a plain completion waits for a slot at most its queue_wait_share")
+    queue_wait_share: float = Field(
+        default=0.5, gt=0, le=1, description="share of a request's deadline it may spend waiting for a slot; if none frees by"
+        " then, 429 with Retry-After (nothing ran), so that a search that starts has the rest of its deadline")
     max_new_tokens: int = Field(default=1024, ge=1, description="cap on max_tokens per policy request")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="request body size cap (413 beyond)")
     # lifecycle

@@ -44,3 +44,29 @@ def test_quick_start_is_the_two_make_targets_first() -> None:
     makefile = (ROOT / "Makefile").read_text()
     for target in ("serve", "test", "test-all", "lint", "bench", "eval", "prepare"):
         assert re.search(rf"^{re.escape(target)}:", makefile, re.M), target
+
+
+def _error_table(text: str) -> set[tuple[int, str]]:
+    section = text[text.index("**Errors.**"):text.index("## `POST /v1/solve`")]
+    return {(int(m.group(1)), m.group(2)) for m in re.finditer(r"^\| (\d{3}) \| `([a-z_]+)` \|", section, re.M)}
+
+
+def test_error_table_is_the_servers_list_of_errors() -> None:
+    """Issue 24: the statuses and types the server answers and the documented ones were different
+    lists; now docs/api.md's table is `ERROR_KINDS`, every error class is in it, and README has no
+    second copy."""
+    from server import errors
+
+    kinds = {(k.status, k.type) for k in errors.ERROR_KINDS}
+    assert _error_table(DOCS["docs/api.md"]) == kinds
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.APIError)]
+    assert {(c.status, c.type) for c in classes} <= kinds
+    assert "| status | type | when |" not in DOCS["README.md"]
+
+
+def test_every_refused_openai_field_is_documented() -> None:
+    from server.protocol import UNSUPPORTED_FIELDS
+
+    api = DOCS["docs/api.md"]
+    section = api[api.index("**Fields that would change the answer.**"):]
+    assert [name for name in UNSUPPORTED_FIELDS if f"`{name}`" not in section] == []

@@ -188,50 +188,6 @@ def eval_problems(cfg: EvalConfig, dataset: Dataset) -> list[Problem]:
 # ------------------------------------------------------------------------------------ snapshots
 
 
-def trace_candidates(trace: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every sampled candidate of a search trace in sampling order: code, value, the expansion's
-    issue order and sample index, and the samples spent up to and including its expansion."""
-    nodes = {n["id"]: n for n in trace["nodes"]}
-    out: list[dict[str, Any]] = []
-    spent = 0
-    for exp in sorted(trace["expansions"], key=lambda e: e["seq"]):
-        spent += len(exp["samples"])
-        state = nodes[exp["node"]]["state"]
-        for ro in exp["rollouts"]:
-            sample = exp["samples"][ro["sample"]]
-            code = rollout_code(state, sample["text"], sample["finish_reason"])
-            out.append({"code": code, "value": ro["value"], "seq": exp["seq"], "sample": ro["sample"], "spent": spent})
-    return out
-
-
-def distinct_candidates(trace: dict[str, Any], budget: int | None = None) -> list[dict[str, Any]]:
-    """`trace_candidates` sampled within ``budget`` samples, one per distinct code (the first sample
-    keeps its place; a later sample's value fills a missing one)."""
-    seen: dict[str, dict[str, Any]] = {}
-    for c in trace_candidates(trace):
-        if budget is not None and c["spent"] > budget:
-            break
-        if c["code"] not in seen:
-            seen[c["code"]] = dict(c)
-        elif seen[c["code"]]["value"] is None and c["value"] is not None:
-            seen[c["code"]]["value"] = c["value"]
-    return list(seen.values())
-
-
-def by_value(c: dict[str, Any]) -> tuple[float, int, int]:
-    """The search's ranking key (`search.context.SearchRun`): highest value, then first sampled."""
-    return (-(c["value"] if c["value"] is not None else -1.0), c["seq"], c["sample"])
-
-
-def snapshot(trace: dict[str, Any], budget: int) -> tuple[str | None, list[str]]:
-    """(the code a search would return after ``budget`` samples, every distinct candidate code
-    sampled by then), ranked as `search.context.SearchRun` ranks: highest value, then first sampled."""
-    cands = distinct_candidates(trace, budget)
-    if not cands:
-        return None, []
-    return min(cands, key=by_value)["code"], [c["code"] for c in cands]
-
-
 def plan_runs(cfg: EvalConfig, strategy: str) -> dict[int, list[int]]:
     """run budget -> the budgets it answers, for one strategy."""
     cap = cfg.max_budget.get(strategy)

@@ -215,12 +215,13 @@ def select_problems(cfg: CollectConfig) -> list[Problem]:
     if cfg.max_problems is None:
         return check_trainable(pool)
     per_tier = {t: [p for p in pool if p.metadata.get("tier") == t] for t in cfg.gym_tiers}
-    share = cfg.max_problems // len(cfg.gym_tiers)
-    picked: list[Problem] = []
-    for i, t in enumerate(cfg.gym_tiers):
-        want = share + (1 if i < cfg.max_problems - share * len(cfg.gym_tiers) else 0)
-        picked.extend(per_tier[t][:want])
-    return check_trainable(picked)
+    # an even share per tier, in gym order; what a small tier lacks goes to the others
+    take = dict.fromkeys(cfg.gym_tiers, 0)
+    while sum(take.values()) < cfg.max_problems and any(take[t] < len(per_tier[t]) for t in cfg.gym_tiers):
+        for t in cfg.gym_tiers:
+            if take[t] < len(per_tier[t]) and sum(take.values()) < cfg.max_problems:
+                take[t] += 1
+    return check_trainable([p for t in cfg.gym_tiers for p in per_tier[t][: take[t]]])
 
 
 Mode = Literal["tests", "guided"]

@@ -95,6 +95,17 @@ class ValueTrainConfig(BaseModel):
     bf16: bool = Field(default=False, description="bf16 autocast (recommended on a GPU)")
     seed: int = Field(default=0, ge=0, description="seed of the head init, LoRA init and data order")
     max_train_rows: int | None = Field(default=None, ge=1, description="cap on training rows (a seeded sample), for quick runs")
+    rank_weight: float = Field(
+        default=0.0, ge=0, description="weight of a within-problem pairwise ranking term added to the MSE (0 = MSE alone)"
+    )
+    rank_temperature: float = Field(default=0.1, gt=0, description="ranking term: softplus(-(s_hi - s_lo) / T) per same-problem pair")
+    problems_per_batch: int = Field(
+        default=0, ge=0, description="0 = shuffled rows; n = each batch holds rows of n problems (same-problem pairs for the ranking term)"
+    )
+    lora_layers: int | None = Field(default=None, ge=1, description="LoRA only on the top n decoder layers (cheaper backward); None = every layer")
+    init_from: str | None = Field(
+        default=None, description="continue training this value checkpoint (a LoRA adapter; its LoRA settings are kept) instead of a fresh adapter + head"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -124,10 +135,42 @@ def load_problems(path: str | Path) -> dict[str, Problem]:
 def encode_rows(rows: Sequence[dict[str, Any]], problems: dict[str, Problem], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
     """``{"input_ids", "labels"}`` per row, tokenized exactly as serving tokenizes."""
     out = []
+    group = {pid: i for i, pid in enumerate(sorted({r["problem_id"] for r in rows}))}
     for r in rows:
         ids = encode_value_inputs(tokenizer, problems[r["problem_id"]], [r["state"]], max_length)[0]
-        out.append({"input_ids": ids, "labels": float(r["target"])})
+        out.append({"input_ids": ids, "labels": float(r["target"]), "group": group[r["problem_id"]]})
     return out
+
+
+def problem_batches(rows: Sequence[dict[str, Any]], *, batch_size: int, problems_per_batch: int, seed: int) -> list[list[int]]:
+    """Row indices in batches of ``problems_per_batch`` problems each (``batch_size`` // that many
+    rows per problem, drawn without replacement, seeded), so that the ranking term sees pairs of
+    one problem; every row is used once per epoch."""
+    rng = random.Random(seed)
+    per = max(1, batch_size // max(1, problems_per_batch))
+    chunks: list[list[int]] = []
+    by_problem: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_problem.setdefault(r["problem_id"], []).append(i)
+    for idx in by_problem.values():
+        rng.shuffle(idx)
+        chunks.extend(idx[j : j + per] for j in range(0, len(idx), per))
+    rng.shuffle(chunks)
+    return [sum(chunks[j : j + problems_per_batch], []) for j in range(0, len(chunks), problems_per_batch)]
+
+
+def ranking_loss(scores: Any, targets: Any, groups: Any, *, temperature: float) -> Any:
+    """Mean over same-group pairs with different targets of softplus(-(s_hi - s_lo) / T): the
+    higher-target row should score higher (RankNet's logistic loss); 0 when a batch has no pair."""
+    import torch
+
+    same = groups[:, None] == groups[None, :]
+    higher = targets[:, None] > targets[None, :]
+    mask = same & higher
+    if not bool(mask.any()):
+        return scores.sum() * 0.0
+    diff = (scores[:, None] - scores[None, :]) / temperature
+    return torch.nn.functional.softplus(-diff[mask]).mean()
 
 
 class _Collator:
@@ -143,7 +186,10 @@ class _Collator:
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         for i, b in enumerate(batch):
             ids[i, : len(b["input_ids"])] = torch.tensor(b["input_ids"], dtype=torch.long)
-        return {"input_ids": ids, "labels": torch.tensor([b["labels"] for b in batch], dtype=torch.float32)}
+        out = {"input_ids": ids, "labels": torch.tensor([b["labels"] for b in batch], dtype=torch.float32)}
+        if "group" in batch[0]:
+            out["group"] = torch.tensor([b["group"] for b in batch], dtype=torch.long)
+        return out
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -251,6 +297,62 @@ def trained_policy(cfg: ValueTrainConfig) -> EngineConfig:
     return EngineConfig()
 
 
+class ProblemBatchSampler:
+    """`problem_batches`, drawn again (new seed) at every epoch: a torch batch sampler."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], *, batch_size: int, problems_per_batch: int, seed: int) -> None:
+        self.rows, self.batch_size, self.problems_per_batch, self.seed = rows, batch_size, problems_per_batch, seed
+        self.epoch = 0
+
+    def __iter__(self) -> Any:
+        batches = problem_batches(self.rows, batch_size=self.batch_size, problems_per_batch=self.problems_per_batch, seed=self.seed + self.epoch)
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(problem_batches(self.rows, batch_size=self.batch_size, problems_per_batch=self.problems_per_batch, seed=self.seed))
+
+
+def _value_trainer(cfg: ValueTrainConfig, train_rows: Sequence[dict[str, Any]], **kwargs: Any) -> Any:
+    """HF `Trainer` minimising the MSE (+ ``rank_weight`` x `ranking_loss`), with problem-grouped
+    batches when ``problems_per_batch`` is set."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import Trainer
+
+    class ValueTrainer(Trainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+            groups = inputs.pop("group", None)
+            labels = inputs.pop("labels")
+            outputs = model(input_ids=inputs["input_ids"])
+            scores = outputs.logits.squeeze(-1).float()
+            loss = torch.nn.functional.mse_loss(scores, labels.float())
+            if cfg.rank_weight and groups is not None:
+                loss = loss + cfg.rank_weight * ranking_loss(scores, labels, groups, temperature=cfg.rank_temperature)
+            return (loss, outputs) if return_outputs else loss
+
+        def get_train_dataloader(self) -> Any:
+            if not cfg.problems_per_batch:
+                return super().get_train_dataloader()
+            sampler = ProblemBatchSampler(train_rows, batch_size=cfg.batch_size, problems_per_batch=cfg.problems_per_batch, seed=cfg.seed)
+            return self.accelerator.prepare(DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator))  # type: ignore[arg-type]
+
+    return ValueTrainer(**kwargs)
+
+
+def _value_model(cfg: ValueTrainConfig, base_dir: Path) -> tuple[Any, Any]:
+    """The model to train: a fresh LoRA adapter + seeded head on the base, or ``init_from``'s
+    adapter and head, trainable."""
+    from peft import PeftModel, get_peft_model
+
+    backbone, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
+    if cfg.init_from:
+        return PeftModel.from_pretrained(backbone, cfg.init_from, is_trainable=True), tokenizer
+    n = backbone.config.num_hidden_layers
+    layers = list(range(n - cfg.lora_layers, n)) if cfg.lora_layers else None
+    return get_peft_model(backbone, value_lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, layers=layers)), tokenizer
+
+
 def value_base(cfg: ValueTrainConfig, policy: ResolvedWeights) -> tuple[Path, str]:
     """(folder, name for the manifest) of the value model's base: ``value.base``, else the policy's."""
     if cfg.value.base is not None:
@@ -283,10 +385,10 @@ def _split_rows(cfg: ValueTrainConfig, problems: dict[str, Problem]) -> tuple[li
     return train_rows, held_rows
 
 
-def _train(cfg: ValueTrainConfig, model: Any, tokenizer: Any, train_data: list[dict[str, Any]], device: str,
-           out: Path) -> tuple[Any, Any, float]:
-    """Fit the LoRA adapter and head with the HF `Trainer`; (unwrapped model, train result, seconds)."""
-    from transformers import Trainer, TrainingArguments
+def _train(cfg: ValueTrainConfig, model: Any, tokenizer: Any, train_rows: list[dict[str, Any]], train_data: list[dict[str, Any]],
+           device: str, out: Path) -> tuple[Any, Any, float]:
+    """Fit the adapter and head with `_value_trainer`; (unwrapped model, train result, seconds)."""
+    from transformers import TrainingArguments
 
     args = TrainingArguments(
         output_dir=str(out / "trainer"),
@@ -308,7 +410,7 @@ def _train(cfg: ValueTrainConfig, model: Any, tokenizer: Any, train_data: list[d
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=_Collator(tokenizer.pad_token_id))
+    trainer = _value_trainer(cfg, train_rows, model=model, args=args, train_dataset=train_data, data_collator=_Collator(tokenizer.pad_token_id))
     t_train = time.monotonic()
     result = trainer.train()
     # Unwrapped: with bf16 the accelerator leaves an autocast wrapper on forward; predictions and
@@ -350,14 +452,13 @@ def _save(cfg: ValueTrainConfig, model: Any, tokenizer: Any, final: Path, *, bas
         "held_out_rows": metrics["held_out_rows"], "train_rows": metrics["train_rows"],
     }
     config = {**cfg.model_dump(mode="json"), "policy_version": policy.version, "policy_base": policy.base_model}
-    save_value_checkpoint(model, tokenizer, final, base=base, policy=policy.base_model, job="restrl train value",
-                          config=config, metrics=manifest_metrics)
+    save_value_checkpoint(model, tokenizer, final, base=base, policy=policy.base_model, parent=cfg.init_from,
+                          job="restrl train value", config=config, metrics=manifest_metrics)
 
 
 def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     """Train, evaluate on the held-out problems, save ``final/`` and verify it loads (see the module doc)."""
     import torch
-    from peft import get_peft_model
 
     t0 = time.monotonic()
     out = Path(cfg.output_dir)
@@ -369,10 +470,9 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     train_rows, held_rows = _split_rows(cfg, problems)
     logger.info("value model on %s for the policy %s, on %s", base_name, policy.version, device)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
-    model = get_peft_model(model, value_lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+    model, tokenizer = _value_model(cfg, base_dir)
     train_data = encode_rows(train_rows, problems, tokenizer, cfg.value.max_length)
-    model, result, train_s = _train(cfg, model, tokenizer, train_data, device, out)
+    model, result, train_s = _train(cfg, model, tokenizer, train_rows, train_data, device, out)
     held_preds = _predict(model, tokenizer, problems, held_rows, cfg, device)
     probe = random.Random(cfg.seed).sample(train_rows, min(len(train_rows), max(64, len(held_rows))))
     train_preds = _predict(model, tokenizer, problems, probe, cfg, device)

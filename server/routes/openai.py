@@ -4,17 +4,20 @@ Without a ``search`` object a request is plain sampling through the active polic
 ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``); chat messages go through the
 model's chat template. With ``search`` (the official client sends it via ``extra_body``) the prompt
 - or the last user message - is the problem statement, the search runs, and the choices are its
-best ``n`` programs (by rank). Streams are ``data:`` chunks ending with ``data: [DONE]``; a search
-stream also carries its progress in the chunks' ``search`` field.
+best ``n`` programs (by rank). Streams are ``data:`` chunks ending with ``data: [DONE]``
+(`server.streaming`): plain sampling streams token by token; a search stream carries its progress in
+the chunks' ``search`` field, then the programs. OpenAI fields that would change the answer and are
+not implemented (`server.protocol.UNSUPPORTED_FIELDS`: ``logprobs``, ``echo``, ``best_of``,
+``tools``, ...) answer 400 naming the field. A client that disconnects cancels the work and its
+engine requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -23,7 +26,7 @@ from models.prompting import render_chat_prompt
 from search.types import SearchProgress, SearchResult
 from server import sse
 from server.deps import STRATEGY_KEY, ApiKey, ServicesDep
-from server.errors import InvalidRequest, to_api_error
+from server.errors import InvalidField, InvalidRequest
 from server.protocol import (
     ChatChoice,
     ChatCompletionRequest,
@@ -41,11 +44,11 @@ from server.protocol import (
 )
 from server.registry import ModelPair
 from server.routes.solve import ERRORS, _cancel, check_rerank, drain_progress
-from server.services import Services, progress_forwarder
+from server.services import Services, progress_forwarder, request_state
+from server.streaming import Chunker, Kind, Usage, plain_stream
 
 router = APIRouter(tags=["openai"], dependencies=[ApiKey])
 
-Kind = Literal["text_completion", "chat.completion"]
 DEFAULT_MAX_TOKENS = {"text_completion": 16, "chat.completion": None}  # None: the server's cap (OpenAI: context)
 
 
@@ -74,8 +77,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servic
     users = [m.content for m in body.messages if m.role == "user"]
     if body.search is not None and not users:
         raise InvalidRequest("with `search`, the messages need a user message (the problem statement)", field="messages")
-    if body.max_completion_tokens is not None and body.max_tokens is None:
-        body = body.model_copy(update={"max_tokens": body.max_completion_tokens})
     return await _handle(body, "chat.completion", request, services, prompts=None,
                          statement=users[-1] if users else "")
 
@@ -83,50 +84,52 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servic
 async def _handle(body: _OpenAIRequest, kind: Kind, request: Request, services: Services, *,
                   prompts: list[str] | None, statement: str) -> Any:
     request.scope[STRATEGY_KEY] = body.search.strategy if body.search else "none"
+    unsupported = body.unsupported_field()
+    if unsupported is not None:
+        raise InvalidRequest(f"{unsupported} is not supported by this server (the answer would not be what it asks for):"
+                             " leave it out or send its default", field=unsupported)
     request_id = new_id("cmpl" if kind == "text_completion" else "chatcmpl")
-    max_tokens = body.max_tokens or DEFAULT_MAX_TOKENS[kind] or services.settings.max_new_tokens
+    field, requested = "max_tokens", body.max_tokens
+    if requested is None and isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        field, requested = "max_completion_tokens", body.max_completion_tokens
+    max_tokens = requested or DEFAULT_MAX_TOKENS[kind] or services.settings.max_new_tokens
     if max_tokens > services.settings.max_new_tokens:
-        raise InvalidRequest(f"max_tokens is over this server's limit of {services.settings.max_new_tokens}",
-                             field="max_tokens")
+        raise InvalidField(f"{field} is over this server's limit of {services.settings.max_new_tokens}", field=field)
     if not prompts and kind == "text_completion":
         raise InvalidRequest("prompt must not be empty", field="prompt")
     if body.search is not None:
         return await _search(body, kind, request, services, request_id, statement)
-    stack, pair = await services.hold()
-    if prompts is None:  # chat
-        messages = [m.model_dump() for m in body.messages]  # type: ignore[attr-defined]
-        prompts = [render_chat_prompt(pair.policy.tokenizer, messages)]
-    if not body.stream:
-        async with stack:
-            samples = await _sample_all(services, pair, body, prompts, max_tokens)
-        return _response(kind, request_id, pair, _choices(samples), _usage_of(samples), None)
-    return sse.SSEResponse(_plain_stream(services, pair, body, kind, request_id, prompts, max_tokens),
-                           on_close=stack.aclose)
+    # plain sampling has no deadline of its own: it waits for a slot at most max_deadline_s
+    stack, pair = await services.hold(request, deadline_s=services.settings.max_deadline_s)
+    try:
+        if prompts is None:  # chat
+            messages = [m.model_dump() for m in body.messages]  # type: ignore[attr-defined]
+            prompts = [render_chat_prompt(pair.policy.tokenizer, messages)]
+        sampling = {"max_tokens": max_tokens, "stop": body.stop_list(), "temperature": body.temperature,
+                    "top_p": body.top_p, "seed": body.seed}
+        if body.stream:
+            chunker = Chunker(kind, request_id, pair.policy.version,
+                              include_usage=body.stream_options is not None and body.stream_options.include_usage)
+            return sse.SSEResponse(plain_stream(pair.policy, prompts, chunker, services.metrics, n=body.n, **sampling),
+                                   on_close=stack.aclose)
+    except BaseException:
+        await stack.aclose()
+        raise
+    async with stack:
+        samples, usage = await services.supervise(request, _sample_all(services, pair, prompts, n=body.n, **sampling),
+                                                  what="completion")
+    return _response(kind, request_id, pair, [(s.text, s.finish_reason) for s in samples], usage.info(), None)
 
 
-async def _sample_all(services: Services, pair: ModelPair, body: _OpenAIRequest, prompts: list[str],
-                      max_tokens: int) -> list[Sample]:
-    groups = await asyncio.gather(*(
-        pair.policy.sample(p, n=body.n, max_tokens=max_tokens, stop=body.stop_list(), temperature=body.temperature,
-                           top_p=body.top_p, seed=body.seed)
-        for p in prompts))
-    samples = [s for group in groups for s in group]
-    services.metrics.observe_engine(generated=sum(s.tokens for s in samples),
-                                    prompt=sum(s.prompt_tokens for s in samples),
-                                    cached=sum(s.cached_prompt_tokens for s in samples))
-    return samples
-
-
-def _choices(samples: list[Sample]) -> list[tuple[str, str | None]]:
-    return [(s.text, s.finish_reason) for s in samples]
-
-
-def _usage_of(samples: list[Sample]) -> UsageInfo:
-    prompt = sum(s.prompt_tokens for s in samples)
-    completion = sum(s.tokens for s in samples)
-    cached = sum(s.cached_prompt_tokens for s in samples)
-    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                     prompt_tokens_details={"cached_tokens": cached})
+async def _sample_all(services: Services, pair: ModelPair, prompts: list[str], *, n: int,
+                      **sampling: Any) -> tuple[list[Sample], Usage]:
+    groups = await asyncio.gather(*(pair.policy.sample(p, n=n, **sampling) for p in prompts))
+    usage = Usage()
+    for prompt_index, group in enumerate(groups):
+        for s in group:
+            usage.add(prompt_index, s)
+    usage.observe(services.metrics)
+    return [s for group in groups for s in group], usage
 
 
 def _response(kind: Kind, request_id: str, pair: ModelPair, choices: list[tuple[str, str | None]],
@@ -140,47 +143,6 @@ def _response(kind: Kind, request_id: str, pair: ModelPair, choices: list[tuple[
         for i, (text, fin) in enumerate(choices)])
 
 
-# ------------------------------------------------------------------ streaming
-
-
-def _chunker(kind: Kind, request_id: str, model: str) -> Callable[..., dict[str, Any]]:
-    created = int(time.time())
-    obj = "text_completion" if kind == "text_completion" else "chat.completion.chunk"
-
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"id": request_id, "object": obj, "created": created, "model": model, "choices": choices, **extra}
-
-    return chunk
-
-
-def _choice_chunks(kind: Kind, index: int, text: str, finish: str | None) -> list[dict[str, Any]]:
-    if kind == "text_completion":
-        return [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]
-    return [
-        {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None},
-        {"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None},
-        {"index": index, "delta": {}, "finish_reason": finish, "logprobs": None},
-    ]
-
-
-async def _plain_stream(services: Services, pair: ModelPair, body: _OpenAIRequest, kind: Kind, request_id: str,
-                        prompts: list[str], max_tokens: int) -> AsyncIterator[str]:
-    chunk = _chunker(kind, request_id, pair.policy.version)
-    try:
-        samples = await _sample_all(services, pair, body, prompts, max_tokens)
-    except Exception as exc:
-        err = to_api_error(exc)
-        yield sse.data({"error": {"type": err.type, "message": err.message}})
-        yield sse.DONE
-        return
-    for i, s in enumerate(samples):
-        for c in _choice_chunks(kind, i, s.text, s.finish_reason):
-            yield sse.data(chunk([c]))
-    if body.stream_options is not None and body.stream_options.include_usage:
-        yield sse.data(chunk([], usage=_usage_of(samples).model_dump()))
-    yield sse.DONE
-
-
 # ------------------------------------------------------------------ search decoding
 
 
@@ -191,10 +153,11 @@ def _search_choices(result: SearchResult, n: int) -> list[tuple[str, str | None]
     return [(p, "stop") for p in unique] or [("", "length")]
 
 
-def _search_info(result: SearchResult, pair: ModelPair, capped: list[str]) -> SearchInfo:
+def _search_info(result: SearchResult, pair: ModelPair, capped: list[str], queued_s: float) -> SearchInfo:
     return SearchInfo(strategy=result.strategy, value=result.value, stop_reason=result.stop_reason, usage=result.usage,
                       policy_version=result.policy_version or pair.policy.version,
-                      value_version=pair.value_version, budget_capped=capped)
+                      value_version=pair.value_version, budget_capped=capped,
+                      queued_s=round(queued_s, 3))
 
 
 def _search_usage(result: SearchResult) -> UsageInfo:
@@ -215,37 +178,38 @@ async def _search(body: _OpenAIRequest, kind: Kind, request: Request, services: 
     problem = spec.to_problem(statement, request_id)
     check_rerank(spec.rerank_with_tests, problem, services, "search.")
     services.check_value()  # 400 before queueing when the active pair may not search
-    stack, pair = await services.hold()
+    stack, pair = await services.hold(request, deadline_s=config.budget.deadline_s)
+    queued_s = request_state(request.scope).queued_s
     if not body.stream:
         async with stack:
             result = await services.run_search(request, pair, problem, config)
         return _response(kind, request_id, pair, _search_choices(result, body.n), _search_usage(result),
-                         _search_info(result, pair, capped))
+                         _search_info(result, pair, capped, queued_s))
 
     async def stream() -> AsyncIterator[str]:
-        chunk = _chunker(kind, request_id, pair.policy.version)
+        chunker = Chunker(kind, request_id, pair.policy.version,
+                          include_usage=body.stream_options is not None and body.stream_options.include_usage)
         async with AsyncExitStack() as cleanup:
             queue: asyncio.Queue[SearchProgress] = asyncio.Queue()
             task = asyncio.create_task(
                 services.run_search(request, pair, problem, config, on_progress=progress_forwarder(queue)))
             cleanup.push_async_callback(_cancel, task)
             async for progress in drain_progress(queue, task):
-                yield sse.data(chunk([], search={"progress": {"nodes": progress.nodes, "usage": progress.usage.model_dump(),
-                                                              "best_value": progress.best_value}}))
+                yield chunker.chunk([], search={"progress": {"nodes": progress.nodes, "usage": progress.usage.model_dump(),
+                                                             "best_value": progress.best_value}})
             try:
                 result = task.result()
             except Exception as exc:
-                err = to_api_error(exc)
-                yield sse.data({"error": {"type": err.type, "message": err.message}})
+                yield chunker.error(exc)
                 yield sse.DONE
                 return
             for i, (text, finish) in enumerate(_search_choices(result, body.n)):
-                for c in _choice_chunks(kind, i, text, finish):
-                    yield sse.data(chunk([c]))
-            extra: dict[str, Any] = {"search": _search_info(result, pair, capped).model_dump()}
-            if body.stream_options is not None and body.stream_options.include_usage:
+                for chunk in chunker.whole(i, text, finish):
+                    yield chunk
+            extra: dict[str, Any] = {"search": _search_info(result, pair, capped, queued_s).model_dump()}
+            if chunker.include_usage:
                 extra["usage"] = _search_usage(result).model_dump()
-            yield sse.data(chunk([], **extra))
+            yield chunker.chunk([], **extra)
             yield sse.DONE
 
     return sse.SSEResponse(stream(), on_close=stack.aclose)

@@ -1,4 +1,8 @@
-"""``POST /v1/solve``: a problem in, the search's program out (JSON, or SSE with progress)."""
+"""``POST /v1/solve``: a problem in, the search's program out (JSON, or SSE with progress).
+
+``budget.deadline_s`` is wall time from the request's arrival: waiting for a search slot counts
+(`server.services`), the response says how long it waited (``queued_s``), and a request whose
+deadline passes in the queue answers 429 without running."""
 
 from __future__ import annotations
 
@@ -12,17 +16,15 @@ from fastapi import APIRouter, Request
 from search.types import SearchConfig, SearchProgress, SearchResult
 from server import sse
 from server.deps import STRATEGY_KEY, ApiKey, ServicesDep
-from server.errors import InvalidRequest, to_api_error
+from server.errors import InvalidRequest, openapi_responses, to_api_error
 from server.protocol import ProgressEvent, SolveRequest, SolveResponse, new_id
 from server.registry import ModelPair
-from server.services import Services, progress_forwarder
+from server.services import Services, progress_forwarder, request_state
 from tasks import Problem
 
 router = APIRouter(tags=["solve"], dependencies=[ApiKey])
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"description": text} for code, text in (
-    (401, "missing or invalid API key"), (413, "body too large"), (422, "invalid field (named in error.field)"),
-    (429, "overloaded: retry after Retry-After seconds"), (503, "models loading, engine dead or draining"))}
+ERRORS: dict[int | str, dict[str, Any]] = openapi_responses(400, 401, 413, 422, 429, 500, 503, 504)
 
 
 def check_rerank(body_rerank: bool, problem: Problem, services: Services, field_prefix: str) -> None:
@@ -34,13 +36,15 @@ def check_rerank(body_rerank: bool, problem: Problem, services: Services, field_
         raise InvalidRequest("rerank_with_tests needs public tests", field=f"{field_prefix}public_tests")
 
 
-def to_solve_response(request_id: str, result: SearchResult, pair: ModelPair, capped: list[str]) -> SolveResponse:
+def to_solve_response(request_id: str, result: SearchResult, pair: ModelPair, capped: list[str],
+                      queued_s: float) -> SolveResponse:
     return SolveResponse(
         id=request_id, strategy=result.strategy, program=result.program, code=result.code, value=result.value,
         candidates=result.candidates, usage=result.usage, stop_reason=result.stop_reason, nodes=result.nodes,
         max_depth=result.max_depth, reranked=result.reranked,
         policy_version=result.policy_version or pair.policy.version,
-        value_version=pair.value_version, budget_capped=capped, tree=result.trace,
+        value_version=pair.value_version, budget_capped=capped, queued_s=round(queued_s, 3),
+        tree=result.trace,
     )
 
 
@@ -53,11 +57,11 @@ async def solve(body: SolveRequest, request: Request, services: ServicesDep) -> 
     problem = body.problem.to_problem(request_id)
     check_rerank(body.rerank_with_tests, problem, services, "problem.")
     services.check_value()  # 400 before queueing when the active pair may not search
-    stack, pair = await services.hold()
+    stack, pair = await services.hold(request, deadline_s=config.budget.deadline_s)  # the deadline counts the wait
     if not body.stream:
         async with stack:
             result = await services.run_search(request, pair, problem, config)
-        return to_solve_response(request_id, result, pair, capped)
+        return to_solve_response(request_id, result, pair, capped, request_state(request.scope).queued_s)
     return sse.SSEResponse(_stream(services, request, pair, problem, config, request_id, capped), on_close=stack.aclose)
 
 
@@ -79,7 +83,7 @@ async def _stream(services: Services, request: Request, pair: ModelPair, problem
             err = to_api_error(exc)
             yield sse.event("error", {"error": {"type": err.type, "message": err.message}})
             return
-        yield sse.event("result", to_solve_response(request_id, result, pair, capped))
+        yield sse.event("result", to_solve_response(request_id, result, pair, capped, request_state(request.scope).queued_s))
 
 
 async def drain_progress(queue: asyncio.Queue[SearchProgress], task: asyncio.Task[SearchResult]) -> AsyncIterator[SearchProgress]:

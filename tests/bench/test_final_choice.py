@@ -5,7 +5,7 @@ from __future__ import annotations
 from bench.final_choice import RULES, pick
 from search import Budget, SearchConfig, run_search
 from tests.search.doubles import HashValue, ScriptedPolicy, make_problem
-from training.search_eval import distinct_candidates
+from training.search_eval import search_record
 
 
 async def _trace() -> tuple[dict, str]:
@@ -17,19 +17,19 @@ async def _trace() -> tuple[dict, str]:
 
 async def test_value_rule_is_what_the_search_returned_and_rules_pick_candidates():
     trace, returned = await _trace()
-    cands = distinct_candidates(trace)
+    cands = search_record(trace, per_sample=False)["candidates"]
     codes = [c["code"] for c in cands]
     assert len(codes) == len(set(codes)) > 5
     assert pick("value", trace, cands, {})["code"] == returned
     for rule in RULES:
         assert pick(rule, trace, cands, {})["code"] in codes
-    first = min(c["seq"] for c in cands)
-    assert pick("first_k", trace, cands, {})["seq"] == first
+    first = min(c["step"] for c in cands)
+    assert pick("first_k", trace, cands, {})["step"] == first
 
 
 async def test_visits_rule_follows_the_most_visited_path():
     trace, _ = await _trace()
-    cands = distinct_candidates(trace)
+    cands = search_record(trace, per_sample=False)["candidates"]
     chosen = pick("visits", trace, cands, {})["code"]
     nodes = trace["nodes"]
     top = max((n for n in nodes if n["parent"] == 0 and any(c["code"].startswith(n["state"]) for c in cands)),
@@ -39,7 +39,7 @@ async def test_visits_rule_follows_the_most_visited_path():
 
 async def test_public_tests_rule_ranks_by_pass_fraction_first():
     trace, returned = await _trace()
-    cands = distinct_candidates(trace)
+    cands = search_record(trace, per_sample=False)["candidates"]
     low = min(cands, key=lambda c: c["value"])
     assert low["code"] != returned
     public = {c["code"]: 0.0 for c in cands} | {low["code"]: 1.0}

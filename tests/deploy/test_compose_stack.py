@@ -62,6 +62,7 @@ def test_compose_v2_loads_each_profile(profile) -> None:
     assert set(mounts) == {"/data", "/models", "/checkpoints"}
     assert mounts["/models"]["read_only"] and mounts["/checkpoints"]["read_only"]
     assert service["environment"]["RESTRL_PORT"] == "8000"
+    assert service["environment"]["RESTRL_CHECKPOINT_ROOT"] == "/checkpoints"  # hot swaps only from the mount
     assert "ports" not in service, "replicas are reached through the load balancer, never published directly"
     devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
     if profile == "gpu":

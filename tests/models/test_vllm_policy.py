@@ -291,3 +291,77 @@ def test_engine_processes_die_with_a_killed_parent(tmp_path, default_model_dir):
     finally:
         if owner.poll() is None:
             owner.kill()
+
+
+async def _settled(engine) -> int:
+    """The engine's unfinished requests once in-flight aborts have landed (they are awaited, so at once)."""
+    for _ in range(20):
+        if engine.get_num_unfinished_requests() == 0:
+            break
+        await asyncio.sleep(0.05)
+    return engine.get_num_unfinished_requests()
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"seed": 2**64}, {"seed": 2**64, "n": 2}, {"seed": 2**64, "temperature": 0}, {"seed": -(2**63) - 1},
+    {"stop": [""]}, {"top_p": 0.0}, {"temperature": -1.0}, {"max_tokens": 0},
+], ids=["seed-2^64", "seed-2^64-n2", "seed-2^64-greedy", "seed-below-int64", "empty-stop", "top_p-0", "negative-temperature",
+        "max_tokens-0"])
+async def test_failed_requests_leave_nothing_unfinished_in_the_engine(vllm_policy, kwargs):
+    """Issue 24: a seed beyond 64 bits made vLLM fail *after* registering the request, which then
+    stayed unfinished forever (`unfinished_requests` 0 -> 4 over four requests). Every failure of
+    the adapter, in `sample` and in `stream`, is a `ModelError` and leaves the engine with nothing."""
+    engine = vllm_policy.engine
+    assert await _settled(engine) == 0
+    options = {"max_tokens": 4, "temperature": 0.8, **kwargs}
+    with pytest.raises(ModelError):
+        await vllm_policy.sample("def f():", **options)
+    assert engine.get_num_unfinished_requests() == 0
+    with pytest.raises(ModelError):
+        async for _ in vllm_policy.stream("def f():", **options):
+            pass
+    assert engine.get_num_unfinished_requests() == 0
+    [s] = await vllm_policy.sample("def f():", max_tokens=2, temperature=0)  # the engine still serves
+    assert s.tokens == 2
+
+
+async def test_stream_yields_the_same_completions_as_sample_token_by_token(vllm_policy):
+    prompt = "1, 2, 3, 4, 5, 6,"
+    for n, temperature, seed in ((1, 0.0, None), (2, 0.0, None), (3, 1.0, 7)):
+        samples = await vllm_policy.sample(prompt, n=n, max_tokens=24, temperature=temperature, seed=seed)
+        pieces: dict[int, list] = {}
+        async for delta in vllm_policy.stream(prompt, n=n, max_tokens=24, temperature=temperature, seed=seed):
+            pieces.setdefault(delta.index, []).append(delta)
+        assert sorted(pieces) == list(range(n))
+        for i, s in enumerate(samples):
+            deltas = pieces[i]
+            assert "".join(d.text for d in deltas) == s.text and sum(d.tokens for d in deltas) == s.tokens
+            assert [d.finish_reason for d in deltas][-1] == s.finish_reason
+            assert all(d.finish_reason is None for d in deltas[:-1])
+            assert len(deltas) > 5  # token by token, not one piece at the end
+            assert deltas[0].prompt_tokens == s.prompt_tokens
+
+
+async def test_closing_or_cancelling_a_stream_aborts_its_engine_request(vllm_policy):
+    engine = vllm_policy.engine
+    stream = vllm_policy.stream("1, 2, 3, 4, 5, 6,", n=3, max_tokens=1500, temperature=1.0)
+    seen = 0
+    async for _ in stream:
+        seen += 1
+        if seen == 6:
+            break
+    assert engine.get_num_unfinished_requests() == 3  # the three children are generating
+    await stream.aclose()
+    assert engine.get_num_unfinished_requests() == 0  # aborted before aclose returned
+
+    async def consume() -> None:
+        async for _ in vllm_policy.stream("1, 2, 3, 4, 5, 6,", max_tokens=1500, temperature=0):
+            pass
+
+    task = asyncio.create_task(consume())
+    while engine.get_num_unfinished_requests() == 0:
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _settled(engine) == 0

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -127,7 +128,7 @@ async def test_bad_inputs_name_the_field(api: tuple[Services, httpx.AsyncClient]
 async def test_malformed_json_oversized_body_and_unknown_route(api: tuple[Services, httpx.AsyncClient]) -> None:
     _, client = api
     r = await client.post("/v1/solve", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_json" and r.json()["error"]["field"] == "body"
     big = {"problem": {**PROBLEM, "statement": "x" * 2_000_000}}
     r = await client.post("/v1/solve", json=big)
     assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
@@ -209,8 +210,12 @@ async def test_client_disconnect_cancels_the_search() -> None:
         assert sum(cancelled.values()) == 2, cancelled
 
 
-async def test_hot_swap_keeps_in_flight_searches_on_their_pair() -> None:
-    services, server = await serve()
+async def test_hot_swap_keeps_in_flight_searches_on_their_pair(tmp_path: Path) -> None:
+    for name in ("corrupt", "v2"):  # checkpoint folders under the root (the doubles do not read them)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "restrl.json").write_text("{}")
+    services, server = await serve(checkpoint_root=str(tmp_path))
+    v2 = str((tmp_path / "v2").resolve())
     old_policy = services.registry.active.policy  # type: ignore[union-attr]
     old_policy.gate = asyncio.Event()
     auth = {"Authorization": f"Bearer {ADMIN}"}
@@ -219,16 +224,16 @@ async def test_hot_swap_keeps_in_flight_searches_on_their_pair() -> None:
                      for _ in range(3)]
         while services.admission.active < 3:
             await asyncio.sleep(0.01)
-        r = await client.post("/admin/models", json={"policy": "/ckpt/corrupt"}, headers=auth)
+        r = await client.post("/admin/models", json={"policy": "corrupt"}, headers=auth)
         assert r.status_code == 400 and r.json()["error"]["type"] == "swap_failed"
-        assert "/ckpt/corrupt/restrl.json" in r.json()["error"]["message"]
-        r = await client.post("/admin/models", json={"policy": "/ckpt/v2"}, headers=auth)
+        assert r.json()["error"]["message"].startswith("corrupt/restrl.json: ")  # the path as sent, not the root
+        r = await client.post("/admin/models", json={"policy": "v2"}, headers=auth)
         assert r.status_code == 200, r.text
         status = r.json()
-        assert status["active"]["policy_version"] == "policy@/ckpt/v2"
+        assert status["active"]["policy_version"] == f"policy@{v2}"
         assert status["draining"][0]["in_flight"] == 3 and not old_policy.closed
         new = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "greedy"})
-        assert new.json()["policy_version"] == "policy@/ckpt/v2"
+        assert new.json()["policy_version"] == f"policy@{v2}"
         old_policy.gate.set()
         for task in in_flight:
             response = await task
@@ -470,7 +475,7 @@ async def test_plain_openai_routes_with_doubles(api: tuple[Services, httpx.Async
     assert r.status_code == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
     assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 12
     r = await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 10**6})
-    assert r.status_code == 400 and r.json()["error"]["field"] == "max_tokens"
+    assert r.status_code == 422 and r.json()["error"]["field"] == "max_tokens"
     r = await client.post("/v1/chat/completions", json={"messages": []})
     assert r.status_code == 422 and r.json()["error"]["field"] == "messages"
     r = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],

@@ -20,11 +20,16 @@ from training.search_eval import (
     run_eval,
     search_record,
     selector_key,
-    snapshot,
     snapshot_of,
     summarize,
     write_phase,
 )
+
+
+def snapshot(trace: dict, budget: int) -> tuple[str | None, list[str]]:
+    """(the program the search would return after ``budget`` samples, every candidate by then)."""
+    _, cands = snapshot_of(search_record(trace, per_sample=False), unit="samples", limit=budget)
+    return (min(cands, key=selector_key("value"))["code"] if cands else None), [c["code"] for c in cands]
 
 
 def _config(strategy: str, samples: int, seed: int) -> SearchConfig:
@@ -156,12 +161,12 @@ def test_summary_arms_intervals_pairs_and_token_budgets() -> None:
     g = s["paired"]["humaneval"]["prm_best_of_n@5 vs greedy@5"]
     assert (g["won"], g["lost"]) == (2, 0) and g["mcnemar_p"] == 0.5
     cost = s["cost"]["humaneval"]
-    assert cost["vm_mcts"]["10"]["samples"] == 8.75 and cost["best_of_n"]["5"]["policy_tokens"] == 27.5
+    assert cost["vm_mcts"]["10"]["samples"] == 7.5 and cost["best_of_n"]["5"]["policy_tokens"] == 22.5
     assert cost["prm_best_of_n"]["5"]["value_calls"] == 3.0  # line prefixes, not programs
     # equal policy tokens: 20 tokens buy vm_mcts one step (5 samples), best_of_n two samples
     tok = s["tokens"]["humaneval"]
-    assert tok["pass1"]["vm_mcts"]["20"] == 0.25 and tok["pass1"]["best_of_n"]["20"] == 0.25
-    assert tok["samples"]["vm_mcts"]["40"] == 8.75 and tok["samples"]["best_of_n"]["40"] == 2.75
+    assert tok["pass1"]["vm_mcts"]["20"] == 0.25 and tok["pass1"]["best_of_n"]["20"] == 0.5
+    assert tok["samples"]["vm_mcts"]["40"] == 7.5 and tok["samples"]["best_of_n"]["40"] == 2.25
     assert "vm_mcts@40 vs best_of_n@40" in tok["paired"]
     assert s["power"]["humaneval"]["problems"] == 4
 

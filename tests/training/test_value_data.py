@@ -238,6 +238,10 @@ def test_gym_selection_takes_an_even_share_of_train_problems_per_tier() -> None:
     tiers = [p.metadata["tier"] for p in problems]
     assert tiers.count(1) == 4 and tiers.count(2) == 3
     assert all(p.metadata["split"] == "train" for p in problems)
+    # a tier with fewer problems than its share gives the rest to the others
+    big = select_problems(CollectConfig(max_problems=600, gym_tiers=(1, 2), gym_n_per_tier=2000))
+    tiers = [p.metadata["tier"] for p in big]
+    assert len(big) == 600 and tiers.count(1) == 154 and tiers.count(2) == 446 and len({p.id for p in big}) == 600
 
 
 def test_flat_keys_of_earlier_releases_still_configure_collection(caplog: pytest.LogCaptureFixture) -> None:

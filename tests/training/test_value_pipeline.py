@@ -40,6 +40,20 @@ async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
     assert result["reload_max_abs_diff"] < 1e-4
     assert result["held_out"]["rows"] > 0 and "mse" in result["held_out"]
 
+    # continued training from that checkpoint with the ranking term and problem-grouped batches
+    from models.checkpoints import read_manifest
+
+    cont = run_value_training(tcfg.model_copy(update={"output_dir": str(tmp_path / "vm2"), "init_from": str(final),
+                                                      "rank_weight": 1.0, "problems_per_batch": 1}))
+    assert read_manifest(cont["checkpoint"]).parent == str(final) and cont["reload_max_abs_diff"] < 1e-4
+    # LoRA on the top 2 decoder layers only
+    from safetensors import safe_open
+
+    top = run_value_training(tcfg.model_copy(update={"output_dir": str(tmp_path / "vm3"), "lora_layers": 2}))
+    with safe_open(str(Path(top["checkpoint"]) / "adapter_model.safetensors"), "pt") as fh:
+        layers = {int(k.split("layers.")[1].split(".")[0]) for k in fh.keys() if "lora_" in k}
+    assert layers == {28, 29}
+
     value = HFValueModel.load(ValueConfig(model=str(final), max_length=256))
     assert value.trained and "untrained" not in value.version
     assert value.policy_base == "HuggingFaceTB/SmolLM2-135M-Instruct" == result["policy_base"]  # no collect config: the default
