@@ -207,8 +207,8 @@ class ValueConfig(BaseModel):
     model: str | None = Field(
         default=None,
         description="value checkpoint folder (full sequence-classification model, or a LoRA adapter + score head);"
-        " None = the value model shipped for the embedded default policy (models/default/value/) when the policy is of"
-        " that family, else none (see any_policy)",
+        " None = the value model shipped for the embedded default policy (models/default/value/) when the policy has"
+        " that base, else none (see any_policy)",
     )
     use_shipped: bool = Field(
         default=True,
@@ -222,8 +222,8 @@ class ValueConfig(BaseModel):
     any_policy: bool = Field(
         default=False,
         description="guide the policy with this value model even when it was trained on another policy's rollouts (or,"
-        " with model None, with the shipped SmolLM2 value model for a policy of another family); off = such a pairing is"
-        " refused: the server answers value-guided requests with 400, jobs stop with an error",
+        " with model None, with the shipped SmolLM2 value model for a policy of another base); off = such a pairing is"
+        " refused: the server answers searches with 400 (plain completions still work), jobs stop with an error",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",

@@ -148,3 +148,24 @@ def setting_rows() -> Iterator[tuple[str, FieldInfo]]:
                 yield f"{name}.{sub}", sub_field
         else:
             yield name, field
+
+
+def _shown(key: str) -> tuple[str, str]:
+    """(variable, flag) of a settings key; the checkpoints are RESTRL_POLICY / --policy."""
+    key = {"policy.model": "policy", "value.model": "value"}.get(key, key)
+    flag = "(env only)" if key in ("admin_token", "api_keys") else f"`--{key.replace('_', '-')}`"
+    return f"`{env_name(key)}`", flag
+
+
+def settings_table() -> str:
+    """The documented table of every setting, then the flat names of earlier releases (README and
+    docs/api.md hold it as it prints: ``python -c "from server.settings import settings_table as t; print(t())"``)."""
+    rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    for key, field in setting_rows():
+        default = field.get_default(call_default_factory=True)
+        shown = "(none)" if default == [] else default
+        rows.append(f"| {' | '.join(_shown(key))} | `{shown}` | {field.description} |")
+    renamed = ["| earlier name (still read, with a warning) | now |", "|---|---|"]
+    renamed += [f"| `{env_name(old)}`, `--{old.replace('_', '-')}` | "
+                + ", ".join(f"`{env_name(k)}`, `--{k.replace('_', '-')}`" for k in keys) + " |" for old, keys in RENAMED.items()]
+    return "\n".join(rows) + "\n\n" + "\n".join(renamed) + "\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.metrics import Metrics
-from server.settings import RENAMED, env_name, setting_rows
+from server.settings import RENAMED, env_name, setting_rows, settings_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = {name: (ROOT / name).read_text() for name in ("README.md", "docs/api.md")}
@@ -22,9 +22,9 @@ def test_every_setting_is_documented_with_its_variable(doc: str) -> None:
     shown = {"policy.model": "policy", "value.model": "value"}
     missing = [env_name(shown.get(key, key)) for key, _ in setting_rows() if f"`{env_name(shown.get(key, key))}`" not in DOCS[doc]]
     assert not missing, f"{doc} does not document {missing}"
-    if doc == "docs/api.md":
-        for old, keys in RENAMED.items():
-            assert f"`{env_name(old)}`" in DOCS[doc] and f"`{env_name(keys[0])}`" in DOCS[doc], old
+    for old, keys in RENAMED.items():
+        assert f"`{env_name(old)}`" in DOCS[doc] and f"`{env_name(keys[0])}`" in DOCS[doc], old
+    assert settings_table() in DOCS[doc]  # the table as `server.settings.settings_table` prints it
 
 
 @pytest.mark.parametrize("doc", sorted(DOCS))

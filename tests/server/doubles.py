@@ -71,8 +71,8 @@ class FakeValue:
 
 class FakeLoader:
     """Loads doubles by name: a source containing 'corrupt' fails like a bad checkpoint; a policy
-    source containing 'other' is of another base ('other-base'), and a value source containing
-    'other' was trained for it. The value left to the settings (None) follows the pairing rule of
+    folder named 'other...' is of another base ('other-base'), and a value folder named 'other...'
+    was trained for it. The value left to the settings (None) follows the pairing rule of
     `search.stack`: none for a policy of another base than the default."""
 
     def __init__(self, *, any_policy: bool = False) -> None:
@@ -85,7 +85,7 @@ class FakeLoader:
         if source and "corrupt" in source:
             raise CheckpointError(f"{source}/restrl.json: invalid JSON at line 1 column 1")
         self.loaded.append(f"policy:{source}")
-        return FakePolicy(f"policy@{source or 'default'}", base_model="other-base" if source and "other" in source else "fake-base")
+        return FakePolicy(f"policy@{source or 'default'}", base_model="other-base" if _other(source) else "fake-base")
 
     async def load_value(self, source: str | None, *, policy: FakePolicy) -> object:
         from search import NoValueModel
@@ -94,9 +94,13 @@ class FakeLoader:
             self.loaded.append("value:none")
             return NoValueModel(f"no value model for the policy {policy.base_model}")
         self.loaded.append(f"value:{source}")
-        return FakeValue(f"value@{source or 'default'}", policy_base="other-base" if source and "other" in source else "fake-base")
+        return FakeValue(f"value@{source or 'default'}", policy_base="other-base" if _other(source) else "fake-base")
 
     def match(self, policy: FakePolicy, value: object) -> object:
         from search import value_match
 
         return value_match(policy.base_model, value, any_policy=self.any_policy)  # type: ignore[arg-type]
+
+
+def _other(source: str | None) -> bool:
+    return source is not None and source.rstrip("/").rsplit("/", 1)[-1].startswith("other")

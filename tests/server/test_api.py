@@ -402,10 +402,13 @@ def test_serve_flags_nest_and_keep_the_old_names() -> None:
     assert (s.policy.model, s.policy.kv_cache_gib, s.value.any_policy, s.max_samples, s.sandbox.workers) == ("/m", 2.0, True, 5, 4)
 
 
-async def test_a_policy_of_another_base_gets_no_value_model_and_searches_answer_400() -> None:
+async def test_a_policy_of_another_base_gets_no_value_model_and_searches_answer_400(tmp_path: Path) -> None:
     """No silent fallback to the value model of the default policy: the pairing is reported in
     /ready and /admin/models, searches answer 400 naming RESTRL_VALUE, plain completions work."""
-    services, server = await serve(policy="/ckpt/other-policy")
+    for name in ("other-value", "default-again"):  # checkpoints the admin API may load
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "restrl.json").write_text("{}")
+    services, server = await serve(policy="/ckpt/other-policy", checkpoint_root=str(tmp_path))
     async with server as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         for body in ({"problem": PROBLEM, "strategy": "vm_mcts"}, {"problem": PROBLEM, "strategy": "greedy", "stream": True}):
             r = await client.post("/v1/solve", json=body)
@@ -419,11 +422,11 @@ async def test_a_policy_of_another_base_gets_no_value_model_and_searches_answer_
         active = (await client.get("/admin/models", headers={"authorization": f"Bearer {ADMIN}"})).json()["active"]
         assert (active["policy_base"], active["value_match"], active["searches_allowed"]) == ("other-base", "none", False)
         # a hot swap applies the same rule: a value model trained for this policy makes searches run
-        r = await client.post("/admin/models", json={"value": "/ckpt/other-value"}, headers={"authorization": f"Bearer {ADMIN}"})
+        r = await client.post("/admin/models", json={"value": "other-value"}, headers={"authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 200 and r.json()["active"]["value_match"] == "matches", r.text
         assert (await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "vm_mcts"})).status_code == 200
         # ... and the default policy back, its value model trained for another: refused again
-        r = await client.post("/admin/models", json={"policy": "/ckpt/default-again"}, headers={"authorization": f"Bearer {ADMIN}"})
+        r = await client.post("/admin/models", json={"policy": "default-again"}, headers={"authorization": f"Bearer {ADMIN}"})
         assert r.json()["active"]["value_match"] == "other_policy" and not r.json()["active"]["searches_allowed"]
         r = await client.post("/v1/solve", json={"problem": PROBLEM})
         assert r.status_code == 400 and "was trained on rollouts of other-base" in r.json()["error"]["message"]
