@@ -34,14 +34,14 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: StrategyName = "vm_mcts"
+    strategy: StrategyName = Field(default="vm_mcts", description="greedy, best_of_n, prm_best_of_n, beam, orm_mcts or vm_mcts")
     budget: Budget = Field(default_factory=Budget)
     k: int = Field(default=5, ge=1, le=64, description="continuations per expansion (n of one policy request)")
     num_decision: int | None = Field(default=None, ge=1, le=64, description="children kept selectable per node; None = k")
     c_uct: float = Field(default=0.1, ge=0, le=10, description="UCT exploration constant C (0.2 when collecting value data)")
     eps_uct: float = Field(default=0.1, gt=0, le=10, description="UCT epsilon in the visit denominator")
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float = Field(default=0.7, ge=0, le=2, description="sampling temperature of the policy requests (0 = greedy)")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling of the policy requests")
     max_tokens: int = Field(default=512, ge=1, le=8192, description="max new tokens per policy request")
     step_lines: int = Field(default=1, ge=1, le=64, description="lines per step of the tree (the spec's step is one line)")
     beam_width: int = Field(default=2, ge=1, le=64, description="beam: states kept per depth")

@@ -7,7 +7,8 @@ are read from the environment only, so that they never appear in a process list.
 
 ``restrl solve`` posts a problem (a /v1/solve body, a problem object with ``statement``, or a line
 of our JSONL problem format) to a running server, shows a progress bar from the SSE stream on
-stderr and prints the program on stdout (``--json``: the whole result).
+stderr and prints the generated code on stdout - what a user pastes; ``--json``: the whole result, with
+the ``program`` the sandbox runs (the code with the problem's starter code around it).
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def _solve(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(result["program"] or "")
+        print(result["code"] or "")  # what a user pastes: the generated code (`program` adds the starter code around it)
         print(f"# value={result['value']} stop={result['stop_reason']} samples={result['usage']['samples']}"
               f" policy={result['policy_version']}", file=sys.stderr)
     return 0
@@ -211,7 +212,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     serve.set_defaults(func=_serve)
 
-    solve = subparsers.add_parser("solve", help="post a problem to a running server; print the program")
+    solve = subparsers.add_parser("solve", help="post a problem to a running server; print the generated code")
     solve.add_argument("file", help="problem JSON (a /v1/solve body, a problem with 'statement', or a JSONL line); - = stdin")
     solve.add_argument("--url", default=os.environ.get("RESTRL_URL", "http://127.0.0.1:8000"),
                        help="server URL [env RESTRL_URL]; the API key comes from RESTRL_API_KEY")
@@ -219,6 +220,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     solve.add_argument("--samples", type=int, default=None, help="budget: sampled programs")
     solve.add_argument("--deadline", type=float, default=None, help="budget: seconds")
     solve.add_argument("--seed", type=int, default=None)
-    solve.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    solve.add_argument("--json", action="store_true", help="print the whole result as JSON (with `program`, what the sandbox runs)")
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
     solve.set_defaults(func=_solve)

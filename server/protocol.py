@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,35 +49,90 @@ class BudgetIn(BaseModel):
     deadline_s: float | None = Field(default=None, gt=0, description="wall-clock seconds")
 
 
-# SearchParams fields copied into SearchConfig when set
-_SEARCH_OPTIONS = ("k", "num_decision", "c_uct", "temperature", "top_p", "max_tokens", "beam_width",
-                   "parallel_expansions", "prompt_mode", "top_candidates", "step_lines", "prm_aggregate")
+# The search options of the wire: `SearchConfig`'s own fields, with its bounds and descriptions
+# (`option`); unset means SearchConfig's default. One table: `search_options_table` prints it for
+# docs/api.md, tests/server/test_api.py checks that every field here is SearchConfig's.
+SEARCH_OPTIONS = ("k", "num_decision", "c_uct", "temperature", "top_p", "max_tokens", "beam_width", "parallel_expansions",
+                  "step_lines", "prompt_mode", "prm_aggregate", "top_candidates", "seed")
+# SearchConfig fields the wire sets with SearchConfig's own default rather than None
+SEARCH_SWITCHES = ("strategy", "rerank_with_tests", "stop_when_solved")
+
+
+def option(name: str) -> Any:
+    """`SearchConfig`'s field ``name`` as an optional wire field: the same bounds and description;
+    unset (None) = SearchConfig's default, named in the description."""
+    src = SearchConfig.model_fields[name]
+    default = src.get_default(call_default_factory=True)
+    shown = "" if default is None else f" (default: {default})"
+    info: Any = Field(default=None, description=f"{src.description}{shown}")
+    info.metadata = list(src.metadata)
+    return info
+
+
+def _search_default(name: str) -> Any:
+    src = SearchConfig.model_fields[name]
+    return Field(default=src.get_default(call_default_factory=True), description=src.description)
+
+
+def _bound(name: str, kind: str) -> Any:
+    """The bound ``kind`` (``le``: at most, ...) SearchConfig's field ``name`` declares, if any."""
+    return next((getattr(m, kind) for m in SearchConfig.model_fields[name].metadata if getattr(m, kind, None) is not None), None)
+
+
+def _values(name: str) -> str:
+    """The values SearchConfig's field ``name`` takes, as docs/api.md shows them."""
+    field = SearchConfig.model_fields[name]
+    literals = [a for a in get_args(field.annotation) if a is not type(None)]
+    if get_origin(field.annotation) is Literal or any(get_origin(a) is Literal for a in literals):
+        options = get_args(field.annotation) if get_origin(field.annotation) is Literal else get_args(literals[0])
+        return " \\| ".join(f"`{o}`" for o in options)
+    if field.annotation is bool:
+        return "bool"
+    number = "int" if int in (field.annotation, *literals) else "float"
+    if (_bound(name, "ge"), _bound(name, "le")) == (-(2**63), 2**63 - 1):
+        return f"{number}, signed 64-bit"
+    low = next((f"{op} {_bound(name, kind)}" for op, kind in ((">=", "ge"), (">", "gt")) if _bound(name, kind) is not None), "")
+    high = next((f"{op} {_bound(name, kind)}" for op, kind in (("<=", "le"), ("<", "lt")) if _bound(name, kind) is not None), "")
+    return f"{number} {low}, {high}".replace(" ,", "").strip(", ")
+
+
+def search_options_table() -> str:
+    """The search options of /v1/solve and of the OpenAI ``search`` object: SearchConfig's fields,
+    bounds, defaults and meanings (docs/api.md holds it as it prints:
+    ``python -c "from server.protocol import search_options_table as t; print(t())"``)."""
+    rows = ["| option | values | default | meaning |", "|---|---|---|---|"]
+    for name in (*SEARCH_SWITCHES[:1], *SEARCH_OPTIONS, *SEARCH_SWITCHES[1:]):
+        field = SearchConfig.model_fields[name]
+        default = field.get_default(call_default_factory=True)
+        rows.append(f"| `{name}` | {_values(name)} | {'unset' if default is None else f'`{default}`'} | {field.description} |")
+    return "\n".join(rows) + "\n"
 
 
 class SearchParams(BaseModel):
-    """Strategy, budget and search options shared by /v1/solve and the OpenAI ``search`` object."""
+    """Strategy, budget and search options shared by /v1/solve and the OpenAI ``search`` object:
+    the fields of `search.types.SearchConfig` with its bounds and descriptions (`SEARCH_OPTIONS`,
+    unset = SearchConfig's default; `SEARCH_SWITCHES` with that default), and the budget, which the
+    server's limits cap (`to_config`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: StrategyName = Field(default="vm_mcts", description="greedy, best_of_n, prm_best_of_n, beam, orm_mcts or vm_mcts")
+    strategy: StrategyName = _search_default("strategy")
     budget: BudgetIn = Field(default_factory=BudgetIn)
-    k: int | None = Field(default=None, ge=1, le=64, description="continuations per expansion")
-    num_decision: int | None = Field(default=None, ge=1, le=64, description="children kept selectable per node")
-    c_uct: float | None = Field(default=None, ge=0, le=10, description="UCT exploration constant")
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, description="max new tokens per policy request")
-    beam_width: int | None = Field(default=None, ge=1, le=64)
-    parallel_expansions: int | None = Field(default=None, ge=1, le=64)
-    step_lines: int | None = Field(default=None, ge=1, le=64, description="lines per step of the tree (default 1, the paper's step)")
-    prompt_mode: Literal["continue", "rewrite"] | None = None
-    prm_aggregate: Literal["min", "mean", "last"] | None = Field(
-        default=None, description="prm_best_of_n: how line-prefix values make a program's score (default min)"
-    )
-    top_candidates: int | None = Field(default=None, ge=0, le=100)
-    rerank_with_tests: bool = Field(default=False, description="execute candidates on the public tests (sandbox) and rank by pass fraction first")
-    stop_when_solved: bool = Field(default=False, description="with rerank_with_tests: stop at the first candidate passing every public test")
-    seed: Seed | None = Field(default=None, description="seeds the search's random choices (signed 64-bit)")
+    k: int | None = option("k")
+    num_decision: int | None = option("num_decision")
+    c_uct: float | None = option("c_uct")
+    temperature: float | None = option("temperature")
+    top_p: float | None = option("top_p")
+    max_tokens: int | None = option("max_tokens")
+    beam_width: int | None = option("beam_width")
+    parallel_expansions: int | None = option("parallel_expansions")
+    step_lines: int | None = option("step_lines")
+    prompt_mode: Literal["continue", "rewrite"] | None = option("prompt_mode")
+    prm_aggregate: Literal["min", "mean", "last"] | None = option("prm_aggregate")
+    top_candidates: int | None = option("top_candidates")
+    seed: Seed | None = option("seed")
+    rerank_with_tests: bool = _search_default("rerank_with_tests")
+    stop_when_solved: bool = _search_default("stop_when_solved")
 
     def to_config(self, limits: ServerLimits, *, record_trace: bool = False) -> tuple[SearchConfig, list[str]]:
         """The `SearchConfig` to run and the budget fields reduced to the server's limits."""
@@ -98,20 +153,14 @@ class SearchParams(BaseModel):
             value_calls=b.value_calls,
             deadline_s=cap("budget.deadline_s", b.deadline_s, limits.max_deadline_s, limits.max_deadline_s),
         )
-        options = {name: getattr(self, name) for name in _SEARCH_OPTIONS if getattr(self, name) is not None}
+        options = self.model_dump(include={*SEARCH_OPTIONS, *SEARCH_SWITCHES}, exclude_none=True)
+        # the server's cap, within SearchConfig's own bound (an OpenAI top-level max_tokens has no such bound)
+        max_new_tokens = min(limits.max_new_tokens, _bound("max_tokens", "le"))
         if "max_tokens" in options:
-            options["max_tokens"] = cap("max_tokens", options["max_tokens"], limits.max_new_tokens, None)
+            options["max_tokens"] = cap("max_tokens", options["max_tokens"], max_new_tokens, None)
         else:
-            options["max_tokens"] = min(SearchConfig().max_tokens, limits.max_new_tokens)
-        config = SearchConfig(
-            strategy=self.strategy,
-            budget=budget,
-            rerank_with_tests=self.rerank_with_tests,
-            stop_when_solved=self.stop_when_solved,
-            seed=self.seed,
-            record_trace=record_trace,
-            **options,
-        )
+            options["max_tokens"] = min(SearchConfig().max_tokens, max_new_tokens)
+        config = SearchConfig(budget=budget, record_trace=record_trace, **options)
         return config, capped
 
 
@@ -246,13 +295,14 @@ class _OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(default=None, description="ignored: the active policy answers")
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=64)
+    max_tokens: int | None = Field(default=None, ge=1, description="new tokens per completion; with `search`: per policy request"
+                                   " of the search when search.max_tokens is unset (capped like it, named in budget_capped)")
+    temperature: float = Field(default=1.0, ge=0, le=2, description="with `search`: the search's when search.temperature is unset")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="with `search`: the search's when search.top_p is unset")
+    n: int = Field(default=1, ge=1, le=64, description="completions; with `search`: the best n distinct programs")
     stop: StopText | Annotated[list[StopText], Field(max_length=16)] | None = Field(
         default=None, description="stop sequences (non-empty strings; an empty one made the engine fail with a 500)")
-    seed: Seed | None = None
+    seed: Seed | None = Field(default=None, description="with `search`: the search's when search.seed is unset")
     stream: bool = False
     stream_options: StreamOptions | None = None
     search: SearchSpec | None = None
@@ -261,6 +311,18 @@ class _OpenAIRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def search_spec(self) -> SearchSpec:
+        """The ``search`` object with the top-level sampling fields the client set applied where it
+        leaves them unset: ``temperature``, ``top_p``, ``seed`` and ``max_tokens`` (chat:
+        ``max_completion_tokens`` too) then bound the search's policy requests as the search's
+        own would (``max_tokens`` capped by the server and named in ``budget_capped``)."""
+        assert self.search is not None
+        given: dict[str, Any] = {name: getattr(self, name) for name in ("temperature", "top_p", "seed") if name in self.model_fields_set}
+        tokens = self.max_tokens if self.max_tokens is not None else getattr(self, "max_completion_tokens", None)
+        if tokens is not None:
+            given["max_tokens"] = tokens
+        return self.search.model_copy(update={k: v for k, v in given.items() if getattr(self.search, k) is None})
 
     def unsupported_field(self) -> str | None:
         """The first field set that this server does not implement (`UNSUPPORTED_FIELDS`), if any."""
@@ -309,6 +371,10 @@ class SearchInfo(BaseModel):
     value_version: str
     budget_capped: list[str]
     queued_s: float = Field(default=0.0, description="seconds the request waited for a search slot (part of the deadline)")
+    programs: list[str] = Field(
+        default_factory=list,
+        description="per choice, in order, the program the sandbox runs: the choice's generated code with the problem's"
+        " starter code (imports, helpers) put around it; the choice's text is the generated code alone")
 
 
 class CompletionChoice(BaseModel):

@@ -8,8 +8,12 @@ streams run at once (`merge`) and every delta is sent as the engine produces it 
 ``stream``, e.g. ``engine=hf``, sends each completion whole when it is done), then the usage chunk,
 then ``data: [DONE]``. When the client goes away the stream is cancelled, which closes the engine
 streams and so aborts their engine requests. `Usage` counts tokens the same way for the streamed
-and the plain JSON answers. The search-decoded stream (progress chunks, then the programs) lives in
-`server.routes.openai` and uses the same `Chunker`.
+and the plain JSON answers.
+
+`search_events` is the one way a search is streamed, by ``/v1/solve`` (SSE ``progress`` and
+``result`` events) and by the OpenAI routes (progress chunks, then the programs through the same
+`Chunker`): the search runs as a task, its progress comes out as it is made, then its result (or
+its error); closing the stream cancels the search and its engine requests.
 """
 
 from __future__ import annotations
@@ -20,11 +24,17 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Literal, TypeVar
 
+from fastapi import Request
+
 from models.base import Policy, Sample, SampleDelta, StreamingPolicy
+from search.types import SearchConfig, SearchProgress, SearchResult
 from server import sse
 from server.errors import to_api_error
 from server.metrics import Metrics
 from server.protocol import UsageInfo
+from server.registry import ModelPair
+from server.services import Services, progress_forwarder
+from tasks import Problem
 
 Kind = Literal["text_completion", "chat.completion"]
 T = TypeVar("T")
@@ -165,3 +175,43 @@ async def plain_stream(policy: Policy, prompts: Sequence[str], chunker: Chunker,
     if chunker.include_usage:
         yield chunker.chunk([], usage=usage.info().model_dump())
     yield sse.DONE
+
+
+async def search_events(services: Services, request: Request, pair: ModelPair, problem: Problem,
+                        config: SearchConfig) -> AsyncIterator[SearchProgress | SearchResult | Exception]:
+    """One search on ``pair`` as a stream: its progress as it is made, then its result, or the
+    error it failed with. Closing the stream cancels the search (and its engine requests)."""
+    async with contextlib.AsyncExitStack() as cleanup:
+        queue: asyncio.Queue[SearchProgress] = asyncio.Queue()
+        task = asyncio.create_task(services.run_search(request, pair, problem, config, on_progress=progress_forwarder(queue)))
+        cleanup.push_async_callback(_cancel, task)
+        async for progress in _drain(queue, task):
+            yield progress
+        try:
+            result = task.result()
+        except Exception as exc:
+            yield exc
+            return
+        yield result
+
+
+async def _drain(queue: asyncio.Queue[SearchProgress], task: asyncio.Task[SearchResult]) -> AsyncIterator[SearchProgress]:
+    """Progress items until ``task`` finishes (then the ones still queued)."""
+    while not task.done():
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the stream is closed here (client gone): never leave the getter pending
+            got = getter.done()
+            if not got:
+                getter.cancel()
+        if got:
+            yield getter.result()
+    while not queue.empty():
+        yield queue.get_nowait()
+
+
+async def _cancel(task: asyncio.Task[SearchResult]) -> None:
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

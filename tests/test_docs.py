@@ -1,5 +1,5 @@
 """The README and docs/api.md describe what the code really has: every setting with its variable,
-every exported metric, every make target the quick start names."""
+every exported metric, every make target the quick start names, the search options of the wire."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.metrics import Metrics
+from server.protocol import search_options_table
 from server.settings import RENAMED, env_name, setting_rows, settings_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,12 @@ def test_every_setting_is_documented_with_its_variable(doc: str) -> None:
     for old, keys in RENAMED.items():
         assert f"`{env_name(old)}`" in DOCS[doc] and f"`{env_name(keys[0])}`" in DOCS[doc], old
     assert settings_table() in DOCS[doc]  # the table as `server.settings.settings_table` prints it
+
+
+def test_the_search_options_table_is_the_one_the_wire_derives() -> None:
+    """docs/api.md shows the /v1/solve and OpenAI `search` options as `server.protocol` derives them
+    from `search.types.SearchConfig` (fields, bounds, defaults)."""
+    assert search_options_table() in DOCS["docs/api.md"]
 
 
 @pytest.mark.parametrize("doc", sorted(DOCS))

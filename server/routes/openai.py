@@ -1,12 +1,18 @@
 """OpenAI-compatible ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models``.
 
 Without a ``search`` object a request is plain sampling through the active policy (``n``,
-``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``); chat messages go through the
-model's chat template. With ``search`` (the official client sends it via ``extra_body``) the prompt
-- or the last user message - is the problem statement, the search runs, and the choices are its
-best ``n`` programs (by rank). Streams are ``data:`` chunks ending with ``data: [DONE]``
-(`server.streaming`): plain sampling streams token by token; a search stream carries its progress in
-the chunks' ``search`` field, then the programs. OpenAI fields that would change the answer and are
+``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``; a ``max_tokens`` above the server's
+cap answers 422); chat messages go through the model's chat template. With ``search`` (the official
+client sends it via ``extra_body``) the prompt - or the last user message - is the problem statement,
+the search runs, and the choices are its best ``n`` distinct candidates (by rank): each choice's text
+is the generated code, what a user pastes; ``search.programs`` holds the programs the sandbox runs
+(the code with the problem's starter code around it). The top-level ``temperature``, ``top_p``,
+``seed`` and ``max_tokens`` a client sets apply to the search where its ``search`` object leaves them
+unset (`server.protocol._OpenAIRequest.search_spec`); as there, ``max_tokens`` above the server's cap
+is reduced and named in ``search.budget_capped``; ``stop`` with ``search`` answers 400. Streams are
+``data:`` chunks ending with ``data: [DONE]`` (`server.streaming`): plain sampling streams token by
+token; a search stream (`server.streaming.search_events`, as /v1/solve's) carries its progress in
+the chunks' ``search`` field, then the choices. OpenAI fields that would change the answer and are
 not implemented (`server.protocol.UNSUPPORTED_FIELDS`: ``logprobs``, ``echo``, ``best_of``,
 ``tools``, ...) answer 400 naming the field. A client that disconnects cancels the work and its
 engine requests.
@@ -16,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -43,9 +48,9 @@ from server.protocol import (
     new_id,
 )
 from server.registry import ModelPair
-from server.routes.solve import ERRORS, _cancel, check_rerank, drain_progress
-from server.services import Services, progress_forwarder, request_state
-from server.streaming import Chunker, Kind, Usage, plain_stream
+from server.routes.solve import ERRORS, check_rerank
+from server.services import Services, request_state
+from server.streaming import Chunker, Kind, Usage, plain_stream, search_events
 
 router = APIRouter(tags=["openai"], dependencies=[ApiKey])
 
@@ -89,16 +94,19 @@ async def _handle(body: _OpenAIRequest, kind: Kind, request: Request, services: 
         raise InvalidRequest(f"{unsupported} is not supported by this server (the answer would not be what it asks for):"
                              " leave it out or send its default", field=unsupported)
     request_id = new_id("cmpl" if kind == "text_completion" else "chatcmpl")
+    if not prompts and kind == "text_completion":
+        raise InvalidRequest("prompt must not be empty", field="prompt")
+    if body.search is not None:
+        if body.stop_list():
+            raise InvalidRequest("stop does not apply to a search (its policy requests stop at the tree's step"
+                                 " boundaries): leave it out", field="stop")
+        return await _search(body, kind, request, services, request_id, statement)
     field, requested = "max_tokens", body.max_tokens
     if requested is None and isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
         field, requested = "max_completion_tokens", body.max_completion_tokens
     max_tokens = requested or DEFAULT_MAX_TOKENS[kind] or services.settings.max_new_tokens
-    if max_tokens > services.settings.max_new_tokens:
+    if max_tokens > services.settings.max_new_tokens:  # no budget_capped to report a cut in: refused
         raise InvalidField(f"{field} is over this server's limit of {services.settings.max_new_tokens}", field=field)
-    if not prompts and kind == "text_completion":
-        raise InvalidRequest("prompt must not be empty", field="prompt")
-    if body.search is not None:
-        return await _search(body, kind, request, services, request_id, statement)
     # plain sampling has no deadline of its own: it waits for a slot at most max_deadline_s
     stack, pair = await services.hold(request, deadline_s=services.settings.max_deadline_s)
     try:
@@ -146,18 +154,22 @@ def _response(kind: Kind, request_id: str, pair: ModelPair, choices: list[tuple[
 # ------------------------------------------------------------------ search decoding
 
 
-def _search_choices(result: SearchResult, n: int) -> list[tuple[str, str | None]]:
-    best = [result.program] if result.program is not None else []
-    programs = best + [c.program for c in result.candidates]
-    unique = list(dict.fromkeys(programs))[:n]
-    return [(p, "stop") for p in unique] or [("", "length")]
+def _search_choices(result: SearchResult, n: int) -> list[tuple[str, str]]:
+    """(generated code, executable program) of the best ``n`` distinct candidates, by rank."""
+    ranked = [(result.code, result.program)] if result.code is not None and result.program is not None else []
+    ranked += [(c.code, c.program) for c in result.candidates]
+    return list(dict.fromkeys(ranked))[:n]
 
 
-def _search_info(result: SearchResult, pair: ModelPair, capped: list[str], queued_s: float) -> SearchInfo:
+def _choices(picked: list[tuple[str, str]]) -> list[tuple[str, str | None]]:
+    return [(code, "stop") for code, _ in picked] or [("", "length")]
+
+
+def _search_info(result: SearchResult, pair: ModelPair, capped: list[str], queued_s: float,
+                 picked: list[tuple[str, str]]) -> SearchInfo:
     return SearchInfo(strategy=result.strategy, value=result.value, stop_reason=result.stop_reason, usage=result.usage,
-                      policy_version=result.policy_version or pair.policy.version,
-                      value_version=pair.value_version, budget_capped=capped,
-                      queued_s=round(queued_s, 3))
+                      policy_version=result.policy_version or pair.policy.version, value_version=pair.value_version,
+                      budget_capped=capped, queued_s=round(queued_s, 3), programs=[program for _, program in picked])
 
 
 def _search_usage(result: SearchResult) -> UsageInfo:
@@ -169,10 +181,7 @@ def _search_usage(result: SearchResult) -> UsageInfo:
 
 async def _search(body: _OpenAIRequest, kind: Kind, request: Request, services: Services, request_id: str,
                   statement: str) -> Any:
-    spec = body.search
-    assert spec is not None
-    if spec.seed is None and body.seed is not None:
-        spec = spec.model_copy(update={"seed": body.seed})
+    spec = body.search_spec()
     config, capped = spec.to_config(services.limits)
     config = config.model_copy(update={"top_candidates": max(config.top_candidates, body.n)})
     problem = spec.to_problem(statement, request_id)
@@ -183,33 +192,28 @@ async def _search(body: _OpenAIRequest, kind: Kind, request: Request, services: 
     if not body.stream:
         async with stack:
             result = await services.run_search(request, pair, problem, config)
-        return _response(kind, request_id, pair, _search_choices(result, body.n), _search_usage(result),
-                         _search_info(result, pair, capped, queued_s))
+        picked = _search_choices(result, body.n)
+        return _response(kind, request_id, pair, _choices(picked), _search_usage(result),
+                         _search_info(result, pair, capped, queued_s, picked))
 
     async def stream() -> AsyncIterator[str]:
         chunker = Chunker(kind, request_id, pair.policy.version,
                           include_usage=body.stream_options is not None and body.stream_options.include_usage)
-        async with AsyncExitStack() as cleanup:
-            queue: asyncio.Queue[SearchProgress] = asyncio.Queue()
-            task = asyncio.create_task(
-                services.run_search(request, pair, problem, config, on_progress=progress_forwarder(queue)))
-            cleanup.push_async_callback(_cancel, task)
-            async for progress in drain_progress(queue, task):
-                yield chunker.chunk([], search={"progress": {"nodes": progress.nodes, "usage": progress.usage.model_dump(),
-                                                             "best_value": progress.best_value}})
-            try:
-                result = task.result()
-            except Exception as exc:
-                yield chunker.error(exc)
-                yield sse.DONE
-                return
-            for i, (text, finish) in enumerate(_search_choices(result, body.n)):
-                for chunk in chunker.whole(i, text, finish):
-                    yield chunk
-            extra: dict[str, Any] = {"search": _search_info(result, pair, capped, queued_s).model_dump()}
-            if chunker.include_usage:
-                extra["usage"] = _search_usage(result).model_dump()
-            yield chunker.chunk([], **extra)
-            yield sse.DONE
+        async for item in search_events(services, request, pair, problem, config):
+            if isinstance(item, SearchProgress):
+                yield chunker.chunk([], search={"progress": {"nodes": item.nodes, "usage": item.usage.model_dump(),
+                                                             "best_value": item.best_value}})
+            elif isinstance(item, SearchResult):
+                picked = _search_choices(item, body.n)
+                for i, (text, finish) in enumerate(_choices(picked)):
+                    for chunk in chunker.whole(i, text, finish):
+                        yield chunk
+                extra: dict[str, Any] = {"search": _search_info(item, pair, capped, queued_s, picked).model_dump()}
+                if chunker.include_usage:
+                    extra["usage"] = _search_usage(item).model_dump()
+                yield chunker.chunk([], **extra)
+            else:
+                yield chunker.error(item)
+        yield sse.DONE
 
     return sse.SSEResponse(stream(), on_close=stack.aclose)

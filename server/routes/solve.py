@@ -6,9 +6,7 @@ deadline passes in the queue answers 429 without running."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,7 +17,8 @@ from server.deps import STRATEGY_KEY, ApiKey, ServicesDep
 from server.errors import InvalidRequest, openapi_responses, to_api_error
 from server.protocol import ProgressEvent, SolveRequest, SolveResponse, new_id
 from server.registry import ModelPair
-from server.services import Services, progress_forwarder, request_state
+from server.services import Services, request_state
+from server.streaming import search_events
 from tasks import Problem
 
 router = APIRouter(tags=["solve"], dependencies=[ApiKey])
@@ -68,41 +67,12 @@ async def solve(body: SolveRequest, request: Request, services: ServicesDep) -> 
 async def _stream(services: Services, request: Request, pair: ModelPair, problem: Problem, config: SearchConfig,
                   request_id: str, capped: list[str]) -> AsyncIterator[str]:
     """progress events while the search runs, then one result (or error) event."""
-    async with AsyncExitStack() as cleanup:
-        queue: asyncio.Queue[SearchProgress] = asyncio.Queue()
-        task = asyncio.create_task(
-            services.run_search(request, pair, problem, config, on_progress=progress_forwarder(queue)))
-        cleanup.push_async_callback(_cancel, task)
-        async for progress in drain_progress(queue, task):
-            yield sse.event("progress", ProgressEvent(id=request_id, nodes=progress.nodes, usage=progress.usage,
-                                                      best_code=progress.best_code, best_value=progress.best_value,
-                                                      new_nodes=progress.new_nodes))
-        try:
-            result = task.result()
-        except Exception as exc:
-            err = to_api_error(exc)
+    async for item in search_events(services, request, pair, problem, config):
+        if isinstance(item, SearchProgress):
+            yield sse.event("progress", ProgressEvent(id=request_id, nodes=item.nodes, usage=item.usage, best_code=item.best_code,
+                                                      best_value=item.best_value, new_nodes=item.new_nodes))
+        elif isinstance(item, SearchResult):
+            yield sse.event("result", to_solve_response(request_id, item, pair, capped, request_state(request.scope).queued_s))
+        else:
+            err = to_api_error(item)
             yield sse.event("error", {"error": {"type": err.type, "message": err.message}})
-            return
-        yield sse.event("result", to_solve_response(request_id, result, pair, capped, request_state(request.scope).queued_s))
-
-
-async def drain_progress(queue: asyncio.Queue[SearchProgress], task: asyncio.Task[SearchResult]) -> AsyncIterator[SearchProgress]:
-    """Yield progress items until ``task`` finishes (then the ones still queued)."""
-    while not task.done():
-        getter = asyncio.ensure_future(queue.get())
-        try:
-            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when the stream is closed here (client gone): never leave the getter pending
-            got = getter.done()
-            if not got:
-                getter.cancel()
-        if got:
-            yield getter.result()
-    while not queue.empty():
-        yield queue.get_nowait()
-
-
-async def _cancel(task: asyncio.Task[object]) -> None:
-    if not task.done():
-        task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

@@ -33,12 +33,14 @@ class FakePolicy:
         self.text = text
         self.gate: asyncio.Event | None = None
         self.calls = 0
+        self.sampling: list[dict[str, float | int | None]] = []  # per call: max_tokens, temperature, top_p, seed
         self.closed = False
         self.fail: Exception | None = None
 
     async def sample(self, prompt: str, *, n: int = 1, max_tokens: int = 512, stop: Sequence[str] = (),
                      temperature: float = 0.7, top_p: float = 1.0, seed: int | None = None) -> list[Sample]:
         self.calls += 1
+        self.sampling.append({"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed})
         if self.fail is not None:
             raise self.fail
         if self.gate is not None:

@@ -99,11 +99,13 @@ async def test_solve_stream_sends_progress_then_result(api: tuple[Services, http
 async def test_budget_is_capped_and_reported(api: tuple[Services, httpx.AsyncClient]) -> None:
     _, client = api
     r = await client.post("/v1/solve", json={"problem": PROBLEM, "strategy": "best_of_n", "budget": {"samples": 500},
-                                             "max_tokens": 10**6})
+                                             "max_tokens": 5000})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["budget_capped"] == ["budget.samples", "max_tokens"]
     assert body["usage"]["samples"] <= 8
+    r = await client.post("/v1/solve", json={"problem": PROBLEM, "max_tokens": 10**6})  # beyond SearchConfig's own bound
+    assert r.status_code == 422 and r.json()["error"]["field"] == "max_tokens"
 
 
 @pytest.mark.parametrize(("payload", "field"), [
@@ -524,3 +526,84 @@ def test_search_options_reach_the_search_config() -> None:
     config, capped = request.to_config(limits)
     assert (config.step_lines, config.k, config.c_uct, capped) == (3, 4, 0.3, [])
     assert SolveRequest.model_validate({"problem": PROBLEM}).to_config(limits)[0].step_lines == 1
+
+
+def test_the_wire_search_options_are_search_config_fields() -> None:
+    """One table: each search option of /v1/solve and the OpenAI `search` object is SearchConfig's
+    field of that name - same bounds, same description - unset meaning SearchConfig's default."""
+    from search.types import SearchConfig
+    from server.protocol import SEARCH_OPTIONS, SearchParams, SearchSpec, SolveRequest
+
+    for name in SEARCH_OPTIONS:
+        wire, own = SearchParams.model_fields[name], SearchConfig.model_fields[name]
+        assert wire.metadata == own.metadata and wire.default is None, name
+        assert wire.description is not None and own.description is not None and wire.description.startswith(own.description), name
+    assert SearchParams.model_fields["strategy"].default == SearchConfig.model_fields["strategy"].default
+    assert set(SEARCH_OPTIONS) <= set(SearchConfig.model_fields)
+    for model in (SolveRequest, SearchSpec):
+        with pytest.raises(ValidationError):
+            model.model_validate({"problem": {"statement": "s"}, "c_uct": 11} if model is SolveRequest else {"c_uct": 11})
+    with pytest.raises(ValidationError):
+        SearchConfig(c_uct=11)
+
+
+async def test_openai_search_takes_the_top_level_sampling_fields_and_answers_with_the_code(
+        api: tuple[Services, httpx.AsyncClient]) -> None:
+    """Through the official client: with `search`, the top-level temperature, top_p and max_tokens
+    apply where the search object leaves them unset (max_tokens capped as the search's own, and
+    reported); `stop` with a search is refused; the choice's text is the generated code and the
+    program the sandbox runs is in `search.programs`, streamed or not. Without `search` a max_tokens
+    over the cap is refused (422)."""
+    import openai
+
+    from server.protocol import CompletionRequest
+
+    spec = CompletionRequest.model_validate({"prompt": "p", "temperature": 0.2, "top_p": 0.5, "seed": 7, "max_tokens": 99,
+                                             "search": {"temperature": 0.9}}).search_spec()
+    assert (spec.temperature, spec.top_p, spec.seed, spec.max_tokens) == (0.9, 0.5, 7, 99)
+    unset = CompletionRequest.model_validate({"prompt": "p", "search": {}}).search_spec()
+    assert (unset.temperature, unset.top_p, unset.seed, unset.max_tokens) == (None, None, None, None)  # OpenAI's defaults do not apply
+
+    services, http = api
+    policy = services.registry.active.policy  # type: ignore[union-attr]
+    client = openai.AsyncOpenAI(base_url=f"{str(http.base_url).rstrip('/')}/v1", api_key="unused", max_retries=0)
+    search = {"strategy": "best_of_n", "budget": {"samples": 2}, "starter_code": PROBLEM["starter_code"]}
+    policy.sampling.clear()  # the load's probe
+    out = await client.completions.create(model="restrl", prompt=PROBLEM["statement"], max_tokens=10**6, n=2, temperature=0.2,
+                                          top_p=0.5, extra_body={"search": search})
+    info = out.model_extra["search"]
+    assert info["budget_capped"] == ["max_tokens"]
+    assert {(c["max_tokens"], c["temperature"], c["top_p"]) for c in policy.sampling} == {(services.settings.max_new_tokens, 0.2, 0.5)}
+    assert [c.text for c in out.choices] == [PROGRAM]  # one distinct candidate: the generated code alone
+    (program,) = info["programs"]  # the program the sandbox runs: the starter code, then the code
+    assert program.startswith(PROBLEM["starter_code"]) and program.endswith(PROGRAM) and program != PROGRAM
+    policy.sampling.clear()
+    await client.completions.create(model="restrl", prompt=PROBLEM["statement"], extra_body={"search": search})
+    assert {(c["max_tokens"], c["temperature"], c["top_p"]) for c in policy.sampling} == {(512, 0.7, 1.0)}  # the search's defaults
+
+    stream = await client.chat.completions.create(model="restrl", messages=[{"role": "user", "content": "Add."}], stream=True,
+                                                  extra_body={"search": {"strategy": "greedy", "budget": {"samples": 1}}})
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == PROGRAM
+    assert chunks[-1].model_extra["search"]["programs"] == [PROGRAM]  # no starter code: the program is the code
+
+    with pytest.raises(openai.BadRequestError, match="stop"):
+        await client.completions.create(model="restrl", prompt="p", stop=["\n"], extra_body={"search": search})
+    with pytest.raises(openai.UnprocessableEntityError, match="max_tokens"):
+        await client.completions.create(model="restrl", prompt="p", max_tokens=5000)
+
+
+async def test_restrl_solve_prints_the_generated_code(api: tuple[Services, httpx.AsyncClient], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`restrl solve` prints what a user pastes - the generated code, not the starter code around it."""
+    import restrl
+
+    _, http = api
+    problem = tmp_path / "problem.json"
+    problem.write_text(json.dumps(PROBLEM))
+    args = ["solve", str(problem), "--url", str(http.base_url).rstrip("/"), "--strategy", "greedy", "--samples", "1", "--quiet"]
+    assert await asyncio.to_thread(restrl.main, args) == 0
+    assert capsys.readouterr().out == PROGRAM + "\n"
+    assert await asyncio.to_thread(restrl.main, [*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["code"] == PROGRAM and result["program"].startswith(PROBLEM["starter_code"])

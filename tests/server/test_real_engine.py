@@ -105,7 +105,9 @@ async def test_openai_client_completions_chat_and_streams(real: tuple[Services, 
         extra_body={"search": {"strategy": "best_of_n", "budget": {"samples": 2}, "starter_code": PROBLEM["starter_code"],
                                **SMALL}})
     info = searched.model_extra["search"]
-    assert searched.choices[0].text.startswith(PROBLEM["starter_code"])  # rewrite mode: starter code + model code
+    # the choice is the generated code (what a user pastes); the program the sandbox ran adds the starter code
+    assert searched.choices[0].text and searched.choices[0].text in info["programs"][0]
+    assert info["programs"][0].startswith(PROBLEM["starter_code"])
     assert info["strategy"] == "best_of_n" and info["usage"]["samples"] == 2 and 0 <= info["value"] <= 1
     assert searched.usage.completion_tokens == info["usage"]["policy_tokens"]
 
@@ -149,8 +151,11 @@ async def test_the_readme_examples_hold_on_the_real_server(real: tuple[Services,
     listed = re.search(r'"public_tests": (\[.*?\])\}', snippet)
     assert listed is not None
     tests = [TestCase.model_validate(t) for t in json.loads(listed.group(1))]
+    # the choice is the generated code, what a user pastes; what the sandbox ranked it by is its program
+    (program,) = search["programs"][:1]
+    assert answer.choices[0].text and answer.choices[0].text in program
     with Sandbox(workers=1) as box:
-        (verdict,) = await box.run_many([(answer.choices[0].text, tests, "largest")])
+        (verdict,) = await box.run_many([(program, tests, "largest")])
     assert verdict.status == "passed", (answer.choices[0].text, search)
 
 
