@@ -40,6 +40,8 @@ Out: ``results_file`` (``{dataset: {arm: {budget: pass1}}, "oracle", "intervals"
 ``output_dir`` one gzipped JSON per finished phase with every problem's candidates (first sampled
 at which step, value, PRM scores, public pass fraction, hidden verdict) - small enough to commit,
 what ``--resume`` skips and ``report_only`` rebuilds the report from without loading a model.
+Every phase also appends each finished problem to ``<phase>.partial.jsonl.gz`` (`PartialPhase`), so
+with ``--resume`` a phase longer than one sitting continues where it stopped.
 """
 
 from __future__ import annotations
@@ -355,21 +357,86 @@ class _Runner:
         return out
 
 
-async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, run_budget: int, desc: str) -> list[dict[str, Any]]:
+class PartialPhase:
+    """A phase's problems as they finish, appended to ``<name>.partial.jsonl.gz`` (one gzip member per
+    line, so a run killed mid-write loses at most that line): a phase longer than a session resumes at
+    the first unfinished problem instead of starting over. The first line is a header (settings,
+    problem ids, model versions); a partial file made with other settings is refused like a phase
+    file. Each search's seed derives from the problem's index, so the problems run later are the
+    searches they would have been in one run (value calls are batched across whatever searches are in
+    flight, which can move a bf16 score in its last bits)."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path, self.header = path, header
+        self.done: dict[int, dict[str, Any]] = {}
+        self.elapsed_s = 0.0
+        if path.exists():
+            lines = self._lines()
+            if lines and lines[0].get("header") is not None:
+                made = lines[0]["header"]
+                differ = sorted(k for k in header if k != "started" and made.get(k) != header[k])
+                if differ:
+                    raise ValueError(f"{path} was made with other settings ({', '.join(differ)}): "
+                                     "use another output_dir, or remove the file to run that phase again")
+                for line in lines[1:]:
+                    self.done[line["i"]] = line["record"]
+                    self.elapsed_s = max(self.elapsed_s, line["elapsed_s"])
+                return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._append({"header": header})
+
+    def _lines(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        try:
+            with gzip.open(self.path, "rt", encoding="utf-8") as fh:
+                for raw in fh:
+                    out.append(json.loads(raw))
+        except (EOFError, OSError, json.JSONDecodeError):  # the line being written when the run was killed
+            logger.warning("%s: a truncated last line (%d read): that problem runs again", self.path, len(out))
+        return out
+
+    def _append(self, obj: dict[str, Any]) -> None:
+        with gzip.open(self.path, "at", encoding="utf-8") as fh:
+            fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def add(self, i: int, record: dict[str, Any], elapsed_s: float) -> None:
+        self.done[i] = record
+        self._append({"i": i, "elapsed_s": round(elapsed_s, 3), "record": record})
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, run_budget: int, desc: str,
+                     partial: PartialPhase | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Every problem's record, in problem order, and the phase's wall seconds (summed over the runs
+    that contributed to ``partial``)."""
     mode = resolve_mode(runner.policy, runner.search_config(strategy, run_budget, 0))
     gate = asyncio.Semaphore(runner.cfg.concurrency)
-    bar = tqdm(total=len(problems), desc=desc, unit="problem")
+    done = dict(partial.done) if partial is not None else {}
+    before = partial.elapsed_s if partial is not None else 0.0
+    t0 = time.monotonic()
+    bar = tqdm(total=len(problems), initial=len(done), desc=desc, unit="problem")
+    if done:
+        logger.info("eval phase %s: %d of %d problems already done (%.0f s), resuming", desc, len(done), len(problems), before)
 
-    async def go(i: int, p: Problem) -> dict[str, Any]:
+    async def go(i: int, p: Problem) -> None:
         async with gate:
             r = await runner.one(p, i, strategy, run_budget, mode)
+        done[i] = r
+        if partial is not None:
+            partial.add(i, r, before + time.monotonic() - t0)
         bar.update(1)
-        return r
 
+    tasks = [asyncio.ensure_future(go(i, p)) for i, p in enumerate(problems) if i not in done]
     try:
-        return list(await asyncio.gather(*(go(i, p) for i, p in enumerate(problems))))
-    finally:
+        await asyncio.gather(*tasks)
+    finally:  # one search failing fails the phase: the others stop rather than run on unattended
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
+    return [done[i] for i in range(len(problems))], before + time.monotonic() - t0
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -570,22 +637,30 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
                 elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
                     skipped.append(name)
                 else:
-                    phases[name] = await _run_and_write(runner, problem_sets[dataset], dataset, strategy, run_budget, answers, path)
+                    phases[name] = await _run_and_write(runner, problem_sets[dataset], dataset, strategy, run_budget, answers, path,
+                                                         resume=resume)
                     loads.append(os.getloadavg())
     return write_report(cfg, phases, skipped=skipped, wall_s=time.monotonic() - t0, loads=loads)
 
 
 async def _run_and_write(runner: _Runner, problems: list[Problem], dataset: str, strategy: str, run_budget: int,
-                         answers: list[int], path: Path) -> dict[str, Any]:
-    """Run one phase and write its file."""
+                         answers: list[int], path: Path, *, resume: bool) -> dict[str, Any]:
+    """Run one phase and write its file; its finished problems go to a partial file on the way, which
+    ``resume`` continues (`PartialPhase`) and a fresh run starts over."""
     name = path.name.removesuffix(".json.gz")
-    t_phase = time.monotonic()
-    results = await _run_phase(runner, problems, strategy, run_budget, name)
+    header = {"config": _phase_config(runner.cfg), "problems": [p.id for p in problems], "run_budget": run_budget,
+              "policy_version": str(runner.policy.version), "value_version": str(runner.value.version)}
+    partial_path = path.with_name(f"{name}.partial.jsonl.gz")
+    if not resume:  # a fresh run starts the phase over, and can itself be resumed
+        partial_path.unlink(missing_ok=True)
+    partial = PartialPhase(partial_path, header)
+    results, wall_s = await _run_phase(runner, problems, strategy, run_budget, name, partial)
     phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
-             "answers": answers, "problems": [p.id for p in problems], "wall_s": time.monotonic() - t_phase,
+             "answers": answers, "problems": [p.id for p in problems], "wall_s": wall_s,
              "loadavg_after": os.getloadavg(), "policy_version": str(runner.policy.version),
              "value_version": str(runner.value.version), "config": _phase_config(runner.cfg), "results": results}
     write_phase(path, phase)
+    partial.remove()
     logger.info("eval phase %s: %.0f s", name, phase["wall_s"])
     return phase
 

@@ -153,17 +153,25 @@ def solve(url: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def traffic(restrl_url, prometheus_url) -> dict[str, Any]:
+def traffic(restrl_url, prometheus_url, tmp_path_factory) -> dict[str, Any]:
     """Two waves of requests with a scrape between them (rates need two samples of a series), a sandbox
-    re-rank and a failed hot swap fanned out by deploy/swap_all.py."""
+    re-rank and a failed hot swap fanned out by deploy/swap_all.py: a value checkpoint whose weights were
+    corrupted after its manifest was written (a path that does not exist is refused before any load
+    and is not a swap event)."""
+    corrupt = tmp_path_factory.mktemp("corrupt-value") / "value"
+    shutil.copytree(ROOT / "models" / "default" / "value", corrupt)
+    weights = corrupt / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)
+    weights.write_bytes(bytes(data))
     first = solve(restrl_url)
     wait_for(lambda: query(prometheus_url, 'restrl:requests_total{route="/v1/solve"}'), timeout=30,
              what="first wave scraped")
     time.sleep(1.5)
     second = [solve(restrl_url, rerank_with_tests=True)]
     swap = subprocess.run([sys.executable, str(ROOT / "deploy" / "swap_all.py"), "--replica", restrl_url,
-                           "--policy", "/nonexistent/checkpoint", "--timeout", "60"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "RESTRL_ADMIN_TOKEN": ADMIN_TOKEN})
+                           "--value", str(corrupt), "--timeout", "120"],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "RESTRL_ADMIN_TOKEN": ADMIN_TOKEN})
     time.sleep(3)  # a few 1 s scrapes and rule evaluations
     return {"responses": [first, *second], "swap": swap}
 
@@ -214,7 +222,7 @@ def test_failed_swap_is_reported_by_the_fan_out_the_metrics_and_the_alert(promet
     steps = [json.loads(line) for line in swap.stdout.splitlines()]
     assert swap.returncode == 1, swap.stdout + swap.stderr
     assert steps[0]["step"] == "preflight" and steps[0]["ok"]
-    assert steps[-1]["step"] == "swap" and not steps[-1]["ok"] and "nonexistent" in steps[-1]["error"]
+    assert steps[-1]["step"] == "swap" and not steps[-1]["ok"] and "corrupt" in steps[-1]["error"]
     assert ADMIN_TOKEN not in swap.stdout + swap.stderr
     assert query(prometheus_url, 'sum(restrl:swap_events_total{result="failed"}) >= 1')
     # the server kept serving the pair it had

@@ -339,12 +339,15 @@ async def test_deadline_is_wall_time_from_arrival_queueing_included(vllm_policy:
 
         assert r_first.status_code == 200 and r_first.json()["stop_reason"] == "deadline"
         body = r_long.json()
-        assert r_long.status_code == 200 and body["stop_reason"] == "deadline", r_long.text
+        # a small problem's tree can run out of open states before the clock does ("exhausted", seen on
+        # CI after 12 samples); either way the search ran only in what its deadline had left
+        assert r_long.status_code == 200 and body["stop_reason"] in ("deadline", "exhausted"), r_long.text
         assert 3 < body["queued_s"] <= 8  # it waited for `first`, within its half of the deadline
         # the search got what was left: queue + search within the deadline (was 40-61 s for 20 s deadlines)
         assert body["queued_s"] + body["usage"]["wall_s"] <= 16 + 3, body
         assert t_long <= 16 + 5
-        assert count(services, "restrl:searches_cancelled", reason="deadline") == 2
+        stopped_by_clock = 1 + (body["stop_reason"] == "deadline")
+        assert count(services, "restrl:searches_cancelled", reason="deadline") == stopped_by_clock
 
 
 # ---------------------------------------------------------------- 7. OpenAI fields that change the answer

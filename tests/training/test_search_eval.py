@@ -224,3 +224,56 @@ def test_report_only_rebuilds_json_and_plot_from_phase_files(tmp_path) -> None:
                                                          "config": {**_phase_config(cfg), "c_uct": 0.5}})
     with pytest.raises(ValueError, match="c_uct"):
         run_eval(cfg)
+
+
+async def test_a_phase_killed_midway_resumes_at_its_first_unfinished_problem(tmp_path) -> None:
+    """A phase longer than one sitting: the problems finished before the kill are read back from the
+    partial file, only the others run again, and the records equal one uninterrupted run's."""
+    import gzip
+
+    from tests.search.doubles import HashValue
+    from tests.training.test_value_data import HashSandbox, _problem
+    from training.search_eval import PartialPhase, _run_phase, _Runner
+
+    cfg = EvalConfig(concurrency=1, search={"k": 5, "max_tokens": 200}, prm_aggregates=[], output_dir=str(tmp_path))
+    problems = [_problem(f"p{i}") for i in range(5)]
+    header = {"config": _phase_config(cfg), "problems": [p.id for p in problems], "run_budget": 10}
+    whole, _ = await _run_phase(_Runner(cfg, SeededPolicy(), HashValue(), HashSandbox()), problems, "vm_mcts", 10, "whole")
+
+    class Killed(Exception):
+        pass
+
+    runner = _Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())
+    real_one, ran = runner.one, []
+
+    async def one(p, i, *args):
+        if i == 3:
+            raise Killed
+        ran.append(i)
+        return await real_one(p, i, *args)
+
+    runner.one = one  # type: ignore[method-assign]
+    path = tmp_path / "gym_test.vm_mcts.b10.partial.jsonl.gz"
+    with pytest.raises(Killed):
+        await _run_phase(runner, problems, "vm_mcts", 10, "first sitting", PartialPhase(path, header))
+    with gzip.open(path, "at") as fh:  # the kill came while a line was being written
+        fh.write('{"i": 4, "elapsed')
+    resumed = PartialPhase(path, header)
+    assert sorted(resumed.done) == [0, 1, 2] and resumed.elapsed_s > 0
+
+    runner2 = _Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())
+    real_one2, ran2 = runner2.one, []
+
+    async def one2(p, i, *args):
+        ran2.append(i)
+        return await real_one2(p, i, *args)
+
+    runner2.one = one2  # type: ignore[method-assign]
+    records, wall = await _run_phase(runner2, problems, "vm_mcts", 10, "second sitting", resumed)
+    assert ran[:3] == [0, 1, 2] and sorted(ran2) == [3, 4] and wall >= resumed.elapsed_s  # 4 may have started, then been cancelled
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_s",)}  # noqa: E731
+    assert [strip(r) for r in records] == [strip(r) for r in whole]
+
+    other = {**header, "config": {**header["config"], "k": 4}}
+    with pytest.raises(ValueError, match="other settings"):
+        PartialPhase(path, other)

@@ -73,6 +73,7 @@ def test_overrides_replace_dotted_fields(tmp_path: Path) -> None:
 # value training and evaluation, each validated by its own job's config class.
 OTHER_JOBS = {
     "value_data.yaml": ("training.value_data", "CollectConfig"),
+    "value_data_v3.yaml": ("training.value_data", "CollectConfig"),
     "value.yaml": ("training.value_train", "ValueTrainConfig"),
     "eval.yaml": ("training.search_eval", "EvalConfig"),
 }
