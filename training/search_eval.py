@@ -374,7 +374,9 @@ class PartialPhase:
             lines = self._lines()
             if lines and lines[0].get("header") is not None:
                 made = lines[0]["header"]
-                differ = sorted(k for k in header if k != "started" and made.get(k) != header[k])
+                config, made_config = header.get("config", {}), made.get("config", {})
+                differ = sorted([k for k in header if k != "config" and made.get(k) != header[k]]
+                                + [k for k in config if made_config.get(k) != config[k]])  # a key added since: unset then
                 if differ:
                     raise ValueError(f"{path} was made with other settings ({', '.join(differ)}): "
                                      "use another output_dir, or remove the file to run that phase again")
