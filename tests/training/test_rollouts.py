@@ -122,6 +122,7 @@ def _update(model: Any, tokenizer: Any, text: str, *, steps: int, lr: float) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # an engine start and 3 x 3 greedy completions each side: minutes on 2 loaded cores
 def test_engine_samples_with_the_trainers_current_weights(default_model_dir: Path, tmp_path: Path) -> None:
     """After each update the engine's greedy completions equal transformers + PEFT's (float32 both
     sides, so equality is exact), and they moved away from the base model's."""
