@@ -1,7 +1,9 @@
 """The two interfaces the search engine and the training jobs talk to: `Policy` and `ValueModel`,
 and the optional capabilities some engines add, as small Protocols checked with ``isinstance``:
 `PausablePolicy` (the engine can stop for a value batch on the same CPU cores), `PingablePolicy`
-(a health check), `SharedEnginePolicy` (an engine shared by adapter views, shut down by its owner), `PreparingValueModel` (warms a problem's cache when a search starts) and
+(a health check), `SharedEnginePolicy` (an engine shared by adapter views, shut down by its owner),
+`RolloutPolicy` (token ids in and out, a new LoRA adapter version without a restart: the training
+jobs' rollouts), `PreparingValueModel` (warms a problem's cache when a search starts) and
 `PairScoringValueModel` (scores states of several problems in one call).
 
 Engines implement them (`models.vllm_engine.VLLMPolicy`, `models.hf_engine.HFPolicy`,
@@ -160,6 +162,37 @@ class SharedEnginePolicy(Protocol):
     view, ``shutdown`` stops the engine for all of them."""
 
     async def shutdown(self) -> None: ...
+
+
+@runtime_checkable
+class RolloutPolicy(Protocol):
+    """A policy the training jobs generate their rollouts with: prompts and completions as token ids
+    (the trainer's own tokenization both ways, so the ids it trains on are the ids sampled), and a
+    new version of a LoRA adapter taken without restarting the engine."""
+
+    async def sample_tokens(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        n: int = 1,
+        max_tokens: int = 512,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop_token_ids: Sequence[int] = (),
+    ) -> list[list[int]]:
+        """``n`` completions' token ids (a stop token ends a completion and is kept, like an EOS)."""
+        ...
+
+    def with_adapter(self, adapter_dir: str | None, *, version: str, prompt_mode: PromptMode | None = None) -> RolloutPolicy:
+        """A view on the same engine sampling with the adapter in ``adapter_dir`` (a folder never
+        used before on this engine is a new adapter version)."""
+        ...
+
+    async def load_adapter(self) -> None:
+        """Load this view's adapter into the engine now (else its first request does)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable

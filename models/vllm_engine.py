@@ -21,7 +21,10 @@ machine the engine runs in this process with the settings ENVIRONMENT.md measure
 their place and cache) so that a value model on the same CPU cores can have all of them for a
 batch (`search.ValueBatcher`'s ``hold``).
 
-`stream` (`models.base.StreamingPolicy`) hands out the completions token by token. Every engine
+`stream` (`models.base.StreamingPolicy`) hands out the completions token by token;
+`sample_tokens` and `load_adapter` (`models.base.RolloutPolicy`) serve the training jobs' rollouts
+(token ids in and out; each new adapter folder is a new LoRA id, so a trainer's weights reach the
+engine as a new adapter version per step). Every engine
 request runs through one generator, `_generate`: however it ends before the engine finished the
 request (an error, cancelling the task awaiting `sample`, closing a `stream` early), the request is
 aborted in the engine, so none is left unfinished. vLLM's `EngineDeadError` becomes
@@ -506,6 +509,54 @@ class VLLMPolicy:
             for comp in sorted(final.outputs, key=lambda c: c.index)
         ]
         return samples * copies
+
+    async def sample_tokens(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        n: int = 1,
+        max_tokens: int = 512,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop_token_ids: Sequence[int] = (),
+    ) -> list[list[int]]:
+        """`models.base.RolloutPolicy`: ``n`` completions of a tokenized prompt as token ids; a
+        token of ``stop_token_ids`` ends a completion and is kept in it (as an EOS is)."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        if self._closed:
+            raise ModelError("this policy is closed")
+        if n < 1:
+            raise ModelError(f"n must be >= 1 (got {n})")
+        room = self.config.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise ModelError(f"prompt of {len(prompt_ids)} tokens leaves no room within max_model_len={self.config.max_model_len}")
+        greedy = temperature == 0
+        try:
+            params = SamplingParams(
+                n=1 if greedy else n,
+                max_tokens=min(max_tokens, room),
+                temperature=temperature,
+                top_p=1.0 if greedy else top_p,
+                stop_token_ids=list(stop_token_ids) or None,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+        except Exception as exc:
+            raise ModelError(f"vLLM refused the sampling parameters: {exc}") from exc
+        final = None
+        async with contextlib.aclosing(self._generate(list(prompt_ids), params)) as outputs:
+            async for out in outputs:
+                final = out
+        if final is None:
+            raise ModelError("vLLM returned no output")
+        completions = [list(comp.token_ids) for comp in sorted(final.outputs, key=lambda c: c.index)]
+        return completions * n if greedy else completions
+
+    async def load_adapter(self) -> None:
+        """`models.base.RolloutPolicy`: load this view's adapter into the engine now, so that the
+        time it takes is not charged to its first request (a no-op without an adapter)."""
+        if self._lora_request is not None:
+            await self.engine.add_lora(self._lora_request)
 
     async def stream(
         self,

@@ -54,7 +54,7 @@ def _train_policy(args: argparse.Namespace) -> int:
 
 
 def _register_policy(sub: Any) -> None:
-    p = sub.add_parser("policy", help="one ReST-GRPO (or GRPO / DAPO baseline) iteration")
+    p = sub.add_parser("policy", help="one ReST-GRPO (or GRPO / DAPO / ReST-DPO baseline) iteration")
     p.add_argument("--config", required=True, help="YAML or JSON RestGRPOConfig (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same output_dir")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. grpo.max_steps=2")

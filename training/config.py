@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from models.config import EngineConfig, move_renamed_keys, over_job_defaults, set_key
 from sandbox.api import SandboxConfig
 
-Algorithm = Literal["rest_grpo", "grpo", "dapo"]
+Algorithm = Literal["rest_grpo", "grpo", "dapo", "rest_dpo"]
 LossType = Literal["grpo", "dapo", "dr_grpo", "bnpo"]
+Rollouts = Literal["auto", "engine", "trainer"]
+DPOLossType = Literal["sigmoid", "ipo", "hinge"]
 
 
 class _Strict(BaseModel):
@@ -74,7 +76,9 @@ class LoraSettings(_Strict):
 
 
 class GRPOUpdateConfig(_Strict):
-    """Step 5: the GRPO update with TRL's GRPOTrainer on the curated prompt set."""
+    """Step 5: the GRPO update with TRL's GRPOTrainer on the curated prompt set. ``rest_dpo`` reads
+    the settings every update shares from here too (max_steps, learning_rate, lora, save/logging,
+    use_cpu, bf16, torch_threads), so that the arms of a comparison differ only in the algorithm."""
 
     num_generations: int = Field(default=8, ge=2, description="G: completions per prompt (group size)")
     per_device_batch_size: int = Field(
@@ -89,6 +93,13 @@ class GRPOUpdateConfig(_Strict):
     loss_type: LossType = Field(default="dapo", description="token-level normalisation (TRL's 'dapo' = spec)")
     temperature: float = Field(default=0.7, gt=0.0, le=2.0)
     max_completion_length: int = Field(default=512, ge=8)
+    rollouts: Rollouts = Field(
+        default="auto",
+        description="who generates the G completions of each step: engine = the policy's vLLM engine (`policy`), the"
+        " trainer's current LoRA weights handed over as a new adapter version every step (training.rollouts); trainer ="
+        " TRL's transformers generation inside the trainer (full fine-tuning, or no vLLM); auto = engine when"
+        " policy.engine is vllm, vLLM is installed and the update is LoRA, else trainer",
+    )
     lora: LoraSettings | None = Field(default_factory=LoraSettings, description="null = full fine-tuning")
     save_steps: int = Field(default=1, ge=1, description="checkpoint (resumable state) every N steps")
     save_total_limit: int | None = Field(
@@ -112,6 +123,23 @@ class DAPOConfig(_Strict):
     screen_rounds: int = Field(default=1, ge=1, description="screening passes over the pool")
 
 
+class DPOUpdateConfig(_Strict):
+    """The ReST-DPO baseline (``algorithm: rest_dpo``): from the N programs sampled per problem
+    (``sampling``), preference pairs of a higher-reward (passing, where one passes) and a
+    lower-reward program of the same problem, trained with TRL's DPOTrainer. Steps, learning rate,
+    LoRA and checkpointing come from ``grpo`` (shared by every algorithm)."""
+
+    beta: float = Field(default=0.1, gt=0.0, description="DPO's beta (strength of the implicit KL to the reference)")
+    loss_type: DPOLossType = Field(default="sigmoid", description="sigmoid = the DPO paper's loss")
+    pairs_per_problem: int = Field(
+        default=1, ge=1, description="pairs per problem: the best with the worst, then the 2nd best with the 2nd worst, ..."
+        " (only pairs whose rewards differ)",
+    )
+    per_device_batch_size: int = Field(default=4, ge=1, description="pairs per device per micro-step")
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=1024, ge=32, description="prompt + completion tokens of a pair's sequences (truncated beyond)")
+
+
 # keys of earlier releases -> their place now (still read, with a warning)
 RENAMED: dict[str, tuple[str, ...]] = {
     "policy.base_model": ("policy.model",),
@@ -129,7 +157,7 @@ class RestGRPOConfig(_Strict):
     """One training iteration (`restrl train policy --config FILE`)."""
 
     renamed_keys: ClassVar[dict[str, tuple[str, ...]]] = RENAMED  # keys of earlier releases -> their place now
-    algorithm: Algorithm = Field(default="rest_grpo", description="rest_grpo | grpo (vanilla) | dapo")
+    algorithm: Algorithm = Field(default="rest_grpo", description="rest_grpo | grpo (vanilla) | dapo | rest_dpo")
     output_dir: Path = Field(description="run directory: samples, curated set, trainer state, metrics, final/")
     seed: int = Field(default=0, description="seeds partial-state draws, shuffling and the trainer")
     data: DataConfig
@@ -144,6 +172,7 @@ class RestGRPOConfig(_Strict):
     partial_states: PartialStateConfig = Field(default_factory=PartialStateConfig)
     grpo: GRPOUpdateConfig = Field(default_factory=GRPOUpdateConfig)
     dapo: DAPOConfig = Field(default_factory=DAPOConfig)
+    dpo: DPOUpdateConfig = Field(default_factory=DPOUpdateConfig)
     sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(timeout_s=5.0))
 
     @model_validator(mode="before")
@@ -170,6 +199,24 @@ class RestGRPOConfig(_Strict):
             raise ValueError("algorithm 'dapo' is clip-higher: set grpo.epsilon_high (DAPO uses 0.28)")
         if g.max_completion_length < 8:
             raise ValueError("grpo.max_completion_length must be >= 8")
+        if g.rollouts == "engine":
+            if self.policy.engine != "vllm":
+                raise ValueError(f"grpo.rollouts 'engine' needs policy.engine 'vllm' (it is {self.policy.engine!r}): set"
+                                 " policy.engine to vllm or grpo.rollouts to trainer")
+            if g.lora is None and self.policy.adapter is None:
+                raise ValueError("grpo.rollouts 'engine' hands the trainer's LoRA adapter to the engine each step; full"
+                                 " fine-tuning (grpo.lora: null) has none: set grpo.rollouts to trainer or give grpo.lora")
+        if g.rollouts != "trainer" and self.policy.engine == "vllm" and g.lora is not None and g.lora.r > self.policy.max_lora_rank:
+            raise ValueError(f"grpo.lora.r={g.lora.r} exceeds policy.max_lora_rank={self.policy.max_lora_rank}, the largest"
+                             f" adapter the rollout engine takes: raise policy.max_lora_rank to at least {g.lora.r}")
+        if g.rollouts != "trainer" and self.policy.engine == "vllm":
+            rollout_len = self.partial_states.max_prompt_tokens + g.max_completion_length
+            if self.policy.max_model_len < rollout_len:
+                raise ValueError(
+                    f"policy.max_model_len={self.policy.max_model_len} is below partial_states.max_prompt_tokens +"
+                    f" grpo.max_completion_length = {rollout_len} (the rollout engine's sequences): raise"
+                    f" policy.max_model_len to at least {rollout_len}"
+                )
         needed = self.partial_states.max_prompt_tokens + self.sampling.max_new_tokens
         if self.policy.max_model_len < needed:
             raise ValueError(

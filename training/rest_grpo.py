@@ -1,13 +1,14 @@
-"""One iteration of ReST-GRPO, and the vanilla-GRPO and DAPO-style baselines on the same code path.
+"""One iteration of ReST-GRPO, and the vanilla-GRPO, DAPO-style and ReST-DPO baselines on the same code path.
 
 In: a `RestGRPOConfig` (training problems as JSONL, the base model and optionally the previous
 iteration's LoRA adapter). Out: a run directory::
 
     RUN/config.json       the resolved configuration
     RUN/samples.jsonl     step 1-2: N sampled completions per problem and their test rewards
-    RUN/curated.jsonl     step 3-4: the curated prompt set (base + partial-state prompts)
+    RUN/curated.jsonl     step 3-4: the curated prompt set (base + partial-state prompts; rest_dpo: the pairs)
     RUN/trainer/          TRL checkpoints (resumable state; `--resume` continues from the last one)
-    RUN/metrics.jsonl     one row per logged step (reward mean/std, frac zero-std groups, KL, loss, lengths)
+    RUN/metrics.jsonl     one row per logged step (reward mean/std, frac zero-std groups, KL, loss, lengths,
+                          and the step's wall time split: time/{step,generation,rewards,weight_sync,forward_backward}_s)
     RUN/groups.jsonl      every training group's rewards (per-prompt reward std figure)
     RUN/summary.json      stage wall times, curation statistics, final metrics
     RUN/final/            the LoRA adapter (or full model) + restrl.json: loadable with
@@ -19,12 +20,19 @@ problem's request in flight at once), rewards in the sandbox, filters by reward 
 partial-state prompts; ``grpo`` trains on every problem's base prompt; ``dapo`` screens the pool
 with G engine samples per problem, drops zero-std groups (dynamic sampling; the pool refills the
 dataset by cycling) and uses clip-higher. All three then run the same TRL `GRPOTrainer` update
-with the same number of optimizer steps, group size and batch.
+with the same number of optimizer steps, group size and batch. ``rest_dpo`` samples like
+``rest_grpo`` and trains TRL's `DPOTrainer` on preference pairs of those programs
+(`training.rest_dpo`) with the same steps, learning rate and LoRA.
+
+Rollouts (``grpo.rollouts``): the G completions of every GRPO step come from the policy's vLLM
+engine with the trainer's current LoRA weights, handed over as a new adapter version each step
+(`training.rollouts`), or, for full fine-tuning or without vLLM, from TRL's transformers generation.
 
 Departures from the paper / reference implementation, stated here as the style guide asks:
-* the update is TRL's GRPOTrainer (as in the reference) with LoRA by default on CPU; TRL generates
-  the GRPO completions with transformers, stopping at the closing code fence by treating the fence
-  tokens as end-of-sequence (so no format-shaping reward exists to be amplified);
+* the update is TRL's GRPOTrainer (as in the reference) with LoRA by default on CPU; the GRPO
+  completions stop at the closing code fence by treating the fence tokens as end-of-sequence (so no
+  format-shaping reward exists to be amplified), in the engine's rollouts and in TRL's generation alike;
+  engine rollouts carry no importance-sampling correction (`training.rollouts`);
 * KL is measured against the base model with the adapter disabled (PEFT), also when an iteration
   starts from a previous adapter;
 * DAPO's dynamic sampling is done before training by screening with the serving engine rather
@@ -46,7 +54,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from tqdm.auto import tqdm
 
@@ -60,6 +68,7 @@ from tasks.jsonl import load_jsonl
 from training.config import FilterConfig, RestGRPOConfig
 from training.curation import CuratedPrompt, CurationStats, ProblemSamples, curate
 from training.rewards import SandboxReward, TestRewarder
+from training.rollouts import EngineRollouts, StepTimer, step_timer_callback
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +83,14 @@ class AlgorithmSpec:
     filter: bool  # reward-std filter (sigma_0)
     partial_states: bool
     screen_zero_std: bool  # DAPO dynamic sampling: keep only prompts whose G samples differ
+    update: str = "grpo"  # key of `_Iteration.UPDATES`: grpo (GRPOTrainer on prompts) | dpo (DPOTrainer on pairs)
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "rest_grpo": AlgorithmSpec(sample=True, filter=True, partial_states=True, screen_zero_std=False),
     "grpo": AlgorithmSpec(sample=False, filter=False, partial_states=False, screen_zero_std=False),
     "dapo": AlgorithmSpec(sample=True, filter=False, partial_states=False, screen_zero_std=True),
+    "rest_dpo": AlgorithmSpec(sample=True, filter=False, partial_states=False, screen_zero_std=False, update="dpo"),
 }
 
 
@@ -282,16 +293,19 @@ def curated_rows(curated: Sequence[CuratedPrompt], problems: dict[str, Problem],
 # ------------------------------------------------------------------------------------- trainer
 
 
-def _metrics_callback(path: Path) -> Any:
+def _metrics_callback(path: Path, timer: StepTimer | None = None) -> Any:
     from transformers import TrainerCallback
 
     class MetricsToJsonl(TrainerCallback):
-        """Appends every logged step's metrics (floats) to RUN/metrics.jsonl on the main process."""
+        """Appends every logged step's metrics (floats) to RUN/metrics.jsonl on the main process,
+        with the mean wall-time split of the steps since the last log (``time/*_s``)."""
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
             if not state.is_world_process_zero or not logs:
                 return
             row: dict[str, Any] = {"step": state.global_step, "time": time.time()}
+            if timer is not None and "loss" in logs:  # a training log (not the end-of-training summary)
+                row.update(timer.pop_mean())
             for key, value in logs.items():
                 try:
                     row[key] = float(value)
@@ -303,6 +317,37 @@ def _metrics_callback(path: Path) -> Any:
     return MetricsToJsonl()
 
 
+def engine_rollouts(config: RestGRPOConfig, weights: ResolvedWeights) -> bool:
+    """Whether the GRPO completions come from the vLLM engine (``grpo.rollouts``; auto: when the
+    policy's engine is vllm, vLLM is installed and the update trains a LoRA adapter)."""
+    import importlib.util
+
+    g = config.grpo
+    if g.rollouts != "auto":
+        return g.rollouts == "engine"
+    lora = g.lora is not None or weights.adapter_dir is not None
+    return config.policy.engine == "vllm" and lora and importlib.util.find_spec("vllm") is not None
+
+
+def timed_grpo_trainer() -> Any:
+    """TRL's GRPOTrainer whose generation (rollouts included) and reward calls are timed phases of
+    the step (`training.rollouts.StepTimer`; ``timer`` is set on the instance)."""
+    from trl import GRPOTrainer
+
+    class TimedGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
+        timer: StepTimer
+
+        def _generate(self, prompts: list[Any]) -> Any:  # TRL 1.16: one generation batch (rollouts included)
+            with self.timer.phase("generation"):
+                return super()._generate(prompts)
+
+        def _calculate_rewards(self, *args: Any, **kwargs: Any) -> Any:
+            with self.timer.phase("rewards"):
+                return super()._calculate_rewards(*args, **kwargs)
+
+    return TimedGRPOTrainer
+
+
 def build_trainer(
     config: RestGRPOConfig,
     *,
@@ -311,12 +356,15 @@ def build_trainer(
     reward: SandboxReward,
     paths: RunPaths,
     tokenizer: Any,
+    rollouts: EngineRollouts | None = None,
+    timer: StepTimer | None = None,
 ) -> Any:
+    """TRL's GRPOTrainer on the curated rows; with ``rollouts`` its completions come from the engine."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     g = config.grpo
     if g.torch_threads is not None:
@@ -367,15 +415,19 @@ def build_trainer(
         disable_tqdm=False,
     )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    return GRPOTrainer(
+    timer = timer or StepTimer()
+    trainer = timed_grpo_trainer()(
         model=model,
         reward_funcs=[cast(Any, reward)],
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_metrics_callback(paths.metrics)],
+        callbacks=[step_timer_callback(timer), _metrics_callback(paths.metrics, timer)],
+        rollout_func=rollouts,
     )
+    trainer.timer = timer
+    return trainer
 
 
 def last_checkpoint(trainer_dir: Path) -> Path | None:
@@ -527,6 +579,7 @@ class _Iteration:
     rewarder: TestRewarder
     timings: dict[str, float] = field(default_factory=dict)
     stats: CurationStats | None = None
+    rollouts: str | None = None  # GRPO: who generated the completions (engine | trainer)
 
     @property
     def mode(self) -> PromptMode:
@@ -541,19 +594,32 @@ class _Iteration:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             _write_config(self.paths, self.config, resume=self.resume)
             if not (self.resume and self.paths.curated.exists()):
-                write_jsonl_rows(self.paths.curated, curated_rows(self.curate(), self.by_id, self.tokenizer, self.mode))
+                write_jsonl_rows(self.paths.curated, self.training_rows())
         self.state.wait_for_everyone()
         rows = read_jsonl_rows(self.paths.curated)
-        needed = self.config.grpo.max_steps * self.config.prompts_per_step
-        if len(rows) < needed:
-            logger.info("curated set has %d prompts for %d prompt slots: the trainer cycles through it", len(rows), needed)
-        reward = SandboxReward(self.rewarder, self.by_id, groups_log=self.paths.groups if self.state.is_main_process else None)
-        trainer, result = self.update(rows, reward)
+        trainer, result, reward = self.UPDATES[self.spec.update](self, rows)
         out = self.paths.final
         if self.state.is_main_process:
             out = self.finish(trainer, result, rows, reward)
         self.state.wait_for_everyone()
         return out
+
+    def training_rows(self) -> list[dict[str, Any]]:
+        """What the update trains on: rendered prompts (GRPO) or preference pairs (DPO)."""
+        if self.spec.update == "dpo":
+            from training.rest_dpo import pair_rows
+
+            t0 = time.perf_counter()
+            samples = self.samples()
+            self.timings["sample_and_reward_s"] = time.perf_counter() - t0
+            rows = pair_rows(samples, self.by_id, self.tokenizer, self.mode, pairs=self.config.dpo.pairs_per_problem)
+            if not rows:
+                raise TrainingDataError(
+                    f"no preference pair: every one of {len(self.problems)} problems' {self.config.sampling.n} programs"
+                    " scored the same; use more or other problems or a larger sampling.n"
+                )
+            return rows
+        return curated_rows(self.curate(), self.by_id, self.tokenizer, self.mode)
 
     def fits(self, problem_id: str, state_text: str) -> bool:
         prompt = render_prompt(self.tokenizer, self.by_id[problem_id], state_text, self.mode)
@@ -588,10 +654,50 @@ class _Iteration:
         write_jsonl_rows(self.paths.samples, [asdict(s) for s in samples])
         return samples
 
-    def update(self, rows: list[dict[str, Any]], reward: SandboxReward) -> tuple[Any, Any]:
-        """Step 5: the GRPO update (from the last saved step when resuming); (trainer, result)."""
+    def update_grpo(self, rows: list[dict[str, Any]]) -> tuple[Any, Any, SandboxReward]:
+        """Step 5: the GRPO update, its rollouts from the engine or the trainer (``grpo.rollouts``)."""
+        needed = self.config.grpo.max_steps * self.config.prompts_per_step
+        if len(rows) < needed:
+            logger.info("curated set has %d prompts for %d prompt slots: the trainer cycles through it", len(rows), needed)
+        reward = SandboxReward(self.rewarder, self.by_id, groups_log=self.paths.groups if self.state.is_main_process else None)
+        timer = StepTimer()
+        rollouts = None
+        if engine_rollouts(self.config, self.weights):
+            rollouts = EngineRollouts(self.config.policy, adapter_root=self.paths.root / "rollout_adapters", timer=timer)
+        self.rollouts = "engine" if rollouts else "trainer"
+        logger.info("GRPO rollouts: %s", "the vLLM engine (a new LoRA version each step)" if rollouts else "the trainer (transformers)")
+        try:
+            if rollouts is not None:
+                t0 = time.perf_counter()
+                rollouts.start()
+                self.timings["rollout_engine_start_s"] = time.perf_counter() - t0
+            trainer = build_trainer(self.config, weights=self.weights, rows=rows, reward=reward, paths=self.paths,
+                                    tokenizer=self.tokenizer, rollouts=rollouts, timer=timer)
+            trainer, result = self.train(trainer)
+        finally:
+            if rollouts is not None:
+                rollouts.close()
+        return trainer, result, reward
+
+    def update_dpo(self, rows: list[dict[str, Any]]) -> tuple[Any, Any, None]:
+        """The ReST-DPO update on the pairs (`training.rest_dpo`)."""
+        from training.rest_dpo import build_dpo_trainer
+
+        timer = StepTimer()
+        trainer = build_dpo_trainer(self.config, weights=self.weights, rows=rows, trainer_dir=self.paths.trainer,
+                                    tokenizer=self.tokenizer,
+                                    callbacks=[step_timer_callback(timer), _metrics_callback(self.paths.metrics, timer)])
+        trainer, result = self.train(trainer)
+        return trainer, result, None
+
+    UPDATES: ClassVar[dict[str, Callable[[_Iteration, list[dict[str, Any]]], tuple[Any, Any, SandboxReward | None]]]] = {
+        "grpo": update_grpo,
+        "dpo": update_dpo,
+    }
+
+    def train(self, trainer: Any) -> tuple[Any, Any]:
+        """Run ``trainer`` (from the last saved step when resuming); (trainer, result)."""
         paths = self.paths
-        trainer = build_trainer(self.config, weights=self.weights, rows=rows, reward=reward, paths=paths, tokenizer=self.tokenizer)
         checkpoint = last_checkpoint(paths.trainer) if self.resume else None
         if checkpoint is not None:
             step = int(checkpoint.name.split("-")[-1])
@@ -612,16 +718,17 @@ class _Iteration:
                 paths.trainer,
             )
             raise
-        self.timings["grpo_update_s"] = time.perf_counter() - t2
+        self.timings["update_s"] = time.perf_counter() - t2
         return trainer, result
 
-    def finish(self, trainer: Any, result: Any, rows: list[dict[str, Any]], reward: SandboxReward) -> Path:
+    def finish(self, trainer: Any, result: Any, rows: list[dict[str, Any]], reward: SandboxReward | None) -> Path:
         """The checkpoint with its manifest, and ``summary.json``."""
         paths = self.paths
         final_metrics: dict[str, Any] = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         logged = read_jsonl_rows(paths.metrics) if paths.metrics.exists() else []
         final_metrics.update(_step_metrics(logged, int(trainer.state.global_step)))
-        final_metrics["sandbox_infra_errors"] = reward.infra_errors
+        if reward is not None:
+            final_metrics["sandbox_infra_errors"] = reward.infra_errors
         data_hashes = {"train_file": sha256_path(Path(self.config.data.train_file)), "curated": sha256_path(paths.curated)}
         if paths.samples.exists():
             data_hashes["samples"] = sha256_path(paths.samples)
@@ -629,7 +736,14 @@ class _Iteration:
         summary: dict[str, Any] = json.loads(paths.summary.read_text()) if paths.summary.exists() and self.resume else {}
         summary.setdefault("timings", {}).update(self.timings)
         summary.update(algorithm=self.config.algorithm, problems=len(self.problems), curated_prompts=len(rows),
-                       curated_kinds={k: sum(r["kind"] == k for r in rows) for k in ("base", "partial")})
+                       curated_kinds={k: sum(r["kind"] == k for r in rows)
+                                      for k in (("pair",) if self.spec.update == "dpo" else ("base", "partial"))})
+        if self.rollouts is not None:
+            summary["rollouts"] = self.rollouts
+        step_times = [r for r in logged if "time/step_s" in r]
+        if step_times:  # mean wall-time split of the logged steps
+            summary["step_time"] = {k.removeprefix("time/"): sum(r[k] for r in step_times) / len(step_times)
+                                    for k in step_times[0] if k.startswith("time/")}
         if self.stats is not None:
             summary["curation"] = {k: v for k, v in asdict(self.stats).items() if not isinstance(v, list)}
         summary["metrics"] = final_metrics

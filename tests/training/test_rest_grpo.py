@@ -4,6 +4,7 @@ sandbox and, for ReST-GRPO's sampling stage, the real vLLM CPU engine."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def test_grpo_step_writes_a_verified_loadable_checkpoint(tmp_path: Path) -> None
     metrics = _rows(cfg.output_dir / "metrics.jsonl")
     step = next(r for r in metrics if "reward" in r)
     assert {"reward", "reward_std", "frac_reward_zero_std", "loss", "completions/mean_length"} <= set(step)
+    # the step's wall time split; the rollouts came from the engine where vLLM is installed (grpo.rollouts auto)
+    assert {f"time/{k}_s" for k in ("step", "generation", "rewards", "weight_sync", "forward_backward")} <= set(step)
+    summary = json.loads((cfg.output_dir / "summary.json").read_text())
+    engine = importlib.util.find_spec("vllm") is not None
+    assert summary["rollouts"] == ("engine" if engine else "trainer")
+    assert (step["time/weight_sync_s"] > 0) == engine
+    assert not (cfg.output_dir / "rollout_adapters").exists()  # scratch adapters removed with the engine
     groups = _rows(cfg.output_dir / "groups.jsonl")
     assert groups and all(len(g["rewards"]) == 2 and all(0.0 <= r <= 1.0 for r in g["rewards"]) for g in groups)
     # LoRA B starts at zero: it moves exactly when some group had reward variance (non-zero advantages)

@@ -155,3 +155,25 @@ def test_eval_phase_settings_keep_their_flat_keys() -> None:
         "gym_seed": 0, "gym_n_per_tier": 2000, "humaneval_seed": 0, "k": 4, "c_uct": 0.3, "step_lines": 1, "merged_visits": "samples",
         "temperature": 0.7, "max_tokens": 256, "beam_width": 2, "seed": 2, "value_model": "/v", "value_dtype": "bfloat16",
         "policy_adapter": "/a", "prm_aggregates": ["min", "mean", "last"], "policy_model": None}
+
+
+def test_engine_rollouts_need_vllm_a_lora_adapter_and_room(tmp_path: Path) -> None:
+    assert RestGRPOConfig.model_validate(base(tmp_path)).grpo.rollouts == "auto"
+    with pytest.raises(ValueError, match="needs policy.engine 'vllm'.*grpo.rollouts to trainer"):
+        RestGRPOConfig.model_validate(base(tmp_path, policy={"engine": "hf"}, grpo={"rollouts": "engine"}))
+    with pytest.raises(ValueError, match="full fine-tuning.*grpo.rollouts to trainer"):
+        RestGRPOConfig.model_validate(base(tmp_path, grpo={"rollouts": "engine", "lora": None}))
+    with pytest.raises(ValueError, match="grpo.lora.r=32 exceeds policy.max_lora_rank=16"):
+        RestGRPOConfig.model_validate(base(tmp_path, grpo={"lora": {"r": 32}}))
+    with pytest.raises(ValueError, match="grpo.max_completion_length = 4352"):
+        RestGRPOConfig.model_validate(base(tmp_path, grpo={"max_completion_length": 3584}))
+    # generation in the trainer: none of the engine's limits apply
+    ok = RestGRPOConfig.model_validate(base(tmp_path, grpo={"rollouts": "trainer", "lora": {"r": 32}, "max_completion_length": 3584}))
+    assert ok.grpo.lora is not None and ok.grpo.lora.r == 32
+
+
+def test_rest_dpo_settings(tmp_path: Path) -> None:
+    cfg = RestGRPOConfig.model_validate(base(tmp_path, algorithm="rest_dpo", dpo={"beta": 0.2, "pairs_per_problem": 2}))
+    assert cfg.algorithm == "rest_dpo" and (cfg.dpo.beta, cfg.dpo.pairs_per_problem, cfg.dpo.loss_type) == (0.2, 2, "sigmoid")
+    with pytest.raises(ValueError, match="loss_type"):
+        RestGRPOConfig.model_validate(base(tmp_path, algorithm="rest_dpo", dpo={"loss_type": "kto"}))
