@@ -63,7 +63,7 @@ from models.base import Policy
 from models.config import EngineConfig, ValueConfig, move_renamed_keys, over_job_defaults
 from models.prompting import PromptMode, assemble_program, root_state
 from sandbox.api import ProgramRunner, SandboxConfig
-from search import Budget, SearchConfig, ValueBatcher, open_stack, run_search
+from search import Budget, SearchConfig, ValueBatcher, open_replicas, run_search, run_sharded
 from search.context import resolve_mode
 from search.evaluators import aggregate_steps, step_prefixes
 from search.tree import rollout_code
@@ -355,19 +355,22 @@ class _Runner:
         return out
 
 
-async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, run_budget: int, desc: str) -> list[dict[str, Any]]:
-    mode = resolve_mode(runner.policy, runner.search_config(strategy, run_budget, 0))
-    gate = asyncio.Semaphore(runner.cfg.concurrency)
+async def _run_phase(runners: Sequence[_Runner], problems: list[Problem], strategy: str, run_budget: int,
+                     desc: str) -> list[dict[str, Any]]:
+    """Every problem of a phase, problem ``i`` on runner (engine) ``i mod len(runners)``, each
+    engine running ``concurrency`` searches at once; the results in the problems' order."""
+    mode = resolve_mode(runners[0].policy, runners[0].search_config(strategy, run_budget, 0))
+    gates = {id(r): asyncio.Semaphore(r.cfg.concurrency) for r in runners}
     bar = tqdm(total=len(problems), desc=desc, unit="problem")
 
-    async def go(i: int, p: Problem) -> dict[str, Any]:
-        async with gate:
+    async def go(runner: _Runner, i: int, p: Problem) -> dict[str, Any]:
+        async with gates[id(runner)]:
             r = await runner.one(p, i, strategy, run_budget, mode)
         bar.update(1)
         return r
 
     try:
-        return list(await asyncio.gather(*(go(i, p) for i, p in enumerate(problems))))
+        return await run_sharded(problems, runners, go)
     finally:
         bar.close()
 
@@ -557,9 +560,13 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
     loads: list[tuple[float, float, float]] = [os.getloadavg()]
     phases: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
-    async with open_stack(cfg.policy, cfg.value, cfg.sandbox) as stack:
-        assert stack.value is not None and stack.sandbox is not None
-        runner = _Runner(cfg, stack.policy, stack.value, stack.sandbox)
+    async with open_replicas(cfg.policy, cfg.value, cfg.sandbox) as stacks:
+        runners = []
+        for stack in stacks:
+            assert stack.value is not None and stack.sandbox is not None
+            runners.append(_Runner(cfg, stack.policy, stack.value, stack.sandbox))
+        if len(runners) > 1:
+            logger.info("eval: %d engines, problems sharded across them", len(runners))
         problem_sets = {d: eval_problems(cfg, d) for d in cfg.datasets}
         for dataset, strategy in _phase_order(cfg):
             for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
@@ -570,17 +577,18 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
                 elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
                     skipped.append(name)
                 else:
-                    phases[name] = await _run_and_write(runner, problem_sets[dataset], dataset, strategy, run_budget, answers, path)
+                    phases[name] = await _run_and_write(runners, problem_sets[dataset], dataset, strategy, run_budget, answers, path)
                     loads.append(os.getloadavg())
     return write_report(cfg, phases, skipped=skipped, wall_s=time.monotonic() - t0, loads=loads)
 
 
-async def _run_and_write(runner: _Runner, problems: list[Problem], dataset: str, strategy: str, run_budget: int,
+async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], dataset: str, strategy: str, run_budget: int,
                          answers: list[int], path: Path) -> dict[str, Any]:
     """Run one phase and write its file."""
     name = path.name.removesuffix(".json.gz")
     t_phase = time.monotonic()
-    results = await _run_phase(runner, problems, strategy, run_budget, name)
+    results = await _run_phase(runners, problems, strategy, run_budget, name)
+    runner = runners[0]
     phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
              "answers": answers, "problems": [p.id for p in problems], "wall_s": time.monotonic() - t_phase,
              "loadavg_after": os.getloadavg(), "policy_version": str(runner.policy.version),
