@@ -41,6 +41,7 @@ from models.config import (
     move_renamed_keys,
     over_job_defaults,
     resolve_device,
+    use_bf16,
 )
 from models.default import DEFAULT_MODEL_BASE, canonical_base, is_default_base
 from models.loading import ResolvedWeights, resolve_weights
