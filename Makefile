@@ -1,6 +1,7 @@
 # restrl: `make serve` and `make test` bootstrap .venv idempotently, then run.
 # CPU machines (default here): torch 2.13.0 (local CPU wheel) first, then vLLM's CPU build.
-# GPU machines: `make serve GPU=1`, or autodetected through nvidia-smi: vLLM's CUDA build.
+# GPU machines: `make serve GPU=1`, or autodetected through nvidia-smi: vLLM's CUDA build, exactly the
+# pins of the `gpu` extra (vllm==0.32.0, the CPU build's release, with its torch; tests/models/test_vllm_api.py).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

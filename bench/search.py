@@ -11,6 +11,7 @@ default value model (untrained head unless a trained adapter is shipped: the JSO
     in the sandbox on the problem's tests (`--limit` problems: the first N of HumanEval).
 
     python -m bench.search [--limit 20] [--budgets 1,5,10,20] [--skip-quality] [--skip-throughput]
+    python -m bench.search --engine hf --policy DIR --value DIR --skip-quality   # e.g. on a GPU without vLLM
 
 Prints both tables and writes bench/results/search.json.
 """
@@ -350,10 +351,13 @@ def _tables(result: dict[str, Any]) -> str:
 
 
 def stack_configs(args: argparse.Namespace) -> tuple[EngineConfig, ValueConfig, SandboxConfig | None]:
-    """The stack the bench runs on: the serving defaults, with the bench's own flags."""
-    policy = EngineConfig(kv_cache_gib=args.kv_cache_gib, max_model_len=2048)
-    value = ValueConfig(batch_size=16, max_length=768, dtype=args.value_dtype, prefix_cache_mb=args.value_prefix_cache_mb,
-                        threads=args.value_threads, cpu_sharing=args.value_cpu_sharing, batch_max=64)
+    """The stack the bench runs on: the serving defaults, with the bench's own flags (on a CPU the
+    value batches measured so far: 16 per pass, 64 per call; on a GPU the scaled defaults)."""
+    policy = EngineConfig(engine=args.engine, model=args.policy, kv_cache_gib=args.kv_cache_gib, max_model_len=2048)
+    on_gpu = policy.device().startswith("cuda")
+    value = ValueConfig(model=args.value, batch_size=None if on_gpu else 16, max_length=768, dtype=args.value_dtype,
+                        prefix_cache_mb=args.value_prefix_cache_mb, threads=args.value_threads,
+                        cpu_sharing=args.value_cpu_sharing, batch_max=None if on_gpu else 64, any_policy=args.value is not None)
     return policy, value, None if args.skip_quality else SandboxConfig(workers=2)
 
 
@@ -427,6 +431,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--parallel", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
     ap.add_argument("--rounds", type=int, default=2, help="throughput: alternating raw / search rounds")
     ap.add_argument("--reference-problems", type=int, default=4, help="searches run one after another in the reference pattern")
+    ap.add_argument("--engine", choices=["vllm", "hf"], default="vllm",
+                    help="policy engine: vllm, or hf (transformers; the GPU hosts available for checks have no vLLM)")
+    ap.add_argument("--policy", default=None, help="policy model folder (default: the embedded SmolLM2)")
+    ap.add_argument("--value", default=None, help="value model folder (default: the shipped value model)")
     ap.add_argument("--kv-cache-gib", type=float, default=2.0)
     ap.add_argument("--value-dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="value model dtype (auto: the serving default)")
     ap.add_argument("--value-prefix-cache-mb", type=int, default=256, help="value model: cache of problem-head keys/values (0 = off)")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.hardware import defaults_for
 from models.prompting import PromptMode
 
 logger = logging.getLogger(__name__)
@@ -119,27 +120,47 @@ class EngineConfig(BaseModel):
     engine: EngineName = Field(default="vllm", description="vllm (AsyncLLM, continuous batching, prefix cache) or hf (transformers)")
     dtype: DType | None = Field(
         default=None,
-        description="weights dtype; None = bfloat16 for vllm (measured fastest on these CPUs), float32 for hf",
+        description="weights dtype; None = bfloat16 on a CUDA GPU for both engines (float16 on a GPU without bf16), and on"
+        " a CPU bfloat16 for vllm (measured fastest on these CPUs), float32 for hf",
     )
     max_model_len: int = Field(default=4096, ge=256, le=131072, description="prompt + generation tokens per sequence")
     kv_cache_gib: float = Field(default=1.0, gt=0, le=1024, description="vLLM KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE on CPU)")
     enable_lora: bool = Field(default=True, description="vLLM: allow LoRA adapters per request (the adapter hot-swap route)")
     max_lora_rank: int = Field(default=16, ge=1, le=512, description="vLLM: the largest adapter rank accepted")
     max_loras: int = Field(default=2, ge=1, le=64, description="vLLM: adapters resident at once")
-    max_num_seqs: int = Field(default=256, ge=1, le=4096, description="vLLM: sequences batched per step")
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096,
+                                     description="vLLM: sequences batched per step; None = 256 on the CPU build, vLLM's own default on CUDA")
     max_num_batched_tokens: int | None = Field(
         default=None,
         ge=256,
-        description="vLLM: tokens per scheduler step; None = max_model_len. Must be >= max_model_len: chunked prefill"
-        " is disabled because per-request seeds crash the CPU engine on chunked prompts (ENVIRONMENT.md)",
+        description="vLLM: tokens per scheduler step; None = max_model_len on the CPU build (where it must be >= max_model_len"
+        " while chunked prefill is off), vLLM's own default on CUDA",
+    )
+    enable_chunked_prefill: bool | None = Field(
+        default=None,
+        description="vLLM: prefill long prompts in chunks; None = off on the CPU build (per-request seeds crash the CPU engine"
+        " on chunked prompts, ENVIRONMENT.md), vLLM's own default (on) on CUDA",
     )
     seed: int = Field(default=0, ge=0, description="engine-level seed (reproducible sampling for unseeded requests)")
     prompt_mode: PromptMode | None = Field(default=None, description="None = the measured default for the model (models.prompting.default_mode)")
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1, description="vLLM on CUDA: fraction of GPU memory to use")
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM on CUDA: GPUs per pipeline stage (tensor parallelism)")
     pipeline_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM on CUDA: pipeline stages (GPUs = tensor x pipeline)")
-    hf_max_batch: int = Field(default=64, ge=1, le=4096, description="hf: sequences generated per forward batch")
+    hf_max_batch: int | None = Field(default=None, ge=1, le=4096,
+                                     description="hf: sequences generated per forward batch; None = chosen from the hardware"
+                                     " (64 on a CPU, 256 on a CUDA GPU: `models.hardware.scaled_defaults`)")
     hf_device: str = Field(default="auto", description="hf: torch device (cpu, cuda, cuda:1, ...); auto = cuda when a GPU is visible")
+    gpus: str | None = Field(
+        default=None, pattern=r"^\d+(,\d+)*$",
+        description="CUDA devices of this engine, e.g. '2,3' (vllm: the CUDA_VISIBLE_DEVICES of its processes; hf: the first"
+        " is its device); None = the first tensor x pipeline visible GPUs. Jobs with data_parallel_size > 1 set it per engine",
+    )
+    data_parallel_size: int | None = Field(
+        default=None, ge=1, le=64,
+        description="restrl eval / collect-values: engines started, one per group of tensor x pipeline GPUs, problems sharded"
+        " across them and results merged; None = as many groups as the visible GPUs hold (1 on a CPU). The server runs one"
+        " engine and says so if this is set above 1",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -148,19 +169,43 @@ class EngineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
-        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < self.max_model_len:
-            raise ValueError(
-                f"max_num_batched_tokens={self.max_num_batched_tokens} is below max_model_len={self.max_model_len}:"
-                " raise it to at least max_model_len or leave it unset (chunked prefill stays off so that"
-                " per-request seeds work on the CPU engine)"
-            )
         if self.adapter is not None and self.engine == "vllm" and not self.enable_lora:
             raise ValueError("an adapter needs enable_lora=True with engine='vllm' (or merge the adapter into a full checkpoint)")
         return self
 
-    def resolved_dtype(self) -> str:
+    def resolved_hf_max_batch(self, device: str | None = None) -> int:
+        """hf: sequences per forward batch on ``device`` (default: where this engine computes)."""
+        if self.hf_max_batch is not None:
+            return self.hf_max_batch
+        return defaults_for(device or self.device()).hf_max_batch
+
+    def gpus_per_engine(self) -> int:
+        """GPUs one engine of this config uses (tensor x pipeline parallelism)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def gpu_indices(self) -> list[int]:
+        """The CUDA device indices this engine runs on (``gpus``, else the first tensor x pipeline)."""
+        if self.gpus is not None:
+            return [int(i) for i in self.gpus.split(",")]
+        return list(range(self.gpus_per_engine()))
+
+    def device(self) -> str:
+        """Where this engine computes: "cuda" where a GPU is visible (vllm: its CUDA build), else "cpu";
+        the hf engine follows ``hf_device``."""
+        if self.engine == "hf":
+            return resolve_device(self.hf_device)
+        return resolve_device("auto")
+
+    def resolved_dtype(self, device: str | None = None, *, bf16: bool | None = None) -> str:
+        """The dtype ``dtype`` means on ``device`` (default: where this engine computes; ``bf16``:
+        whether that device computes bfloat16 natively, default `native_bf16`): None = bfloat16 on
+        a CUDA GPU for both engines (float16 where the GPU has no bf16), on a CPU bfloat16 for vllm
+        and float32 for hf."""
         if self.dtype is not None:
             return self.dtype
+        device = device or self.device()
+        if device.startswith("cuda"):
+            return "bfloat16" if (native_bf16(device) if bf16 is None else bf16) else "float16"
         return "bfloat16" if self.engine == "vllm" else "float32"
 
 
@@ -193,6 +238,14 @@ def native_bf16(device: str) -> bool:
 
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def use_bf16(setting: bool | None, device: str, *, native: bool | None = None) -> bool:
+    """Whether a training job computes in bfloat16: ``setting`` when given, else on a CUDA device
+    that has bf16 (``native``; default `native_bf16`), never by default on a CPU."""
+    if setting is not None:
+        return setting
+    return device.startswith("cuda") and (native_bf16(device) if native is None else native)
 
 
 DEFAULT_PACK_TOKENS = 384  # tokens per packed value pass on a CPU (`ValueConfig.pack_tokens`)
@@ -231,7 +284,9 @@ class ValueConfig(BaseModel):
         " AVX512-BF16 or AMX), else float32. float32 scores do not depend on the batch a state is scored in; bfloat16 ones"
         " move by up to ~0.03 with it, at the same held-out accuracy (`python -m bench.value --agreement`)",
     )
-    batch_size: int = Field(default=16, ge=1, le=4096, description="states per forward pass (padded batches, pack_tokens=0)")
+    batch_size: int | None = Field(default=None, ge=1, le=4096,
+                                   description="states per forward pass (padded batches, pack_tokens=0); None = 16 on a CPU, 64 on"
+                                   " a CUDA GPU (`models.hardware.scaled_defaults`)")
     pack_tokens: int | None = Field(
         default=None,
         ge=0,
@@ -261,7 +316,15 @@ class ValueConfig(BaseModel):
         " engine and uses all cores; concurrent = both run at once; auto = pause when both compute on the CPU (vLLM CPU"
         " build, value device cpu)",
     )
-    batch_max: int = Field(default=32, ge=1, le=4096, description="value batcher: most states per scoring call, all searches together")
+    batch_max: int | None = Field(default=None, ge=1, le=4096,
+                                  description="value batcher: most states per scoring call, all searches together; None = 32 on a"
+                                  " CPU, 256 on a CUDA GPU (`models.hardware.scaled_defaults`)")
+    gpu_memory_gib: float | None = Field(
+        default=None, gt=0, le=4096,
+        description="GPU memory the value model needs beside the policy engine (weights, activations of a batch, prefix cache);"
+        " None = estimated from its files and settings (`models.placement.value_memory_bytes`). On the GPU of a vLLM engine,"
+        " vLLM's gpu_memory_utilization is lowered by it",
+    )
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="value batcher: how long a batch waits to fill")
 
     @model_validator(mode="before")
@@ -278,6 +341,18 @@ class ValueConfig(BaseModel):
         if self.dtype != "auto":
             return self.dtype
         return "bfloat16" if native_bf16(self.resolved_device()) else "float32"
+
+    def resolved_batch_size(self, device: str | None = None) -> int:
+        """States per forward pass on ``device`` (default: the configured one)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return defaults_for(device or self.resolved_device()).value_batch_size
+
+    def resolved_batch_max(self, device: str | None = None) -> int:
+        """The batcher's most states per scoring call on ``device`` (default: the configured one)."""
+        if self.batch_max is not None:
+            return self.batch_max
+        return defaults_for(device or self.resolved_device()).value_batch_max
 
     def resolved_pack_tokens(self, device: str | None = None) -> int:
         """The packing ``pack_tokens`` means on ``device`` (default: the configured one): 0 = padded batches."""

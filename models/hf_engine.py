@@ -5,11 +5,12 @@ Out: a `models.base.Policy` with the same contract as `VLLMPolicy`.
 
 Concurrent `sample` calls are grouped: a single worker task takes every pending request, groups
 them by sampling settings and decodes each group as one left-padded batch (up to
-``EngineConfig.hf_max_batch`` rows) with a KV cache in a worker thread, so the event loop stays free.
+``EngineConfig.hf_max_batch`` rows: 64 on a CPU, 256 on a GPU unless set) with a KV cache in a worker thread, so the event loop stays free.
 The decoding loop is ours (not ``generate``) so that each request samples from its own
 ``torch.Generator`` (seeded per request, else the engine's generator seeded with
 ``EngineConfig.seed``), stop strings end a row as soon as they appear, and cancelling the awaiting
-task stops its rows. ``temperature == 0`` is greedy. There is no prefix cache
+task stops its rows. ``temperature == 0`` is greedy. Weights load in bfloat16 on a CUDA GPU, float32 on
+a CPU, unless ``EngineConfig.dtype`` says otherwise. There is no prefix cache
 (``cached_prompt_tokens`` is 0).
 """
 
@@ -77,6 +78,7 @@ class HFPolicy:
         self.prompt_mode = prompt_mode
         self.adapter_dir = adapter_dir
         self.device = next(model.parameters()).device
+        self._max_batch = config.resolved_hf_max_batch(str(self.device))
         self._rng = torch.Generator(device=self.device).manual_seed(config.seed)
         self._pending: list[_Request] = []
         self._wakeup = asyncio.Event()
@@ -110,7 +112,7 @@ class HFPolicy:
 
             device = resolve_device(config.hf_device)
             dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
-                config.resolved_dtype()
+                config.resolved_dtype(device)
             ]
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
             model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -135,7 +137,8 @@ class HFPolicy:
             adapter_dir=adapter_dir,
         )
         policy.startup_s = time.perf_counter() - t0
-        logger.info("HF policy %s ready in %.1f s", policy.version, policy.startup_s)
+        logger.info("HF policy %s (%s on %s, batches of %d) ready in %.1f s", policy.version, next(model.parameters()).dtype,
+                    policy.device, policy._max_batch, policy.startup_s)
         return policy
 
     async def sample(
@@ -203,7 +206,7 @@ class HFPolicy:
         chunks: list[list[_Request]] = []
         rows = 0
         for req in reqs:
-            if not chunks or rows + req.n > self.config.hf_max_batch:
+            if not chunks or rows + req.n > self._max_batch:
                 chunks.append([])
                 rows = 0
             chunks[-1].append(req)

@@ -7,7 +7,8 @@ folder (applied on the base its manifest or ``adapter_config.json`` names) or a 
 ``base_model`` (what a value model's training policy is matched against) and its measured
 ``prompt_mode``. Every folder is verified (hashed) once per load. With ``reuse`` a running
 `VLLMPolicy` on the same base and engine settings, only the adapter differing, the new policy is a
-view sharing that engine: the adapter hot-swap route.
+view sharing that engine: the adapter hot-swap route; any other load beside a running policy is
+first checked to fit in GPU memory (`models.placement.check_second_engine`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from models.checkpoints import Manifest, inspect_directory, model_folder, verify
 from models.config import EngineConfig
 from models.default import DEFAULT_MODEL_NAME, canonical_base, is_default_base, prepare_default_model
 from models.hf_engine import HFPolicy
+from models.placement import check_second_engine
 from models.prompting import DEFAULT_MODE_BY_MODEL, PromptMode, default_mode
 from models.vllm_engine import VLLMPolicy
 
@@ -142,6 +144,9 @@ async def load_policy(cfg: EngineConfig, *, reuse: Policy | None = None) -> Poli
         assert isinstance(reuse, VLLMPolicy)
         logger.info("policy %s: adapter swap on the running engine of %s", weights.version, reuse.version)
         return reuse.with_adapter(weights.adapter_dir, version=weights.version, prompt_mode=weights.prompt_mode)
+    if reuse is not None:
+        # a new engine beside the running one: refused up front where it cannot fit (never an OOM of the serving engine)
+        check_second_engine(cfg)
     engine_cls = POLICY_ENGINES[cfg.engine]
     return await engine_cls.start(
         cfg,

@@ -562,8 +562,9 @@ class HFValueModel:
 
         backbone, _ = self._parts()
         order = sorted(rows, key=lambda r: len(encoded[r[0]]))
-        for start in range(0, len(order), self.config.batch_size):
-            chunk = order[start : start + self.config.batch_size]
+        size = self.config.resolved_batch_size(str(device))
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
             width = max(len(encoded[c]) for c, _ in chunk) - skip
             real = sum(len(encoded[c]) - skip for c, _ in chunk)
             self.tokens_computed += real

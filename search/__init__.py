@@ -8,7 +8,9 @@ usage, stop reason, tree size, versions, optional replayable trace) and `SearchP
 after each expansion. `ValueBatcher` groups the value calls of all concurrent searches into
 batched forward passes. This package imports `models.base`, `models.prompting`, `tasks` and
 nothing that needs vLLM or FastAPI. `open_stack` (`search.stack`) opens what searches run on - the
-policy, the value model behind the batcher, the sandbox - for every entry point that searches.
+policy, the value model behind the batcher, the sandbox - for every entry point that searches;
+`open_replicas` (`search.replicas`) one per GPU group for the data-parallel jobs, with
+`run_sharded` dealing problems across them and merging the results in order.
 """
 
 from search.batcher import ValueBatcher
@@ -23,6 +25,7 @@ from search.evaluators import (
     step_prefixes,
 )
 from search.replay import ReplayMismatch, ReplayPolicy, ReplayValue, replay_inputs
+from search.replicas import open_replicas, run_sharded
 from search.runner import run_search
 from search.stack import NoValueModel, Stack, ValueMatch, open_stack, value_match
 from search.strategies import STRATEGIES, Strategy
@@ -54,9 +57,11 @@ __all__ = [
     "ValueMatch",
     "ValueBatcher",
     "load_trace",
+    "open_replicas",
     "open_stack",
     "replay_inputs",
     "run_search",
+    "run_sharded",
     "save_trace",
     "step_prefixes",
     "value_match",

@@ -2,7 +2,8 @@
 
 In: an `EngineConfig` (the policy), a `ValueConfig` (None: no value model) and a `SandboxConfig`
 (None: no sandbox). Out: a `Stack` - the policy engine, the value model behind the shared
-`ValueBatcher` (which pauses the engine for each value batch where both compute on the same CPU
+`ValueBatcher` (placed beside a vLLM engine on CUDA with its memory accounted for:
+`models.placement.place_models`; the batcher pauses the engine for each value batch where both compute on the same CPU
 cores: `value_pauses_engine`), and the sandbox - closed in reverse order on exit, engines shut down
 explicitly (never left to vLLM's finalizers at interpreter exit). The server, ``restrl eval``,
 ``collect-values``, the ReST-GRPO sampling stage and the benches all open it here; the server's
@@ -32,6 +33,7 @@ from models.base import ModelError, PausablePolicy, Policy, SharedEnginePolicy, 
 from models.config import EngineConfig, ValueConfig, resolve_device
 from models.default import DEFAULT_MODEL_BASE
 from models.loading import load_policy
+from models.placement import place_models
 from models.value import cpu_threads, load_value_model, shipped_value_dir
 from sandbox import Sandbox, SandboxConfig
 from search.batcher import ValueBatcher, pauses_engine
@@ -119,7 +121,7 @@ async def load_value(cfg: ValueConfig, *, pauses: bool) -> ValueModel:
 def batch_values(value: ValueModel, cfg: ValueConfig, *, hold: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> ValueBatcher:
     """The shared batcher in front of ``value`` (``hold``: entered around each run of batches)."""
-    return ValueBatcher(value, max_batch=cfg.batch_max, max_wait_ms=cfg.batch_wait_ms, on_batch=on_batch, hold=hold)
+    return ValueBatcher(value, max_batch=cfg.resolved_batch_max(), max_wait_ms=cfg.batch_wait_ms, on_batch=on_batch, hold=hold)
 
 
 def open_sandbox(cfg: SandboxConfig, *, hide: Sequence[str | os.PathLike[str]] | None = None) -> Sandbox:
@@ -150,6 +152,8 @@ async def open_stack(engine: EngineConfig, value: ValueConfig | None = None, san
         box = open_sandbox(sandbox, hide=sandbox_hide) if sandbox is not None else None
         if box is not None:
             stack.callback(box.close)
+        if value is not None:  # the value model's GPU memory accounted for beside a vLLM engine (models.placement)
+            engine, value, _ = place_models(engine, value)
         policy = await load_policy(engine)
         # the stack started the engine: it shuts it down, also for views made from this policy
         stack.push_async_callback(policy.shutdown if isinstance(policy, SharedEnginePolicy) else policy.close)

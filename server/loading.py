@@ -6,7 +6,9 @@ id; None = what the settings name) and loads it with the same code every job use
 (`models.load_policy`, `search.stack.load_value`). It applies the pairing rule of
 `search.stack`: a policy of another base than the embedded default gets no value model unless
 ``RESTRL_VALUE`` names one (or ``RESTRL_VALUE__ANY_POLICY`` allows the shipped one), and `match`
-says whether a value model may guide a policy. `build_services(settings)` assembles what
+says whether a value model may guide a policy. On CUDA the value model is placed with its memory
+accounted for beside the vLLM engine, and a swap that cannot fit beside the serving models is
+refused before anything loads (`models.placement`: the swap answers 400, the pair serves on). `build_services(settings)` assembles what
 `server.app.build_app` needs when a test gives nothing.
 """
 
@@ -15,8 +17,9 @@ from __future__ import annotations
 import logging
 
 from models.base import Policy, ValueModel
-from models.config import EngineConfig
+from models.config import EngineConfig, ValueConfig
 from models.loading import load_policy
+from models.placement import check_value_fits, place_models
 from search import run_search
 from search.stack import (
     NoValueModel,
@@ -38,11 +41,25 @@ class EngineLoader:
 
     def __init__(self, settings: Settings):
         self._settings = settings
+        self._placed: tuple[EngineConfig, ValueConfig] | None = None
+        self._loaded_value = False
+        if (settings.policy.data_parallel_size or 1) > 1:
+            logger.warning("policy.data_parallel_size=%d: the server runs one engine (tensor_parallel_size spreads it over"
+                           " GPUs; several servers behind a load balancer scale it out); the setting is for restrl eval and"
+                           " collect-values", settings.policy.data_parallel_size)
+
+    def _configs(self) -> tuple[EngineConfig, ValueConfig]:
+        """The settings' policy and value configs placed on this machine's GPUs (once, at the first
+        load): `models.placement.place_models`."""
+        if self._placed is None:
+            engine, value, _ = place_models(self._settings.policy, self._settings.value)
+            self._placed = engine, value
+        return self._placed
 
     def engine_config(self, source: str | None) -> EngineConfig:
         """The `EngineConfig` of a policy source: the settings' policy, on the weights ``source``
         names (None = the embedded default; the settings' own checkpoint keeps their adapter)."""
-        policy = self._settings.policy
+        policy = self._configs()[0]
         if source == policy.model:
             return policy
         return policy.model_copy(update={"model": source, "adapter": None})
@@ -54,10 +71,14 @@ class EngineLoader:
         """The value model ``source`` names for ``policy`` (None: the settings' choice), or a
         `NoValueModel` where none may guide it."""
         s = self._settings
-        cfg = choose_value(s.value.model_copy(update={"model": source}), policy.base_model)
+        placed = self._configs()[1]
+        cfg = choose_value(placed.model_copy(update={"model": source}), policy.base_model)
         if cfg is None:
             return NoValueModel(f"no value model for the policy {policy.base_model}: set RESTRL_VALUE to one trained on"
                                 " its rollouts (restrl train collect-values, then restrl train value)")
+        if self._loaded_value:
+            check_value_fits(cfg)  # a swap loads it beside the serving value model: refused up front if it cannot fit
+        self._loaded_value = True
         return await load_value(cfg, pauses=value_pauses_engine(s.policy, cfg))
 
     def match(self, policy: Policy, value: ValueModel) -> ValueMatch:

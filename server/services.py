@@ -255,7 +255,10 @@ def assemble_services(settings: Settings, *, loader: ModelLoader, search_fn: Sea
                             hold=registry.policy_paused if pause else None)
 
     registry = ModelRegistry(loader, metrics, batcher_factory=batcher, probe_timeout_s=settings.ready_timeout_s)
-    admission = AdmissionController(max_active=settings.max_concurrent_searches, max_queued=settings.max_queued,
-                                    metrics=metrics)
+    active, queued, chosen = settings.admission_limits()
+    if chosen != "set":
+        logger.info("admission: %d concurrent searches, %d queued (%s; RESTRL_MAX_CONCURRENT_SEARCHES and RESTRL_MAX_QUEUED"
+                    " override)", active, queued, chosen)
+    admission = AdmissionController(max_active=active, max_queued=queued, metrics=metrics)
     return Services(settings=settings, registry=registry, admission=admission, metrics=metrics,
                     search_fn=search_fn, sandbox=MeteredSandbox(sandbox, metrics) if sandbox is not None else None)

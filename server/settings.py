@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from models.config import EngineConfig, ValueConfig, move_renamed_keys
+from models.hardware import Hardware, probe_hardware, scaled_defaults
 from sandbox.api import SandboxConfig
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="bearer token for /admin/*; unset = admin API disabled")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="comma-separated API keys for the public /v1 routes; empty = open")
     # admission and limits
-    max_concurrent_searches: int = Field(default=4, ge=1, le=1024, description="searches (and plain completions) running at once")
-    max_queued: int = Field(default=16, ge=0, le=100_000, description="requests waiting for a slot; beyond it 429")
+    max_concurrent_searches: int | None = Field(
+        default=None, ge=1, le=1024, description="searches (and plain completions) running at once; None = chosen from the"
+        " hardware: 4 on a CPU, 32 on a CUDA GPU (16 below 40 GiB), logged at start (models.hardware)")
+    max_queued: int | None = Field(default=None, ge=0, le=100_000,
+                                   description="requests waiting for a slot; beyond it 429; None = 16 on a CPU, 4 x max_concurrent_searches on a GPU")
     max_samples: int = Field(default=100, ge=1, description="cap on a request's budget.samples")
     max_tokens_budget: int = Field(default=200_000, ge=1, description="cap on a request's budget.tokens (policy tokens of one search)")
     max_deadline_s: float = Field(default=300.0, gt=0, description="cap on a request's budget.deadline_s (wall time from arrival, queueing"
@@ -130,6 +134,15 @@ class Settings(BaseSettings):
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         return move_renamed_keys(data, RENAMED, what="restrl serve", name=lambda key: f"{env_name(key)} ({key})")
+
+    def admission_limits(self, hw: Hardware | None = None) -> tuple[int, int, str]:
+        """(max_concurrent_searches, max_queued, how they were chosen): the settings' values, or
+        where one is None the default scaled to ``hw`` (probed when None: `models.hardware`)."""
+        if self.max_concurrent_searches is not None and self.max_queued is not None:
+            return self.max_concurrent_searches, self.max_queued, "set"
+        scaled = scaled_defaults(hw or probe_hardware())
+        return (self.max_concurrent_searches or scaled.max_concurrent_searches,
+                scaled.max_queued if self.max_queued is None else self.max_queued, scaled.reason)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -107,7 +107,7 @@ class GRPOUpdateConfig(_Strict):
     )
     logging_steps: int = Field(default=1, ge=1)
     use_cpu: bool | None = Field(default=None, description="null = CPU unless CUDA is available")
-    bf16: bool = Field(default=False, description="bf16 training (GPU)")
+    bf16: bool | None = Field(default=None, description="bf16 training; null = on where it trains on a CUDA GPU with bf16, off on a CPU")
     torch_threads: int | None = Field(
         default=None,
         ge=1,

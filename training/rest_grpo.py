@@ -59,6 +59,7 @@ from typing import Any, ClassVar, cast
 from tqdm.auto import tqdm
 
 from models.checkpoints import write_manifest
+from models.config import use_bf16
 from models.loading import ResolvedWeights, resolve_weights
 from models.prompting import STOP, PromptMode, continuation, join_code, render_prompt, root_state
 from search.stack import open_sandbox, open_stack
@@ -370,7 +371,8 @@ def build_trainer(
     if g.torch_threads is not None:
         torch.set_num_threads(g.torch_threads)
     use_cpu = g.use_cpu if g.use_cpu is not None else not torch.cuda.is_available()
-    dtype = torch.bfloat16 if g.bf16 else torch.float32
+    bf16 = use_bf16(g.bf16, "cpu" if use_cpu else "cuda")
+    dtype = torch.bfloat16 if bf16 else torch.float32
     model: Any = AutoModelForCausalLM.from_pretrained(weights.model_dir, dtype=dtype)
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
@@ -402,7 +404,7 @@ def build_trainer(
         loss_type=g.loss_type,
         temperature=g.temperature,
         use_cpu=use_cpu,
-        bf16=g.bf16,
+        bf16=bf16,
         logging_steps=g.logging_steps,
         save_strategy="steps",
         save_steps=g.save_steps,

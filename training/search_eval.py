@@ -65,7 +65,7 @@ from models.base import Policy
 from models.config import EngineConfig, ValueConfig, move_renamed_keys, over_job_defaults
 from models.prompting import PromptMode, assemble_program, root_state
 from sandbox.api import ProgramRunner, SandboxConfig
-from search import Budget, SearchConfig, ValueBatcher, open_stack, run_search
+from search import Budget, SearchConfig, ValueBatcher, open_replicas, run_search
 from search.context import resolve_mode
 from search.evaluators import aggregate_steps, step_prefixes
 from search.tree import rollout_code
@@ -409,12 +409,13 @@ class PartialPhase:
         self.path.unlink(missing_ok=True)
 
 
-async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, run_budget: int, desc: str,
+async def _run_phase(runners: Sequence[_Runner], problems: list[Problem], strategy: str, run_budget: int, desc: str,
                      partial: PartialPhase | None = None) -> tuple[list[dict[str, Any]], float]:
     """Every problem's record, in problem order, and the phase's wall seconds (summed over the runs
-    that contributed to ``partial``)."""
-    mode = resolve_mode(runner.policy, runner.search_config(strategy, run_budget, 0))
-    gate = asyncio.Semaphore(runner.cfg.concurrency)
+    that contributed to ``partial``). Problem ``i`` runs on runner (engine) ``i mod len(runners)``
+    (`search.replicas.shard`), each engine running ``concurrency`` searches at once."""
+    mode = resolve_mode(runners[0].policy, runners[0].search_config(strategy, run_budget, 0))
+    gates = {id(r): asyncio.Semaphore(r.cfg.concurrency) for r in runners}
     done = dict(partial.done) if partial is not None else {}
     before = partial.elapsed_s if partial is not None else 0.0
     t0 = time.monotonic()
@@ -422,15 +423,15 @@ async def _run_phase(runner: _Runner, problems: list[Problem], strategy: str, ru
     if done:
         logger.info("eval phase %s: %d of %d problems already done (%.0f s), resuming", desc, len(done), len(problems), before)
 
-    async def go(i: int, p: Problem) -> None:
-        async with gate:
+    async def go(runner: _Runner, i: int, p: Problem) -> None:
+        async with gates[id(runner)]:
             r = await runner.one(p, i, strategy, run_budget, mode)
         done[i] = r
         if partial is not None:
             partial.add(i, r, before + time.monotonic() - t0)
         bar.update(1)
 
-    tasks = [asyncio.ensure_future(go(i, p)) for i, p in enumerate(problems) if i not in done]
+    tasks = [asyncio.ensure_future(go(runners[i % len(runners)], i, p)) for i, p in enumerate(problems) if i not in done]
     try:
         await asyncio.gather(*tasks)
     finally:  # one search failing fails the phase: the others stop rather than run on unattended
@@ -626,9 +627,13 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
     loads: list[tuple[float, float, float]] = [os.getloadavg()]
     phases: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
-    async with open_stack(cfg.policy, cfg.value, cfg.sandbox) as stack:
-        assert stack.value is not None and stack.sandbox is not None
-        runner = _Runner(cfg, stack.policy, stack.value, stack.sandbox)
+    async with open_replicas(cfg.policy, cfg.value, cfg.sandbox) as stacks:
+        runners = []
+        for stack in stacks:
+            assert stack.value is not None and stack.sandbox is not None
+            runners.append(_Runner(cfg, stack.policy, stack.value, stack.sandbox))
+        if len(runners) > 1:
+            logger.info("eval: %d engines, problems sharded across them", len(runners))
         problem_sets = {d: eval_problems(cfg, d) for d in cfg.datasets}
         for dataset, strategy in _phase_order(cfg):
             for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
@@ -639,24 +644,25 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
                 elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
                     skipped.append(name)
                 else:
-                    phases[name] = await _run_and_write(runner, problem_sets[dataset], dataset, strategy, run_budget, answers, path,
+                    phases[name] = await _run_and_write(runners, problem_sets[dataset], dataset, strategy, run_budget, answers, path,
                                                          resume=resume)
                     loads.append(os.getloadavg())
     return write_report(cfg, phases, skipped=skipped, wall_s=time.monotonic() - t0, loads=loads)
 
 
-async def _run_and_write(runner: _Runner, problems: list[Problem], dataset: str, strategy: str, run_budget: int,
+async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], dataset: str, strategy: str, run_budget: int,
                          answers: list[int], path: Path, *, resume: bool) -> dict[str, Any]:
     """Run one phase and write its file; its finished problems go to a partial file on the way, which
     ``resume`` continues (`PartialPhase`) and a fresh run starts over."""
     name = path.name.removesuffix(".json.gz")
+    runner = runners[0]
     header = {"config": _phase_config(runner.cfg), "problems": [p.id for p in problems], "run_budget": run_budget,
               "policy_version": str(runner.policy.version), "value_version": str(runner.value.version)}
     partial_path = path.with_name(f"{name}.partial.jsonl.gz")
     if not resume:  # a fresh run starts the phase over, and can itself be resumed
         partial_path.unlink(missing_ok=True)
     partial = PartialPhase(partial_path, header)
-    results, wall_s = await _run_phase(runner, problems, strategy, run_budget, name, partial)
+    results, wall_s = await _run_phase(runners, problems, strategy, run_budget, name, partial)
     phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
              "answers": answers, "problems": [p.id for p in problems], "wall_s": wall_s,
              "loadavg_after": os.getloadavg(), "policy_version": str(runner.policy.version),

@@ -48,8 +48,9 @@ from search import (
     TestEvaluator,
     VMEvaluator,
     load_trace,
-    open_stack,
+    open_replicas,
     run_search,
+    run_sharded,
     save_trace,
 )
 from search.tree import rollout_code
@@ -248,10 +249,13 @@ def search_config(cfg: CollectConfig, index: int, mode: Mode = "tests") -> Searc
 async def collect(
     problems: Sequence[Problem], policy: Policy, sandbox: ProgramRunner, cfg: CollectConfig, *, resume: bool = False,
     limits: Limits | None = None, value: ValueModel | None = None,
+    replicas: Sequence[tuple[Policy, ValueModel | None]] = (),
 ) -> dict[str, Any]:
     """Search every (problem, mode) without a trace in ``cfg.output_dir`` (all of them unless
     ``resume``), write traces as they finish, then rebuild ``rows.jsonl`` from every trace; return
-    the summary. ``value`` (the value model) is needed for the guided mode."""
+    the summary. ``value`` (the value model) is needed for the guided mode. ``replicas``: more
+    (policy, value) engines; the searches are sharded across all of them (`search.run_sharded`),
+    each engine running ``cfg.concurrency`` at once."""
     out = Path(cfg.output_dir)
     (out / "traces").mkdir(parents=True, exist_ok=True)
     jobs = [(i, p, m) for m in modes(cfg) for i, p in enumerate(problems)]
@@ -261,22 +265,26 @@ async def collect(
             trace_path(out, p.id, m).unlink(missing_ok=True)
     logger.info("collect-values: %d searches (%s), %d to run (%d done before)", len(jobs), "+".join(modes(cfg)), len(todo), len(jobs) - len(todo))
     tests = TestEvaluator(sandbox, which="tests", limits=limits)
-    if cfg.guided and value is None:
+    engines = [(policy, value), *replicas]
+    if cfg.guided and any(v is None for _, v in engines):
         raise ValueError("collect-values with guided=true needs a value model")
-    evaluators = {"tests": tests, "guided": ExecutedRewards(VMEvaluator(value), sandbox, limits=limits) if value is not None else tests}
-    gate = asyncio.Semaphore(cfg.concurrency)
+    workers = [(p, asyncio.Semaphore(cfg.concurrency),
+                {"tests": tests, "guided": ExecutedRewards(VMEvaluator(v), sandbox, limits=limits) if v is not None else tests})
+               for p, v in engines]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="collect-values", unit="search")
     t0 = time.monotonic()
 
-    async def one(index: int, problem: Problem, mode: Mode) -> None:
+    async def one(worker: tuple[Policy, asyncio.Semaphore, dict[str, Any]], _: int, job: tuple[int, Problem, Mode]) -> None:
+        engine, gate, evaluators = worker
+        index, problem, mode = job
         async with gate:
-            result = await run_search(problem, policy, None, search_config(cfg, index, mode), evaluator=evaluators[mode])
+            result = await run_search(problem, engine, None, search_config(cfg, index, mode), evaluator=evaluators[mode])
         assert result.trace is not None
         save_trace(result.trace, trace_path(out, problem.id, mode))
         bar.update(1)
 
     try:
-        await asyncio.gather(*(one(i, p, m) for i, p, m in todo))
+        await run_sharded(todo, workers, one)
     finally:
         bar.close()
     return write_rows(problems, cfg, wall_s=time.monotonic() - t0)
@@ -338,13 +346,21 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+# how fast, and on which devices, not what is collected: a resumed run may change them (more GPUs, defaults of a later release)
+RESOURCE_FIELDS: dict[str, Any] = {
+    "policy": {"max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "hf_max_batch", "hf_device", "gpus",
+               "data_parallel_size", "gpu_memory_utilization", "kv_cache_gib"},
+    "value": {"batch_size", "batch_max", "batch_wait_ms", "gpu_memory_gib", "device", "threads"},
+}
+
+
 def _write_config(out: Path, cfg: CollectConfig, *, resume: bool) -> None:
     """``config.json`` of the run; with ``resume``, the one there must describe the same run (a
-    config of an earlier release is read through its renamed keys)."""
+    config of an earlier release is read through its renamed keys; `RESOURCE_FIELDS` may differ)."""
     config_file = out / "config.json"
     if resume and config_file.exists():
         before = CollectConfig.model_validate(json.loads(config_file.read_text()))
-        if before.model_dump(mode="json") != cfg.model_dump(mode="json"):
+        if before.model_dump(mode="json", exclude=RESOURCE_FIELDS) != cfg.model_dump(mode="json", exclude=RESOURCE_FIELDS):
             raise ValueError(f"{config_file}: --resume with a different configuration; use a new output_dir or the same settings")
     config_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
@@ -356,9 +372,11 @@ async def _run(cfg: CollectConfig, *, resume: bool) -> dict[str, Any]:
     problems = select_problems(cfg)
     write_jsonl(out / "problems.jsonl", problems)
     hide = [str(Path.cwd()), str(Path.home()), str(out.resolve())]  # the hidden tests live in out
-    async with open_stack(cfg.policy, cfg.value if cfg.guided else None, cfg.sandbox, sandbox_hide=hide) as stack:
+    async with open_replicas(cfg.policy, cfg.value if cfg.guided else None, cfg.sandbox, sandbox_hide=hide) as stacks:
+        stack = stacks[0]
         assert stack.sandbox is not None
-        summary = await collect(problems, stack.policy, stack.sandbox, cfg, resume=resume, value=stack.value)
+        summary = await collect(problems, stack.policy, stack.sandbox, cfg, resume=resume, value=stack.value,
+                                replicas=[(s.policy, s.value) for s in stacks[1:]])
         summary["policy_version"] = stack.policy.version
         summary["policy_base"] = stack.policy.base_model
         summary["value_version"] = stack.value.version if stack.value is not None else None

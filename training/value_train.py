@@ -35,7 +35,14 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.config import EngineConfig, ValueConfig, move_renamed_keys, over_job_defaults, resolve_device
+from models.config import (
+    EngineConfig,
+    ValueConfig,
+    move_renamed_keys,
+    over_job_defaults,
+    resolve_device,
+    use_bf16,
+)
 from models.default import DEFAULT_MODEL_BASE, canonical_base, is_default_base
 from models.loading import ResolvedWeights, resolve_weights
 from models.value import (
@@ -92,7 +99,7 @@ class ValueTrainConfig(BaseModel):
     max_steps: int = Field(default=-1, ge=-1, description="optimizer steps; -1 = epochs decide")
     batch_size: int = Field(default=16, ge=1)
     eval_batch_size: int = Field(default=32, ge=1)
-    bf16: bool = Field(default=False, description="bf16 autocast (recommended on a GPU)")
+    bf16: bool | None = Field(default=None, description="bf16 autocast; null = on where it trains on a CUDA GPU with bf16, off on a CPU")
     seed: int = Field(default=0, ge=0, description="seed of the head init, LoRA init and data order")
     max_train_rows: int | None = Field(default=None, ge=1, description="cap on training rows (a seeded sample), for quick runs")
     rank_weight: float = Field(
@@ -403,7 +410,7 @@ def _train(cfg: ValueTrainConfig, model: Any, tokenizer: Any, train_rows: list[d
         save_strategy="no",
         report_to="none",
         use_cpu=device == "cpu",
-        bf16=cfg.bf16,
+        bf16=use_bf16(cfg.bf16, device),
         seed=cfg.seed,
         data_seed=cfg.seed,
         remove_unused_columns=False,

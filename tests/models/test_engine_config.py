@@ -11,14 +11,21 @@ from models.config import EngineConfig, ValueConfig
 def test_defaults():
     cfg = EngineConfig()
     assert cfg.engine == "vllm" and cfg.model is None and cfg.max_model_len == 4096 and cfg.kv_cache_gib == 1.0
-    assert cfg.resolved_dtype() == "bfloat16"
-    assert EngineConfig(engine="hf").resolved_dtype() == "float32"
-    assert EngineConfig(engine="hf", dtype="bfloat16").resolved_dtype() == "bfloat16"
+    assert cfg.resolved_dtype("cpu") == "bfloat16"
+    assert EngineConfig(engine="hf").resolved_dtype("cpu") == "float32"
+    assert EngineConfig(engine="hf", dtype="bfloat16").resolved_dtype("cpu") == "bfloat16"
 
 
-def test_batched_tokens_below_model_len_says_what_to_change():
-    with pytest.raises(ValidationError, match="raise it to at least max_model_len"):
-        EngineConfig(max_model_len=4096, max_num_batched_tokens=2048)
+def test_bf16_on_cuda_for_both_engines():
+    for engine in ("vllm", "hf"):
+        assert EngineConfig(engine=engine).resolved_dtype("cuda:1", bf16=True) == "bfloat16"
+        assert EngineConfig(engine=engine).resolved_dtype("cuda", bf16=False) == "float16"  # a GPU without bf16
+        assert EngineConfig(engine=engine, dtype="float32").resolved_dtype("cuda", bf16=True) == "float32"  # set: it wins
+
+
+def test_batched_tokens_below_model_len_is_a_cuda_setting():
+    # valid config (chunked prefill on CUDA); the CPU build refuses it at start (tests/models/test_engine_settings.py)
+    assert EngineConfig(max_model_len=4096, max_num_batched_tokens=2048).max_num_batched_tokens == 2048
 
 
 def test_adapter_needs_lora_on_vllm():
@@ -36,7 +43,7 @@ def test_invalid_values(kwargs):
 
 
 def test_value_config_bounds():
-    assert ValueConfig().batch_size >= 1
+    assert ValueConfig().resolved_batch_size() >= 1
     with pytest.raises(ValidationError):
         ValueConfig(batch_size=0)
     with pytest.raises(ValidationError):

@@ -238,7 +238,7 @@ async def test_a_phase_killed_midway_resumes_at_its_first_unfinished_problem(tmp
     cfg = EvalConfig(concurrency=1, search={"k": 5, "max_tokens": 200}, prm_aggregates=[], output_dir=str(tmp_path))
     problems = [_problem(f"p{i}") for i in range(5)]
     header = {"config": _phase_config(cfg), "problems": [p.id for p in problems], "run_budget": 10}
-    whole, _ = await _run_phase(_Runner(cfg, SeededPolicy(), HashValue(), HashSandbox()), problems, "vm_mcts", 10, "whole")
+    whole, _ = await _run_phase([_Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())], problems, "vm_mcts", 10, "whole")
 
     class Killed(Exception):
         pass
@@ -255,7 +255,7 @@ async def test_a_phase_killed_midway_resumes_at_its_first_unfinished_problem(tmp
     runner.one = one  # type: ignore[method-assign]
     path = tmp_path / "gym_test.vm_mcts.b10.partial.jsonl.gz"
     with pytest.raises(Killed):
-        await _run_phase(runner, problems, "vm_mcts", 10, "first sitting", PartialPhase(path, header))
+        await _run_phase([runner], problems, "vm_mcts", 10, "first sitting", PartialPhase(path, header))
     with gzip.open(path, "at") as fh:  # the kill came while a line was being written
         fh.write('{"i": 4, "elapsed')
     resumed = PartialPhase(path, header)
@@ -269,7 +269,7 @@ async def test_a_phase_killed_midway_resumes_at_its_first_unfinished_problem(tmp
         return await real_one2(p, i, *args)
 
     runner2.one = one2  # type: ignore[method-assign]
-    records, wall = await _run_phase(runner2, problems, "vm_mcts", 10, "second sitting", resumed)
+    records, wall = await _run_phase([runner2], problems, "vm_mcts", 10, "second sitting", resumed)
     assert ran[:3] == [0, 1, 2] and sorted(ran2) == [3, 4] and wall >= resumed.elapsed_s  # 4 may have started, then been cancelled
     strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_s",)}  # noqa: E731
     assert [strip(r) for r in records] == [strip(r) for r in whole]

@@ -200,6 +200,21 @@ async def test_collect_writes_traces_and_rows_and_resumes(tmp_path: Path) -> Non
     json.loads((tmp_path / "vd" / "summary.json").read_text())
 
 
+async def test_collection_sharded_over_two_engines_writes_what_one_engine_writes(tmp_path: Path) -> None:
+    """Data-parallel collect-values (one engine per GPU): searches dealt across the engines, each
+    search the same as on one engine (seeded per problem), the rows merged identical."""
+    search = {"budget": {"samples": 10}, "k": 5, "max_tokens": 200}
+    problems = [_problem(f"p{i}") for i in range(5)]
+    one = CollectConfig(output_dir=str(tmp_path / "one"), search=search, concurrency=2)
+    await collect(problems, SeededPolicy(), HashSandbox(), one)
+    two = CollectConfig(output_dir=str(tmp_path / "two"), search=search, concurrency=2)
+    first, second = SeededPolicy(), SeededPolicy()
+    summary = await collect(problems, first, HashSandbox(), two, replicas=[(second, None)])
+    assert summary["problems_searched"] == 5
+    assert first.calls and second.calls  # both engines searched
+    assert read_rows(tmp_path / "two" / "rows.jsonl") == read_rows(tmp_path / "one" / "rows.jsonl")
+
+
 async def test_guided_collection_values_the_tree_with_the_value_model_and_targets_executed_rewards(tmp_path: Path) -> None:
     """guided=true: every problem is also searched as VM-MCTS decodes (the value model values the
     tree, decoding C), and the rows' targets are still the executed rewards, with each row's depth."""
