@@ -111,16 +111,17 @@ def main() -> None:
             for arm in ARMS:
                 logger.info("run %d, rollouts=%s", i + 1, arm)
                 runs.append(run_arm(arm, config, folder / f"{arm}-{i}"))
-    result = {
+    summary = summarize(runs)
+    result: dict[str, Any] = {
         "command": "python -m bench.grpo_step " + " ".join(sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "platform": platform.platform()},
         "runs": runs,
-        "summary": summarize(runs),
+        "summary": summary,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    s = result["summary"]
+    s = summary
     print(f"{'arm':8} {'step s':>8} {'gen s':>8} {'reward s':>9} {'sync s':>8} {'fwd/bwd s':>10} {'1st step s':>11}")
     for arm in ARMS:
         if arm in s:
