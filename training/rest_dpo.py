@@ -87,23 +87,13 @@ def build_dpo_trainer(
 ) -> Any:
     """TRL's DPOTrainer on the pairs with the shared update settings (LoRA on the policy's base, or
     continuing ``policy.adapter``)."""
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
+    from training.rest_grpo import load_trainable
+
     g, d = config.grpo, config.dpo
-    if g.torch_threads is not None:
-        torch.set_num_threads(g.torch_threads)
-    use_cpu = g.use_cpu if g.use_cpu is not None else not torch.cuda.is_available()
-    model: Any = AutoModelForCausalLM.from_pretrained(weights.model_dir, dtype=torch.bfloat16 if g.bf16 else torch.float32)
-    peft_config = None
-    if weights.adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, weights.adapter_dir, is_trainable=True)
-    elif g.lora is not None:
-        peft_config = LoraConfig(r=g.lora.r, lora_alpha=g.lora.alpha, lora_dropout=g.lora.dropout,
-                                 target_modules=list(g.lora.target_modules), task_type="CAUSAL_LM")
+    model, peft_config, shared = load_trainable(config, weights)
     args = DPOConfig(
         output_dir=str(trainer_dir),
         per_device_train_batch_size=d.per_device_batch_size,
@@ -113,17 +103,7 @@ def build_dpo_trainer(
         beta=d.beta,
         loss_type=[d.loss_type],
         max_length=d.max_length,
-        use_cpu=use_cpu,
-        bf16=g.bf16,
-        logging_steps=g.logging_steps,
-        save_strategy="steps",
-        save_steps=g.save_steps,
-        save_total_limit=g.save_total_limit,
-        save_only_model=False,
-        report_to=[],
-        seed=config.seed,
-        data_seed=config.seed,
-        disable_tqdm=False,
+        **shared,
     )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     columns = ("prompt", "chosen", "rejected")

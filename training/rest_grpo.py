@@ -349,6 +349,32 @@ def timed_grpo_trainer() -> Any:
     return TimedGRPOTrainer
 
 
+
+def load_trainable(config: RestGRPOConfig, weights: ResolvedWeights) -> tuple[Any, Any, dict[str, Any]]:
+    """What every policy update (GRPO, DAPO, ReST-GRPO, ReST-DPO) starts from: the model (with
+    ``policy.adapter`` loaded trainable), the LoRA config of a new adapter (or None), and the
+    `TrainingArguments` fields they share (device, bf16 by device, saving, seeds)."""
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    g = config.grpo
+    if g.torch_threads is not None:
+        torch.set_num_threads(g.torch_threads)
+    use_cpu = g.use_cpu if g.use_cpu is not None else not torch.cuda.is_available()
+    bf16 = use_bf16(g.bf16, "cpu" if use_cpu else "cuda")
+    model: Any = AutoModelForCausalLM.from_pretrained(weights.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
+    peft_config = None
+    if weights.adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, weights.adapter_dir, is_trainable=True)
+    elif g.lora is not None:
+        peft_config = LoraConfig(r=g.lora.r, lora_alpha=g.lora.alpha, lora_dropout=g.lora.dropout,
+                                 target_modules=list(g.lora.target_modules), task_type="CAUSAL_LM")
+    shared = dict(use_cpu=use_cpu, bf16=bf16, logging_steps=g.logging_steps, save_strategy="steps", save_steps=g.save_steps,
+                  save_total_limit=g.save_total_limit, save_only_model=False, report_to=[], seed=config.seed,
+                  data_seed=config.seed, disable_tqdm=False)
+    return model, peft_config, shared
+
 def build_trainer(
     config: RestGRPOConfig,
     *,
@@ -361,35 +387,16 @@ def build_trainer(
     timer: StepTimer | None = None,
 ) -> Any:
     """TRL's GRPOTrainer on the curated rows; with ``rollouts`` its completions come from the engine."""
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig
 
     g = config.grpo
-    if g.torch_threads is not None:
-        torch.set_num_threads(g.torch_threads)
-    use_cpu = g.use_cpu if g.use_cpu is not None else not torch.cuda.is_available()
-    bf16 = use_bf16(g.bf16, "cpu" if use_cpu else "cuda")
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    model: Any = AutoModelForCausalLM.from_pretrained(weights.model_dir, dtype=dtype)
+    model, peft_config, shared = load_trainable(config, weights)
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
         eos_ids.insert(0, tokenizer.eos_token_id)
     model.generation_config.eos_token_id = eos_ids + [i for i in stop_token_ids(tokenizer) if i not in eos_ids]
-    peft_config = None
-    if weights.adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, weights.adapter_dir, is_trainable=True)
-    elif g.lora is not None:
-        peft_config = LoraConfig(
-            r=g.lora.r,
-            lora_alpha=g.lora.alpha,
-            lora_dropout=g.lora.dropout,
-            target_modules=list(g.lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
     args = GRPOConfig(
         output_dir=str(paths.trainer),
         per_device_train_batch_size=g.per_device_batch_size,
@@ -403,18 +410,8 @@ def build_trainer(
         epsilon_high=g.epsilon_high,
         loss_type=g.loss_type,
         temperature=g.temperature,
-        use_cpu=use_cpu,
-        bf16=bf16,
-        logging_steps=g.logging_steps,
-        save_strategy="steps",
-        save_steps=g.save_steps,
-        save_total_limit=g.save_total_limit,
-        save_only_model=False,
-        report_to=[],
-        seed=config.seed,
-        data_seed=config.seed,
         shuffle_dataset=True,
-        disable_tqdm=False,
+        **shared,
     )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     timer = timer or StepTimer()
