@@ -337,7 +337,8 @@ async def test_deadline_is_wall_time_from_arrival_queueing_included(vllm_policy:
         assert t_short < t_first  # answered when its deadline passed, not when a slot freed
         assert count(services, "restrl:rejected_requests", reason="deadline") == 1
 
-        assert r_first.status_code == 200 and r_first.json()["stop_reason"] == "deadline"
+        # a small problem's tree can run out of open states before the clock does ("exhausted", seen on CI)
+        assert r_first.status_code == 200 and r_first.json()["stop_reason"] in ("deadline", "exhausted"), r_first.text
         body = r_long.json()
         # a small problem's tree can run out of open states before the clock does ("exhausted", seen on
         # CI after 12 samples); either way the search ran only in what its deadline had left
@@ -346,7 +347,7 @@ async def test_deadline_is_wall_time_from_arrival_queueing_included(vllm_policy:
         # the search got what was left: queue + search within the deadline (was 40-61 s for 20 s deadlines)
         assert body["queued_s"] + body["usage"]["wall_s"] <= 16 + 3, body
         assert t_long <= 16 + 5
-        stopped_by_clock = 1 + (body["stop_reason"] == "deadline")
+        stopped_by_clock = (r_first.json()["stop_reason"] == "deadline") + (body["stop_reason"] == "deadline")
         assert count(services, "restrl:searches_cancelled", reason="deadline") == stopped_by_clock
 
 
