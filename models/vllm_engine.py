@@ -486,29 +486,48 @@ class VLLMPolicy:
         finally:
             await asyncio.shield(shared.resume())  # a cancelled holder still resumes the engine
 
-    def _prepare(self, prompt: str, *, n: int, max_tokens: int, stop: Sequence[str], temperature: float, top_p: float,
-                 seed: int | None, delta: bool) -> tuple[list[int], Any, int]:
-        """Token ids, `SamplingParams`, and how many identical copies each engine completion stands
-        for (greedy copies are identical: the engine computes one)."""
+    def _sampling_params(self, *, n: int, max_tokens: int, temperature: float, top_p: float, delta: bool = False,
+                         **extra: Any) -> tuple[Any, int]:
+        """vLLM `SamplingParams` for ``n`` completions, and how many identical copies each engine
+        completion stands for (greedy copies are identical: the engine computes one). ``extra``
+        goes to `SamplingParams` as is (stop strings, stop token ids, a seed)."""
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         if self._closed:
             raise ModelError("this policy is closed")
-        ids, room = encode_prompt(self.tokenizer, prompt, n=n, max_model_len=self.config.max_model_len)
         greedy = temperature == 0
         try:
             params = SamplingParams(
                 n=1 if greedy else n,
-                max_tokens=min(max_tokens, room),
-                stop=list(stop) or None,
+                max_tokens=max_tokens,
                 temperature=temperature,
                 top_p=1.0 if greedy else top_p,
-                seed=seed,
                 output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+                **extra,
             )
         except Exception as exc:  # vLLM validates the values here, before anything reaches the engine
             raise ModelError(f"vLLM refused the sampling parameters: {exc}") from exc
-        return ids, params, n if greedy else 1
+        return params, n if greedy else 1
+
+    def _prepare(self, prompt: str, *, n: int, max_tokens: int, stop: Sequence[str], temperature: float, top_p: float,
+                 seed: int | None, delta: bool) -> tuple[list[int], Any, int]:
+        """Token ids, `SamplingParams`, and the copies each engine completion stands for."""
+        if self._closed:
+            raise ModelError("this policy is closed")
+        ids, room = encode_prompt(self.tokenizer, prompt, n=n, max_model_len=self.config.max_model_len)
+        params, copies = self._sampling_params(n=n, max_tokens=min(max_tokens, room), temperature=temperature,
+                                               top_p=top_p, delta=delta, stop=list(stop) or None, seed=seed)
+        return ids, params, copies
+
+    async def _final_output(self, ids: list[int], params: Any) -> Any:
+        """The engine's last (complete) output for a request made with ``FINAL_ONLY``."""
+        final = None
+        async with contextlib.aclosing(self._generate(ids, params)) as outputs:
+            async for out in outputs:
+                final = out
+        if final is None:
+            raise ModelError("vLLM returned no output")
+        return final
 
     async def _generate(self, ids: list[int], params: Any) -> AsyncGenerator[Any, None]:
         """The engine's outputs for one request. However the iteration ends before the engine
@@ -552,12 +571,7 @@ class VLLMPolicy:
     ) -> list[Sample]:
         ids, params, copies = self._prepare(prompt, n=n, max_tokens=max_tokens, stop=stop, temperature=temperature,
                                             top_p=top_p, seed=seed, delta=False)
-        final = None
-        async with contextlib.aclosing(self._generate(ids, params)) as outputs:
-            async for out in outputs:
-                final = out
-        if final is None:
-            raise ModelError("vLLM returned no output")
+        final = await self._final_output(ids, params)
         cached = int(final.num_cached_tokens or 0)
         samples = [
             Sample(text=comp.text, tokens=len(comp.token_ids), finish_reason=_finish_reason(comp.finish_reason),
@@ -578,8 +592,6 @@ class VLLMPolicy:
     ) -> list[list[int]]:
         """`models.base.RolloutPolicy`: ``n`` completions of a tokenized prompt as token ids; a
         token of ``stop_token_ids`` ends a completion and is kept in it (as an EOS is)."""
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
         if self._closed:
             raise ModelError("this policy is closed")
         if n < 1:
@@ -587,26 +599,10 @@ class VLLMPolicy:
         room = self.config.max_model_len - len(prompt_ids)
         if room < 1:
             raise ModelError(f"prompt of {len(prompt_ids)} tokens leaves no room within max_model_len={self.config.max_model_len}")
-        greedy = temperature == 0
-        try:
-            params = SamplingParams(
-                n=1 if greedy else n,
-                max_tokens=min(max_tokens, room),
-                temperature=temperature,
-                top_p=1.0 if greedy else top_p,
-                stop_token_ids=list(stop_token_ids) or None,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
-        except Exception as exc:
-            raise ModelError(f"vLLM refused the sampling parameters: {exc}") from exc
-        final = None
-        async with contextlib.aclosing(self._generate(list(prompt_ids), params)) as outputs:
-            async for out in outputs:
-                final = out
-        if final is None:
-            raise ModelError("vLLM returned no output")
-        completions = [list(comp.token_ids) for comp in sorted(final.outputs, key=lambda c: c.index)]
-        return completions * n if greedy else completions
+        params, copies = self._sampling_params(n=n, max_tokens=min(max_tokens, room), temperature=temperature, top_p=top_p,
+                                               stop_token_ids=list(stop_token_ids) or None)
+        final = await self._final_output(list(prompt_ids), params)
+        return [list(comp.token_ids) for comp in sorted(final.outputs, key=lambda c: c.index)] * copies
 
     async def load_adapter(self) -> None:
         """`models.base.RolloutPolicy`: load this view's adapter into the engine now, so that the

@@ -174,6 +174,13 @@ class RestGRPOConfig(_Strict):
     dapo: DAPOConfig = Field(default_factory=DAPOConfig)
     dpo: DPOUpdateConfig = Field(default_factory=DPOUpdateConfig)
     sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(timeout_s=5.0))
+    distributed_timeout_s: float = Field(
+        default=6 * 3600.0, ge=60,
+        description="multi-process runs (`accelerate launch`, torchrun): how long a collective may wait. The main"
+        " process samples, scores and curates alone while the others wait at a barrier, which takes longer than the"
+        " default NCCL timeout (10 min) on a real problem set; this bounds the process group's and the trainer's"
+        " (ddp_timeout) waits instead. One process: not used",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -53,6 +53,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -361,7 +362,7 @@ def load_trainable(config: RestGRPOConfig, weights: ResolvedWeights) -> tuple[An
     g = config.grpo
     if g.torch_threads is not None:
         torch.set_num_threads(g.torch_threads)
-    use_cpu = g.use_cpu if g.use_cpu is not None else not torch.cuda.is_available()
+    use_cpu = trains_on_cpu(config)
     bf16 = use_bf16(g.bf16, "cpu" if use_cpu else "cuda")
     model: Any = AutoModelForCausalLM.from_pretrained(weights.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
     peft_config = None
@@ -372,7 +373,7 @@ def load_trainable(config: RestGRPOConfig, weights: ResolvedWeights) -> tuple[An
                                  target_modules=list(g.lora.target_modules), task_type="CAUSAL_LM")
     shared = dict(use_cpu=use_cpu, bf16=bf16, logging_steps=g.logging_steps, save_strategy="steps", save_steps=g.save_steps,
                   save_total_limit=g.save_total_limit, save_only_model=False, report_to=[], seed=config.seed,
-                  data_seed=config.seed, disable_tqdm=False)
+                  data_seed=config.seed, disable_tqdm=False, ddp_timeout=int(config.distributed_timeout_s))
     return model, peft_config, shared
 
 def build_trainer(
@@ -540,12 +541,29 @@ def _write_config(paths: RunPaths, config: RestGRPOConfig, *, resume: bool) -> N
     paths.config.write_text(text)
 
 
+def trains_on_cpu(config: RestGRPOConfig) -> bool:
+    """``grpo.use_cpu``, else True where no CUDA device is visible."""
+    import torch
+
+    return config.grpo.use_cpu if config.grpo.use_cpu is not None else not torch.cuda.is_available()
+
+
+def distributed_state(timeout_s: float, *, cpu: bool) -> Any:
+    """accelerate's `PartialState` (``cpu``: gloo process groups, as the trainer's ``use_cpu``); under
+    `accelerate launch` or torchrun its process group is created with ``timeout_s``, because the
+    processes that do not sample wait at a barrier while the main one samples, scores and curates
+    (far beyond NCCL's default 10 minutes on a real problem set). The state is process-wide: the
+    first call decides (the trainer's own, later, reuses it)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu, timeout=timedelta(seconds=timeout_s))
+
+
 def run_iteration(config: RestGRPOConfig, *, resume: bool = False) -> Path:
     """Run one iteration (sample -> reward -> curate -> GRPO update -> checkpoint) and return the
     checkpoint directory. Every stage's output is on disk, so an interrupted run resumes from the
     last finished stage (and, inside the update, the last saved trainer step)."""
     problems = load_training_problems(config)  # data errors before any compute (and before heavy imports)
-    from accelerate import PartialState
     from transformers import AutoTokenizer
 
     weights = resolve_policy(config)  # refuses a missing or malformed adapter before anything loads
@@ -556,7 +574,8 @@ def run_iteration(config: RestGRPOConfig, *, resume: bool = False) -> Path:
     sandbox = open_sandbox(config.sandbox)
     try:
         run = _Iteration(config=config, resume=resume, spec=ALGORITHMS[config.algorithm], problems=problems,
-                         paths=RunPaths(Path(config.output_dir)), state=PartialState(), weights=weights, tokenizer=tokenizer,
+                         paths=RunPaths(Path(config.output_dir)), state=distributed_state(config.distributed_timeout_s, cpu=trains_on_cpu(config)),
+                         weights=weights, tokenizer=tokenizer,
                          rewarder=TestRewarder(sandbox, mode=weights.prompt_mode))
         return run.stages()
     finally:

@@ -365,3 +365,24 @@ async def test_closing_or_cancelling_a_stream_aborts_its_engine_request(vllm_pol
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await _settled(engine) == 0
+
+
+async def test_sample_tokens_is_the_token_level_sample(vllm_policy):
+    """`sample_tokens` (the GRPO rollouts' entry): the same greedy completion as `sample`, as ids; a
+    stop token ends it and is kept; greedy copies are identical; bad arguments are model errors."""
+    tokenizer = vllm_policy.tokenizer
+    prompt = prompt_for(vllm_policy)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    [text] = await vllm_policy.sample(prompt, max_tokens=16, temperature=0)
+    got = await vllm_policy.sample_tokens(ids, n=2, max_tokens=16, temperature=0)
+    assert len(got) == 2 and got[0] == got[1]
+    assert tokenizer.decode(got[0]) == text.text
+    stop = got[0][3]
+    [cut] = await vllm_policy.sample_tokens(ids, max_tokens=16, temperature=0, stop_token_ids=[stop])
+    assert cut == got[0][: got[0].index(stop) + 1]
+    sampled = await vllm_policy.sample_tokens(ids, n=3, max_tokens=8, temperature=1.0)
+    assert len(sampled) == 3 and all(1 <= len(c) <= 8 for c in sampled)  # an EOS may end one early
+    with pytest.raises(ModelError, match="n must be"):
+        await vllm_policy.sample_tokens(ids, n=0)
+    with pytest.raises(ModelError, match="no room"):
+        await vllm_policy.sample_tokens([1] * vllm_policy.config.max_model_len)

@@ -11,6 +11,7 @@ import pytest
 
 from models.config import EngineConfig, ValueConfig
 from search.replicas import open_replicas, replica_configs, replica_count, run_sharded, shard
+from tests.tiny_models import save_random_causal_lm
 
 
 def test_shard_deals_round_robin_and_covers_every_index_once():
@@ -59,18 +60,9 @@ async def test_run_sharded_merges_in_order_with_every_worker_busy():
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
     """A 2-layer Llama with seeded random weights and SmolLM2's tokenizer (a few MB)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("models") / "tiny-llama"
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_random_causal_lm(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_dir, "llama",
+                                 hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=2048)
 
 
 async def test_two_cpu_engines_share_the_problems_of_a_job(tiny_llama: Path):

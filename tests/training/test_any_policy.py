@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.tiny_models import save_random_causal_lm
+
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "any-policy-admin"
 SMALL_ENGINE = ["--set", "policy.kv_cache_gib=0.25", "--set", "policy.max_model_len=1024", "--set", "policy.max_num_seqs=32"]
@@ -32,20 +34,9 @@ PROBLEM = {"statement": "Return the sum of a and b.", "starter_code": "def add(a
 def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
     """A second architecture: a Qwen2-style causal LM (2 layers, hidden 128) with seeded random
     weights, saved as a plain transformers folder (no restrl.json) with SmolLM2's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
-    out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_random_causal_lm(tmp_path_factory.mktemp("models") / "tiny-qwen2", default_model_dir, "qwen2",
+                                 hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=1, max_position_embeddings=4096)
 
 
 def _restrl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
