@@ -26,6 +26,8 @@ class PassAtOne:
     passed: int
     mean_pass_fraction: float
     infra_errors: int
+    outcomes: tuple[bool, ...] = ()  # per problem, in the problems' order: every test passed
+    rewards: tuple[float, ...] = ()  # per problem: the fraction of its tests passed
 
     @property
     def pass1(self) -> float:
@@ -58,4 +60,6 @@ def score_pass1(problems: Sequence[Problem], completions: Sequence[str], rewarde
         passed=sum(s.status == "passed" for s in scored),
         mean_pass_fraction=sum(s.reward for s in scored) / max(1, len(scored)),
         infra_errors=sum(s.infra_error for s in scored),
+        outcomes=tuple(s.status == "passed" for s in scored),
+        rewards=tuple(float(s.reward) for s in scored),
     )
