@@ -182,6 +182,26 @@ def value_lora_config(*, r: int = 8, alpha: int = 16, dropout: float = 0.0, laye
     )
 
 
+def top_layers_adapter_config(num_layers: int, top: int) -> Any:
+    """The PEFT configuration that carries a value model whose top ``top`` decoder layers, final
+    norm and ``score`` head were fine-tuned in full (`restrl train value` with ``top_layers``): those
+    modules travel as ``modules_to_save`` (the format and loader of every value adapter). PEFT needs
+    one LoRA target: a rank-1 LoRA on the ``q_proj`` of the layer below them, initialised to zero and
+    never trained, so it changes nothing."""
+    from peft import LoraConfig
+
+    if not 1 <= top < num_layers:
+        raise ValueError(f"top_layers must be between 1 and {num_layers - 1} (the model has {num_layers} decoder layers), got {top}")
+    return LoraConfig(
+        task_type="SEQ_CLS",
+        r=1,
+        lora_alpha=1,
+        target_modules=["q_proj"],
+        layers_to_transform=[num_layers - top - 1],
+        modules_to_save=["score", "model.norm", *(f"model.layers.{i}" for i in range(num_layers - top, num_layers))],
+    )
+
+
 def save_value_checkpoint(
     model: Any,
     tokenizer: Any,

@@ -51,6 +51,7 @@ from models.value import (
     encode_value_inputs,
     resolve_value_base,
     save_value_checkpoint,
+    top_layers_adapter_config,
     value_lora_config,
 )
 from tasks import Problem
@@ -113,11 +114,27 @@ class ValueTrainConfig(BaseModel):
     init_from: str | None = Field(
         default=None, description="continue training this value checkpoint (a LoRA adapter; its LoRA settings are kept) instead of a fresh adapter + head"
     )
+    top_layers: int | None = Field(
+        default=None, ge=1,
+        description="instead of LoRA: fine-tune the top n decoder layers, the final norm and the head in full on hidden"
+        " states of the frozen layers below, computed once per row in the serving dtype and cached (feature_cache_dir);"
+        " each epoch then costs n/L of a forward and backward (`training.value_top_layers`); None = LoRA",
+    )
+    feature_cache_dir: str | None = Field(
+        default=None, description="top_layers: where the cached states live (reused by every run on the same base, layer"
+        " and dtype); None = features/ beside rows_file",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         return over_job_defaults(cls, move_renamed_keys(data, RENAMED, what="restrl train value"))
+
+    @model_validator(mode="after")
+    def _one_recipe(self) -> ValueTrainConfig:
+        if self.top_layers is not None and (self.init_from or self.lora_layers):
+            raise ValueError("top_layers (full fine-tune of the top layers) does not combine with init_from or lora_layers (LoRA settings)")
+        return self
 
 
 # ------------------------------------------------------------------------------------ data
@@ -425,6 +442,61 @@ def _train(cfg: ValueTrainConfig, model: Any, tokenizer: Any, train_rows: list[d
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False), result, time.monotonic() - t_train
 
 
+def _train_top(cfg: ValueTrainConfig, base_dir: Path, base_name: str, problems: dict[str, Problem], train_rows: list[dict[str, Any]],
+               held_rows: list[dict[str, Any]], probe: list[dict[str, Any]], device: str) -> tuple[Any, ...]:
+    """The ``top_layers`` recipe (`training.value_top_layers`): cache the frozen layers' states of
+    every row in the serving dtype, fit the top layers + norm + head, and wrap the result as a value
+    adapter. Predictions come from the cache; a sample is re-scored through the serving path and
+    the largest difference reported (``serving_max_abs_diff``)."""
+    import gc
+
+    from peft import get_peft_model
+
+    from training.value_top_layers import (
+        FeatureCache,
+        TopLayers,
+        check_backbone,
+        predict_cached,
+        train_top_layers,
+    )
+
+    dtype = cfg.value.resolved_dtype()
+    t_cache = time.monotonic()
+    cacher, tokenizer = build_value_backbone(base_dir, dtype=dtype, seed=cfg.seed)
+    n_layers = check_backbone(cacher, cfg.top_layers or 1)
+    layer = n_layers - (cfg.top_layers or 1)
+    root = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else Path(cfg.rows_file).parent / "features"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in base_name)
+    cache = FeatureCache(root / f"{name}-layer{layer}-{dtype}-len{cfg.value.max_length}", layer=layer,
+                         hidden=int(cacher.config.hidden_size), dtype=dtype)
+    data = {key: encode_rows(rows, problems, tokenizer, cfg.value.max_length) for key, rows in
+            (("train", train_rows), ("held", held_rows), ("probe", probe))}
+    computed = cache.build(cacher.to(device), [d["input_ids"] for part in data.values() for d in part])
+    cache_s = time.monotonic() - t_cache
+    logger.info("feature cache %s: %d rows computed now (%.0f s), %d cached in all", cache.dir, computed, cache_s, len(cache.index))
+    del cacher
+    gc.collect()
+    backbone, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
+    backbone.to(device)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    top = TopLayers(backbone, cfg.top_layers or 1)
+    t_train = time.monotonic()
+    result = train_top_layers(cfg, top, cache, train_rows, data["train"], device)
+    train_s = time.monotonic() - t_train
+    held_preds = predict_cached(top, cache, data["held"], device, batch_size=cfg.eval_batch_size)
+    train_preds = predict_cached(top, cache, data["probe"], device, batch_size=cfg.eval_batch_size)
+    model = get_peft_model(backbone, top_layers_adapter_config(n_layers, cfg.top_layers or 1))  # copies the trained modules
+    check_rows = held_rows[:32] or probe[:32]
+    served = _predict(model, tokenizer, problems, check_rows, cfg, device)
+    cached = (held_preds if held_rows else train_preds)[: len(check_rows)]
+    extra = {"feature_cache": {"dir": str(cache.dir), "layer": layer, "dtype": dtype, "rows": len(cache.index), "tokens": cache.tokens,
+                               "computed_now": computed, "build_s": cache_s},
+             "epoch_losses": result.epoch_losses,
+             "serving_max_abs_diff": max((abs(a - b) for a, b in zip(cached, served, strict=True)), default=0.0)}
+    return model, tokenizer, result, train_s, held_preds, train_preds, extra
+
+
 def _metrics(cfg: ValueTrainConfig, held_rows: list[dict[str, Any]], held_preds: list[float], train_rows: list[dict[str, Any]],
              probe: list[dict[str, Any]], train_preds: list[float]) -> dict[str, Any]:
     train_mean = sum(r["target"] for r in train_rows) / len(train_rows)
@@ -477,15 +549,20 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     train_rows, held_rows = _split_rows(cfg, problems)
     logger.info("value model on %s for the policy %s, on %s", base_name, policy.version, device)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = _value_model(cfg, base_dir)
-    train_data = encode_rows(train_rows, problems, tokenizer, cfg.value.max_length)
-    model, result, train_s = _train(cfg, model, tokenizer, train_rows, train_data, device, out)
-    held_preds = _predict(model, tokenizer, problems, held_rows, cfg, device)
     probe = random.Random(cfg.seed).sample(train_rows, min(len(train_rows), max(64, len(held_rows))))
-    train_preds = _predict(model, tokenizer, problems, probe, cfg, device)
+    extra: dict[str, Any] = {}
+    if cfg.top_layers is not None:
+        model, tokenizer, result, train_s, held_preds, train_preds, extra = _train_top(
+            cfg, base_dir, base_name, problems, train_rows, held_rows, probe, device)
+    else:
+        model, tokenizer = _value_model(cfg, base_dir)
+        train_data = encode_rows(train_rows, problems, tokenizer, cfg.value.max_length)
+        model, result, train_s = _train(cfg, model, tokenizer, train_rows, train_data, device, out)
+        held_preds = _predict(model, tokenizer, problems, held_rows, cfg, device)
+        train_preds = _predict(model, tokenizer, problems, probe, cfg, device)
     metrics = _metrics(cfg, held_rows, held_preds, train_rows, probe, train_preds)
     metrics.update(train_loss=float(result.training_loss), steps=int(result.global_step), train_s=train_s, device=device,
-                   value_base=base_name, policy_version=policy.version, policy_base=policy.base_model)
+                   value_base=base_name, policy_version=policy.version, policy_base=policy.base_model, **extra)
     with (out / "predictions.jsonl").open("w") as fh:
         for r, p in zip(held_rows, held_preds, strict=True):
             fh.write(json.dumps({**r, "prediction": p}, ensure_ascii=False) + "\n")

@@ -54,6 +54,23 @@ async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
         layers = {int(k.split("layers.")[1].split(".")[0]) for k in fh.keys() if "lora_" in k}
     assert layers == {28, 29}
 
+    # the top 2 layers + norm + head in full, on cached states of the frozen layers below (float32 here, so the
+    # cached computation must equal the whole model's: the serving path re-scores a sample, the reload all)
+    full = tcfg.model_copy(update={"output_dir": str(tmp_path / "vm4"), "top_layers": 2, "rank_weight": 1.0, "problems_per_batch": 1,
+                                   "feature_cache_dir": str(tmp_path / "features"), "value": tcfg.value.model_copy(update={"dtype": "float32"}),
+                                   "max_steps": 3, "learning_rate": 1e-3})
+    first = run_value_training(full)
+    metrics = __import__("json").loads((tmp_path / "vm4" / "metrics.json").read_text())
+    assert metrics["feature_cache"]["layer"] == 28 and metrics["feature_cache"]["computed_now"] > 0
+    assert metrics["serving_max_abs_diff"] < 1e-4 and first["reload_max_abs_diff"] < 1e-4 and first["steps"] == 3
+    with safe_open(str(Path(first["checkpoint"]) / "adapter_model.safetensors"), "pt") as fh:
+        full_tensors = [k for k in fh.keys() if "lora_" not in k]  # modules_to_save: the trained modules in full
+    layers = {int(k.split("layers.")[1].split(".")[0]) for k in full_tensors if "layers." in k}
+    assert layers == {28, 29} and any(k.endswith("model.norm.weight") for k in full_tensors) and any("score" in k for k in full_tensors)
+    again = run_value_training(full.model_copy(update={"output_dir": str(tmp_path / "vm5")}))
+    assert __import__("json").loads((tmp_path / "vm5" / "metrics.json").read_text())["feature_cache"]["computed_now"] == 0  # reused
+    assert again["held_out"] == first["held_out"]  # seeded: the same run again
+
     value = HFValueModel.load(ValueConfig(model=str(final), max_length=256))
     assert value.trained and "untrained" not in value.version
     assert value.policy_base == "HuggingFaceTB/SmolLM2-135M-Instruct" == result["policy_base"]  # no collect config: the default
