@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-SETTING_KEYS = ("lora_r", "lora_layers", "init_from", "learning_rate", "epochs", "max_steps", "rank_weight", "problems_per_batch", "max_train_rows", "kinds")
+SETTING_KEYS = ("top_layers", "lora_r", "lora_layers", "init_from", "learning_rate", "epochs", "max_steps", "rank_weight",
+                "problems_per_batch", "max_train_rows", "kinds")
 
 
 def expected_calibration_error(bins: list[dict[str, float]]) -> float | None:
@@ -38,6 +39,7 @@ def summarize_run(folder: Path) -> dict[str, Any]:
         "held_out_rows": metrics.get("held_out_rows"),
         "steps": metrics.get("steps"),
         "train_s": metrics.get("train_s"),
+        "feature_cache_build_s": (metrics.get("feature_cache") or {}).get("build_s"),  # top_layers: the one-off forward
         "mse": held.get("mse"),
         "constant_mse": held.get("constant_mse"),
         "pearson_r": held.get("pearson_r"),
