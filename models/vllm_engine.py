@@ -69,6 +69,31 @@ def _cuda_available() -> bool:
         return False
 
 
+RPC_DIR_PREFIX = "restrl-vllm-rpc-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def make_rpc_dir() -> str:
+    """A private folder for the CPU engine's ZMQ sockets, named after this process, after removing
+    those of processes that died without their cleanup (a killed job or test): they would pile up
+    in the temporary directory otherwise."""
+    tmp = Path(tempfile.gettempdir())
+    for stale in tmp.glob(f"{RPC_DIR_PREFIX}*-*"):
+        owner = stale.name[len(RPC_DIR_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not _pid_alive(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{RPC_DIR_PREFIX}{os.getpid()}-")
+
+
 def _prepare_cpu_environment(rpc_dir: str) -> None:
     """Single-process engine settings that must be in the environment before vLLM reads it."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -381,7 +406,7 @@ class VLLMPolicy:
             logger.warning("vLLM engine settings: %s", note)
         rpc_dir = None
         if not on_gpu:
-            rpc_dir = tempfile.mkdtemp(prefix="restrl-vllm-rpc-")
+            rpc_dir = make_rpc_dir()
             _prepare_cpu_environment(rpc_dir)
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs

@@ -93,3 +93,25 @@ def test_training_bf16_defaults_to_the_device():
     assert GRPOUpdateConfig().bf16 is None
     assert use_bf16(None, "cuda", native=True) and not use_bf16(None, "cuda", native=False) and not use_bf16(None, "cpu")
     assert use_bf16(True, "cpu") and not use_bf16(False, "cuda:0", native=True)  # set: it wins
+
+
+def test_socket_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    """A CPU engine's socket folder is named after its process; the next engine start removes those
+    whose process is gone (a killed job), and keeps live ones and folders of another naming."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from models.vllm_engine import RPC_DIR_PREFIX, make_rpc_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    stale = tmp_path / f"{RPC_DIR_PREFIX}{dead.stdout.strip()}-abc"
+    live = tmp_path / f"{RPC_DIR_PREFIX}1-abc"  # pid 1 is alive
+    other = tmp_path / f"{RPC_DIR_PREFIX}xyz"
+    for d in (stale, live, other):
+        d.mkdir()
+    (stale / "socket").touch()
+    mine = make_rpc_dir()
+    assert not stale.exists() and live.exists() and other.exists()
+    assert mine.startswith(str(tmp_path / f"{RPC_DIR_PREFIX}{__import__('os').getpid()}-"))
