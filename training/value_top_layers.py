@@ -268,8 +268,8 @@ def train_top_layers(cfg: Any, model: TopLayers, cache: FeatureCache, rows: Sequ
             opt.step()
             sched.step()
             step += 1
-            losses.append(float(loss))
-            seen.append(float(loss))
+            losses.append(loss.item())
+            seen.append(losses[-1])
             bar.update(1)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
