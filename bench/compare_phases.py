@@ -9,7 +9,9 @@ same strategy twice into two output folders; this reads both phases (or their
 final-answer rule (value; public tests then value) at the sample budget, prints pass@1 of each, wins
 and losses, the paired-bootstrap 95 % interval of the difference and the exact McNemar p
 (`training.paired`), the oracle (a passing program was sampled), and the mean policy tokens and
-value calls per problem. Writes JSON with ``--out``; never asserts anything.
+value calls per problem. Two strategies run under one config (vm_mcts vs best_of_n phases of one
+`restrl eval`) compare the same way, before the whole report exists. Writes JSON with ``--out``;
+never asserts anything.
 """
 
 from __future__ import annotations
