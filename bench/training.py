@@ -136,10 +136,12 @@ def snapshot(name: str) -> Path:
     """Pack what ``--resume`` and the report need from runs/training/NAME (an arm, or lr/LR/ARM):
     the run's files, its exported adapter and its last trainer checkpoint (adapter, optimizer,
     scheduler, RNG, trainer state)."""
+    from training.rest_grpo import last_checkpoint
+
     run = RUNS / name
     if not (run / "config.json").exists():
         raise SystemExit(f"{run}: no run to snapshot")
-    checkpoints = sorted((run / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoint = last_checkpoint(run / "trainer")
     SNAPSHOTS.mkdir(parents=True, exist_ok=True)
     dest = snapshot_path(name)
     tmp = dest.with_suffix(".tmp")
@@ -149,11 +151,11 @@ def snapshot(name: str) -> Path:
                 tar.add(path, arcname=path.name)
         if (run / "final").is_dir():
             tar.add(run / "final", arcname="final")
-        if checkpoints:
-            tar.add(checkpoints[-1], arcname=f"trainer/{checkpoints[-1].name}")
+        if checkpoint is not None:
+            tar.add(checkpoint, arcname=f"trainer/{checkpoint.name}")
     tmp.replace(dest)
     size = dest.stat().st_size / 2**20
-    logger.info("%s: %.1f MiB (%s)", dest.relative_to(ROOT), size, checkpoints[-1].name if checkpoints else "no trainer step yet")
+    logger.info("%s: %.1f MiB (%s)", dest.relative_to(ROOT), size, checkpoint.name if checkpoint else "no trainer step yet")
     return dest
 
 

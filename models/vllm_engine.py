@@ -537,8 +537,6 @@ class VLLMPolicy:
     def _prepare(self, prompt: str, *, n: int, max_tokens: int, stop: Sequence[str], temperature: float, top_p: float,
                  seed: int | None, delta: bool) -> tuple[list[int], Any, int]:
         """Token ids, `SamplingParams`, and the copies each engine completion stands for."""
-        if self._closed:
-            raise ModelError("this policy is closed")
         ids, room = encode_prompt(self.tokenizer, prompt, n=n, max_model_len=self.config.max_model_len)
         params, copies = self._sampling_params(n=n, max_tokens=min(max_tokens, room), temperature=temperature,
                                                top_p=top_p, delta=delta, stop=list(stop) or None, seed=seed)

@@ -350,7 +350,6 @@ def timed_grpo_trainer() -> Any:
     return TimedGRPOTrainer
 
 
-
 def load_trainable(config: RestGRPOConfig, weights: ResolvedWeights) -> tuple[Any, Any, dict[str, Any]]:
     """What every policy update (GRPO, DAPO, ReST-GRPO, ReST-DPO) starts from: the model (with
     ``policy.adapter`` loaded trainable), the LoRA config of a new adapter (or None), and the
@@ -375,6 +374,7 @@ def load_trainable(config: RestGRPOConfig, weights: ResolvedWeights) -> tuple[An
                   save_total_limit=g.save_total_limit, save_only_model=False, report_to=[], seed=config.seed,
                   data_seed=config.seed, disable_tqdm=False, ddp_timeout=int(config.distributed_timeout_s))
     return model, peft_config, shared
+
 
 def build_trainer(
     config: RestGRPOConfig,
@@ -574,8 +574,9 @@ def run_iteration(config: RestGRPOConfig, *, resume: bool = False) -> Path:
     sandbox = open_sandbox(config.sandbox)
     try:
         run = _Iteration(config=config, resume=resume, spec=ALGORITHMS[config.algorithm], problems=problems,
-                         paths=RunPaths(Path(config.output_dir)), state=distributed_state(config.distributed_timeout_s, cpu=trains_on_cpu(config)),
-                         weights=weights, tokenizer=tokenizer,
+                         paths=RunPaths(Path(config.output_dir)),
+                         state=distributed_state(config.distributed_timeout_s, cpu=trains_on_cpu(config)), weights=weights,
+                         tokenizer=tokenizer,
                          rewarder=TestRewarder(sandbox, mode=weights.prompt_mode))
         return run.stages()
     finally:

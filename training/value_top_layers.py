@@ -69,9 +69,6 @@ class FeatureCache:
     def tokens(self) -> int:
         return max((start + n for start, n in self.index.values()), default=0)
 
-    def __contains__(self, ids: Sequence[int]) -> bool:
-        return feature_key(ids) in self.index
-
     def build(self, backbone: Any, inputs: Sequence[Sequence[int]], *, batch_tokens: int = 4096, desc: str = "features") -> int:
         """Run the frozen layers below ``layer`` over every input not cached yet (sorted by length,
         padded batches of about ``batch_tokens``); returns how many were computed."""

@@ -442,8 +442,8 @@ def _train(cfg: ValueTrainConfig, model: Any, tokenizer: Any, train_rows: list[d
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False), result, time.monotonic() - t_train
 
 
-def _train_top(cfg: ValueTrainConfig, base_dir: Path, base_name: str, problems: dict[str, Problem], train_rows: list[dict[str, Any]],
-               held_rows: list[dict[str, Any]], probe: list[dict[str, Any]], device: str) -> tuple[Any, ...]:
+def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, problems: dict[str, Problem],
+               train_rows: list[dict[str, Any]], held_rows: list[dict[str, Any]], probe: list[dict[str, Any]], device: str) -> tuple[Any, ...]:
     """The ``top_layers`` recipe (`training.value_top_layers`): cache the frozen layers' states of
     every row in the serving dtype, fit the top layers + norm + head, and wrap the result as a value
     adapter. Predictions come from the cache; a sample is re-scored through the serving path and
@@ -463,8 +463,8 @@ def _train_top(cfg: ValueTrainConfig, base_dir: Path, base_name: str, problems: 
     dtype = cfg.value.resolved_dtype()
     t_cache = time.monotonic()
     cacher, tokenizer = build_value_backbone(base_dir, dtype=dtype, seed=cfg.seed)
-    n_layers = check_backbone(cacher, cfg.top_layers or 1)
-    layer = n_layers - (cfg.top_layers or 1)
+    n_layers = check_backbone(cacher, top)
+    layer = n_layers - top
     root = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else Path(cfg.rows_file).parent / "features"
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in base_name)
     cache = FeatureCache(root / f"{name}-layer{layer}-{dtype}-len{cfg.value.max_length}", layer=layer,
@@ -480,21 +480,21 @@ def _train_top(cfg: ValueTrainConfig, base_dir: Path, base_name: str, problems: 
     backbone.to(device)
     for p in backbone.parameters():
         p.requires_grad_(False)
-    top = TopLayers(backbone, cfg.top_layers or 1)
+    model = TopLayers(backbone, top)
     t_train = time.monotonic()
-    result = train_top_layers(cfg, top, cache, train_rows, data["train"], device)
+    result = train_top_layers(cfg, model, cache, train_rows, data["train"], device)
     train_s = time.monotonic() - t_train
-    held_preds = predict_cached(top, cache, data["held"], device, batch_size=cfg.eval_batch_size)
-    train_preds = predict_cached(top, cache, data["probe"], device, batch_size=cfg.eval_batch_size)
-    model = get_peft_model(backbone, top_layers_adapter_config(n_layers, cfg.top_layers or 1))  # copies the trained modules
+    held_preds = predict_cached(model, cache, data["held"], device, batch_size=cfg.eval_batch_size)
+    train_preds = predict_cached(model, cache, data["probe"], device, batch_size=cfg.eval_batch_size)
+    adapter = get_peft_model(backbone, top_layers_adapter_config(n_layers, top))  # copies the trained modules
     check_rows = held_rows[:32] or probe[:32]
-    served = _predict(model, tokenizer, problems, check_rows, cfg, device)
+    served = _predict(adapter, tokenizer, problems, check_rows, cfg, device)
     cached = (held_preds if held_rows else train_preds)[: len(check_rows)]
     extra = {"feature_cache": {"dir": str(cache.dir), "layer": layer, "dtype": dtype, "rows": len(cache.index), "tokens": cache.tokens,
                                "computed_now": computed, "build_s": cache_s},
              "epoch_losses": result.epoch_losses,
              "serving_max_abs_diff": max((abs(a - b) for a, b in zip(cached, served, strict=True)), default=0.0)}
-    return model, tokenizer, result, train_s, held_preds, train_preds, extra
+    return adapter, tokenizer, result, train_s, held_preds, train_preds, extra
 
 
 def _metrics(cfg: ValueTrainConfig, held_rows: list[dict[str, Any]], held_preds: list[float], train_rows: list[dict[str, Any]],
@@ -553,7 +553,7 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if cfg.top_layers is not None:
         model, tokenizer, result, train_s, held_preds, train_preds, extra = _train_top(
-            cfg, base_dir, base_name, problems, train_rows, held_rows, probe, device)
+            cfg, cfg.top_layers, base_dir, base_name, problems, train_rows, held_rows, probe, device)
     else:
         model, tokenizer = _value_model(cfg, base_dir)
         train_data = encode_rows(train_rows, problems, tokenizer, cfg.value.max_length)

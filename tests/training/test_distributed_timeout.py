@@ -60,10 +60,15 @@ def test_waiting_ranks_outlast_a_main_stage_longer_than_the_default_wait_but_not
     assert rc_other != 0 and "joined" not in out_other, out_other[-2000:]
 
 
-def test_the_trainer_shares_the_timeout():
+def test_the_trainer_waits_as_long_as_the_process_group(tmp_path):
     from training.config import RestGRPOConfig
+    from training.rest_grpo import load_trainable, resolve_policy
 
-    config = RestGRPOConfig.model_validate({"output_dir": "runs/x", "data": {"train_file": "x.jsonl"}})
-    assert config.distributed_timeout_s == 6 * 3600  # above NCCL's 10 min default
+    config = RestGRPOConfig.model_validate({"output_dir": str(tmp_path / "run"), "data": {"train_file": "x.jsonl"},
+                                            "distributed_timeout_s": 7200})
+    _, _, shared = load_trainable(config, resolve_policy(config))  # the TrainingArguments fields every update shares
+    assert shared["ddp_timeout"] == 7200
+    default = RestGRPOConfig.model_validate({"output_dir": "runs/x", "data": {"train_file": "x.jsonl"}})
+    assert default.distributed_timeout_s == 6 * 3600  # above NCCL's 10 min default
     with pytest.raises(ValueError, match="distributed_timeout_s"):
         RestGRPOConfig.model_validate({"output_dir": "runs/x", "data": {"train_file": "x.jsonl"}, "distributed_timeout_s": 5})
