@@ -42,6 +42,12 @@ at which step, value, PRM scores, public pass fraction, hidden verdict) - small 
 what ``--resume`` skips and ``report_only`` rebuilds the report from without loading a model.
 Every phase also appends each finished problem to ``<phase>.partial.jsonl.gz`` (`PartialPhase`), so
 with ``--resume`` a phase longer than one sitting continues where it stopped.
+
+Another value model, same samples (``rescore_from``): greedy's and best_of_n's samples do not
+depend on the value model, so a run that changes only the value model reads those phases from an
+earlier run's folder and scores their stored programs (values, PRM prefixes) with the new model:
+value calls only, minutes instead of hours, and the comparison between two value models is paired
+on identical samples. The tree strategies, whose samples the value model steers, run again.
 """
 
 from __future__ import annotations
@@ -79,6 +85,10 @@ logger = logging.getLogger(__name__)
 Dataset = Literal["humaneval", "gym_test", "gym_validation"]
 Strategy = Literal["greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts"]
 TREE_STRATEGIES: tuple[str, ...] = ("beam", "orm_mcts", "vm_mcts")
+# strategies whose samples do not depend on the value model: `rescore_from` reuses them
+RESCORABLE: tuple[str, ...] = ("greedy", "best_of_n")
+# the phase settings a rescored phase may differ in from its source (the value model's)
+VALUE_KEYS: tuple[str, ...] = ("value_model", "value_dtype", "prm_aggregates")
 ALL_STRATEGIES: tuple[Strategy, ...] = ("greedy", "best_of_n", "beam", "orm_mcts", "vm_mcts")
 PHASE_FORMAT = 2
 # the order arms are listed and paired in (the first of a pair is the "a" arm)
@@ -144,6 +154,12 @@ class EvalConfig(BaseModel):
         " need the issue order), record_trace, and seed = search.seed + the problem's index",
     )
     time_limit_s: float | None = Field(default=None, gt=0, description="start no new phase after this many seconds")
+    rescore_from: str | None = Field(
+        default=None,
+        description="a folder of phase files made with the same settings but another value model: the greedy and best_of_n"
+        " phases (whose samples do not depend on the value model) are read from there and their candidates scored by this"
+        " value model instead of sampled again; the other strategies run as usual",
+    )
     report_only: bool = Field(default=False, description="no searching: rebuild the JSON and plot from the phase files in output_dir")
     keep_traces: bool = Field(default=False, description="store every search's trace in its phase file (for `python -m bench.final_choice`; large, not for committing)")
     order: Literal["dataset", "strategy"] = Field(
@@ -333,7 +349,7 @@ class _Runner:
         assert result.trace is not None
         record = search_record(result.trace, per_sample=strategy in ("best_of_n", "greedy"))
         cands = record["candidates"]
-        codes = [c.pop("code") for c in cands]
+        codes = [c["code"] for c in cands]  # kept in the phase file: what was sampled, and what `rescore` reads
         returned = min(range(len(cands)), key=lambda i: selector_key("value")(cands[i])) if cands else None
         programs = [assemble_program(problem, c, mode) for c in codes]
         for c, passed in zip(cands, await self.fractions(problem, programs, "tests"), strict=True):
@@ -354,6 +370,24 @@ class _Runner:
             out["prm_value_calls"] = sum(new)
         if self.cfg.keep_traces:
             out["trace"] = result.trace
+        return out
+
+    async def rescore(self, problem: Problem, strategy: str, record: dict[str, Any], mode: PromptMode) -> dict[str, Any]:
+        """``record`` (a problem's search in another phase file) with its candidates' values and PRM
+        scores given by this runner's value model instead: the samples, verdicts and costs stay
+        (they do not depend on the value model for the strategies in `RESCORABLE`)."""
+        out = json.loads(json.dumps(record))
+        cands = out["candidates"]
+        scored = [c for c in cands if c["value"] is not None]  # a candidate the search gave no value keeps none
+        if scored:
+            for c, v in zip(scored, await self.value.score(problem, [c["code"] for c in scored]), strict=True):
+                c["value"] = v
+        if strategy == "best_of_n" and self.cfg.prm_aggregates and cands:
+            scores, new = await self.prm_scores(problem, [c["code"] for c in cands], mode)
+            for c, sc, n in zip(cands, scores, new, strict=True):
+                c["prm"], c["prm_new"] = sc, n
+            out["prm_value_calls"] = sum(new)
+        out["snapshot_matches_result"] = None  # no search ran: nothing to check the snapshot against
         return out
 
 
@@ -622,11 +656,49 @@ def read_phase(path: str | Path) -> dict[str, Any]:
         return json.load(fh)  # type: ignore[no-any-return]
 
 
+def rescore_sources(cfg: EvalConfig, problem_sets: dict[Dataset, list[Problem]], *, resume: bool) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """With ``rescore_from``: phase name -> (file, phase) whose samples the phase reuses, for every
+    planned greedy / best_of_n phase not already done; a ValueError, before any model loads, when
+    one is missing, was made with other settings than the value model's or on other problems, or
+    predates stored programs."""
+    if cfg.rescore_from is None:
+        return {}
+    folder = Path(cfg.rescore_from)
+    if folder.resolve() == Path(cfg.output_dir).resolve():
+        raise ValueError(f"rescore_from {folder} is output_dir: give the rescored phases another output_dir")
+    out: dict[str, tuple[Path, dict[str, Any]]] = {}
+    now = _phase_config(cfg)
+    for dataset, strategy in _phase_order(cfg):
+        if strategy not in RESCORABLE:
+            continue
+        for run_budget in plan_runs(cfg, strategy):
+            name = f"{dataset}.{strategy}.b{run_budget}"
+            if resume and phase_path(cfg, name).exists():
+                continue
+            path = folder / f"{name}.json.gz"
+            if not path.exists():
+                raise ValueError(f"rescore_from: {path} does not exist (run that phase there first, or drop rescore_from)")
+            source = read_phase(path)
+            made = source.get("config", {})
+            differ = sorted(k for k in now if k not in VALUE_KEYS and made.get(k) != now[k])
+            if source.get("format") != PHASE_FORMAT or differ:
+                raise ValueError(f"rescore_from: {path} was made with other settings "
+                                 f"({', '.join(differ) or 'phase format'}): only the value model may differ")
+            if source["problems"] != [p.id for p in problem_sets[dataset]]:
+                raise ValueError(f"rescore_from: {path} holds other problems than this configuration's {dataset} set")
+            if any("code" not in c for r in source["results"] for c in r["candidates"]):
+                raise ValueError(f"rescore_from: {path} predates phase files that keep the sampled programs: run that phase again")
+            out[name] = (path, source)
+    return out
+
+
 async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
     t0 = time.monotonic()
     loads: list[tuple[float, float, float]] = [os.getloadavg()]
     phases: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
+    problem_sets = {d: eval_problems(cfg, d) for d in cfg.datasets}
+    sources = rescore_sources(cfg, problem_sets, resume=resume)
     async with open_replicas(cfg.policy, cfg.value, cfg.sandbox) as stacks:
         runners = []
         for stack in stacks:
@@ -634,13 +706,15 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
             runners.append(_Runner(cfg, stack.policy, stack.value, stack.sandbox))
         if len(runners) > 1:
             logger.info("eval: %d engines, problems sharded across them", len(runners))
-        problem_sets = {d: eval_problems(cfg, d) for d in cfg.datasets}
         for dataset, strategy in _phase_order(cfg):
             for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
                 name = f"{dataset}.{strategy}.b{run_budget}"
                 path = phase_path(cfg, name)
                 if resume and path.exists():
                     phases[name] = _checked(read_phase(path), cfg, path)
+                elif name in sources:
+                    phases[name] = await _rescore_and_write(runners[0], problem_sets[dataset], sources[name], path)
+                    loads.append(os.getloadavg())
                 elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
                     skipped.append(name)
                 else:
@@ -670,6 +744,31 @@ async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], da
     write_phase(path, phase)
     partial.remove()
     logger.info("eval phase %s: %.0f s", name, phase["wall_s"])
+    return phase
+
+
+async def _rescore_and_write(runner: _Runner, problems: list[Problem], source: tuple[Path, dict[str, Any]], path: Path) -> dict[str, Any]:
+    """A phase whose samples are ``source``'s, scored by ``runner``'s value model (`_Runner.rescore`);
+    its ``wall_s`` stays the sampling run's, the scoring's is ``rescore_wall_s``."""
+    src_path, src = source
+    if src["policy_version"] != str(runner.policy.version):
+        raise ValueError(f"rescore_from: {src_path} was sampled from policy {src['policy_version']}, this run loads "
+                         f"{runner.policy.version}: rescoring it would mix two policies")
+    strategy, name = src["strategy"], path.name.removesuffix(".json.gz")
+    mode = resolve_mode(runner.policy, runner.search_config(strategy, src["run_budget"], 0))
+    gate = asyncio.Semaphore(runner.cfg.concurrency)
+
+    async def go(p: Problem, record: dict[str, Any]) -> dict[str, Any]:
+        async with gate:
+            return await runner.rescore(p, strategy, record, mode)
+
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(go(p, r) for p, r in zip(problems, src["results"], strict=True)))
+    phase = {**src, "results": list(results), "value_version": str(runner.value.version), "config": _phase_config(runner.cfg),
+             "rescored_from": {"path": str(src_path), "value_version": src["value_version"], "config": src["config"]},
+             "rescore_wall_s": time.monotonic() - t0, "loadavg_after": os.getloadavg()}
+    write_phase(path, phase)
+    logger.info("eval phase %s: %s's samples rescored in %.0f s", name, src_path, phase["rescore_wall_s"])
     return phase
 
 
@@ -727,7 +826,7 @@ def write_report(
     """Write ``results_file`` and ``plot_file`` from finished phases; return the tables."""
     summary = summarize(phases, cfg)
     versions = {(ph.get("policy_version"), ph.get("value_version")) for ph in phases.values()}
-    mismatches = sum(not r["snapshot_matches_result"] for ph in phases.values() for r in ph["results"])
+    mismatches = sum(r["snapshot_matches_result"] is False for ph in phases.values() for r in ph["results"])
     policy_version = " + ".join(sorted({str(v[0]) for v in versions}))
     value_version = " + ".join(sorted({str(v[1]) for v in versions}))
     report = {
@@ -747,6 +846,7 @@ def write_report(
             "phases_run": sorted(phases),
             "phases_skipped_time_limit": skipped,
             "phase_wall_s": {k: round(v["wall_s"], 1) for k, v in phases.items()},
+            "phases_rescored": {k: v["rescored_from"]["path"] for k, v in phases.items() if "rescored_from" in v},
             "phase_loadavg_after": {k: v.get("loadavg_after") for k, v in phases.items()},
             "snapshot_self_check_mismatches": mismatches,
             "wall_s": wall_s,

@@ -277,3 +277,68 @@ async def test_a_phase_killed_midway_resumes_at_its_first_unfinished_problem(tmp
     other = {**header, "config": {**header["config"], "k": 4}}
     with pytest.raises(ValueError, match="other settings"):
         PartialPhase(path, other)
+
+
+async def test_rescoring_a_phase_equals_sampling_it_again_with_the_other_value_model(tmp_path) -> None:
+    """greedy's and best_of_n's samples do not depend on the value model: `rescore_from` reads them from
+    a run with value model A and scores them with B, and the phase equals a fresh run with B (values,
+    PRM scores and everything else); a source that cannot be reused is refused before a model loads."""
+    from tests.search.doubles import hash_value
+    from tests.training.test_value_data import HashSandbox, _problem
+    from training.search_eval import _rescore_and_write, _run_and_write, _Runner, read_phase, rescore_sources
+
+    problems = [_problem(f"p{i}") for i in range(4)]
+    sets = {"humaneval": problems}
+    common = {"datasets": ("humaneval",), "strategies": ("greedy", "best_of_n", "vm_mcts"), "budgets": (5, 10), "concurrency": 2,
+              "search": {"k": 5, "max_tokens": 200}, "prm_aggregates": ("min", "last")}
+    cfg_a = EvalConfig(**common, output_dir=str(tmp_path / "a"), value={"model": "value-a"})
+    cfg_b = EvalConfig(**common, output_dir=str(tmp_path / "b"), value={"model": "value-b"}, rescore_from=str(tmp_path / "a"))
+
+    def value_b(state: str) -> float:
+        return hash_value("b:" + state)
+
+    def runner(cfg: EvalConfig, fn=hash_value) -> _Runner:
+        return _Runner(cfg, SeededPolicy(), HashValue(fn=fn), HashSandbox())
+
+    with pytest.raises(ValueError, match="does not exist"):
+        rescore_sources(cfg_b, sets, resume=False)
+    for strategy, budget in (("greedy", 1), ("best_of_n", 10)):
+        await _run_and_write([runner(cfg_a)], problems, "humaneval", strategy, budget, [5, 10],
+                             phase_path(cfg_a, f"humaneval.{strategy}.b{budget}"), resume=False)
+    sources = rescore_sources(cfg_b, sets, resume=False)
+    assert sorted(sources) == ["humaneval.best_of_n.b10", "humaneval.greedy.b1"]  # vm_mcts's samples follow the value model
+
+    def same(phase: dict) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("wall_s", "snapshot_matches_result")} for r in phase["results"]]
+
+    for name, source in sources.items():
+        strategy, budget = source[1]["strategy"], source[1]["run_budget"]
+        rescored = await _rescore_and_write(runner(cfg_b, value_b), problems, source, phase_path(cfg_b, name))
+        fresh = await _run_and_write([runner(cfg_b, value_b)], problems, "humaneval", strategy, budget, [5, 10],
+                                     tmp_path / "fresh" / f"{name}.json.gz", resume=False)
+        assert same(rescored) == same(fresh) != same(source[1])
+        assert rescored["config"] == fresh["config"] and rescored["rescored_from"]["config"]["value_model"] == "value-a"
+        assert read_phase(phase_path(cfg_b, name)) == json.loads(json.dumps(rescored))
+        assert all(r["snapshot_matches_result"] is None for r in rescored["results"])
+        same_model = await _rescore_and_write(runner(cfg_a), problems, source, tmp_path / "same" / f"{name}.json.gz")
+        assert same(same_model) == same(source[1])
+    bon = read_phase(phase_path(cfg_b, "humaneval.best_of_n.b10"))
+    assert any(c["prm"]["min"] < c["prm"]["last"] for r in bon["results"] for c in r["candidates"])  # prefixes scored too
+
+    # refused: another search setting, a file without the programs, the output folder itself
+    with pytest.raises(ValueError, match="other settings \\(k\\)"):
+        rescore_sources(cfg_b.model_copy(update={"search": cfg_b.search.model_copy(update={"k": 4})}), sets, resume=False)
+    path = phase_path(cfg_a, "humaneval.greedy.b1")
+    old = read_phase(path)
+    for r in old["results"]:
+        for c in r["candidates"]:
+            c.pop("code")
+    write_phase(path, old)
+    with pytest.raises(ValueError, match="predates"):
+        rescore_sources(cfg_b, sets, resume=False)
+    phase_path(cfg_b, "humaneval.best_of_n.b10").unlink()
+    assert list(rescore_sources(cfg_b, sets, resume=True)) == ["humaneval.best_of_n.b10"]  # greedy is done in b: not read again
+    with pytest.raises(ValueError, match="output_dir"):
+        rescore_sources(cfg_b.model_copy(update={"output_dir": str(tmp_path / "a")}), sets, resume=False)
+    with pytest.raises(ValueError, match="other problems"):
+        rescore_sources(cfg_b, {"humaneval": problems[:3]}, resume=True)
