@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +297,83 @@ def _cluster(
     return length, [(c, reads[c]) for c in carriers]
 
 
+def prefix_tree(seqs: Sequence[Sequence[int]]) -> tuple[list[int], list[int], list[int]]:
+    """The token tree of ``seqs``: one node per distinct prefix, in insertion order (a parent precedes
+    its children). Returns (each node's token, its parent node or -1 at the root, the node each
+    sequence ends at)."""
+    nodes: dict[tuple[int, int], int] = {}
+    tokens: list[int] = []
+    parents: list[int] = []
+    ends: list[int] = []
+    for seq in seqs:
+        node = -1
+        for t in seq:
+            nxt = nodes.get((node, t))
+            if nxt is None:
+                nxt = nodes[(node, t)] = len(tokens)
+                tokens.append(t)
+                parents.append(node)
+            node = nxt
+        ends.append(node)
+    return tokens, parents, ends
+
+
+def run_prefix_tree(
+    decoder: Any, tokens: list[int], parents: list[int], *, kv: Any = None, skip: int = 0, device: Any = "cpu", pack: int = 384
+) -> Iterator[tuple[int, int, Any]]:
+    """Run ``decoder`` (``LlamaModel`` & co.) over a `prefix_tree` hanging off a prefix of ``skip``
+    tokens whose keys and values ``kv`` holds (None with ``skip`` 0), in passes of ``pack`` nodes in
+    node order; yields ``(a, b, output)`` per pass, the output's states row 0 holding nodes a..b-1.
+    A node attends to the cached prefix and to its ancestors - those of earlier passes through their
+    kept keys and values - at position ``skip`` + its depth: each node's states are those of a causal
+    forward over its own path. The masks are per pass (``pack`` x nodes so far)."""
+    import torch
+    from transformers import DynamicCache
+
+    n = len(tokens)
+    depth = [0] * n
+    for i, parent in enumerate(parents):
+        if parent >= 0:
+            depth[i] = depth[parent] + 1
+    done: list[tuple[Any, Any]] = []  # per layer: keys/values of the nodes computed so far
+    for a in range(0, n, pack):
+        b = min(a + pack, n)
+        sees = torch.zeros(b - a, b, dtype=torch.bool)  # this pass's nodes see their ancestors and themselves
+        for i in range(a, b):
+            parent = parents[i]
+            if parent >= a:
+                sees[i - a] = sees[parent - a]
+            else:  # the ancestors lie in earlier passes (or it hangs off the cached prefix)
+                while parent >= 0:
+                    sees[i - a, parent] = True
+                    parent = parents[parent]
+            sees[i - a, i] = True
+        needed = sees[:, :a].any(dim=0).nonzero()[:, 0]  # ancestors from earlier passes
+        past = None
+        if kv is not None or len(needed):
+            layers = []
+            for layer in range(len(kv) if kv is not None else len(done)):
+                parts_k = [kv[layer][0]] if kv is not None else []
+                parts_v = [kv[layer][1]] if kv is not None else []
+                if len(needed):
+                    parts_k.append(done[layer][0][:, :, needed])
+                    parts_v.append(done[layer][1][:, :, needed])
+                layers.append((torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)))
+            past = DynamicCache(ddp_cache_data=layers)
+        mask = torch.cat([torch.ones(b - a, skip, dtype=torch.bool), sees[:, needed], sees[:, a:b]], dim=1)  # kv None <=> skip 0
+        out = decoder(
+            input_ids=torch.tensor([tokens[a:b]], dtype=torch.long, device=device),
+            attention_mask=mask[None, None].to(device),
+            position_ids=torch.tensor([[skip + d for d in depth[a:b]]], dtype=torch.long, device=device),
+            past_key_values=past if past is not None else DynamicCache(),
+            use_cache=True,
+        )
+        if b < n:  # keep this pass's keys and values for later passes
+            new = [(layer[0][:, :, -(b - a) :], layer[1][:, :, -(b - a) :]) for layer in out.past_key_values]
+            done = new if not done else [(torch.cat([dk, k], dim=2), torch.cat([dv, v], dim=2)) for (dk, dv), (k, v) in zip(done, new, strict=True)]
+        yield a, b, out
+
+
 class HFValueModel:
     """A `ValueModel` on transformers. Build with `HFValueModel.load(cfg)` or `await load_value_model(cfg)`."""
 
@@ -491,77 +568,19 @@ class HFValueModel:
         self, kv: Any, skip: int, members: list[int], encoded: list[list[int]], scores: list[float], device: Any, pack: int
     ) -> None:
         """Score ``members`` (items whose first ``skip`` tokens the cached ``kv`` covers) as one
-        prefix tree: a token shared by several items (the state of one expansion, a first-line
-        child inside its own rollout, a duplicate) is one node, computed once, and nothing is
-        padded. The nodes run in passes of ``pack`` (in insertion order, so a parent precedes its
-        children); a node attends to the cached prefix and to its ancestors, those of earlier
-        passes through their kept keys and values (the masks are per pass: ``pack`` x nodes so far).
-        Exact under causal attention."""
-        import torch
-        from transformers import DynamicCache
-
-        nodes: dict[tuple[int, int], int] = {}
-        tokens: list[int] = []
-        parents: list[int] = []
-        ends: list[tuple[int, int]] = []
-        for item in sorted(members, key=lambda i: encoded[i][skip:]):
-            node = -1
-            for t in encoded[item][skip:]:
-                nxt = nodes.get((node, t))
-                if nxt is None:
-                    nxt = nodes[(node, t)] = len(tokens)
-                    tokens.append(t)
-                    parents.append(node)
-                node = nxt
-            ends.append((item, node))
-        n = len(tokens)
-        depth = [0] * n
-        for i, parent in enumerate(parents):
-            if parent >= 0:
-                depth[i] = depth[parent] + 1
-        backbone, _ = self._parts()
-        done: list[tuple[Any, Any]] = []  # per layer: keys/values of the nodes computed so far
+        prefix tree (`run_prefix_tree`): a token shared by several items (the state of one
+        expansion, a first-line child inside its own rollout, a duplicate) is computed once, and
+        nothing is padded. Exact under causal attention."""
+        order = sorted(members, key=lambda i: encoded[i][skip:])
+        tokens, parents, ends = prefix_tree([encoded[i][skip:] for i in order])
         reads_by_pass: dict[int, list[tuple[int, int, int]]] = {}
-        for item, node in ends:
+        for item, node in zip(order, ends, strict=True):
             reads_by_pass.setdefault(node // pack, []).append((0, item, node % pack))
-        for p, a in enumerate(range(0, n, pack)):
-            b = min(a + pack, n)
-            sees = torch.zeros(b - a, b, dtype=torch.bool)  # this pass's nodes see their ancestors and themselves
-            for i in range(a, b):
-                parent = parents[i]
-                if parent >= a:
-                    sees[i - a] = sees[parent - a]
-                else:  # the ancestors lie in earlier passes (or it hangs off the cached prefix)
-                    while parent >= 0:
-                        sees[i - a, parent] = True
-                        parent = parents[parent]
-                sees[i - a, i] = True
-            needed = sees[:, :a].any(dim=0).nonzero()[:, 0]  # ancestors from earlier passes
-            past = None
-            if kv is not None or len(needed):
-                layers = []
-                for layer in range(len(kv) if kv is not None else len(done)):
-                    parts_k = [kv[layer][0]] if kv is not None else []
-                    parts_v = [kv[layer][1]] if kv is not None else []
-                    if len(needed):
-                        parts_k.append(done[layer][0][:, :, needed])
-                        parts_v.append(done[layer][1][:, :, needed])
-                    layers.append((torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)))
-                past = DynamicCache(ddp_cache_data=layers)
-            mask = torch.cat([torch.ones(b - a, skip, dtype=torch.bool), sees[:, needed], sees[:, a:b]], dim=1)  # kv None <=> skip 0
+        backbone, _ = self._parts()
+        for a, b, out in run_prefix_tree(backbone, tokens, parents, kv=kv, skip=skip, device=device, pack=pack):
             self.tokens_computed += b - a
-            out = backbone(
-                input_ids=torch.tensor([tokens[a:b]], dtype=torch.long, device=device),
-                attention_mask=mask[None, None].to(device),
-                position_ids=torch.tensor([[skip + d for d in depth[a:b]]], dtype=torch.long, device=device),
-                past_key_values=past if past is not None else DynamicCache(),
-                use_cache=True,
-            )
-            if b < n:  # keep this pass's keys and values for later passes
-                new = [(layer[0][:, :, -(b - a) :], layer[1][:, :, -(b - a) :]) for layer in out.past_key_values]
-                done = new if not done else [(torch.cat([dk, k], dim=2), torch.cat([dv, v], dim=2)) for (dk, dv), (k, v) in zip(done, new, strict=True)]
-            if p in reads_by_pass:
-                self._read(out.last_hidden_state, reads_by_pass[p], scores)
+            if a // pack in reads_by_pass:
+                self._read(out.last_hidden_state, reads_by_pass[a // pack], scores)
 
     def _run_rows(
         self,

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,15 @@ class FeatureCache:
     def tokens(self) -> int:
         return max((start + n for start, n in self.index.values()), default=0)
 
-    def build(self, backbone: Any, inputs: Sequence[Sequence[int]], *, batch_tokens: int = 4096, desc: str = "features") -> int:
-        """Run the frozen layers below ``layer`` over every input not cached yet (sorted by length,
-        padded batches of about ``batch_tokens``); returns how many were computed."""
+    def build(self, backbone: Any, inputs: Sequence[Sequence[int]], *, pack: int = 0, batch_tokens: int = 4096,
+              tree_tokens: int = 8192, desc: str = "features") -> int:
+        """Run the frozen layers below ``layer`` over every input not cached yet; returns how many
+        were computed. With ``pack`` > 0 (the CPU default of value scoring) inputs that share a
+        prefix - one problem's rows share its prompt, and a state's rows its earlier lines - run as
+        prefix trees of at most about ``tree_tokens`` distinct tokens (`models.value.run_prefix_tree`
+        in passes of ``pack``): every distinct prefix once, nothing padded. With 0, padded batches of
+        about ``batch_tokens``, inputs sorted by length (the GPU default). Either way each token's
+        states are those of a causal forward over its own input."""
         import torch
 
         todo: dict[str, Sequence[int]] = {}
@@ -81,55 +87,41 @@ class FeatureCache:
                 todo.setdefault(key, ids)
         if not todo:
             return 0
-        layers = backbone.model.layers
         captured: list[Any] = []
 
         def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             captured.append(args[0] if args else kwargs["hidden_states"])
-            raise _Stop
+            if not pack:
+                raise _Stop  # nothing above the cached layer needs to run (a tree's later passes need every layer's keys)
 
-        order = sorted(todo.items(), key=lambda kv: len(kv[1]))
-        pad = int(backbone.config.pad_token_id or 0)
-        handle = layers[self.layer].register_forward_pre_hook(hook, with_kwargs=True)
+        handle = backbone.model.layers[self.layer].register_forward_pre_hook(hook, with_kwargs=True)
         end = self.tokens
-        bar = tqdm(total=len(order), desc=desc, unit="row")
+        bar = tqdm(total=len(todo), desc=desc, unit="row")
         data_path = self.dir / "features.bin"
         data_path.touch()
         try:
             with data_path.open("r+b") as fh, torch.inference_mode():
                 fh.seek(end * self.hidden * np.dtype(self._np_dtype).itemsize)
                 fh.truncate()  # rows an interrupted build wrote but never indexed
-                i = 0
-                while i < len(order):
-                    j = i + 1
-                    while j < len(order) and (j - i + 1) * len(order[j][1]) <= max(batch_tokens, len(order[j][1])):
-                        j += 1
-                    batch = order[i:j]
-                    width = max(len(ids) for _, ids in batch)
-                    x = torch.full((len(batch), width), pad, dtype=torch.long)
-                    for r, (_, ids) in enumerate(batch):
-                        x[r, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+                groups = (_tree_groups(sorted(todo.items(), key=lambda kv: list(kv[1])), tree_tokens) if pack
+                          else _padded_groups(sorted(todo.items(), key=lambda kv: len(kv[1])), batch_tokens))
+                for group in groups:
                     captured.clear()
-                    try:
-                        backbone.model(input_ids=x.to(backbone.device), use_cache=False)
-                    except _Stop:
-                        pass
-                    hidden = captured[0].detach().cpu()
-                    for r, (key, ids) in enumerate(batch):
-                        rows = hidden[r, : len(ids)]
+                    states = (_tree_states(backbone, group, captured, pack) if pack
+                              else _padded_states(backbone, group, captured))
+                    for (key, ids), rows in zip(group, states, strict=True):
                         raw = rows.float().numpy() if self.dtype == "float32" else rows.to(torch.bfloat16).view(torch.int16).numpy()
                         fh.write(np.ascontiguousarray(raw).tobytes())
                         self.index[key] = [end, len(ids)]
                         end += len(ids)
                     fh.flush()
                     self._write_index()
-                    bar.update(len(batch))
-                    i = j
+                    bar.update(len(group))
         finally:
             handle.remove()
             bar.close()
         self._data = None
-        return len(order)
+        return len(todo)
 
     def _write_index(self) -> None:
         tmp = self.dir / "index.json.tmp"
@@ -145,6 +137,74 @@ class FeatureCache:
             self._data = np.memmap(self.dir / "features.bin", dtype=self._np_dtype, mode="r").reshape(-1, self.hidden)
         raw = torch.from_numpy(np.array(self._data[start : start + n]))
         return raw.float() if self.dtype == "float32" else raw.view(torch.bfloat16).float()
+
+
+Item = tuple[str, Sequence[int]]  # (feature key, token ids)
+
+
+def _padded_groups(order: Sequence[Item], batch_tokens: int) -> Iterator[list[Item]]:
+    """Length-sorted inputs in batches of about ``batch_tokens`` padded tokens."""
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and (j - i + 1) * len(order[j][1]) <= max(batch_tokens, len(order[j][1])):
+            j += 1
+        yield list(order[i:j])
+        i = j
+
+
+def _tree_groups(order: Sequence[Item], tree_tokens: int, *, min_shared: int = 8) -> Iterator[list[Item]]:
+    """Lexicographically sorted inputs in runs that share at least ``min_shared`` leading tokens,
+    each of at most about ``tree_tokens`` distinct tokens (in sorted order an input adds the tokens
+    past its common prefix with the one before)."""
+    from models.value import _common_prefix
+
+    group: list[Item] = []
+    size = 0
+    for item in order:
+        common = _common_prefix(group[-1][1], item[1]) if group else 0
+        if group and (common < min_shared or size + len(item[1]) - common > tree_tokens):
+            yield group
+            group, size, common = [], 0, 0
+        group.append(item)
+        size += len(item[1]) - common
+    if group:
+        yield group
+
+
+def _padded_states(backbone: Any, group: list[Item], captured: list[Any]) -> list[Any]:
+    import torch
+
+    pad = int(backbone.config.pad_token_id or 0)
+    width = max(len(ids) for _, ids in group)
+    x = torch.full((len(group), width), pad, dtype=torch.long)
+    for r, (_, ids) in enumerate(group):
+        x[r, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+    try:
+        backbone.model(input_ids=x.to(backbone.device), use_cache=False)
+    except _Stop:
+        pass
+    hidden = captured[0].detach().cpu()
+    return [hidden[r, : len(ids)] for r, (_, ids) in enumerate(group)]
+
+
+def _tree_states(backbone: Any, group: list[Item], captured: list[Any], pack: int) -> list[Any]:
+    import torch
+
+    from models.value import prefix_tree, run_prefix_tree
+
+    tokens, parents, ends = prefix_tree([ids for _, ids in group])
+    for _ in run_prefix_tree(backbone.model, tokens, parents, device=backbone.device, pack=pack):
+        pass
+    hidden = torch.cat([c[0].detach().cpu() for c in captured], dim=0)  # [nodes, hidden]
+    out = []
+    for node in ends:
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = parents[node]
+        out.append(hidden[torch.tensor(path[::-1])])
+    return out
 
 
 def check_backbone(backbone: Any, top: int) -> int:

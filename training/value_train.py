@@ -471,7 +471,8 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
                          hidden=int(cacher.config.hidden_size), dtype=dtype)
     data = {key: encode_rows(rows, problems, tokenizer, cfg.value.max_length) for key, rows in
             (("train", train_rows), ("held", held_rows), ("probe", probe))}
-    computed = cache.build(cacher.to(device), [d["input_ids"] for part in data.values() for d in part])
+    pack = cfg.value.resolved_pack_tokens(device)  # prefix trees where value scoring packs them (the CPU), else padded batches
+    computed = cache.build(cacher.to(device), [d["input_ids"] for part in data.values() for d in part], pack=pack)
     cache_s = time.monotonic() - t_cache
     logger.info("feature cache %s: %d rows computed now (%.0f s), %d cached in all", cache.dir, computed, cache_s, len(cache.index))
     del cacher
@@ -491,7 +492,7 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
     served = _predict(adapter, tokenizer, problems, check_rows, cfg, device)
     cached = (held_preds if held_rows else train_preds)[: len(check_rows)]
     extra = {"feature_cache": {"dir": str(cache.dir), "layer": layer, "dtype": dtype, "rows": len(cache.index), "tokens": cache.tokens,
-                               "computed_now": computed, "build_s": cache_s},
+                               "computed_now": computed, "build_s": cache_s, "pack_tokens": pack},
              "epoch_losses": result.epoch_losses,
              "serving_max_abs_diff": max((abs(a - b) for a, b in zip(cached, served, strict=True)), default=0.0)}
     return adapter, tokenizer, result, train_s, held_preds, train_preds, extra

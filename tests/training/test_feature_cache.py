@@ -1,0 +1,58 @@
+"""`training.value_top_layers.FeatureCache`: the states entering the first trained layer, computed
+as prefix trees (the CPU default) or padded batches, equal those of a plain forward over each input."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from training.value_top_layers import FeatureCache, _tree_groups, feature_key
+
+
+def _inputs() -> list[list[int]]:
+    """Three 'problems': a shared head each, states grown line by line, branches, a duplicate and
+    an input that is a prefix of another - the shapes of collect-values rows."""
+    rng = random.Random(0)
+    out: list[list[int]] = []
+    for _ in range(3):
+        state = [rng.randrange(1, 50) for _ in range(12)]
+        for _ in range(5):
+            state = state + [rng.randrange(1, 50) for _ in range(rng.randint(1, 6))]
+            out.append(state)
+            out.append(state + [rng.randrange(1, 50) for _ in range(rng.randint(1, 4))])
+    return out + [out[3], out[0][:-1]]
+
+
+def _reference(model: LlamaForSequenceClassification, ids: list[int], layer: int) -> torch.Tensor:
+    captured: list[torch.Tensor] = []
+    handle = model.model.layers[layer].register_forward_pre_hook(lambda _m, args, kw: captured.append(args[0] if args else kw["hidden_states"]),
+                                                                 with_kwargs=True)
+    with torch.inference_mode():
+        model.model(input_ids=torch.tensor([ids]))
+    handle.remove()
+    return captured[0][0]
+
+
+def test_tree_and_padded_builds_equal_a_plain_forward_and_resume(tmp_path) -> None:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, pad_token_id=0, num_labels=1)
+    model = LlamaForSequenceClassification(config).eval()
+    inputs = _inputs()
+    distinct = {feature_key(ids) for ids in inputs}
+    groups = list(_tree_groups(sorted(((feature_key(i), i) for i in inputs), key=lambda kv: kv[1]), 40))
+    assert len(groups) > 3  # the three heads split the trees, and 40 tokens split a head's tree again
+
+    padded = FeatureCache(tmp_path / "padded", layer=2, hidden=32, dtype="float32")
+    assert padded.build(model, inputs, pack=0, batch_tokens=64) == len(distinct)
+    tree = FeatureCache(tmp_path / "tree", layer=2, hidden=32, dtype="float32")
+    first = tree.build(model, inputs[:9], pack=7, tree_tokens=40)  # passes of 7 nodes: ancestors in earlier passes
+    tree = FeatureCache(tmp_path / "tree", layer=2, hidden=32, dtype="float32")  # reopened: the index says what is there
+    assert tree.build(model, inputs, pack=7, tree_tokens=40) == len(distinct) - first
+    assert tree.build(model, inputs, pack=7) == 0
+    for ids in inputs:
+        want = _reference(model, ids, 2)
+        assert tree.get(ids).shape == (len(ids), 32)
+        assert torch.allclose(tree.get(ids), want, atol=1e-5) and torch.allclose(padded.get(ids), want, atol=1e-5)
