@@ -289,11 +289,16 @@ def _stack(cache: FeatureCache, data: Sequence[dict[str, Any]], idx: Sequence[in
 def train_top_layers(cfg: Any, model: TopLayers, cache: FeatureCache, rows: Sequence[dict[str, Any]], data: Sequence[dict[str, Any]],
                      device: Any) -> TopResult:
     """AdamW with a cosine schedule after a linear warm-up, gradients clipped at 1; MSE plus
-    ``rank_weight`` x the within-problem ranking term; batches as the LoRA recipe draws them."""
+    ``rank_weight`` x the within-problem ranking term; batches as the LoRA recipe draws them. With
+    ``bf16`` (`models.config.use_bf16`) the forward runs under bfloat16 autocast (the weights stay
+    float32, as the LoRA recipe's Trainer does): 1.8x on a CPU with AVX512-BF16 (bench.train_precision)."""
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
+    from models.config import use_bf16
     from training.value_train import ranking_loss
+
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16, str(device)))
 
     params = model.parameters()
     for p in params:
@@ -314,7 +319,8 @@ def train_top_layers(cfg: Any, model: TopLayers, cache: FeatureCache, rows: Sequ
                 break
             x, lengths = _stack(cache, data, idx, device)
             labels = torch.tensor([data[i]["labels"] for i in idx], dtype=torch.float32, device=device)
-            scores = model(x, lengths)
+            with autocast:
+                scores = model(x, lengths)  # float32 out (TopLayers)
             loss = torch.nn.functional.mse_loss(scores, labels)
             if cfg.rank_weight:
                 groups = torch.tensor([data[i]["group"] for i in idx], device=device)

@@ -1,5 +1,6 @@
-"""`training.value_top_layers.FeatureCache`: the states entering the first trained layer, computed
-as prefix trees (the CPU default) or padded batches, equal those of a plain forward over each input."""
+"""`training.value_top_layers`: the cached states entering the first trained layer (prefix trees, the
+CPU default, or padded batches) equal those of a plain forward over each input; the top layers learn
+from them in float32 and under bfloat16 autocast."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import random
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from training.value_top_layers import FeatureCache, _tree_groups, feature_key
+from training.value_top_layers import (
+    FeatureCache,
+    TopLayers,
+    _tree_groups,
+    feature_key,
+    predict_cached,
+    train_top_layers,
+)
+from training.value_train import ValueTrainConfig
 
 
 def _inputs() -> list[list[int]]:
@@ -35,11 +44,15 @@ def _reference(model: LlamaForSequenceClassification, ids: list[int], layer: int
     return captured[0][0]
 
 
-def test_tree_and_padded_builds_equal_a_plain_forward_and_resume(tmp_path) -> None:
+def _model() -> LlamaForSequenceClassification:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=2, pad_token_id=0, num_labels=1)
-    model = LlamaForSequenceClassification(config).eval()
+    return LlamaForSequenceClassification(config).eval()
+
+
+def test_tree_and_padded_builds_equal_a_plain_forward_and_resume(tmp_path) -> None:
+    model = _model()
     inputs = _inputs()
     distinct = {feature_key(ids) for ids in inputs}
     groups = list(_tree_groups(sorted(((feature_key(i), i) for i in inputs), key=lambda kv: kv[1]), 40))
@@ -56,3 +69,27 @@ def test_tree_and_padded_builds_equal_a_plain_forward_and_resume(tmp_path) -> No
         want = _reference(model, ids, 2)
         assert tree.get(ids).shape == (len(ids), 32)
         assert torch.allclose(tree.get(ids), want, atol=1e-5) and torch.allclose(padded.get(ids), want, atol=1e-5)
+
+
+def test_top_layers_learn_from_the_cache_in_float32_and_bf16(tmp_path) -> None:
+    """A learnable target (the parity of the last token): the training MSE falls well below the
+    untrained model's in both precisions, and only the top layers, norm and head moved."""
+    inputs = _inputs()
+    cache = FeatureCache(tmp_path / "cache", layer=2, hidden=32, dtype="float32")
+    cache.build(_model(), inputs, pack=7)
+    rows = [{"problem_id": f"p{i // 12}", "target": float(ids[-1] % 2)} for i, ids in enumerate(inputs)]
+    data = [{"input_ids": ids, "labels": r["target"], "group": i // 12} for i, (ids, r) in enumerate(zip(inputs, rows, strict=True))]
+
+    def mse(preds: list[float]) -> float:
+        return sum((p - d["labels"]) ** 2 for p, d in zip(preds, data, strict=True)) / len(data)
+
+    for bf16 in (False, True):
+        backbone = _model()
+        frozen = [p.detach().clone() for p in backbone.model.layers[:2].parameters()]
+        model = TopLayers(backbone, 2)
+        before = mse(predict_cached(model, cache, data, "cpu"))
+        cfg = ValueTrainConfig(learning_rate=3e-3, max_steps=30, batch_size=8, bf16=bf16, rank_weight=0.5, problems_per_batch=2)
+        result = train_top_layers(cfg, model, cache, rows, data, "cpu")
+        after = mse(predict_cached(model, cache, data, "cpu"))
+        assert result.global_step == 30 and after < 0.5 * before, (bf16, before, after)
+        assert all(torch.equal(a, b) for a, b in zip(frozen, backbone.model.layers[:2].parameters(), strict=True))
