@@ -8,14 +8,35 @@ and the expected calibration error of the binned predictions. Settings are read 
 ``final/restrl.json`` config, so the table says what was tried.
 
     python -m bench.value_study runs/value_study [--out bench/results/value_study.json]
+
+The study itself, one command, resumable (a setting whose folder has ``metrics.json`` is not
+trained again, one with ``selection/eval.json`` not selected again):
+
+    python -m bench.value_study --run configs/value_study.yaml [--only NAME ...]
+
+runs ``restrl train value --config <train_config> --set ...`` per setting of the study config, and,
+with ``selection.samples`` (best_of_n phases on the gym **validation** split sampled once with the
+shipped value model: the command is in configs/value_study.yaml), ``restrl eval --set
+rescore_from=<samples> --set value.model=<run>/final`` - the same programs ranked by each setting's
+value model, the final choice the product makes - paired against the shipped model on them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
 
 SETTING_KEYS = ("top_layers", "lora_r", "lora_layers", "init_from", "learning_rate", "epochs", "max_steps", "rank_weight",
                 "problems_per_batch", "max_train_rows", "kinds")
@@ -26,7 +47,91 @@ def expected_calibration_error(bins: list[dict[str, float]]) -> float | None:
     return sum(b["rows"] * abs(b["mean_pred"] - b["mean_target"]) for b in bins) / rows if rows else None
 
 
-def summarize_run(folder: Path) -> dict[str, Any]:
+class Selection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples: str = Field(description="output_dir of a restrl eval run of best_of_n on gym_validation (the programs every setting ranks)")
+    eval_config: str = "configs/eval.yaml"
+    dataset: str = "gym_validation"
+    budgets: list[int] = Field(default=[5, 10, 20], description="as the samples run had them")
+    budget: int = Field(default=20, description="the budget the table reports")
+
+
+class StudyConfig(BaseModel):
+    """A value-model training study: settings over one training config, each trained and selected."""
+
+    model_config = ConfigDict(extra="forbid")
+    study_dir: str = "runs/value_study"
+    train_config: str = "configs/value.yaml"
+    common: dict[str, Any] = Field(default_factory=dict, description="--set for every setting")
+    selection: Selection | None = None
+    settings: dict[str, dict[str, Any]] = Field(description="name -> --set of that setting (over common)")
+
+
+def _sets(items: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in items.items():
+        out += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    return out
+
+
+def train_command(cfg: StudyConfig, name: str) -> list[str]:
+    out = Path(cfg.study_dir) / name
+    return [sys.executable, "restrl.py", "train", "value", "--config", cfg.train_config,
+            *_sets({**cfg.common, **cfg.settings[name], "output_dir": str(out)})]
+
+
+def selection_command(cfg: StudyConfig, name: str) -> list[str]:
+    assert cfg.selection is not None
+    sel, out = cfg.selection, Path(cfg.study_dir) / name / "selection"
+    return [sys.executable, "restrl.py", "eval", "--config", sel.eval_config, *_sets({
+        "datasets": [sel.dataset], "strategies": ["best_of_n"], "budgets": sel.budgets, "value.model": str(Path(cfg.study_dir) / name / "final"),
+        "rescore_from": sel.samples, "output_dir": str(out), "results_file": str(out / "eval.json"), "plot_file": str(out / "eval.png")})]
+
+
+def _run(cmd: list[str], folder: Path) -> None:
+    logger.info("running: %s", " ".join(cmd[1:]))
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "commands.jsonl").open("a") as fh:
+        fh.write(json.dumps({"command": "python " + " ".join(cmd[1:]), "wall_s": round(time.perf_counter() - t0, 1),
+                             "at": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+
+
+def run_study(cfg: StudyConfig, *, only: list[str] | None = None) -> None:
+    """Train, then select, every setting not done yet, in the config's order."""
+    for name in cfg.settings:
+        if only and name not in only:
+            continue
+        folder = Path(cfg.study_dir) / name
+        if not (folder / "metrics.json").exists():
+            _run(train_command(cfg, name), folder)
+        if cfg.selection is not None and not (folder / "selection" / "eval.json").exists():
+            _run(selection_command(cfg, name), folder)
+
+
+def selection_of(folder: Path, selection: Selection | None) -> dict[str, Any] | None:
+    """The setting's value model as the product uses it: pass@1 of best_of_n's validation samples
+    ranked by it (value; public tests, then value; PRM-BoN), and the value rule paired against the
+    shipped model on the same programs (`bench.compare_phases`)."""
+    from bench.compare_phases import compare
+
+    report_path = folder / "selection" / "eval.json"
+    if selection is None or not report_path.exists():
+        return None
+    report = json.loads(report_path.read_text())[selection.dataset]
+    at = str(selection.budget)
+    out: dict[str, Any] = {arm: report[arm][at] for arm in ("best_of_n", "best_of_n+public", "prm_best_of_n") if arm in report}
+    top = max(selection.budgets)
+    name = f"{selection.dataset}.best_of_n.b{top}.json.gz"
+    shipped, mine = Path(selection.samples) / name, folder / "selection" / name
+    if shipped.exists() and mine.exists():
+        paired = compare(shipped, mine, budget=selection.budget, names=("shipped", folder.name))["rules"]["value"]
+        out["vs_shipped"] = {k: paired[k] for k in ("won", "lost", "difference", "ci95", "mcnemar_p")}
+    return out
+
+
+def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str, Any]:
     metrics = json.loads((folder / "metrics.json").read_text())
     manifest = folder / "final" / "restrl.json"
     config = json.loads(manifest.read_text()).get("config", {}) if manifest.exists() else {}
@@ -47,6 +152,7 @@ def summarize_run(folder: Path) -> dict[str, Any]:
         "pair_accuracy_by_depth": {k: v["accuracy"] for k, v in pairs.items()},
         "pairs_by_depth": {k: v["pairs"] for k, v in pairs.items()},
         "ece": expected_calibration_error(metrics.get("calibration", [])),
+        "selection": selection_of(folder, selection),
     }
 
 
@@ -54,20 +160,43 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("study", type=Path, help="folder whose subfolders are value training runs")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/value_study.json"))
-    args = ap.parse_args()
-    runs = [summarize_run(f) for f in sorted(args.study.iterdir()) if (f / "metrics.json").exists()]
-    head = ("run", "mse", "const", "r", "r prog", "r exp", "r child", "pair@0", "pair@1", "pair@2+", "ece", "rows")
+def table(study: Path, selection: Selection | None, out: Path, command: str) -> list[dict[str, Any]]:
+    runs = [summarize_run(f, selection) for f in sorted(study.iterdir()) if (f / "metrics.json").exists()]
+    head = ("run", "mse", "const", "r", "r prog", "r exp", "r child", "pair@0", "pair@1", "pair@2+", "ece", "rows", "bon", "bon+pub", "prm")
     print(" ".join(f"{h:>10}" for h in head))
     for r in runs:
-        by_kind, pa = r["pearson_r_by_kind"], r["pair_accuracy_by_depth"]
+        by_kind, pa, sel = r["pearson_r_by_kind"], r["pair_accuracy_by_depth"], r["selection"] or {}
         cells = (r["name"][-10:], r["mse"], r["constant_mse"], r["pearson_r"], by_kind.get("program"), by_kind.get("expanded"),
-                 by_kind.get("child"), pa.get("0"), pa.get("1"), pa.get("2+"), r["ece"], r["train_rows"])
+                 by_kind.get("child"), pa.get("0"), pa.get("1"), pa.get("2+"), r["ece"], r["train_rows"],
+                 sel.get("best_of_n"), sel.get("best_of_n+public"), sel.get("prm_best_of_n"))
         print(" ".join(f"{_fmt(c):>10}" for c in cells))
-    args.out.write_text(json.dumps({"command": f"python -m bench.value_study {args.study}", "runs": runs}, indent=1))
+    shipped = None
+    if selection is not None and (Path(selection.samples) / "eval.json").exists():
+        report = json.loads((Path(selection.samples) / "eval.json").read_text())[selection.dataset]
+        shipped = {arm: report[arm][str(selection.budget)] for arm in ("best_of_n", "best_of_n+public", "prm_best_of_n") if arm in report}
+        print(f"shipped value model on the same samples @{selection.budget}: {shipped}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "selection": selection.model_dump() if selection else None, "shipped": shipped,
+                               "runs": runs}, indent=1))
+    return runs
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("study", type=Path, nargs="?", help="folder whose subfolders are value training runs (the table only)")
+    ap.add_argument("--run", type=Path, help="a study config (configs/value_study.yaml): train and select every setting not done, then the table")
+    ap.add_argument("--only", nargs="+", help="with --run: these settings only")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/value_study.json"))
+    args = ap.parse_args()
+    if args.run:
+        cfg = StudyConfig.model_validate(yaml.safe_load(args.run.read_text()))
+        run_study(cfg, only=args.only)
+        table(Path(cfg.study_dir), cfg.selection, args.out, f"python -m bench.value_study --run {args.run}")
+    elif args.study:
+        table(args.study, None, args.out, f"python -m bench.value_study {args.study}")
+    else:
+        ap.error("give a study folder or --run CONFIG")
 
 
 if __name__ == "__main__":

@@ -23,3 +23,58 @@ def test_a_run_folder_becomes_one_row_with_its_setting(tmp_path: Path) -> None:
     assert row["setting"] == {"top_layers": 2, "lora_r": 8, "learning_rate": 1e-3}  # seed is not a setting of the study
     assert row["feature_cache_build_s"] == 40.0 and row["pair_accuracy_by_depth"] == {"2+": 0.8}
     assert abs(row["ece"] - 0.025) < 1e-12 and expected_calibration_error([]) is None
+
+
+def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    import bench.value_study as vs
+    from training.cli import load_job_config
+    from training.search_eval import EvalConfig
+    from training.value_train import ValueTrainConfig
+
+    cfg = vs.StudyConfig.model_validate(yaml.safe_load((vs.ROOT / "configs" / "value_study.yaml").read_text()))
+    cfg = cfg.model_copy(update={"study_dir": str(tmp_path / "study")})
+
+    def parsed(cls, cmd):
+        sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+        return load_job_config(cls, str(vs.ROOT / cmd[cmd.index("--config") + 1]), sets)
+
+    first, rank = parsed(ValueTrainConfig, vs.train_command(cfg, "top2_lr1e-4")), parsed(ValueTrainConfig, vs.train_command(cfg, "top2_lr1e-4_rank"))
+    assert first.top_layers == 2 and first.learning_rate == 1e-4 and first.bf16 is True and first.rows_file == "runs/value_data3/rows.jsonl"
+    assert first.output_dir == str(tmp_path / "study" / "top2_lr1e-4") and first.rank_weight == 0
+    assert rank.rank_weight == 1.0 and rank.problems_per_batch == 4
+    assert parsed(ValueTrainConfig, vs.train_command(cfg, "top4_lr1e-4")).top_layers == 4  # a setting overrides common
+    sel = parsed(EvalConfig, vs.selection_command(cfg, "top2_lr1e-4"))
+    assert sel.datasets == ("gym_validation",) and sel.strategies == ("best_of_n",) and sel.rescore_from == "bench/results/value_selection"
+    assert sel.value.model == str(tmp_path / "study" / "top2_lr1e-4" / "final") and sel.output_dir.startswith(str(tmp_path))
+
+    ran: list[tuple[str, str]] = []
+    monkeypatch.setattr(vs, "_run", lambda cmd, folder: ran.append((cmd[2], folder.name)))
+    done = tmp_path / "study" / "top2_lr1e-4"
+    (done / "selection").mkdir(parents=True)
+    (done / "metrics.json").write_text("{}")
+    (done / "selection" / "eval.json").write_text("{}")
+    vs.run_study(cfg, only=["top2_lr1e-4", "top2_lr3e-4"])
+    assert ran == [("train", "top2_lr3e-4"), ("eval", "top2_lr3e-4")]
+
+
+def test_selection_pairs_a_setting_with_the_shipped_model_on_the_same_programs(tmp_path: Path) -> None:
+    from bench.value_study import Selection, selection_of
+    from training.search_eval import write_phase
+
+    def phase(values: list[list[float]]) -> dict:
+        results = [{"steps": [[1, 10, 1], [2, 20, 2]], "candidates": [
+            {"code": f"c{j}", "step": j, "value": v, "passed": j == 1} for j, v in enumerate(vals)]} for vals in values]
+        return {"config": {"value_model": None}, "problems": [f"p{i}" for i in range(len(values))], "results": results}
+
+    samples, run = tmp_path / "samples", tmp_path / "study" / "mine"
+    name = "gym_validation.best_of_n.b2.json.gz"
+    write_phase(samples / name, phase([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8]]))  # the shipped model picks the passing one once
+    write_phase(run / "selection" / name, {**phase([[0.1, 0.9], [0.1, 0.9], [0.2, 0.8]]), "config": {"value_model": "mine"}})
+    report = {"gym_validation": {"best_of_n": {"2": 1.0}, "best_of_n+public": {"2": 1.0}, "prm_best_of_n": {"2": 0.0}}}
+    (run / "selection" / "eval.json").write_text(json.dumps(report))
+    out = selection_of(run, Selection(samples=str(samples), budgets=[1, 2], budget=2))
+    assert out is not None and out["best_of_n"] == 1.0 and out["prm_best_of_n"] == 0.0
+    assert out["vs_shipped"]["won"] == 0 and out["vs_shipped"]["lost"] == 2  # "a" is the shipped model
+    assert selection_of(run, None) is None
