@@ -117,6 +117,12 @@ class CollectConfig(BaseModel):
     value: ValueConfig = Field(default_factory=lambda: ValueConfig(dtype="bfloat16"),
                                description="the value model guiding the guided searches (model None: the one shipped for the default policy)")
     sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(timeout_s=4.0), description="the sandbox that runs the rollouts")
+    snapshot: str | None = Field(
+        default=None,
+        description="a .tar.gz of config.json and every finished search's trace, rewritten every snapshot_every searches and"
+        " at the end: commit it, and --resume on a fresh checkout first unpacks the traces it holds that output_dir lacks",
+    )
+    snapshot_every: int = Field(default=25, ge=1, description="finished searches between two snapshot writes")
 
     @model_validator(mode="before")
     @classmethod
@@ -252,12 +258,15 @@ async def collect(
     replicas: Sequence[tuple[Policy, ValueModel | None]] = (),
 ) -> dict[str, Any]:
     """Search every (problem, mode) without a trace in ``cfg.output_dir`` (all of them unless
-    ``resume``), write traces as they finish, then rebuild ``rows.jsonl`` from every trace; return
+    ``resume``; with ``cfg.snapshot`` its traces count as done), write traces as they finish (and
+    the snapshot, `write_snapshot`), then rebuild ``rows.jsonl`` from every trace; return
     the summary. ``value`` (the value model) is needed for the guided mode. ``replicas``: more
     (policy, value) engines; the searches are sharded across all of them (`search.run_sharded`),
     each engine running ``cfg.concurrency`` at once."""
     out = Path(cfg.output_dir)
     (out / "traces").mkdir(parents=True, exist_ok=True)
+    if resume and cfg.snapshot:
+        restore_snapshot(cfg)
     jobs = [(i, p, m) for m in modes(cfg) for i, p in enumerate(problems)]
     todo = [(i, p, m) for i, p, m in jobs if not (resume and trace_path(out, p.id, m).exists())]
     if not resume:
@@ -273,8 +282,10 @@ async def collect(
                for p, v in engines]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="collect-values", unit="search")
     t0 = time.monotonic()
+    finished = 0
 
     async def one(worker: tuple[Policy, asyncio.Semaphore, dict[str, Any]], _: int, job: tuple[int, Problem, Mode]) -> None:
+        nonlocal finished
         engine, gate, evaluators = worker
         index, problem, mode = job
         async with gate:
@@ -282,12 +293,52 @@ async def collect(
         assert result.trace is not None
         save_trace(result.trace, trace_path(out, problem.id, mode))
         bar.update(1)
+        finished += 1
+        if cfg.snapshot and finished % cfg.snapshot_every == 0:
+            write_snapshot(cfg)
 
     try:
         await run_sharded(todo, workers, one)
     finally:
         bar.close()
+        if cfg.snapshot and finished:
+            write_snapshot(cfg)  # what finished, also when the run is stopped
     return write_rows(problems, cfg, wall_s=time.monotonic() - t0)
+
+
+def write_snapshot(cfg: CollectConfig) -> Path:
+    """``cfg.snapshot``: config.json and every trace in ``output_dir`` (written aside, then moved)."""
+    import tarfile
+
+    assert cfg.snapshot is not None
+    out, path = Path(cfg.output_dir), Path(cfg.snapshot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        if (out / "config.json").exists():
+            tar.add(out / "config.json", arcname="config.json")
+        for trace in sorted((out / "traces").glob("*.json")):
+            tar.add(trace, arcname=f"traces/{trace.name}")
+    tmp.replace(path)
+    return path
+
+
+def restore_snapshot(cfg: CollectConfig) -> int:
+    """Unpack the snapshot's traces (and config.json) that ``output_dir`` lacks; returns how many.
+    Only plain files under traces/ and config.json are taken (tarfile's ``data`` filter)."""
+    import tarfile
+
+    assert cfg.snapshot is not None
+    out, path = Path(cfg.output_dir), Path(cfg.snapshot)
+    if not path.exists():
+        return 0
+    with tarfile.open(path, "r:gz") as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and (m.name == "config.json" or (
+            m.name.startswith("traces/") and m.name.count("/") == 1 and m.name.endswith(".json")))]
+        missing = [m for m in members if not (out / m.name).exists()]
+        tar.extractall(out, members=missing, filter="data")
+    logger.info("collect-values: %d files unpacked from %s", len(missing), path)
+    return len(missing)
 
 
 def write_rows(problems: Sequence[Problem], cfg: CollectConfig, *, wall_s: float | None = None) -> dict[str, Any]:
@@ -351,6 +402,8 @@ RESOURCE_FIELDS: dict[str, Any] = {
     "policy": {"max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "hf_max_batch", "hf_device", "gpus",
                "data_parallel_size", "gpu_memory_utilization", "kv_cache_gib"},
     "value": {"batch_size", "batch_max", "batch_wait_ms", "gpu_memory_gib", "device", "threads"},
+    "snapshot": True,
+    "snapshot_every": True,
 }
 
 
@@ -368,6 +421,8 @@ def _write_config(out: Path, cfg: CollectConfig, *, resume: bool) -> None:
 async def _run(cfg: CollectConfig, *, resume: bool) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if resume and cfg.snapshot:
+        restore_snapshot(cfg)  # before the config check: a fresh checkout resumes the run the snapshot holds
     _write_config(out, cfg, resume=resume)
     problems = select_problems(cfg)
     write_jsonl(out / "problems.jsonl", problems)

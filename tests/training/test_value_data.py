@@ -286,3 +286,34 @@ def test_pair_accuracy_by_depth_of_the_failing_program() -> None:
     assert acc["0"] == {"pairs": 1, "accuracy": 1.0}
     assert acc["3"] == {"pairs": 1, "accuracy": 0.5}  # a tie counts half
     assert acc["2+"] == acc["3"] and acc["all"] == {"pairs": 2, "accuracy": 0.75} and "4+" not in acc
+
+
+async def test_a_snapshot_carries_finished_searches_to_a_fresh_checkout(tmp_path: Path) -> None:
+    """The committed snapshot holds every finished trace: a resume with an empty output folder
+    searches only what it lacks, and the rows equal an uninterrupted collection's."""
+    import tarfile
+
+    from training.value_data import restore_snapshot, write_snapshot
+
+    search = {"budget": {"samples": 10}, "k": 5, "max_tokens": 200}
+    problems = [_problem(f"p{i}") for i in range(5)]
+    whole = CollectConfig(output_dir=str(tmp_path / "whole"), search=search, concurrency=2)
+    all_five = SeededPolicy()
+    await collect(problems, all_five, HashSandbox(), whole)
+
+    cfg = CollectConfig(output_dir=str(tmp_path / "first"), search=search, concurrency=2, snapshot=str(tmp_path / "vd.tar.gz"),
+                        snapshot_every=2)
+    await collect(problems[:3], SeededPolicy(), HashSandbox(), cfg)  # a session that got through three problems
+    with tarfile.open(tmp_path / "vd.tar.gz") as tar:
+        assert sorted(tar.getnames()) == [f"traces/p{i}.json" for i in range(3)]
+
+    fresh = cfg.model_copy(update={"output_dir": str(tmp_path / "fresh")})  # a fresh checkout: only the snapshot
+    policy = SeededPolicy()
+    await collect(problems, policy, HashSandbox(), fresh, resume=True)
+    assert len(policy.calls) == len(all_five.calls) * 2 // 5  # only p3 and p4 were searched
+    assert read_rows(tmp_path / "fresh" / "rows.jsonl") == read_rows(tmp_path / "whole" / "rows.jsonl")
+    with tarfile.open(tmp_path / "vd.tar.gz") as tar:
+        assert len(tar.getnames()) == 5  # rewritten at the end with all five
+    assert restore_snapshot(fresh) == 0  # nothing missing
+    trace_path(tmp_path / "fresh", "p4").unlink()
+    assert restore_snapshot(fresh) == 1 and write_snapshot(fresh).exists()
