@@ -7,7 +7,9 @@ training; tiers where the default model's oracle is well above its greedy pass@1
 
 What runs, dataset by dataset (``order``), strategy by strategy in ``phases`` order; all problems
 of a phase are searched concurrently on one engine, value calls batched across searches by
-`search.ValueBatcher`; with ``time_limit_s`` no phase starts after the limit:
+`search.ValueBatcher`. Without ``time_limit_s`` the phases overlap at their edges (every phase is
+queued at once on one gate per engine, in order, so the next phase's searches fill the engine while
+a phase's last ones finish); with it, phases run one after the other and none starts after the limit:
 
 * ``greedy`` runs once: it spends one sample at any budget.
 * every other strategy runs once at its largest budget (``budgets``, capped per strategy by
@@ -443,26 +445,40 @@ class PartialPhase:
         self.path.unlink(missing_ok=True)
 
 
+def engine_gates(runners: Sequence[_Runner]) -> dict[int, asyncio.Semaphore]:
+    """One gate of ``concurrency`` searches per engine; phases that share them queue in order."""
+    return {id(r): asyncio.Semaphore(r.cfg.concurrency) for r in runners}
+
+
 async def _run_phase(runners: Sequence[_Runner], problems: list[Problem], strategy: str, run_budget: int, desc: str,
-                     partial: PartialPhase | None = None) -> tuple[list[dict[str, Any]], float]:
-    """Every problem's record, in problem order, and the phase's wall seconds (summed over the runs
-    that contributed to ``partial``). Problem ``i`` runs on runner (engine) ``i mod len(runners)``
-    (`search.replicas.shard`), each engine running ``concurrency`` searches at once."""
+                     partial: PartialPhase | None = None, gates: dict[int, asyncio.Semaphore] | None = None,
+                     ) -> tuple[list[dict[str, Any]], float]:
+    """Every problem's record, in problem order, and the phase's wall seconds: from its first search's
+    start to its last one's end (summed over the runs that contributed to ``partial``). Problem ``i``
+    runs on runner (engine) ``i mod len(runners)`` (`search.replicas.shard`), each engine running
+    ``concurrency`` searches at once; with shared ``gates`` (`engine_gates`) phases started one after
+    the other queue behind each other (asyncio's semaphores wake in FIFO order), so the next phase's
+    searches fill the engine while this one's last searches finish."""
     mode = resolve_mode(runners[0].policy, runners[0].search_config(strategy, run_budget, 0))
-    gates = {id(r): asyncio.Semaphore(r.cfg.concurrency) for r in runners}
+    gates = gates if gates is not None else engine_gates(runners)
     done = dict(partial.done) if partial is not None else {}
     before = partial.elapsed_s if partial is not None else 0.0
-    t0 = time.monotonic()
+    started: list[float] = []
     bar = tqdm(total=len(problems), initial=len(done), desc=desc, unit="problem")
     if done:
         logger.info("eval phase %s: %d of %d problems already done (%.0f s), resuming", desc, len(done), len(problems), before)
 
+    def elapsed() -> float:
+        return before + (time.monotonic() - started[0] if started else 0.0)
+
     async def go(runner: _Runner, i: int, p: Problem) -> None:
         async with gates[id(runner)]:
+            if not started:
+                started.append(time.monotonic())
             r = await runner.one(p, i, strategy, run_budget, mode)
         done[i] = r
         if partial is not None:
-            partial.add(i, r, before + time.monotonic() - t0)
+            partial.add(i, r, elapsed())
         bar.update(1)
 
     tasks = [asyncio.ensure_future(go(runners[i % len(runners)], i, p)) for i, p in enumerate(problems) if i not in done]
@@ -473,7 +489,7 @@ async def _run_phase(runners: Sequence[_Runner], problems: list[Problem], strate
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
-    return [done[i] for i in range(len(problems))], before + time.monotonic() - t0
+    return [done[i] for i in range(len(problems))], elapsed()
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -706,26 +722,45 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
             runners.append(_Runner(cfg, stack.policy, stack.value, stack.sandbox))
         if len(runners) > 1:
             logger.info("eval: %d engines, problems sharded across them", len(runners))
-        for dataset, strategy in _phase_order(cfg):
-            for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
-                name = f"{dataset}.{strategy}.b{run_budget}"
-                path = phase_path(cfg, name)
-                if resume and path.exists():
-                    phases[name] = _checked(read_phase(path), cfg, path)
-                elif name in sources:
-                    phases[name] = await _rescore_and_write(runners[0], problem_sets[dataset], sources[name], path)
-                    loads.append(os.getloadavg())
-                elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
-                    skipped.append(name)
-                else:
-                    phases[name] = await _run_and_write(runners, problem_sets[dataset], dataset, strategy, run_budget, answers, path,
-                                                         resume=resume)
-                    loads.append(os.getloadavg())
+        # without a time limit the phases overlap at their edges: all are queued at once on shared
+        # gates, in order, so the engine never idles while a phase's last searches finish
+        overlap = cfg.time_limit_s is None
+        gates = engine_gates(runners)
+        running: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        try:
+            for dataset, strategy in _phase_order(cfg):
+                for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
+                    name = f"{dataset}.{strategy}.b{run_budget}"
+                    path = phase_path(cfg, name)
+                    if resume and path.exists():
+                        phases[name] = _checked(read_phase(path), cfg, path)
+                    elif name in sources:
+                        phases[name] = await _rescore_and_write(runners[0], problem_sets[dataset], sources[name], path)
+                        loads.append(os.getloadavg())
+                    elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
+                        skipped.append(name)
+                    else:
+                        job = _run_and_write(runners, problem_sets[dataset], dataset, strategy, run_budget, answers, path,
+                                             resume=resume, gates=gates)
+                        if overlap:
+                            running[name] = asyncio.ensure_future(job)
+                            await asyncio.sleep(0)  # its searches take their places in the queue before the next phase's
+                        else:
+                            phases[name] = await job
+                            loads.append(os.getloadavg())
+            for name, future in running.items():
+                phases[name] = await future
+                loads.append(os.getloadavg())
+        finally:  # one phase failing stops the others rather than leave them running unattended
+            for future in running.values():
+                future.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
     return write_report(cfg, phases, skipped=skipped, wall_s=time.monotonic() - t0, loads=loads)
 
 
 async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], dataset: str, strategy: str, run_budget: int,
-                         answers: list[int], path: Path, *, resume: bool) -> dict[str, Any]:
+                         answers: list[int], path: Path, *, resume: bool,
+                         gates: dict[int, asyncio.Semaphore] | None = None) -> dict[str, Any]:
     """Run one phase and write its file; its finished problems go to a partial file on the way, which
     ``resume`` continues (`PartialPhase`) and a fresh run starts over."""
     name = path.name.removesuffix(".json.gz")
@@ -736,7 +771,7 @@ async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], da
     if not resume:  # a fresh run starts the phase over, and can itself be resumed
         partial_path.unlink(missing_ok=True)
     partial = PartialPhase(partial_path, header)
-    results, wall_s = await _run_phase(runners, problems, strategy, run_budget, name, partial)
+    results, wall_s = await _run_phase(runners, problems, strategy, run_budget, name, partial, gates)
     phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
              "answers": answers, "problems": [p.id for p in problems], "wall_s": wall_s,
              "loadavg_after": os.getloadavg(), "policy_version": str(runner.policy.version),

@@ -342,3 +342,42 @@ async def test_rescoring_a_phase_equals_sampling_it_again_with_the_other_value_m
         rescore_sources(cfg_b.model_copy(update={"output_dir": str(tmp_path / "a")}), sets, resume=False)
     with pytest.raises(ValueError, match="other problems"):
         rescore_sources(cfg_b, {"humaneval": problems[:3]}, resume=True)
+
+
+async def test_phases_on_shared_gates_queue_in_order_and_overlap_at_their_edges() -> None:
+    """`restrl eval` queues every phase at once on one gate per engine: the second phase's searches
+    start only after all of the first phase's have started, and fill the engine while the first
+    phase's last searches run; each phase's records equal those of a phase run alone."""
+    import asyncio
+
+    from tests.training.test_value_data import HashSandbox, _problem
+    from training.search_eval import _run_phase, _Runner, engine_gates
+
+    cfg = EvalConfig(concurrency=2, search={"k": 5, "max_tokens": 200}, prm_aggregates=[])
+    problems = [_problem(f"p{i}") for i in range(5)]
+    alone = {s: (await _run_phase([_Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())], problems, s, 10, s))[0]
+             for s in ("vm_mcts", "best_of_n")}
+    runner = _Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())
+    real_one, events = runner.one, []
+
+    async def one(p, i, strategy, *args):
+        events.append(("start", strategy, i))
+        await asyncio.sleep(0.05 if i < 4 else 0.3)  # each phase's last search is slow
+        out = await real_one(p, i, strategy, *args)
+        events.append(("end", strategy, i))
+        return out
+
+    runner.one = one  # type: ignore[method-assign]
+    gates = engine_gates([runner])
+    t0 = asyncio.get_running_loop().time()
+    first = asyncio.ensure_future(_run_phase([runner], problems, "vm_mcts", 10, "first", gates=gates))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(_run_phase([runner], problems, "best_of_n", 10, "second", gates=gates))
+    (a, _), (b, wall_b) = await first, await second
+    total = asyncio.get_running_loop().time() - t0
+    starts = [(s, i) for kind, s, i in events if kind == "start"]
+    assert [s for s, _ in starts] == ["vm_mcts"] * 5 + ["best_of_n"] * 5 and [i for _, i in starts[:5]] == list(range(5))
+    assert events.index(("start", "best_of_n", 0)) < events.index(("end", "vm_mcts", 4))  # overlap at the edge
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]  # noqa: E731
+    assert strip(a) == strip(alone["vm_mcts"]) and strip(b) == strip(alone["best_of_n"])
+    assert 0 < wall_b <= total - 0.05  # a phase's wall runs from its first search's start, not from when it was queued
