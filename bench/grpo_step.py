@@ -102,10 +102,10 @@ def summarize(runs: list[dict[str, Any]], arms: tuple[str, ...] = ARMS) -> dict[
     if arms == ARMS and all(a in out for a in ARMS):
         out["speedup_step"] = out["trainer"]["step_s"] / out["engine"]["step_s"]
         out["speedup_generation"] = out["trainer"]["generation_s"] / max(1e-9, out["engine"]["generation_s"])
-    first = arms[0]
-    if first in out:
+    reference = arms[0]
+    if reference in out:
         out["ratios_vs_first"] = {
-            arm: {f: out[first][f] / max(1e-9, out[arm][f]) for f in ("step_s", "generation_s", "forward_backward_s")}
+            arm: {f: out[reference][f] / max(1e-9, out[arm][f]) for f in ("step_s", "generation_s", "forward_backward_s")}
             for arm in arms[1:] if arm in out
         }
     return out

@@ -14,6 +14,7 @@ import platform
 import time
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = prepare_default_model()
     ids = torch.randint(0, 49000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
-    models = {}
+    models: dict[str, Any] = {}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
@@ -54,7 +55,7 @@ def main() -> None:
         for name, model in models.items():
             times[name].append(step_seconds(model, ids))
     med = {name: median(t) for name, t in times.items()}
-    result = {
+    result: dict[str, Any] = {
         "command": "python -m bench.train_precision " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
         "machine": {"cpus": os.cpu_count(), "native_bf16": native_bf16("cpu"), "platform": platform.platform(),
                     "load_avg_at_end": os.getloadavg()},

@@ -134,8 +134,8 @@ class FeatureCache:
 
         start, n = self.index[feature_key(ids)]
         if self._data is None:
-            self._data = np.memmap(self.dir / "features.bin", dtype=self._np_dtype, mode="r").reshape(-1, self.hidden)
-        raw = torch.from_numpy(np.array(self._data[start : start + n]))
+            self._data = np.memmap(self.dir / "features.bin", dtype=self._np_dtype, mode="r")
+        raw = torch.from_numpy(np.array(self._data[start * self.hidden : (start + n) * self.hidden])).view(n, self.hidden)
         return raw.float() if self.dtype == "float32" else raw.view(torch.bfloat16).float()
 
 
@@ -257,6 +257,13 @@ class TopLayers:
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
         return self.score(last).squeeze(-1).float()
 
+    def packed(self, states: Any, mask: Any, positions: Any, at: Any) -> Any:
+        """Scores of rows packed as one prefix tree per problem (`_packed`): ``states`` [trees,
+        nodes, hidden], ``mask`` [trees, 1, nodes, nodes] (a node sees its ancestors and itself),
+        ``positions`` the nodes' depths, ``at`` [rows, 2] the (tree, node) each row ends at."""
+        hidden = self.shell(inputs_embeds=states, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        return self.score(hidden[at[:, 0], at[:, 1]]).squeeze(-1).float()
+
 
 @dataclass
 class TopResult:
@@ -286,8 +293,55 @@ def _stack(cache: FeatureCache, data: Sequence[dict[str, Any]], idx: Sequence[in
     return x.to(device), lengths.to(device)
 
 
+def _packed(cache: FeatureCache, data: Sequence[dict[str, Any]], idx: Sequence[int], device: Any) -> tuple[Any, Any, Any, Any]:
+    """The rows ``idx`` as one prefix tree per problem (``group``), right-padded to the largest tree:
+    a token shared by several rows of a problem (its prompt, the lines before a state) is one node,
+    computed once, whose gradient collects every row's - the same sums as the padded batch, fewer
+    positions. Padding nodes see only themselves."""
+    import torch
+
+    from models.value import prefix_tree
+
+    by_problem: dict[int, list[int]] = {}
+    for r, i in enumerate(idx):
+        by_problem.setdefault(int(data[i]["group"]), []).append(r)
+    trees = []
+    for members in by_problem.values():
+        tokens, parents, ends = prefix_tree([data[idx[r]]["input_ids"] for r in members])
+        trees.append((members, parents, ends))
+    width = max(len(parents) for _, parents, _ in trees)
+    x = torch.zeros((len(trees), width, cache.hidden))
+    mask = torch.zeros((len(trees), width, width), dtype=torch.bool)
+    positions = torch.zeros((len(trees), width), dtype=torch.long)
+    at = torch.zeros((len(idx), 2), dtype=torch.long)
+    for b, (members, parents, ends) in enumerate(trees):
+        m = mask[b]
+        for node, parent in enumerate(parents):
+            if parent >= 0:
+                m[node] = m[parent]
+                positions[b, node] = positions[b, parent] + 1
+            m[node, node] = True
+        for node in range(len(parents), width):
+            m[node, node] = True
+        for r, end in zip(members, ends, strict=True):
+            path = []
+            node = end
+            while node >= 0:
+                path.append(node)
+                node = parents[node]
+            x[b, torch.tensor(path[::-1])] = cache.get(data[idx[r]]["input_ids"])
+            at[r] = torch.tensor([b, end])
+    return x.to(device), mask[:, None].to(device), positions.to(device), at.to(device)
+
+
+def _scores(model: TopLayers, cache: FeatureCache, data: Sequence[dict[str, Any]], idx: Sequence[int], device: Any, *, packed: bool) -> Any:
+    if packed:
+        return model.packed(*_packed(cache, data, idx, device))
+    return model(*_stack(cache, data, idx, device))
+
+
 def train_top_layers(cfg: Any, model: TopLayers, cache: FeatureCache, rows: Sequence[dict[str, Any]], data: Sequence[dict[str, Any]],
-                     device: Any) -> TopResult:
+                     device: Any, *, packed: bool = False) -> TopResult:
     """AdamW with a cosine schedule after a linear warm-up, gradients clipped at 1; MSE plus
     ``rank_weight`` x the within-problem ranking term; batches as the LoRA recipe draws them. With
     ``bf16`` (`models.config.use_bf16`) the forward runs under bfloat16 autocast (the weights stay
@@ -317,10 +371,9 @@ def train_top_layers(cfg: Any, model: TopLayers, cache: FeatureCache, rows: Sequ
         for idx in batches:
             if step >= total:
                 break
-            x, lengths = _stack(cache, data, idx, device)
             labels = torch.tensor([data[i]["labels"] for i in idx], dtype=torch.float32, device=device)
             with autocast:
-                scores = model(x, lengths)  # float32 out (TopLayers)
+                scores = _scores(model, cache, data, idx, device, packed=packed)  # float32 out (TopLayers)
             loss = torch.nn.functional.mse_loss(scores, labels)
             if cfg.rank_weight:
                 groups = torch.tensor([data[i]["group"] for i in idx], device=device)
@@ -343,7 +396,8 @@ def train_top_layers(cfg: Any, model: TopLayers, cache: FeatureCache, rows: Sequ
     return TopResult(training_loss=sum(losses) / max(1, len(losses)), global_step=step, epoch_losses=epoch_losses)
 
 
-def predict_cached(model: TopLayers, cache: FeatureCache, data: Sequence[dict[str, Any]], device: Any, *, batch_size: int = 32) -> list[float]:
+def predict_cached(model: TopLayers, cache: FeatureCache, data: Sequence[dict[str, Any]], device: Any, *, batch_size: int = 32,
+                   packed: bool = False) -> list[float]:
     """Clamped scores of ``data`` from the cache (the same computation serving runs above the
     cached layer)."""
     import torch
@@ -352,6 +406,5 @@ def predict_cached(model: TopLayers, cache: FeatureCache, data: Sequence[dict[st
     with torch.inference_mode():
         for i in range(0, len(data), batch_size):
             idx = list(range(i, min(len(data), i + batch_size)))
-            x, lengths = _stack(cache, data, idx, device)
-            out.extend(min(1.0, max(0.0, float(s))) for s in model(x, lengths))
+            out.extend(min(1.0, max(0.0, float(s))) for s in _scores(model, cache, data, idx, device, packed=packed))
     return out

@@ -483,16 +483,18 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
         p.requires_grad_(False)
     model = TopLayers(backbone, top)
     t_train = time.monotonic()
-    result = train_top_layers(cfg, model, cache, train_rows, data["train"], device)
+    packed = pack > 0  # a problem's rows as one prefix tree in training too, where scoring packs them (the CPU)
+    result = train_top_layers(cfg, model, cache, train_rows, data["train"], device, packed=packed)
     train_s = time.monotonic() - t_train
-    held_preds = predict_cached(model, cache, data["held"], device, batch_size=cfg.eval_batch_size)
-    train_preds = predict_cached(model, cache, data["probe"], device, batch_size=cfg.eval_batch_size)
+    held_preds = predict_cached(model, cache, data["held"], device, batch_size=cfg.eval_batch_size, packed=packed)
+    train_preds = predict_cached(model, cache, data["probe"], device, batch_size=cfg.eval_batch_size, packed=packed)
     adapter = get_peft_model(backbone, top_layers_adapter_config(n_layers, top))  # copies the trained modules
     check_rows = held_rows[:32] or probe[:32]
     served = _predict(adapter, tokenizer, problems, check_rows, cfg, device)
     cached = (held_preds if held_rows else train_preds)[: len(check_rows)]
     extra = {"feature_cache": {"dir": str(cache.dir), "layer": layer, "dtype": dtype, "rows": len(cache.index), "tokens": cache.tokens,
                                "computed_now": computed, "build_s": cache_s, "pack_tokens": pack},
+             "packed_training": packed,
              "epoch_losses": result.epoch_losses,
              "serving_max_abs_diff": max((abs(a - b) for a, b in zip(cached, served, strict=True)), default=0.0)}
     return adapter, tokenizer, result, train_s, held_preds, train_preds, extra

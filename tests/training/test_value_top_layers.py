@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -73,7 +74,8 @@ def test_tree_and_padded_builds_equal_a_plain_forward_and_resume(tmp_path) -> No
 
 def test_top_layers_learn_from_the_cache_in_float32_and_bf16(tmp_path) -> None:
     """A learnable target (the parity of the last token): the training MSE falls well below the
-    untrained model's in both precisions, and only the top layers, norm and head moved."""
+    untrained model's in both precisions (padded batches in float32, packed trees in bf16), and
+    only the top layers, norm and head moved."""
     inputs = _inputs()
     cache = FeatureCache(tmp_path / "cache", layer=2, hidden=32, dtype="float32")
     cache.build(_model(), inputs, pack=7)
@@ -89,7 +91,35 @@ def test_top_layers_learn_from_the_cache_in_float32_and_bf16(tmp_path) -> None:
         model = TopLayers(backbone, 2)
         before = mse(predict_cached(model, cache, data, "cpu"))
         cfg = ValueTrainConfig(learning_rate=3e-3, max_steps=30, batch_size=8, bf16=bf16, rank_weight=0.5, problems_per_batch=2)
-        result = train_top_layers(cfg, model, cache, rows, data, "cpu")
-        after = mse(predict_cached(model, cache, data, "cpu"))
+        result = train_top_layers(cfg, model, cache, rows, data, "cpu", packed=bf16)  # padded in float32, packed in bf16
+        after = mse(predict_cached(model, cache, data, "cpu", packed=bf16))
         assert result.global_step == 30 and after < 0.5 * before, (bf16, before, after)
         assert all(torch.equal(a, b) for a, b in zip(frozen, backbone.model.layers[:2].parameters(), strict=True))
+
+
+def test_packed_rows_score_and_train_like_padded_rows(tmp_path) -> None:
+    """One prefix tree per problem (the CPU training path) is the padded batch's computation:
+    the same scores and the same gradients in float32, fewer positions."""
+    from training.value_top_layers import _packed, _scores, _stack
+
+    inputs = _inputs()
+    cache = FeatureCache(tmp_path / "cache", layer=2, hidden=32, dtype="float32")
+    cache.build(_model(), inputs, pack=7)
+    data = [{"input_ids": ids, "labels": 0.5, "group": i // 12} for i, ids in enumerate(inputs)]
+    idx = list(range(0, len(inputs), 2))[:10]  # rows of two problems, branches and prefixes among them
+    x, _, _, _ = _packed(cache, data, idx, "cpu")
+    padded_positions = int(_stack(cache, data, idx, "cpu")[1].max()) * len(idx)
+    assert x.shape[0] == 2 and x.shape[0] * x.shape[1] < padded_positions
+
+    model = TopLayers(_model(), 2)
+    grads = []
+    for packed in (False, True):
+        for p in model.parameters():
+            p.grad = None
+        scores = _scores(model, cache, data, idx, "cpu", packed=packed)
+        (scores * torch.arange(1, len(idx) + 1)).sum().backward()
+        grads.append((scores.detach(), [p.grad.clone() for p in model.parameters()]))
+    (pad_scores, pad_grads), (tree_scores, tree_grads) = grads
+    assert torch.allclose(pad_scores, tree_scores, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(pad_grads, tree_grads, strict=True))
+    assert predict_cached(model, cache, data, "cpu", packed=True) == pytest.approx(predict_cached(model, cache, data, "cpu"), abs=1e-5)
