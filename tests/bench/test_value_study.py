@@ -43,7 +43,7 @@ def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_p
     first, rank = parsed(ValueTrainConfig, vs.train_command(cfg, "top2_lr1e-4")), parsed(ValueTrainConfig, vs.train_command(cfg, "top2_lr1e-4_rank"))
     assert first.top_layers == 2 and first.learning_rate == 1e-4 and first.bf16 is True and first.rows_file == "runs/value_data3/rows.jsonl"
     assert first.output_dir == str(tmp_path / "study" / "top2_lr1e-4") and first.rank_weight == 0
-    assert rank.rank_weight == 1.0 and rank.problems_per_batch == 4
+    assert rank.rank_weight == 1.0 and rank.problems_per_batch == first.problems_per_batch == 4
     assert parsed(ValueTrainConfig, vs.train_command(cfg, "top4_lr1e-4")).top_layers == 4  # a setting overrides common
     sel = parsed(EvalConfig, vs.selection_command(cfg, "top2_lr1e-4"))
     assert sel.datasets == ("gym_validation",) and sel.strategies == ("best_of_n",) and sel.rescore_from == "bench/results/value_selection"
