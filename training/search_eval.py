@@ -748,8 +748,9 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
                         else:
                             phases[name] = await job
                             loads.append(os.getloadavg())
-            for name, future in running.items():
-                phases[name] = await future
+            finished = await asyncio.gather(*running.values())  # the first failure raises at once
+            phases.update(zip(running, finished, strict=True))
+            if running:
                 loads.append(os.getloadavg())
         finally:  # one phase failing stops the others rather than leave them running unattended
             for future in running.values():
