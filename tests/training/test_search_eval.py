@@ -381,3 +381,38 @@ async def test_phases_on_shared_gates_queue_in_order_and_overlap_at_their_edges(
     strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]  # noqa: E731
     assert strip(a) == strip(alone["vm_mcts"]) and strip(b) == strip(alone["best_of_n"])
     assert 0 < wall_b <= total - 0.05  # a phase's wall runs from its first search's start, not from when it was queued
+
+
+@pytest.mark.vllm
+def test_restrl_eval_end_to_end_then_rescored_with_another_value_model(tmp_path, default_model_dir) -> None:
+    """`restrl eval` on the real engine, value model and sandbox: the phases (queued at once, run in
+    order) write files that keep every candidate's program, and the report; a second run naming
+    another value model takes greedy's and best_of_n's samples from the first (`rescore_from`) and
+    searches vm_mcts again."""
+    from models.default import SHIPPED_VALUE_DIR
+    from tests.conftest import TEST_ENGINE
+    from training.search_eval import read_phase
+
+    common = {"datasets": ("humaneval",), "humaneval_n": 2, "strategies": ("greedy", "best_of_n", "vm_mcts"), "budgets": (5,),
+              "concurrency": 4, "bootstrap": 200, "policy": dict(TEST_ENGINE), "search": {"max_tokens": 64}, "prm_aggregates": ("min",)}
+
+    def config(name: str, **more) -> EvalConfig:
+        out = tmp_path / name
+        return EvalConfig(**common, output_dir=str(out), results_file=str(out / "eval.json"), plot_file=str(out / "eval.png"), **more)
+
+    first = run_eval(config("a"))
+    assert set(first["pass1"]["humaneval"]) >= {"greedy", "best_of_n", "prm_best_of_n", "vm_mcts"}
+    names = ("humaneval.greedy.b1", "humaneval.best_of_n.b5", "humaneval.vm_mcts.b5")
+    a = {n: read_phase(tmp_path / "a" / f"{n}.json.gz") for n in names}
+    assert all("code" in c for ph in a.values() for r in ph["results"] for c in r["candidates"])
+    assert json.loads((tmp_path / "a" / "eval.json").read_text())["meta"]["snapshot_self_check_mismatches"] == 0
+
+    run_eval(config("b", value={"model": str(SHIPPED_VALUE_DIR), "dtype": "bfloat16"}, rescore_from=str(tmp_path / "a")))
+    b = {n: read_phase(tmp_path / "b" / f"{n}.json.gz") for n in names}
+    for n in names[:2]:  # the same programs and verdicts, scored by the named model (here the same adapter: near-equal values)
+        assert b[n]["rescored_from"]["path"].endswith(f"{n}.json.gz") and b[n]["config"]["value_model"] == str(SHIPPED_VALUE_DIR)
+        pairs = [(x, y) for ra, rb in zip(a[n]["results"], b[n]["results"], strict=True)
+                 for x, y in zip(ra["candidates"], rb["candidates"], strict=True)]
+        assert pairs and all(x["code"] == y["code"] and x["passed"] == y["passed"] for x, y in pairs)
+        assert all(abs(x["value"] - y["value"]) < 0.05 for x, y in pairs if x["value"] is not None)
+    assert "rescored_from" not in b["humaneval.vm_mcts.b5"]  # the value model steers its samples: searched again
