@@ -66,10 +66,13 @@ def test_tree_and_padded_builds_equal_a_plain_forward_and_resume(tmp_path) -> No
     tree = FeatureCache(tmp_path / "tree", layer=2, hidden=32, dtype="float32")  # reopened: the index says what is there
     assert tree.build(model, inputs, pack=7, tree_tokens=40) == len(distinct) - first
     assert tree.build(model, inputs, pack=7) == 0
+    bf16 = FeatureCache(tmp_path / "bf16", layer=2, hidden=32, dtype="bfloat16")  # stored as bfloat16 bits, read as float32
+    bf16.build(model, inputs, pack=7)
     for ids in inputs:
         want = _reference(model, ids, 2)
         assert tree.get(ids).shape == (len(ids), 32)
         assert torch.allclose(tree.get(ids), want, atol=1e-5) and torch.allclose(padded.get(ids), want, atol=1e-5)
+        assert bf16.get(ids).dtype == torch.float32 and torch.equal(bf16.get(ids), want.to(torch.bfloat16).float())
 
 
 def test_top_layers_learn_from_the_cache_in_float32_and_bf16(tmp_path) -> None:
