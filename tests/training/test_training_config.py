@@ -76,6 +76,7 @@ OTHER_JOBS = {
     "value_data_v3.yaml": ("training.value_data", "CollectConfig"),
     "value.yaml": ("training.value_train", "ValueTrainConfig"),
     "eval.yaml": ("training.search_eval", "EvalConfig"),
+    "value_study.yaml": ("bench.value_study", "StudyConfig"),
 }
 
 
