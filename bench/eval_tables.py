@@ -62,7 +62,7 @@ def cost_table(report: dict[str, Any], dataset: str) -> list[str]:
 
 
 def _pair_rows(paired: dict[str, Any], reference: str, unit: str) -> list[str]:
-    lines = []
+    lines: list[tuple[int, str]] = []
     for key, r in paired.items():
         a, b = key.split(" vs ")
         arm_a, at = a.rsplit("@", 1)
@@ -72,9 +72,9 @@ def _pair_rows(paired: dict[str, Any], reference: str, unit: str) -> list[str]:
         if arm_b != "greedy" and arm_a.endswith("+public") != arm_b.endswith("+public"):
             continue  # like with like: the value rule against the value rule, public tests against public tests
         lo, hi = r["ci95"]
-        lines.append(f"| {at}{unit} | {arm_a} vs {arm_b} | {r['a_passed']} / {r['b_passed']} | {r['won']} / {r['lost']} |"
-                     f" {r['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {r['mcnemar_p']:.3f} |")
-    return sorted(lines, key=lambda line: int(line.split("|")[1].strip().rstrip(" tokens")))
+        lines.append((int(at), f"| {at}{unit} | {arm_a} vs {arm_b} | {r['a_passed']} / {r['b_passed']} | {r['won']} / {r['lost']} |"
+                                f" {r['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {r['mcnemar_p']:.3f} |"))
+    return [line for _, line in sorted(lines, key=lambda kv: kv[0])]
 
 
 def paired_table(report: dict[str, Any], dataset: str, reference: str) -> list[str]:

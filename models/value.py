@@ -318,6 +318,24 @@ def prefix_tree(seqs: Sequence[Sequence[int]]) -> tuple[list[int], list[int], li
     return tokens, parents, ends
 
 
+def tree_depths(parents: Sequence[int]) -> list[int]:
+    """Each `prefix_tree` node's depth (0 at a root child; parents precede children)."""
+    depth = [0] * len(parents)
+    for i, parent in enumerate(parents):
+        if parent >= 0:
+            depth[i] = depth[parent] + 1
+    return depth
+
+
+def tree_path(parents: Sequence[int], node: int) -> list[int]:
+    """The nodes from the root down to ``node``: the positions of the sequence that ends there."""
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
+
+
 def run_prefix_tree(
     decoder: Any, tokens: list[int], parents: list[int], *, kv: Any = None, skip: int = 0, device: Any = "cpu", pack: int = 384
 ) -> Iterator[tuple[int, int, Any]]:
@@ -331,10 +349,7 @@ def run_prefix_tree(
     from transformers import DynamicCache
 
     n = len(tokens)
-    depth = [0] * n
-    for i, parent in enumerate(parents):
-        if parent >= 0:
-            depth[i] = depth[parent] + 1
+    depth = tree_depths(parents)
     done: list[tuple[Any, Any]] = []  # per layer: keys/values of the nodes computed so far
     for a in range(0, n, pack):
         b = min(a + pack, n)

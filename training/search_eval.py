@@ -55,6 +55,7 @@ on identical samples. The tree strategies, whose samples the value model steers,
 from __future__ import annotations
 
 import asyncio
+import copy
 import gzip
 import itertools
 import json
@@ -378,7 +379,7 @@ class _Runner:
         """``record`` (a problem's search in another phase file) with its candidates' values and PRM
         scores given by this runner's value model instead: the samples, verdicts and costs stay
         (they do not depend on the value model for the strategies in `RESCORABLE`)."""
-        out = json.loads(json.dumps(record))
+        out = copy.deepcopy(record)
         cands = out["candidates"]
         scored = [c for c in cands if c["value"] is not None]  # a candidate the search gave no value keeps none
         if scored:

@@ -191,20 +191,13 @@ def _padded_states(backbone: Any, group: list[Item], captured: list[Any]) -> lis
 def _tree_states(backbone: Any, group: list[Item], captured: list[Any], pack: int) -> list[Any]:
     import torch
 
-    from models.value import prefix_tree, run_prefix_tree
+    from models.value import prefix_tree, run_prefix_tree, tree_path
 
     tokens, parents, ends = prefix_tree([ids for _, ids in group])
     for _ in run_prefix_tree(backbone.model, tokens, parents, device=backbone.device, pack=pack):
         pass
     hidden = torch.cat([c[0].detach().cpu() for c in captured], dim=0)  # [nodes, hidden]
-    out = []
-    for node in ends:
-        path = []
-        while node >= 0:
-            path.append(node)
-            node = parents[node]
-        out.append(hidden[torch.tensor(path[::-1])])
-    return out
+    return [hidden[torch.tensor(tree_path(parents, end))] for end in ends]
 
 
 def check_backbone(backbone: Any, top: int) -> int:
@@ -300,7 +293,7 @@ def _packed(cache: FeatureCache, data: Sequence[dict[str, Any]], idx: Sequence[i
     positions. Padding nodes see only themselves."""
     import torch
 
-    from models.value import prefix_tree
+    from models.value import prefix_tree, tree_depths, tree_path
 
     by_problem: dict[int, list[int]] = {}
     for r, i in enumerate(idx):
@@ -319,17 +312,12 @@ def _packed(cache: FeatureCache, data: Sequence[dict[str, Any]], idx: Sequence[i
         for node, parent in enumerate(parents):
             if parent >= 0:
                 m[node] = m[parent]
-                positions[b, node] = positions[b, parent] + 1
             m[node, node] = True
         for node in range(len(parents), width):
             m[node, node] = True
+        positions[b, : len(parents)] = torch.tensor(tree_depths(parents))
         for r, end in zip(members, ends, strict=True):
-            path = []
-            node = end
-            while node >= 0:
-                path.append(node)
-                node = parents[node]
-            x[b, torch.tensor(path[::-1])] = cache.get(data[idx[r]]["input_ids"])
+            x[b, torch.tensor(tree_path(parents, end))] = cache.get(data[idx[r]]["input_ids"])
             at[r] = torch.tensor([b, end])
     return x.to(device), mask[:, None].to(device), positions.to(device), at.to(device)
 
