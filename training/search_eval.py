@@ -615,6 +615,7 @@ def plot_eval(summary: dict[str, Any], path: str | Path, *, title: str) -> Path 
     if not datasets:
         return None
     fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.4 * len(datasets)), squeeze=False)
+    colors = plt.get_cmap("tab20")  # 12+ arms: the default cycle's 10 colours would repeat
     for row, d in zip(axes, datasets, strict=True):
         ax, tax = row
         arms = list(summary["pass1"][d])
@@ -626,11 +627,11 @@ def plot_eval(summary: dict[str, Any], path: str | Path, *, title: str) -> Path 
             hi = [summary["intervals"][d][arm][str(b)][1] - ys[j] for j, b in enumerate(bs)]
             style = "--" if "+public" in arm else ":" if arm.startswith("prm_best_of_n:") else "-"
             shift = [b * (1 + 0.012 * (i - len(arms) / 2)) for b in bs]  # keep the error bars apart
-            ax.errorbar(shift, ys, yerr=[lo, hi], fmt="o" + style, color=f"C{i % 10}", ms=3, lw=1, capsize=2, label=arm)
+            ax.errorbar(shift, ys, yerr=[lo, hi], fmt="o" + style, color=colors(i % 20), ms=3, lw=1, capsize=2, label=arm)
             tok = summary["tokens"].get(d, {}).get("pass1", {}).get(arm)
             if tok:
                 ts = sorted(int(t) for t in tok)
-                tax.plot(ts, [tok[str(t)] for t in ts], "o" + style, color=f"C{i % 10}", ms=3, lw=1, label=arm)
+                tax.plot(ts, [tok[str(t)] for t in ts], "o" + style, color=colors(i % 20), ms=3, lw=1, label=arm)
         orc = summary["oracle"][d].get("best_of_n") or next(iter(summary["oracle"][d].values()))
         bs = sorted(int(b) for b in orc)
         ax.plot(bs, [orc[str(b)] for b in bs], "k--", lw=1, label="oracle (best_of_n samples)")
@@ -641,6 +642,7 @@ def plot_eval(summary: dict[str, Any], path: str | Path, *, title: str) -> Path 
             a.set_title(d)
         ax.set_xticks(bs)
         ax.set_xticklabels([str(b) for b in bs])
+        ax.set_xticks([], minor=True)  # a log axis also labels minor ticks ("6x10^0"): the budgets are the ticks
         ax.legend(fontsize=6, ncol=2)
     fig.suptitle(title + "  (bars: paired-bootstrap 95 % intervals)", fontsize=9)
     fig.tight_layout()
