@@ -9,7 +9,9 @@ same strategy twice into two output folders; this reads both phases (or their
 final-answer rule (value; public tests then value) at the sample budget, prints pass@1 of each, wins
 and losses, the paired-bootstrap 95 % interval of the difference and the exact McNemar p
 (`training.paired`), the oracle (a passing program was sampled), and the mean policy tokens and
-value calls per problem. Two strategies run under one config (vm_mcts vs best_of_n phases of one
+value calls per problem, and the value rule's misses: problems where a passing program was sampled
+and a failing one chosen, by the step (expansion) that sampled the choice, and the median value by
+which it beat the best passing program. Two strategies run under one config (vm_mcts vs best_of_n phases of one
 `restrl eval`) compare the same way, before the whole report exists. Writes JSON with ``--out``;
 never asserts anything.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,23 @@ def load_records(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]
         return header["config"], {header["problems"][line["i"]]: line["record"] for line in lines[1:]}
     phase = read_phase(path)
     return phase["config"], dict(zip(phase["problems"], phase["results"], strict=True))
+
+
+def value_misses(records: list[dict[str, Any]], *, budget: int) -> dict[str, Any]:
+    """Where the value rule chose a failing program although a passing one was sampled by ``budget``:
+    how many, the step that sampled each choice, and the median value gap to the best passing one."""
+    by_step: dict[int, int] = {}
+    gaps: list[float] = []
+    for rec in records:
+        _, cands = snapshot_of(rec, unit="samples", limit=budget)
+        passing = [c for c in cands if c.get("passed") and c["value"] is not None]
+        pick = choose(rec, "value", unit="samples", limit=budget)
+        if not passing or pick is None or pick.get("passed"):
+            continue
+        by_step[pick["step"]] = by_step.get(pick["step"], 0) + 1
+        gaps.append(pick["value"] - max(c["value"] for c in passing))
+    return {"problems": len(gaps), "chosen_by_step": dict(sorted(by_step.items())),
+            "median_value_gap": statistics.median(gaps) if gaps else None}
 
 
 def compare(a: Path, b: Path, *, budget: int, names: tuple[str, str]) -> dict[str, Any]:
@@ -69,6 +89,7 @@ def compare(a: Path, b: Path, *, budget: int, names: tuple[str, str]) -> dict[st
             "policy_tokens_mean": sum(s[1] for s in steps) / max(len(ids), 1),
             "value_calls_mean": sum(s[2] for s in steps) / max(len(ids), 1),
             "candidates_mean": sum(len(cands) for _, cands in snaps) / max(len(ids), 1),
+            "value_misses": value_misses([recs[i] for i in ids], budget=budget),
         }
     return out
 
@@ -94,6 +115,10 @@ def main() -> None:
         s = result[name]
         print(f"{name}: oracle {s['oracle']}/{n}, policy tokens {s['policy_tokens_mean']:.0f}, value calls"
               f" {s['value_calls_mean']:.1f}, candidates {s['candidates_mean']:.1f} per problem")
+        m = s["value_misses"]
+        if m["problems"]:
+            print(f"{name}: the value rule chose a failing program where a passing one was sampled in {m['problems']}"
+                  f" problems; the choice by step {m['chosen_by_step']}, median value gap {m['median_value_gap']:+.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

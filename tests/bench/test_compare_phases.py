@@ -6,6 +6,8 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.compare_phases import compare
 from training.search_eval import write_phase
 
@@ -37,3 +39,8 @@ def test_wins_losses_and_costs_on_the_problems_both_finished(tmp_path: Path) -> 
     assert out["one"]["policy_tokens_mean"] == 100 and out["samples"]["policy_tokens_mean"] == 300
     at_five = compare(a, b, budget=5, names=("one", "samples"))  # the first expansion only
     assert at_five["one"]["candidates_mean"] == 1 and at_five["rules"]["public"]["a_passed"] == 2
+    # the value rule's misses among the 3 shared problems: p2 sampled a passing program (step 1) and
+    # chose the failing 0.9 (step 0); "samples" missed p0
+    assert out["one"]["value_misses"] == {"problems": 1, "chosen_by_step": {0: 1}, "median_value_gap": pytest.approx(0.8)}
+    assert out["samples"]["value_misses"]["problems"] == 1
+    assert at_five["one"]["value_misses"]["problems"] == 0  # at 5 samples nothing passing was sampled there
