@@ -19,6 +19,9 @@ with ``selection.samples`` (best_of_n phases on the gym **validation** split sam
 shipped value model: the command is in configs/value_study.yaml), ``restrl eval --set
 rescore_from=<samples> --set value.model=<run>/final`` - the same programs ranked by each setting's
 value model, the final choice the product makes - paired against the shipped model on them.
+A study's ``baselines`` (name -> checkpoint, e.g. the shipped one) are scored, untrained, on the
+same held-out rows (``--set evaluate_checkpoint=...``) and selection samples: the bar each
+setting must clear, measured the same way.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class StudyConfig(BaseModel):
     train_config: str = "configs/value.yaml"
     common: dict[str, Any] = Field(default_factory=dict, description="--set for every setting")
     selection: Selection | None = None
+    baselines: dict[str, str] = Field(
+        default_factory=dict, description="name -> a value checkpoint scored on the same held-out rows and selection samples, untrained"
+        " (`restrl train value --set evaluate_checkpoint=...`): the bar a setting must clear")
     settings: dict[str, dict[str, Any]] = Field(description="name -> --set of that setting (over common)")
 
 
@@ -74,17 +80,30 @@ def _sets(items: dict[str, Any]) -> list[str]:
     return out
 
 
+# the keys of `common` that say which rows and which held-out split (a baseline trains nothing, so the rest do not apply to it)
+DATA_KEYS = ("rows_file", "problems_file", "kinds", "holdout_fraction", "split_seed", "holdout_exclude", "seed", "value", "policy")
+
+
 def train_command(cfg: StudyConfig, name: str) -> list[str]:
+    """`restrl train value` of a setting, or of a baseline (its checkpoint evaluated on the same split)."""
     out = Path(cfg.study_dir) / name
-    return [sys.executable, "restrl.py", "train", "value", "--config", cfg.train_config,
-            *_sets({**cfg.common, **cfg.settings[name], "output_dir": str(out)})]
+    if name in cfg.baselines:
+        sets = {**{k: v for k, v in cfg.common.items() if k in DATA_KEYS or k.startswith("value.")},
+                "evaluate_checkpoint": cfg.baselines[name]}
+    else:
+        sets = {**cfg.common, **cfg.settings[name]}
+    return [sys.executable, "restrl.py", "train", "value", "--config", cfg.train_config, *_sets({**sets, "output_dir": str(out)})]
+
+
+def checkpoint_of(cfg: StudyConfig, name: str) -> str:
+    return cfg.baselines[name] if name in cfg.baselines else str(Path(cfg.study_dir) / name / "final")
 
 
 def selection_command(cfg: StudyConfig, name: str) -> list[str]:
     assert cfg.selection is not None
     sel, out = cfg.selection, Path(cfg.study_dir) / name / "selection"
     return [sys.executable, "restrl.py", "eval", "--config", sel.eval_config, *_sets({
-        "datasets": [sel.dataset], "strategies": ["best_of_n"], "budgets": sel.budgets, "value.model": str(Path(cfg.study_dir) / name / "final"),
+        "datasets": [sel.dataset], "strategies": ["best_of_n"], "budgets": sel.budgets, "value.model": checkpoint_of(cfg, name),
         "rescore_from": sel.samples, "output_dir": str(out), "results_file": str(out / "eval.json"), "plot_file": str(out / "eval.png")})]
 
 
@@ -99,8 +118,10 @@ def _run(cmd: list[str], folder: Path) -> None:
 
 
 def run_study(cfg: StudyConfig, *, only: list[str] | None = None) -> None:
-    """Train, then select, every setting not done yet, in the config's order."""
-    for name in cfg.settings:
+    """Evaluate every baseline, then train and select every setting, not done yet, in the config's order."""
+    if overlap := set(cfg.baselines) & set(cfg.settings):
+        raise ValueError(f"a baseline and a setting share a name: {sorted(overlap)}")
+    for name in [*cfg.baselines, *cfg.settings]:
         if only and name not in only:
             continue
         folder = Path(cfg.study_dir) / name
@@ -139,7 +160,8 @@ def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str,
     pairs = metrics.get("held_out_pair_accuracy_by_depth", {})
     return {
         "name": folder.name,
-        "setting": {k: config.get(k) for k in SETTING_KEYS if k in config},
+        "setting": ({"evaluated_checkpoint": metrics["evaluated_checkpoint"]} if "evaluated_checkpoint" in metrics
+                    else {k: config.get(k) for k in SETTING_KEYS if k in config}),
         "train_rows": metrics.get("train_rows"),
         "held_out_rows": metrics.get("held_out_rows"),
         "steps": metrics.get("steps"),

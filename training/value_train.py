@@ -29,7 +29,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,6 +89,10 @@ class ValueTrainConfig(BaseModel):
     )
     kinds: tuple[RowKind, ...] = Field(default=("expanded", "program", "child"), description="row kinds to train on")
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of problems held out for evaluation")
+    holdout_exclude: str | None = Field(
+        default=None, description="problems never held out (they train): a collect-values config (YAML) or a problems JSONL, e.g."
+        " the data an earlier value model trained on, so that its held-out figures compare with a new model's fairly",
+    )
     split_seed: int = Field(default=0, ge=0, description="seed of the problem split")
     lora_r: int = Field(default=8, ge=1, le=256)
     lora_alpha: int = Field(default=16, ge=1)
@@ -120,6 +124,10 @@ class ValueTrainConfig(BaseModel):
         " states of the frozen layers below, computed once per row in the serving dtype and cached (feature_cache_dir);"
         " each epoch then costs n/L of a forward and backward (`training.value_top_layers`); None = LoRA",
     )
+    evaluate_checkpoint: str | None = Field(
+        default=None, description="no training: score the held-out rows with this value checkpoint (a folder or hub id) in"
+        " the serving dtype and write metrics.json as a trained run would (a study's baseline); no final/ is written",
+    )
     feature_cache_dir: str | None = Field(
         default=None, description="top_layers: where the cached states live (reused by every run on the same base, layer"
         " and dtype); None = features/ beside rows_file",
@@ -134,20 +142,26 @@ class ValueTrainConfig(BaseModel):
     def _one_recipe(self) -> ValueTrainConfig:
         if self.top_layers is not None and (self.init_from or self.lora_layers):
             raise ValueError("top_layers (full fine-tune of the top layers) does not combine with init_from or lora_layers (LoRA settings)")
+        if self.evaluate_checkpoint and (self.top_layers is not None or self.init_from or self.lora_layers):
+            raise ValueError("evaluate_checkpoint trains nothing: it does not combine with top_layers, init_from or lora_layers")
         return self
 
 
 # ------------------------------------------------------------------------------------ data
 
 
-def split_by_problem(rows: Sequence[dict[str, Any]], *, holdout_fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_by_problem(rows: Sequence[dict[str, Any]], *, holdout_fraction: float, seed: int,
+                     never: Iterable[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train rows, held-out rows): a seeded draw of whole problems (at least one each side when
-    there are two or more problems)."""
+    there are two or more problems), ``holdout_fraction`` of all problems, drawn from those not in
+    ``never`` (without ``never`` the draw is the same as before it existed)."""
     ids = sorted({r["problem_id"] for r in rows})
-    random.Random(seed).shuffle(ids)
     n_hold = round(len(ids) * holdout_fraction)
     if len(ids) >= 2:
         n_hold = min(max(n_hold, 1), len(ids) - 1)
+    excluded = set(never)
+    ids = [i for i in ids if i not in excluded]
+    random.Random(seed).shuffle(ids)
     held = set(ids[:n_hold])
     return [r for r in rows if r["problem_id"] not in held], [r for r in rows if r["problem_id"] in held]
 
@@ -394,12 +408,30 @@ def _predict(model: Any, tokenizer: Any, problems: dict[str, Problem], rows: Seq
     return scorer.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in rows])
 
 
+def excluded_problems(source: str | Path) -> set[str]:
+    """Problem ids of ``holdout_exclude``: a collect-values config (its problem selection) or a problems JSONL."""
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(f"holdout_exclude: {path} does not exist (a collect-values config or a problems JSONL)")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        from training.value_data import select_problems
+
+        return {p.id for p in select_problems(CollectConfig.model_validate(yaml.safe_load(path.read_text()) or {}))}
+    return {p.id for p in load_jsonl(path)}
+
+
 def _split_rows(cfg: ValueTrainConfig, problems: dict[str, Problem]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train rows, held-out rows) of the configured kinds, split by problem."""
+    """(train rows, held-out rows) of the configured kinds, split by problem (``holdout_exclude``'s never held out)."""
     rows = [r for r in read_rows(cfg.rows_file) if r["kind"] in cfg.kinds and r["problem_id"] in problems]
     if not rows:
         raise ValueError(f"{cfg.rows_file}: no rows of kinds {list(cfg.kinds)} for the problems in {cfg.problems_file}")
-    train_rows, held_rows = split_by_problem(rows, holdout_fraction=cfg.holdout_fraction, seed=cfg.split_seed)
+    never = excluded_problems(cfg.holdout_exclude) if cfg.holdout_exclude else set()
+    if never:
+        logger.info("value training: %d problems of %s are never held out (%d of them have rows)", len(never), cfg.holdout_exclude,
+                    len(never & {r["problem_id"] for r in rows}))
+    train_rows, held_rows = split_by_problem(rows, holdout_fraction=cfg.holdout_fraction, seed=cfg.split_seed, never=never)
     if cfg.max_train_rows is not None and len(train_rows) > cfg.max_train_rows:
         train_rows = random.Random(cfg.seed).sample(train_rows, cfg.max_train_rows)
     logger.info(
@@ -538,6 +570,39 @@ def _save(cfg: ValueTrainConfig, model: Any, tokenizer: Any, final: Path, *, bas
                           job="restrl train value", config=config, metrics=manifest_metrics)
 
 
+def _write_predictions(out: Path, held_rows: Sequence[dict[str, Any]], held_preds: Sequence[float]) -> None:
+    with (out / "predictions.jsonl").open("w") as fh:
+        for r, p in zip(held_rows, held_preds, strict=True):
+            fh.write(json.dumps({**r, "prediction": p}, ensure_ascii=False) + "\n")
+
+
+def _evaluate_checkpoint(cfg: ValueTrainConfig, checkpoint: str, problems: dict[str, Problem], train_rows: list[dict[str, Any]],
+                         held_rows: list[dict[str, Any]], probe: list[dict[str, Any]], policy: ResolvedWeights, device: str,
+                         out: Path, t0: float) -> dict[str, Any]:
+    """``evaluate_checkpoint``: the checkpoint as serving loads it (`HFValueModel.load`, the
+    configured serving dtype) scores the held-out rows and the training probe; ``metrics.json``
+    and ``predictions.jsonl`` as a trained run writes them. A checkpoint trained for another
+    policy than the one the rows come from is refused."""
+    vcfg = cfg.value.model_copy(update={"model": checkpoint, "device": device, "batch_size": cfg.eval_batch_size})
+    model = HFValueModel.load(vcfg)
+    if not model.trained:
+        raise ValueError(f"evaluate_checkpoint: {checkpoint} is not a trained value model")
+    if model.policy_base is not None and canonical_base(model.policy_base) != canonical_base(policy.base_model):
+        raise ValueError(f"evaluate_checkpoint: {checkpoint} was trained for the policy {model.policy_base}; the rows come from"
+                         f" {policy.base_model}")
+    logger.info("value evaluation of %s (%s) on %d held-out rows", checkpoint, model.version, len(held_rows))
+    held_preds = model.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in held_rows])
+    train_preds = model.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in probe])
+    metrics = _metrics(cfg, held_rows, held_preds, train_rows, probe, train_preds)
+    metrics.update(evaluated_checkpoint=checkpoint, value_version=model.version, value_dtype=vcfg.resolved_dtype(), device=device,
+                   policy_version=policy.version, policy_base=policy.base_model, steps=0, train_s=0.0,
+                   wall_s=time.monotonic() - t0)
+    _write_predictions(out, held_rows, held_preds)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    logger.info("value evaluation done: held-out %s", metrics["held_out"])
+    return {"checkpoint": checkpoint, **{k: metrics[k] for k in ("held_out", "train_sample", "steps", "value_version", "policy_base")}}
+
+
 def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     """Train, evaluate on the held-out problems, save ``final/`` and verify it loads (see the module doc)."""
     import torch
@@ -553,6 +618,8 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     logger.info("value model on %s for the policy %s, on %s", base_name, policy.version, device)
     torch.manual_seed(cfg.seed)
     probe = random.Random(cfg.seed).sample(train_rows, min(len(train_rows), max(64, len(held_rows))))
+    if cfg.evaluate_checkpoint:
+        return _evaluate_checkpoint(cfg, cfg.evaluate_checkpoint, problems, train_rows, held_rows, probe, policy, device, out, t0)
     extra: dict[str, Any] = {}
     if cfg.top_layers is not None:
         model, tokenizer, result, train_s, held_preds, train_preds, extra = _train_top(
@@ -566,9 +633,7 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     metrics = _metrics(cfg, held_rows, held_preds, train_rows, probe, train_preds)
     metrics.update(train_loss=float(result.training_loss), steps=int(result.global_step), train_s=train_s, device=device,
                    value_base=base_name, policy_version=policy.version, policy_base=policy.base_model, **extra)
-    with (out / "predictions.jsonl").open("w") as fh:
-        for r, p in zip(held_rows, held_preds, strict=True):
-            fh.write(json.dumps({**r, "prediction": p}, ensure_ascii=False) + "\n")
+    _write_predictions(out, held_rows, held_preds)
     final = out / "final"
     _save(cfg, model, tokenizer, final, base=base_name, policy=policy, metrics=metrics)
     # The saved checkpoint must score like the trained model through the loader serving uses.

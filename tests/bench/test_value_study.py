@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.value_study import expected_calibration_error, summarize_run
 
 
@@ -23,6 +25,10 @@ def test_a_run_folder_becomes_one_row_with_its_setting(tmp_path: Path) -> None:
     assert row["setting"] == {"top_layers": 2, "lora_r": 8, "learning_rate": 1e-3}  # seed is not a setting of the study
     assert row["feature_cache_build_s"] == 40.0 and row["pair_accuracy_by_depth"] == {"2+": 0.8}
     assert abs(row["ece"] - 0.025) < 1e-12 and expected_calibration_error([]) is None
+    base = tmp_path / "shipped"  # a baseline: no final/, its checkpoint in metrics.json
+    base.mkdir()
+    (base / "metrics.json").write_text(json.dumps({"held_out": {"mse": 0.07}, "evaluated_checkpoint": "models/default/value", "steps": 0}))
+    assert summarize_run(base)["setting"] == {"evaluated_checkpoint": "models/default/value"}
 
 
 def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_path: Path, monkeypatch) -> None:
@@ -49,6 +55,14 @@ def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_p
     assert sel.datasets == ("gym_validation",) and sel.strategies == ("best_of_n",) and sel.rescore_from == "bench/results/value_selection"
     assert sel.value.model == str(tmp_path / "study" / "top2_lr1e-4" / "final") and sel.output_dir.startswith(str(tmp_path))
 
+    # the shipped model as a baseline: scored untrained on the same rows and split (data keys only), and on the same samples
+    assert cfg.baselines == {"shipped": "models/default/value"}
+    shipped = parsed(ValueTrainConfig, vs.train_command(cfg, "shipped"))
+    assert shipped.evaluate_checkpoint == "models/default/value" and shipped.top_layers is None and shipped.rank_weight == 0
+    assert (shipped.rows_file, shipped.holdout_exclude, shipped.split_seed) == (first.rows_file, first.holdout_exclude, first.split_seed)
+    assert first.holdout_exclude == "configs/value_data.yaml"
+    assert parsed(EvalConfig, vs.selection_command(cfg, "shipped")).value.model == "models/default/value"
+
     ran: list[tuple[str, str]] = []
     monkeypatch.setattr(vs, "_run", lambda cmd, folder: ran.append((cmd[2], folder.name)))
     done = tmp_path / "study" / "top2_lr1e-4"
@@ -57,6 +71,11 @@ def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_p
     (done / "selection" / "eval.json").write_text("{}")
     vs.run_study(cfg, only=["top2_lr1e-4", "top2_lr3e-4"])
     assert ran == [("train", "top2_lr3e-4"), ("eval", "top2_lr3e-4")]
+    ran.clear()
+    vs.run_study(cfg, only=["shipped", "top2_lr3e-5"])
+    assert ran == [("train", "shipped"), ("eval", "shipped"), ("train", "top2_lr3e-5"), ("eval", "top2_lr3e-5")]  # baselines first
+    with pytest.raises(ValueError, match="share a name"):
+        vs.run_study(cfg.model_copy(update={"baselines": {"top2_lr1e-4": "x"}}))
 
 
 def test_selection_pairs_a_setting_with_the_shipped_model_on_the_same_programs(tmp_path: Path) -> None:

@@ -103,6 +103,12 @@ def test_split_by_problem_is_disjoint_complete_and_seeded() -> None:
     assert split_by_problem(rows, holdout_fraction=0.2, seed=4)[1] != held
     one, none = split_by_problem(rows[:1], holdout_fraction=0.5, seed=0)
     assert len(one) + len(none) == 1
+    # problems an earlier model trained on are never held out; the held-out share stays that of all problems
+    never = {"p0", "p1", "p2", "p3", "p4"}
+    train2, held2 = split_by_problem(rows, holdout_fraction=0.2, seed=3, never=never)
+    assert len({r["problem_id"] for r in held2}) == 2 and not {r["problem_id"] for r in held2} & never
+    assert len(train2) + len(held2) == 50 and never <= {r["problem_id"] for r in train2}
+    assert split_by_problem(rows, holdout_fraction=0.2, seed=3, never=()) == (train, held)  # nothing excluded: the same draw
 
 
 # ---------------------------------------------------------------- the real search engine

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 
 async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
     from models import ValueConfig
@@ -39,6 +41,23 @@ async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
     assert (final / "restrl.json").exists() and (final / "adapter_model.safetensors").exists()
     assert result["reload_max_abs_diff"] < 1e-4
     assert result["held_out"]["rows"] > 0 and "mse" in result["held_out"]
+
+    # the checkpoint scored, untrained, on the same split as serving loads it (a study's baseline): the trained run's
+    # held-out predictions again; a training setting beside it is refused
+    import json
+
+    from pydantic import ValidationError
+
+    base = run_value_training(tcfg.model_copy(update={"output_dir": str(tmp_path / "base"), "evaluate_checkpoint": str(final),
+                                                      "value": tcfg.value.model_copy(update={"dtype": "float32"})}))
+    trained_preds = [json.loads(x)["prediction"] for x in (tmp_path / "vm" / "predictions.jsonl").read_text().splitlines()]
+    base_preds = [json.loads(x)["prediction"] for x in (tmp_path / "base" / "predictions.jsonl").read_text().splitlines()]
+    assert len(base_preds) == len(trained_preds) == result["held_out"]["rows"] and base["steps"] == 0
+    assert max(abs(a - b) for a, b in zip(base_preds, trained_preds, strict=True)) < 1e-4
+    assert json.loads((tmp_path / "base" / "metrics.json").read_text())["evaluated_checkpoint"] == str(final)
+    assert not (tmp_path / "base" / "final").exists()
+    with pytest.raises(ValidationError, match="evaluate_checkpoint"):
+        ValueTrainConfig(evaluate_checkpoint=str(final), top_layers=2)
 
     # continued training from that checkpoint with the ranking term and problem-grouped batches
     from models.checkpoints import read_manifest
