@@ -152,6 +152,17 @@ def selection_of(folder: Path, selection: Selection | None) -> dict[str, Any] | 
     return out
 
 
+def _top1_from_predictions(folder: Path) -> dict[str, Any] | None:
+    """`training.value_train.top1_choice` from a run's predictions.jsonl (runs older than the metric)."""
+    from training.value_train import top1_choice
+
+    path = folder / "predictions.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return top1_choice(rows, [r["prediction"] for r in rows])
+
+
 def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str, Any]:
     metrics = json.loads((folder / "metrics.json").read_text())
     manifest = folder / "final" / "restrl.json"
@@ -173,6 +184,7 @@ def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str,
         "pearson_r_by_kind": {k: v.get("pearson_r") for k, v in metrics.get("held_out_by_kind", {}).items()},
         "pair_accuracy_by_depth": {k: v["accuracy"] for k, v in pairs.items()},
         "pairs_by_depth": {k: v["pairs"] for k, v in pairs.items()},
+        "top1_choice": metrics.get("held_out_top1_choice") or _top1_from_predictions(folder),
         "ece": expected_calibration_error(metrics.get("calibration", [])),
         "selection": selection_of(folder, selection),
     }
@@ -184,12 +196,14 @@ def _fmt(x: Any) -> str:
 
 def table(study: Path, selection: Selection | None, out: Path, command: str) -> list[dict[str, Any]]:
     runs = [summarize_run(f, selection) for f in sorted(study.iterdir()) if (f / "metrics.json").exists()]
-    head = ("run", "mse", "const", "r", "r prog", "r exp", "r child", "pair@0", "pair@1", "pair@2+", "ece", "rows", "bon", "bon+pub", "prm")
+    head = ("run", "mse", "const", "r", "r prog", "r exp", "r child", "pair@0", "pair@1", "pair@2+", "top1", "ece", "rows", "bon", "bon+pub",
+            "prm")
     print(" ".join(f"{h:>10}" for h in head))
     for r in runs:
         by_kind, pa, sel = r["pearson_r_by_kind"], r["pair_accuracy_by_depth"], r["selection"] or {}
         cells = (r["name"][-10:], r["mse"], r["constant_mse"], r["pearson_r"], by_kind.get("program"), by_kind.get("expanded"),
-                 by_kind.get("child"), pa.get("0"), pa.get("1"), pa.get("2+"), r["ece"], r["train_rows"],
+                 by_kind.get("child"), pa.get("0"), pa.get("1"), pa.get("2+"), (r["top1_choice"] or {}).get("accuracy"), r["ece"],
+                 r["train_rows"],
                  sel.get("best_of_n"), sel.get("best_of_n+public"), sel.get("prm_best_of_n"))
         print(" ".join(f"{_fmt(c):>10}" for c in cells))
     shipped = None

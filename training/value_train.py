@@ -277,6 +277,28 @@ def pair_accuracy_by_depth(rows: Sequence[dict[str, Any]], preds: Sequence[float
     return {k: {"pairs": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(tallies.items())}
 
 
+def top1_choice(rows: Sequence[dict[str, Any]], preds: Sequence[float]) -> dict[str, Any]:
+    """Best-of-N's final choice on the held-out rows: per problem with both passing (target 1) and
+    failing programs, whether the program the model scores highest passes (ties: the passing share
+    of the tied top). Pair accuracy counts every (passing, failing) pair; the choice needs the
+    passing program above *all* failing ones, so it is the stricter yardstick. ``expected`` is a
+    random choice's rate (the passing share of each problem's programs), the bar."""
+    by_problem: dict[str, list[tuple[float, bool]]] = {}
+    for r, p in zip(rows, preds, strict=True):
+        if r["kind"] == "program":
+            by_problem.setdefault(r["problem_id"], []).append((p, r["target"] >= 1.0))
+    chosen, expected = [], []
+    for items in by_problem.values():
+        passing = sum(ok for _, ok in items)
+        if 0 < passing < len(items):
+            best = max(p for p, _ in items)
+            top = [ok for p, ok in items if p == best]
+            chosen.append(sum(top) / len(top))
+            expected.append(passing / len(items))
+    n = len(chosen)
+    return {"problems": n, "accuracy": sum(chosen) / n if n else None, "expected": sum(expected) / n if n else None}
+
+
 def calibration_bins(preds: Sequence[float], targets: Sequence[float], *, bins: int = 10) -> list[dict[str, float]]:
     """Rows grouped by clipped prediction into equal-width bins: mean predicted vs mean observed."""
     groups: list[list[tuple[float, float]]] = [[] for _ in range(bins)]
@@ -547,6 +569,7 @@ def _metrics(cfg: ValueTrainConfig, held_rows: list[dict[str, Any]], held_preds:
             for kind in cfg.kinds
         },
         "held_out_pair_accuracy_by_depth": pair_accuracy_by_depth(held_rows, held_preds),
+        "held_out_top1_choice": top1_choice(held_rows, held_preds),
         "train_sample": regression_metrics(train_preds, [r["target"] for r in probe], train_mean=train_mean),
         "calibration": calibration_bins(held_preds, held_targets),
         "train_rows": len(train_rows),

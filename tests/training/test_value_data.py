@@ -323,3 +323,21 @@ async def test_a_snapshot_carries_finished_searches_to_a_fresh_checkout(tmp_path
     assert restore_snapshot(fresh) == 0  # nothing missing
     trace_path(tmp_path / "fresh", "p4").unlink()
     assert restore_snapshot(fresh) == 1 and write_snapshot(fresh).exists()
+
+
+def test_top1_choice_needs_the_passing_program_above_every_failing_one() -> None:
+    from training.value_train import top1_choice
+
+    rows = [
+        *({"problem_id": "p", "kind": "program", "target": t} for t in (1.0, 0.0, 0.0, 0.0)),  # passing scored 2nd of 4
+        *({"problem_id": "q", "kind": "program", "target": t} for t in (1.0, 0.0)),  # passing tied with the failing one
+        {"problem_id": "q", "kind": "child", "target": 0.0},  # states are not candidates
+        *({"problem_id": "r", "kind": "program", "target": t} for t in (1.0, 1.0)),  # nothing to choose between
+    ]
+    preds = [0.6, 0.7, 0.1, 0.1, 0.5, 0.5, 0.99, 0.3, 0.2]
+    out = top1_choice(rows, preds)
+    assert out["problems"] == 2 and out["accuracy"] == (0.0 + 0.5) / 2 and out["expected"] == (0.25 + 0.5) / 2
+    from training.value_train import pair_accuracy_by_depth
+
+    assert pair_accuracy_by_depth(rows, preds)["all"]["accuracy"] == 0.625  # p: 2 of 3 pairs won, q: a tie; neither choice passes
+    assert top1_choice([], [])["accuracy"] is None
