@@ -104,7 +104,25 @@ def selection_command(cfg: StudyConfig, name: str) -> list[str]:
     sel, out = cfg.selection, Path(cfg.study_dir) / name / "selection"
     return [sys.executable, "restrl.py", "eval", "--config", sel.eval_config, *_sets({
         "datasets": [sel.dataset], "strategies": ["best_of_n"], "budgets": sel.budgets, "value.model": checkpoint_of(cfg, name),
-        "rescore_from": sel.samples, "output_dir": str(out), "results_file": str(out / "eval.json"), "plot_file": str(out / "eval.png")})]
+        "rescore_from": sel.samples, "output_dir": str(out), "results_file": str(out / "eval.json"), "plot_file": str(out / "eval.png"),
+        "prm_aggregates": []})]  # the whole-program value only: PRM-BoN scores every line prefix, several times the calls
+
+
+def samples_value_version(selection: Selection) -> str | None:
+    """The value model that scored the selection samples (their phase file's ``value_version``)."""
+    from training.search_eval import read_phase
+
+    path = Path(selection.samples) / f"{selection.dataset}.best_of_n.b{max(selection.budgets)}.json.gz"
+    return read_phase(path).get("value_version") if path.exists() else None
+
+
+def scored_the_samples(folder: Path, selection: Selection | None) -> bool:
+    """A baseline that is the very model the selection samples were scored with: its selection is theirs."""
+    metrics = folder / "metrics.json"
+    if selection is None or not metrics.exists():
+        return False
+    version = json.loads(metrics.read_text()).get("value_version")
+    return version is not None and version == samples_value_version(selection)
 
 
 def _run(cmd: list[str], folder: Path) -> None:
@@ -128,6 +146,9 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None) -> None:
         if not (folder / "metrics.json").exists():
             _run(train_command(cfg, name), folder)
         if cfg.selection is not None and not (folder / "selection" / "eval.json").exists():
+            if name in cfg.baselines and scored_the_samples(folder, cfg.selection):
+                logger.info("%s scored the selection samples themselves: its selection is theirs", name)
+                continue
             _run(selection_command(cfg, name), folder)
 
 
@@ -138,6 +159,8 @@ def selection_of(folder: Path, selection: Selection | None) -> dict[str, Any] | 
     from bench.compare_phases import compare
 
     report_path = folder / "selection" / "eval.json"
+    if selection is not None and not report_path.exists() and scored_the_samples(folder, selection):
+        report_path = Path(selection.samples) / "eval.json"
     if selection is None or not report_path.exists():
         return None
     report = json.loads(report_path.read_text())[selection.dataset]

@@ -54,6 +54,7 @@ def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_p
     sel = parsed(EvalConfig, vs.selection_command(cfg, "top2_lr1e-4"))
     assert sel.datasets == ("gym_validation",) and sel.strategies == ("best_of_n",) and sel.rescore_from == "bench/results/value_selection"
     assert sel.value.model == str(tmp_path / "study" / "top2_lr1e-4" / "final") and sel.output_dir.startswith(str(tmp_path))
+    assert sel.prm_aggregates == ()  # the whole-program value only
 
     # the shipped model as a baseline: scored untrained on the same rows and split (data keys only), and on the same samples
     assert cfg.baselines == {"shipped": "models/default/value"}
@@ -74,6 +75,20 @@ def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_p
     ran.clear()
     vs.run_study(cfg, only=["shipped", "top2_lr3e-5"])
     assert ran == [("train", "shipped"), ("eval", "shipped"), ("train", "top2_lr3e-5"), ("eval", "top2_lr3e-5")]  # baselines first
+    (tmp_path / "study" / "shipped").mkdir(parents=True, exist_ok=True)
+    from training.search_eval import write_phase
+    # a baseline that scored the selection samples itself is not rescored: its selection is the samples'
+    samples = tmp_path / "samples"
+    write_phase(samples / "gym_validation.best_of_n.b20.json.gz", {"value_version": "value-x@1", "problems": [], "results": []})
+    (samples / "eval.json").write_text(json.dumps({"gym_validation": {"best_of_n": {"20": 0.5}}}))
+    same = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"samples": str(samples)})})
+    (tmp_path / "study" / "shipped" / "metrics.json").write_text(json.dumps({"value_version": "value-x@1"}))
+    ran.clear()
+    vs.run_study(same, only=["shipped"])
+    assert ran == [] and vs.selection_of(tmp_path / "study" / "shipped", same.selection) == {"best_of_n": 0.5}
+    (tmp_path / "study" / "shipped" / "metrics.json").write_text(json.dumps({"value_version": "value-y@2"}))
+    vs.run_study(same, only=["shipped"])
+    assert ran == [("eval", "shipped")]
     with pytest.raises(ValueError, match="share a name"):
         vs.run_study(cfg.model_copy(update={"baselines": {"top2_lr1e-4": "x"}}))
 
