@@ -73,8 +73,8 @@ def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_p
     vs.run_study(cfg, only=["top2_lr1e-4", "top2_lr3e-4"])
     assert ran == [("train", "top2_lr3e-4"), ("eval", "top2_lr3e-4")]
     ran.clear()
-    vs.run_study(cfg, only=["shipped", "top2_lr3e-5"])
-    assert ran == [("train", "shipped"), ("eval", "shipped"), ("train", "top2_lr3e-5"), ("eval", "top2_lr3e-5")]  # baselines first
+    vs.run_study(cfg, only=["shipped", "top2_lr1e-3_rank"])
+    assert ran == [("train", "shipped"), ("eval", "shipped"), ("train", "top2_lr1e-3_rank"), ("eval", "top2_lr1e-3_rank")]  # baselines first
     (tmp_path / "study" / "shipped").mkdir(parents=True, exist_ok=True)
     from training.search_eval import write_phase
     # a baseline that scored the selection samples itself is not rescored: its selection is the samples'
