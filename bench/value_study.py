@@ -170,7 +170,8 @@ def selection_of(folder: Path, selection: Selection | None) -> dict[str, Any] | 
     name = f"{selection.dataset}.best_of_n.b{top}.json.gz"
     shipped, mine = Path(selection.samples) / name, folder / "selection" / name
     if shipped.exists() and mine.exists():
-        paired = compare(shipped, mine, budget=selection.budget, names=("shipped", folder.name))["rules"]["value"]
+        # the setting first: won / lost / difference are the setting's against the shipped model
+        paired = compare(mine, shipped, budget=selection.budget, names=(folder.name, "shipped"))["rules"]["value"]
         out["vs_shipped"] = {k: paired[k] for k in ("won", "lost", "difference", "ci95", "mcnemar_p")}
     return out
 

@@ -110,5 +110,5 @@ def test_selection_pairs_a_setting_with_the_shipped_model_on_the_same_programs(t
     (run / "selection" / "eval.json").write_text(json.dumps(report))
     out = selection_of(run, Selection(samples=str(samples), budgets=[1, 2], budget=2))
     assert out is not None and out["best_of_n"] == 1.0 and out["prm_best_of_n"] == 0.0
-    assert out["vs_shipped"]["won"] == 0 and out["vs_shipped"]["lost"] == 2  # "a" is the shipped model
+    assert out["vs_shipped"]["won"] == 2 and out["vs_shipped"]["lost"] == 0 and out["vs_shipped"]["difference"] > 0  # the setting's
     assert selection_of(run, None) is None
