@@ -176,17 +176,6 @@ def selection_of(folder: Path, selection: Selection | None) -> dict[str, Any] | 
     return out
 
 
-def _top1_from_predictions(folder: Path) -> dict[str, Any] | None:
-    """`training.value_train.top1_choice` from a run's predictions.jsonl (runs older than the metric)."""
-    from training.value_train import top1_choice
-
-    path = folder / "predictions.jsonl"
-    if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return top1_choice(rows, [r["prediction"] for r in rows])
-
-
 def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str, Any]:
     metrics = json.loads((folder / "metrics.json").read_text())
     manifest = folder / "final" / "restrl.json"
@@ -208,7 +197,7 @@ def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str,
         "pearson_r_by_kind": {k: v.get("pearson_r") for k, v in metrics.get("held_out_by_kind", {}).items()},
         "pair_accuracy_by_depth": {k: v["accuracy"] for k, v in pairs.items()},
         "pairs_by_depth": {k: v["pairs"] for k, v in pairs.items()},
-        "top1_choice": metrics.get("held_out_top1_choice") or _top1_from_predictions(folder),
+        "top1_choice": metrics.get("held_out_top1_choice"),
         "ece": expected_calibration_error(metrics.get("calibration", [])),
         "selection": selection_of(folder, selection),
     }

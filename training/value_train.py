@@ -54,10 +54,11 @@ from models.value import (
     top_layers_adapter_config,
     value_lora_config,
 )
+from search.stack import value_match
 from tasks import Problem
 from tasks.humaneval import check_trainable
 from tasks.jsonl import load_jsonl
-from training.value_data import CollectConfig, RowKind, read_rows
+from training.value_data import CollectConfig, RowKind, read_rows, select_problems
 
 logger = logging.getLogger(__name__)
 
@@ -438,8 +439,6 @@ def excluded_problems(source: str | Path) -> set[str]:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        from training.value_data import select_problems
-
         return {p.id for p in select_problems(CollectConfig.model_validate(yaml.safe_load(path.read_text()) or {}))}
     return {p.id for p in load_jsonl(path)}
 
@@ -610,9 +609,9 @@ def _evaluate_checkpoint(cfg: ValueTrainConfig, checkpoint: str, problems: dict[
     model = HFValueModel.load(vcfg)
     if not model.trained:
         raise ValueError(f"evaluate_checkpoint: {checkpoint} is not a trained value model")
-    if model.policy_base is not None and canonical_base(model.policy_base) != canonical_base(policy.base_model):
-        raise ValueError(f"evaluate_checkpoint: {checkpoint} was trained for the policy {model.policy_base}; the rows come from"
-                         f" {policy.base_model}")
+    match = value_match(policy.base_model, model, any_policy=vcfg.any_policy)  # the rule serving applies
+    if not match.allowed:
+        raise ValueError(f"evaluate_checkpoint: {match.message}")
     logger.info("value evaluation of %s (%s) on %d held-out rows", checkpoint, model.version, len(held_rows))
     held_preds = model.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in held_rows])
     train_preds = model.score_pairs_sync([(problems[r["problem_id"]], r["state"]) for r in probe])
