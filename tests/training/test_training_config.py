@@ -77,6 +77,7 @@ OTHER_JOBS = {
     "value.yaml": ("training.value_train", "ValueTrainConfig"),
     "eval.yaml": ("training.search_eval", "EvalConfig"),
     "value_study.yaml": ("bench.value_study", "StudyConfig"),
+    "value_study_pilot.yaml": ("bench.value_study", "StudyConfig"),
 }
 
 
