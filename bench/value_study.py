@@ -10,7 +10,8 @@ and the expected calibration error of the binned predictions. Settings are read 
     python -m bench.value_study runs/value_study [--out bench/results/value_study.json]
 
 The study itself, one command, resumable (a setting whose folder has ``metrics.json`` is not
-trained again, one with ``selection/eval.json`` not selected again):
+trained again, one with ``selection/eval.json`` not selected again; one recorded in the config's
+``record_dir``, committed, is done on a fresh checkout too, and the table reads the record):
 
     python -m bench.value_study --run configs/value_study.yaml [--only NAME ...]
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +66,9 @@ class StudyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     study_dir: str = "runs/value_study"
+    record_dir: str | None = Field(
+        default=None, description="where each finished setting's light outputs are copied (metrics, manifest, selection report and"
+        " phase; no weights): commit it, and --run on a fresh checkout skips what it holds and the table reads it")
     train_config: str = "configs/value.yaml"
     common: dict[str, Any] = Field(default_factory=dict, description="--set for every setting")
     selection: Selection | None = None
@@ -135,21 +140,46 @@ def _run(cmd: list[str], folder: Path) -> None:
                              "at": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
 
 
+def finished(folder: Path, selection: Selection | None) -> bool:
+    """The setting's folder holds its held-out metrics and, with a selection, its selection report
+    (or it is a baseline that scored the selection samples itself)."""
+    if not (folder / "metrics.json").exists():
+        return False
+    return selection is None or (folder / "selection" / "eval.json").exists() or scored_the_samples(folder, selection)
+
+
+def record(folder: Path, dest: Path, selection: Selection | None) -> None:
+    """Copy a finished setting's light outputs (no weights, no predictions) to ``dest``, laid out as
+    the run folder is, so `summarize_run` reads either."""
+    files = ["metrics.json", "commands.jsonl", "final/restrl.json"]
+    if selection is not None:
+        files += ["selection/eval.json", f"selection/{selection.dataset}.best_of_n.b{max(selection.budgets)}.json.gz"]
+    for rel in files:
+        if (folder / rel).exists():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / rel, dest / rel)
+
+
 def run_study(cfg: StudyConfig, *, only: list[str] | None = None) -> None:
-    """Evaluate every baseline, then train and select every setting, not done yet, in the config's order."""
+    """Evaluate every baseline, then train and select every setting, not done yet, in the config's order;
+    with ``record_dir``, copy each finished setting there (a setting recorded there is done)."""
     if overlap := set(cfg.baselines) & set(cfg.settings):
         raise ValueError(f"a baseline and a setting share a name: {sorted(overlap)}")
     for name in [*cfg.baselines, *cfg.settings]:
         if only and name not in only:
             continue
         folder = Path(cfg.study_dir) / name
+        recorded = Path(cfg.record_dir) / name if cfg.record_dir else None
+        if recorded is not None and finished(recorded, cfg.selection):
+            continue
         if not (folder / "metrics.json").exists():
             _run(train_command(cfg, name), folder)
-        if cfg.selection is not None and not (folder / "selection" / "eval.json").exists():
-            if name in cfg.baselines and scored_the_samples(folder, cfg.selection):
-                logger.info("%s scored the selection samples themselves: its selection is theirs", name)
-                continue
+        if not finished(folder, cfg.selection):
             _run(selection_command(cfg, name), folder)
+        elif name in cfg.baselines and cfg.selection is not None and not (folder / "selection" / "eval.json").exists():
+            logger.info("%s scored the selection samples themselves: its selection is theirs", name)
+        if recorded is not None:
+            record(folder, recorded, cfg.selection)
 
 
 def selection_of(folder: Path, selection: Selection | None) -> dict[str, Any] | None:
@@ -208,7 +238,7 @@ def _fmt(x: Any) -> str:
 
 
 def table(study: Path, selection: Selection | None, out: Path, command: str) -> list[dict[str, Any]]:
-    runs = [summarize_run(f, selection) for f in sorted(study.iterdir()) if (f / "metrics.json").exists()]
+    runs = [summarize_run(f, selection) for f in sorted(study.iterdir()) if (f / "metrics.json").exists()] if study.is_dir() else []
     head = ("run", "mse", "const", "r", "r prog", "r exp", "r child", "pair@0", "pair@1", "pair@2+", "top1", "ece", "rows", "bon", "bon+pub",
             "prm")
     print(" ".join(f"{h:>10}" for h in head))
@@ -241,7 +271,7 @@ def main() -> None:
     if args.run:
         cfg = StudyConfig.model_validate(yaml.safe_load(args.run.read_text()))
         run_study(cfg, only=args.only)
-        table(Path(cfg.study_dir), cfg.selection, args.out, f"python -m bench.value_study --run {args.run}")
+        table(Path(cfg.record_dir or cfg.study_dir), cfg.selection, args.out, f"python -m bench.value_study --run {args.run}")
     elif args.study:
         table(args.study, None, args.out, f"python -m bench.value_study {args.study}")
     else:

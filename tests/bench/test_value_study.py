@@ -40,7 +40,9 @@ def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_p
     from training.value_train import ValueTrainConfig
 
     cfg = vs.StudyConfig.model_validate(yaml.safe_load((vs.ROOT / "configs" / "value_study.yaml").read_text()))
-    cfg = cfg.model_copy(update={"study_dir": str(tmp_path / "study")})
+    cfg = cfg.model_copy(update={"study_dir": str(tmp_path / "study"), "record_dir": None})
+    assert vs.StudyConfig.model_validate(yaml.safe_load((vs.ROOT / "configs" / "value_study.yaml").read_text())).record_dir \
+        == "bench/results/value_study"  # committed
 
     def parsed(cls, cmd):
         sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
@@ -112,3 +114,46 @@ def test_selection_pairs_a_setting_with_the_shipped_model_on_the_same_programs(t
     assert out is not None and out["best_of_n"] == 1.0 and out["prm_best_of_n"] == 0.0
     assert out["vs_shipped"]["won"] == 2 and out["vs_shipped"]["lost"] == 0 and out["vs_shipped"]["difference"] > 0  # the setting's
     assert selection_of(run, None) is None
+
+
+def test_a_recorded_setting_is_done_on_a_fresh_checkout_and_the_table_reads_the_record(tmp_path: Path, monkeypatch) -> None:
+    import bench.value_study as vs
+    from training.search_eval import write_phase
+
+    samples = tmp_path / "samples"
+    write_phase(samples / "gym_validation.best_of_n.b2.json.gz", {"value_version": "shipped@1", "config": {}, "problems": [], "results": []})
+    cfg = vs.StudyConfig(study_dir=str(tmp_path / "runs"), record_dir=str(tmp_path / "record"),
+                         selection=vs.Selection(samples=str(samples), budgets=[1, 2], budget=2), settings={"a": {}, "b": {}})
+
+    def fake_run(cmd: list[str], folder: Path) -> None:  # what the real commands leave in the run folder
+        ran.append((cmd[2], folder.name))
+        if cmd[2] == "train":
+            (folder / "final").mkdir(parents=True, exist_ok=True)
+            (folder / "final" / "adapter_model.safetensors").write_bytes(b"weights")
+            (folder / "final" / "restrl.json").write_text(json.dumps({"config": {"learning_rate": 1e-4}}))
+            (folder / "metrics.json").write_text(json.dumps({"held_out": {"mse": 0.05}, "value_version": folder.name}))
+        else:
+            write_phase(folder / "selection" / "gym_validation.best_of_n.b2.json.gz", {"config": {}, "problems": [], "results": []})
+            (folder / "selection" / "eval.json").write_text(json.dumps({"gym_validation": {"best_of_n": {"2": 0.25}}}))
+            (folder / "selection" / "eval.png").write_bytes(b"png")
+
+    ran: list[tuple[str, str]] = []
+    monkeypatch.setattr(vs, "_run", fake_run)
+    vs.run_study(cfg, only=["a"])
+    assert ran == [("train", "a"), ("eval", "a")]
+    kept = sorted(str(p.relative_to(tmp_path / "record" / "a")) for p in (tmp_path / "record" / "a").rglob("*") if p.is_file())
+    assert kept == ["final/restrl.json", "metrics.json", "selection/eval.json", "selection/gym_validation.best_of_n.b2.json.gz"]  # no weights
+    import shutil
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: the run folders are gone, the record is committed
+    ran.clear()
+    vs.run_study(cfg)
+    assert ran == [("train", "b"), ("eval", "b")]  # a is not trained again
+    shutil.rmtree(tmp_path / "record" / "b" / "selection")  # a setting recorded without its selection is not done
+    shutil.rmtree(tmp_path / "runs")
+    ran.clear()
+    vs.run_study(cfg)
+    assert ran == [("train", "b"), ("eval", "b")]
+    rows = vs.table(tmp_path / "record", cfg.selection, tmp_path / "table.json", "cmd")
+    assert [r["name"] for r in rows] == ["a", "b"] and rows[0]["setting"] == {"learning_rate": 1e-4}
+    assert rows[0]["selection"]["best_of_n"] == 0.25
+    assert vs.table(tmp_path / "nothing", cfg.selection, tmp_path / "t2.json", "cmd") == []
