@@ -202,6 +202,34 @@ def top_layers_adapter_config(num_layers: int, top: int) -> Any:
     )
 
 
+def warm_top_layers_adapter_config(source: Any, num_layers: int, top: int) -> Any:
+    """The PEFT configuration of a value model whose top ``top`` layers, final norm and head were
+    fine-tuned in full starting from the value adapter ``source`` (its `LoraConfig`; ``top_layers``
+    with ``init_from``): the layers below keep the source's LoRA and any module it saved in full,
+    the rest travel in full as in `top_layers_adapter_config`."""
+    from peft import LoraConfig
+
+    if not 1 <= top < num_layers:
+        raise ValueError(f"top_layers must be between 1 and {num_layers - 1} (the model has {num_layers} decoder layers), got {top}")
+    if source.rank_pattern or source.alpha_pattern or source.use_dora:
+        raise ValueError("init_from with top_layers: the source adapter uses rank/alpha patterns or DoRA, not supported")
+    lower = range(num_layers - top)
+    src_layers = source.layers_to_transform
+    layers = list(lower) if src_layers is None else sorted({src_layers} if isinstance(src_layers, int) else set(src_layers) & set(lower))
+    top_names = [f"model.layers.{i}" for i in range(num_layers - top, num_layers)]
+    kept = [m for m in (source.modules_to_save or []) if m not in ("score", "classifier", "model.norm")
+            and not any(m == t or m.startswith(t + ".") for t in top_names)]  # modules the source saved in full below the top
+    saved = list(dict.fromkeys(["score", "model.norm", *kept, *top_names]))
+    if not layers:  # the source's LoRA lies in the top layers only: the inert rank-1 target of `top_layers_adapter_config`
+        base = top_layers_adapter_config(num_layers, top)
+        if f"model.layers.{base.layers_to_transform[0]}" in saved:
+            raise ValueError("init_from with top_layers: no layer below the top is free for the adapter's LoRA target")
+        return LoraConfig(task_type="SEQ_CLS", r=1, lora_alpha=1, target_modules=["q_proj"], layers_to_transform=base.layers_to_transform,
+                          modules_to_save=saved)
+    return LoraConfig(task_type="SEQ_CLS", r=source.r, lora_alpha=source.lora_alpha, lora_dropout=source.lora_dropout,
+                      target_modules=sorted(source.target_modules), layers_to_transform=layers, modules_to_save=saved)
+
+
 def save_value_checkpoint(
     model: Any,
     tokenizer: Any,

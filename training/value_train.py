@@ -53,6 +53,7 @@ from models.value import (
     save_value_checkpoint,
     top_layers_adapter_config,
     value_lora_config,
+    warm_top_layers_adapter_config,
 )
 from search.stack import value_match
 from tasks import Problem
@@ -117,7 +118,9 @@ class ValueTrainConfig(BaseModel):
     )
     lora_layers: int | None = Field(default=None, ge=1, description="LoRA only on the top n decoder layers (cheaper backward); None = every layer")
     init_from: str | None = Field(
-        default=None, description="continue training this value checkpoint (a LoRA adapter; its LoRA settings are kept) instead of a fresh adapter + head"
+        default=None, description="continue training this value checkpoint instead of a fresh adapter + head: with LoRA its"
+        " LoRA settings are kept; with top_layers the frozen layers below are the checkpoint's (its LoRA merged) and the top"
+        " layers, norm and head start from its weights, so training starts from the checkpoint's predictions",
     )
     top_layers: int | None = Field(
         default=None, ge=1,
@@ -141,8 +144,8 @@ class ValueTrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_recipe(self) -> ValueTrainConfig:
-        if self.top_layers is not None and (self.init_from or self.lora_layers):
-            raise ValueError("top_layers (full fine-tune of the top layers) does not combine with init_from or lora_layers (LoRA settings)")
+        if self.top_layers is not None and self.lora_layers:
+            raise ValueError("top_layers (full fine-tune of the top layers) does not combine with lora_layers (a LoRA setting)")
         if self.evaluate_checkpoint and (self.top_layers is not None or self.init_from or self.lora_layers):
             raise ValueError("evaluate_checkpoint trains nothing: it does not combine with top_layers, init_from or lora_layers")
         return self
@@ -495,12 +498,79 @@ def _train(cfg: ValueTrainConfig, model: Any, tokenizer: Any, train_rows: list[d
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False), result, time.monotonic() - t_train
 
 
-def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, problems: dict[str, Problem],
+def warm_source_tag(cfg: ValueTrainConfig, base_name: str, policy: ResolvedWeights) -> str:
+    """``init_from`` with ``top_layers``: refuse a checkpoint of another base or policy; return a
+    tag of its weights (the feature cache of its frozen layers is its own)."""
+    from models.checkpoints import read_manifest
+
+    assert cfg.init_from is not None
+    if not Path(cfg.init_from).is_dir():
+        raise ValueError(f"init_from: {cfg.init_from} is not a folder (with top_layers: a value checkpoint folder with its restrl.json)")
+    manifest = read_manifest(cfg.init_from)
+    if manifest.kind != "value" or manifest.format != "lora":
+        raise ValueError(f"init_from: {cfg.init_from} is a {manifest.kind} {manifest.format} checkpoint, not a value adapter")
+    if canonical_base(manifest.base) != canonical_base(base_name):
+        raise ValueError(f"init_from: {cfg.init_from} is a value model on {manifest.base}, not on {base_name}")
+    if manifest.policy is not None and manifest.policy != policy.base_model and not cfg.value.any_policy:
+        raise ValueError(f"init_from: {cfg.init_from} was trained on rollouts of {manifest.policy}, not of the policy {policy.base_model}"
+                         " (value.any_policy: true to start from it anyway)")
+    digest = manifest.files.get("adapter_model.safetensors") or "".join(sorted(manifest.files.values()))
+    return digest[:8]
+
+
+def merged_value_model(base_dir: Path, source: str, *, dtype: str, seed: int) -> tuple[Any, Any]:
+    """The value checkpoint ``source`` as one plain model (its LoRA merged into float32 weights,
+    its saved modules in place), in ``dtype``."""
+    import torch
+    from peft import PeftModel
+
+    backbone, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=seed)
+    merged = PeftModel.from_pretrained(backbone, source).merge_and_unload()
+    return merged.to({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]), tokenizer
+
+
+def warm_adapter(base_dir: Path, source: str, trained: Any, num_layers: int, top: int, seed: int) -> Any:
+    """A value adapter of ``trained`` (`merged_value_model` of ``source`` with its top layers, norm
+    and head trained): the source's LoRA below the top (`warm_top_layers_adapter_config`), the rest in full."""
+    import torch
+    from peft import PeftConfig, get_peft_model
+    from peft.utils import ModulesToSaveWrapper, load_peft_weights
+
+    source_config = PeftConfig.from_pretrained(source)
+    config = warm_top_layers_adapter_config(source_config, num_layers, top)
+    fresh, _ = build_value_backbone(base_dir, dtype="float32", seed=seed)
+    adapter = get_peft_model(fresh, config)
+    lower = set(config.layers_to_transform)
+
+    def layer_of(key: str) -> int | None:
+        return int(key.split("layers.")[1].split(".")[0]) if "layers." in key else None
+
+    lora = {k.removesuffix(".weight") + ".default.weight": v for k, v in load_peft_weights(source).items()
+            if "lora_" in k and layer_of(k) in lower}
+    if lora:  # else the inert rank-1 target (`warm_top_layers_adapter_config`)
+        params = {n: p for n, p in adapter.named_parameters() if "lora_" in n}
+        if set(lora) != set(params):
+            raise ValueError(f"init_from: {source}'s LoRA below the top layers does not match the adapter's"
+                             f" ({len(lora)} vs {len(params)} tensors)")
+        with torch.no_grad():
+            for key, value in lora.items():
+                params[key].copy_(value)
+    wrappers = {n: m for n, m in adapter.base_model.model.named_modules() if isinstance(m, ModulesToSaveWrapper)}
+    if missing := {m for m in config.modules_to_save if m != "classifier"} - set(wrappers):
+        raise ValueError(f"init_from: the adapter does not save {sorted(missing)}")
+    for name, wrapper in wrappers.items():
+        wrapper.modules_to_save["default"].load_state_dict(trained.get_submodule(name).state_dict())  # strict: every tensor
+    return adapter
+
+
+def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, policy: ResolvedWeights, problems: dict[str, Problem],
                train_rows: list[dict[str, Any]], held_rows: list[dict[str, Any]], probe: list[dict[str, Any]], device: str) -> tuple[Any, ...]:
     """The ``top_layers`` recipe (`training.value_top_layers`): cache the frozen layers' states of
     every row in the serving dtype, fit the top layers + norm + head, and wrap the result as a value
     adapter. Predictions come from the cache; a sample is re-scored through the serving path and
-    the largest difference reported (``serving_max_abs_diff``)."""
+    the largest difference reported (``serving_max_abs_diff``). With ``init_from`` every module
+    comes from that checkpoint (`merged_value_model`) and the result keeps its LoRA below the top
+    (`warm_adapter`)."""
     import gc
 
     from peft import get_peft_model
@@ -515,11 +585,15 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
 
     dtype = cfg.value.resolved_dtype()
     t_cache = time.monotonic()
-    cacher, tokenizer = build_value_backbone(base_dir, dtype=dtype, seed=cfg.seed)
+    tag = f"-from-{warm_source_tag(cfg, base_name, policy)}" if cfg.init_from else ""
+    if cfg.init_from:
+        cacher, tokenizer = merged_value_model(base_dir, cfg.init_from, dtype=dtype, seed=cfg.seed)
+    else:
+        cacher, tokenizer = build_value_backbone(base_dir, dtype=dtype, seed=cfg.seed)
     n_layers = check_backbone(cacher, top)
     layer = n_layers - top
     root = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else Path(cfg.rows_file).parent / "features"
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in base_name)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in base_name + tag)
     cache = FeatureCache(root / f"{name}-layer{layer}-{dtype}-len{cfg.value.max_length}", layer=layer,
                          hidden=int(cacher.config.hidden_size), dtype=dtype)
     data = {key: encode_rows(rows, problems, tokenizer, cfg.value.max_length) for key, rows in
@@ -530,7 +604,10 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
     logger.info("feature cache %s: %d rows computed now (%.0f s), %d cached in all", cache.dir, computed, cache_s, len(cache.index))
     del cacher
     gc.collect()
-    backbone, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
+    if cfg.init_from:
+        backbone, tokenizer = merged_value_model(base_dir, cfg.init_from, dtype="float32", seed=cfg.seed)
+    else:
+        backbone, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
     backbone.to(device)
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -541,7 +618,10 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
     train_s = time.monotonic() - t_train
     held_preds = predict_cached(model, cache, data["held"], device, batch_size=cfg.eval_batch_size, packed=packed)
     train_preds = predict_cached(model, cache, data["probe"], device, batch_size=cfg.eval_batch_size, packed=packed)
-    adapter = get_peft_model(backbone, top_layers_adapter_config(n_layers, top))  # copies the trained modules
+    if cfg.init_from:
+        adapter = warm_adapter(base_dir, cfg.init_from, backbone, n_layers, top, cfg.seed).to(device)
+    else:
+        adapter = get_peft_model(backbone, top_layers_adapter_config(n_layers, top))  # copies the trained modules
     check_rows = held_rows[:32] or probe[:32]
     served = _predict(adapter, tokenizer, problems, check_rows, cfg, device)
     cached = (held_preds if held_rows else train_preds)[: len(check_rows)]
@@ -645,7 +725,7 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if cfg.top_layers is not None:
         model, tokenizer, result, train_s, held_preds, train_preds, extra = _train_top(
-            cfg, cfg.top_layers, base_dir, base_name, problems, train_rows, held_rows, probe, device)
+            cfg, cfg.top_layers, base_dir, base_name, policy, problems, train_rows, held_rows, probe, device)
     else:
         model, tokenizer = _value_model(cfg, base_dir)
         train_data = encode_rows(train_rows, problems, tokenizer, cfg.value.max_length)

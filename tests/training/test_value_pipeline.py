@@ -90,6 +90,29 @@ async def test_collect_train_load_score(vllm_policy, tmp_path: Path) -> None:
     assert __import__("json").loads((tmp_path / "vm5" / "metrics.json").read_text())["feature_cache"]["computed_now"] == 0  # reused
     assert again["held_out"] == first["held_out"]  # seeded: the same run again
 
+    # the top layers warm-started from a checkpoint (init_from): the frozen layers below are the LoRA checkpoint's, merged;
+    # at a vanishing learning rate the result still scores as that checkpoint does, and it keeps its LoRA below the top
+    warm = run_value_training(full.model_copy(update={"output_dir": str(tmp_path / "vm6"), "init_from": str(final), "learning_rate": 1e-12,
+                                                      "max_steps": 1}))
+    warm_metrics = json.loads((tmp_path / "vm6" / "metrics.json").read_text())
+    assert "-from-" in warm_metrics["feature_cache"]["dir"] and warm_metrics["feature_cache"]["computed_now"] > 0  # its own cache
+    warm_preds = [json.loads(x)["prediction"] for x in (tmp_path / "vm6" / "predictions.jsonl").read_text().splitlines()]
+    assert max(abs(a - b) for a, b in zip(warm_preds, trained_preds, strict=True)) < 1e-4
+    assert warm_metrics["serving_max_abs_diff"] < 1e-4 and warm["reload_max_abs_diff"] < 1e-4
+    assert read_manifest(warm["checkpoint"]).parent == str(final)
+    with safe_open(str(Path(warm["checkpoint"]) / "adapter_model.safetensors"), "pt") as fh:
+        keys = list(fh.keys())
+    assert {int(k.split("layers.")[1].split(".")[0]) for k in keys if "lora_" in k} == set(range(28))
+    assert {int(k.split("layers.")[1].split(".")[0]) for k in keys if "lora_" not in k and "layers." in k} == {28, 29}
+    # from a top-layers checkpoint: its top layers and head are where training starts
+    again_warm = run_value_training(full.model_copy(update={"output_dir": str(tmp_path / "vm7"), "init_from": first["checkpoint"],
+                                                            "learning_rate": 1e-12, "max_steps": 1}))
+    first_preds = [json.loads(x)["prediction"] for x in (tmp_path / "vm4" / "predictions.jsonl").read_text().splitlines()]
+    again_preds = [json.loads(x)["prediction"] for x in (tmp_path / "vm7" / "predictions.jsonl").read_text().splitlines()]
+    assert max(abs(a - b) for a, b in zip(again_preds, first_preds, strict=True)) < 1e-4 and again_warm["reload_max_abs_diff"] < 1e-4
+    with pytest.raises(ValueError, match="not a folder"):
+        run_value_training(full.model_copy(update={"output_dir": str(tmp_path / "vm8"), "init_from": str(tmp_path / "nothing")}))
+
     value = HFValueModel.load(ValueConfig(model=str(final), max_length=256))
     assert value.trained and "untrained" not in value.version
     assert value.policy_base == "HuggingFaceTB/SmolLM2-135M-Instruct" == result["policy_base"]  # no collect config: the default
