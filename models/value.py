@@ -215,7 +215,7 @@ def warm_top_layers_adapter_config(source: Any, num_layers: int, top: int) -> An
         raise ValueError("init_from with top_layers: the source adapter uses rank/alpha patterns or DoRA, not supported")
     lower = range(num_layers - top)
     src_layers = source.layers_to_transform
-    layers = list(lower) if src_layers is None else sorted({src_layers} if isinstance(src_layers, int) else set(src_layers) & set(lower))
+    layers = list(lower) if src_layers is None else sorted(({src_layers} if isinstance(src_layers, int) else set(src_layers)) & set(lower))
     top_names = [f"model.layers.{i}" for i in range(num_layers - top, num_layers)]
     kept = [m for m in (source.modules_to_save or []) if m not in ("score", "classifier", "model.norm")
             and not any(m == t or m.startswith(t + ".") for t in top_names)]  # modules the source saved in full below the top

@@ -90,14 +90,19 @@ def value_match(policy_base: str, value: ValueModel | None, *, any_policy: bool)
     if value is None or isinstance(value, NoValueModel):
         return ValueMatch("none", policy_base, None, False,
                           f"no value model for the policy {policy_base} (the shipped one was trained for {DEFAULT_MODEL_BASE})")
-    trained_for = value.policy_base
+    return trained_for_match(policy_base, value.policy_base, value.version, any_policy=any_policy)
+
+
+def trained_for_match(policy_base: str, trained_for: str | None, name: str, *, any_policy: bool) -> ValueMatch:
+    """`value_match`'s rule on a value model's recorded training policy (``trained_for``, from its
+    manifest) before any weights load; ``name`` names the model in the message."""
     if trained_for is None:
         return ValueMatch("unknown", policy_base, None, True,
-                          f"the value model {value.version} names no training policy (untrained, or no restrl.json)")
+                          f"the value model {name} names no training policy (untrained, or no restrl.json)")
     if trained_for == policy_base:
         return ValueMatch("matches", policy_base, trained_for, True, "")
     return ValueMatch("other_policy", policy_base, trained_for, any_policy,
-                      f"the value model {value.version} was trained on rollouts of {trained_for}, not of the policy"
+                      f"the value model {name} was trained on rollouts of {trained_for}, not of the policy"
                       f" {policy_base}" + (" (used anyway: any_policy)" if any_policy else ""))
 
 

@@ -47,6 +47,7 @@ from models.default import DEFAULT_MODEL_BASE, canonical_base, is_default_base
 from models.loading import ResolvedWeights, resolve_weights
 from models.value import (
     HFValueModel,
+    _torch_dtype,
     build_value_backbone,
     encode_value_inputs,
     resolve_value_base,
@@ -55,7 +56,7 @@ from models.value import (
     value_lora_config,
     warm_top_layers_adapter_config,
 )
-from search.stack import value_match
+from search.stack import trained_for_match, value_match
 from tasks import Problem
 from tasks.humaneval import check_trainable
 from tasks.jsonl import load_jsonl
@@ -511,9 +512,9 @@ def warm_source_tag(cfg: ValueTrainConfig, base_name: str, policy: ResolvedWeigh
         raise ValueError(f"init_from: {cfg.init_from} is a {manifest.kind} {manifest.format} checkpoint, not a value adapter")
     if canonical_base(manifest.base) != canonical_base(base_name):
         raise ValueError(f"init_from: {cfg.init_from} is a value model on {manifest.base}, not on {base_name}")
-    if manifest.policy is not None and manifest.policy != policy.base_model and not cfg.value.any_policy:
-        raise ValueError(f"init_from: {cfg.init_from} was trained on rollouts of {manifest.policy}, not of the policy {policy.base_model}"
-                         " (value.any_policy: true to start from it anyway)")
+    match = trained_for_match(policy.base_model, manifest.policy, cfg.init_from, any_policy=cfg.value.any_policy)  # serving's rule
+    if not match.allowed:
+        raise ValueError(f"init_from: {match.message} (value.any_policy: true to start from it anyway)")
     digest = manifest.files.get("adapter_model.safetensors") or "".join(sorted(manifest.files.values()))
     return digest[:8]
 
@@ -521,12 +522,10 @@ def warm_source_tag(cfg: ValueTrainConfig, base_name: str, policy: ResolvedWeigh
 def merged_value_model(base_dir: Path, source: str, *, dtype: str, seed: int) -> tuple[Any, Any]:
     """The value checkpoint ``source`` as one plain model (its LoRA merged into float32 weights,
     its saved modules in place), in ``dtype``."""
-    import torch
     from peft import PeftModel
 
     backbone, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=seed)
-    merged = PeftModel.from_pretrained(backbone, source).merge_and_unload()
-    return merged.to({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]), tokenizer
+    return PeftModel.from_pretrained(backbone, source).merge_and_unload().to(_torch_dtype(dtype)), tokenizer
 
 
 def warm_adapter(base_dir: Path, source: str, trained: Any, num_layers: int, top: int, seed: int) -> Any:
@@ -586,10 +585,13 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
     dtype = cfg.value.resolved_dtype()
     t_cache = time.monotonic()
     tag = f"-from-{warm_source_tag(cfg, base_name, policy)}" if cfg.init_from else ""
-    if cfg.init_from:
-        cacher, tokenizer = merged_value_model(base_dir, cfg.init_from, dtype=dtype, seed=cfg.seed)
-    else:
-        cacher, tokenizer = build_value_backbone(base_dir, dtype=dtype, seed=cfg.seed)
+
+    def load(dtype: str) -> tuple[Any, Any]:  # the checkpoint's model, or the base with a fresh head
+        if cfg.init_from:
+            return merged_value_model(base_dir, cfg.init_from, dtype=dtype, seed=cfg.seed)
+        return build_value_backbone(base_dir, dtype=dtype, seed=cfg.seed)
+
+    cacher, tokenizer = load(dtype)
     n_layers = check_backbone(cacher, top)
     layer = n_layers - top
     root = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else Path(cfg.rows_file).parent / "features"
@@ -604,10 +606,7 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
     logger.info("feature cache %s: %d rows computed now (%.0f s), %d cached in all", cache.dir, computed, cache_s, len(cache.index))
     del cacher
     gc.collect()
-    if cfg.init_from:
-        backbone, tokenizer = merged_value_model(base_dir, cfg.init_from, dtype="float32", seed=cfg.seed)
-    else:
-        backbone, tokenizer = build_value_backbone(base_dir, dtype="float32", seed=cfg.seed)
+    backbone, tokenizer = load("float32")
     backbone.to(device)
     for p in backbone.parameters():
         p.requires_grad_(False)

@@ -126,3 +126,24 @@ def test_packed_rows_score_and_train_like_padded_rows(tmp_path) -> None:
     assert torch.allclose(pad_scores, tree_scores, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(pad_grads, tree_grads, strict=True))
     assert predict_cached(model, cache, data, "cpu", packed=True) == pytest.approx(predict_cached(model, cache, data, "cpu"), abs=1e-5)
+
+
+def test_a_warm_start_keeps_the_sources_lora_and_full_modules_below_the_top() -> None:
+    from peft import LoraConfig
+
+    from models.value import top_layers_adapter_config, value_lora_config, warm_top_layers_adapter_config
+
+    def top_names(lo: int, hi: int) -> list[str]:
+        return [f"model.layers.{i}" for i in range(lo, hi)]
+
+    shipped = warm_top_layers_adapter_config(value_lora_config(r=8, alpha=16), 30, 2)  # LoRA everywhere: kept on 0-27
+    assert shipped.layers_to_transform == list(range(28)) and shipped.r == 8 and shipped.lora_alpha == 16
+    assert set(shipped.modules_to_save) >= {"score", "model.norm", *top_names(28, 30)}
+    one = warm_top_layers_adapter_config(LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=29), 30, 2)
+    assert one.layers_to_transform == [27] and one.r == 1  # an int source layer inside the top: the inert target below it
+    deep = warm_top_layers_adapter_config(top_layers_adapter_config(30, 8), 30, 2)  # layers 22-27 stay in full, its LoRA on 21
+    assert deep.layers_to_transform == [21] and set(top_names(22, 30)) <= set(deep.modules_to_save)
+    shallow = warm_top_layers_adapter_config(top_layers_adapter_config(30, 2), 30, 4)  # its LoRA (layer 27) is now in the top
+    assert shallow.layers_to_transform == [25] and shallow.r == 1 and set(top_names(26, 30)) <= set(shallow.modules_to_save)
+    with pytest.raises(ValueError, match="between 1 and 29"):
+        warm_top_layers_adapter_config(value_lora_config(), 30, 30)
