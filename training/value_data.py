@@ -16,7 +16,9 @@ pass fractions up the tree (C = 0.2, K = 5, the sample budget sets the iteration
   -> its own executed reward) and, our extension (``include_children``), ``child`` (a state the
   search created but never expanded -> the mean reward of the rollouts that passed through it:
   exactly the states VM-MCTS scores when it creates children). ``visits`` is the number of
-  rollouts behind the target. Rows are de-duplicated per (problem, state) (`dedupe_rows`);
+  rollouts behind the target. Every row also carries ``solved``, our extension: the share of those
+  rollouts that pass every test (a program's is 1 or 0), the target of ``restrl train value --set
+  target=solved``. Rows are de-duplicated per (problem, state) (`dedupe_rows`);
 * ``problems.jsonl`` (the problems, so training needs no gym regeneration), ``config.json`` and
   ``summary.json``.
 
@@ -147,7 +149,8 @@ def rows_from_trace(trace: dict[str, Any], *, include_children: bool = True) -> 
     value model in a value-guided collection): an expanded state gets the mean reward of every
     rollout sampled at or below it, an unexpanded child the mean reward of the samples that chose
     it, a program its own reward. Every row carries ``depth``: a state's depth in the tree (lines
-    below the root), a program's the depth of the state it was sampled from."""
+    below the root), a program's the depth of the state it was sampled from, and ``solved``: the
+    share of the same rollouts that pass every test (reward 1)."""
     problem_id = trace["problem"]["id"]
     nodes = {n["id"]: n for n in trace["nodes"]}
     below: dict[int, list[float]] = {}
@@ -165,7 +168,7 @@ def rows_from_trace(trace: dict[str, Any], *, include_children: bool = True) -> 
                 continue
             sample = exp["samples"][ro["sample"]]
             code = rollout_code(state, sample["text"], sample["finish_reason"])
-            programs.append(_row(problem_id, code, reward, "program", 1, node["depth"]))
+            programs.append(_row(problem_id, code, [reward], "program", node["depth"]))
             nid: int | None = node["id"]
             while nid is not None:
                 below.setdefault(nid, []).append(reward)
@@ -178,21 +181,24 @@ def rows_from_trace(trace: dict[str, Any], *, include_children: bool = True) -> 
     for n in trace["nodes"]:
         if n["expanded"] and below.get(n["id"]):
             got = below[n["id"]]
-            rows.append(_row(problem_id, n["state"], sum(got) / len(got), "expanded", len(got), n["depth"]))
+            rows.append(_row(problem_id, n["state"], got, "expanded", n["depth"]))
         elif include_children and not n["expanded"] and not n["terminal"] and chose.get(n["id"]):
             got = chose[n["id"]]
-            rows.append(_row(problem_id, n["state"], sum(got) / len(got), "child", len(got), n["depth"]))
+            rows.append(_row(problem_id, n["state"], got, "child", n["depth"]))
     return rows + programs
 
 
-def _row(problem_id: str, state: str, target: float, kind: RowKind, visits: int, depth: int) -> dict[str, Any]:
-    return {"problem_id": problem_id, "state": state, "target": float(target), "kind": kind, "visits": int(visits), "depth": int(depth)}
+def _row(problem_id: str, state: str, rewards: Sequence[float], kind: RowKind, depth: int) -> dict[str, Any]:
+    """The row of ``state`` from the executed rewards of the rollouts behind it."""
+    n = len(rewards)
+    return {"problem_id": problem_id, "state": state, "target": float(sum(rewards) / n), "kind": kind, "visits": n,
+            "depth": int(depth), "solved": sum(r >= 1.0 for r in rewards) / n}
 
 
 def dedupe_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (problem, state). Rows of the same kind merge into their visit-weighted mean
-    target (a program executed twice has one reward; a state reached by two searches pools their
-    rollouts); across kinds the better-founded one wins (`KIND_RANK`). First-seen order is kept."""
+    target and ``solved`` (a program executed twice has one reward; a state reached by two searches
+    pools their rollouts); across kinds the better-founded one wins (`KIND_RANK`). First-seen order is kept."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         key = (row["problem_id"], row["state"])
@@ -203,7 +209,11 @@ def dedupe_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             out[key] = dict(row)
         elif row["kind"] == have["kind"]:
             total = have["visits"] + row["visits"]
-            have["target"] = (have["target"] * have["visits"] + row["target"] * row["visits"]) / total
+            for key in ("target", "solved"):
+                if key in have and key in row:
+                    have[key] = (have[key] * have["visits"] + row[key] * row["visits"]) / total
+                else:  # rows of an older release: no `solved` to merge
+                    have.pop(key, None)
             have["visits"] = total
     return list(out.values())
 
@@ -365,7 +375,9 @@ def write_rows(problems: Sequence[Problem], cfg: CollectConfig, *, wall_s: float
     for kind in KIND_RANK:
         ts = [r["target"] for r in rows if r["kind"] == kind]
         if ts:
-            by_kind[kind] = {"rows": len(ts), "mean_target": sum(ts) / len(ts), "share_zero": sum(t == 0 for t in ts) / len(ts)}
+            solved_share = [r["solved"] for r in rows if r["kind"] == kind]
+            by_kind[kind] = {"rows": len(ts), "mean_target": sum(ts) / len(ts), "share_zero": sum(t == 0 for t in ts) / len(ts),
+                             "mean_solved": sum(solved_share) / len(solved_share)}
     solved = {r["problem_id"] for r in rows if r["kind"] == "program" and r["target"] >= 1.0}
     failed = {r["problem_id"] for r in rows if r["kind"] == "program" and r["target"] < 1.0}
     depths: dict[str, dict[str, int]] = {}

@@ -31,7 +31,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,6 +49,7 @@ from models.value import (
     HFValueModel,
     _torch_dtype,
     build_value_backbone,
+    cpu_threads,
     encode_value_inputs,
     resolve_value_base,
     save_value_checkpoint,
@@ -97,6 +98,12 @@ class ValueTrainConfig(BaseModel):
         " the data an earlier value model trained on, so that its held-out figures compare with a new model's fairly",
     )
     split_seed: int = Field(default=0, ge=0, description="seed of the problem split")
+    target: Literal["reward", "solved"] = Field(
+        default="reward", description="what the model learns of a row: reward = the mean pass fraction of the rollouts behind"
+        " it (RESTRL_SPEC.md section 3); solved = the share of them that pass every test (our extension: the final choice is"
+        " pass or fail, and states whose rollouts pass some tests are mostly dead ends). Held-out MSE and r are against it;"
+        " pair accuracy and the top-1 choice are the same under both (a program passes or not)",
+    )
     lora_r: int = Field(default=8, ge=1, le=256)
     lora_alpha: int = Field(default=16, ge=1)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -452,6 +459,11 @@ def _split_rows(cfg: ValueTrainConfig, problems: dict[str, Problem]) -> tuple[li
     rows = [r for r in read_rows(cfg.rows_file) if r["kind"] in cfg.kinds and r["problem_id"] in problems]
     if not rows:
         raise ValueError(f"{cfg.rows_file}: no rows of kinds {list(cfg.kinds)} for the problems in {cfg.problems_file}")
+    if cfg.target == "solved":
+        if any("solved" not in r for r in rows):
+            raise ValueError(f"target solved: {cfg.rows_file} has rows without `solved` (written by an older release): rebuild it"
+                             " from its traces with `restrl train collect-values --config <its config> --resume`")
+        rows = [{**r, "target": r["solved"]} for r in rows]
     never = excluded_problems(cfg.holdout_exclude) if cfg.holdout_exclude else set()
     if never:
         logger.info("value training: %d problems of %s are never held out (%d of them have rows)", len(never), cfg.holdout_exclude,
@@ -684,7 +696,9 @@ def _evaluate_checkpoint(cfg: ValueTrainConfig, checkpoint: str, problems: dict[
     configured serving dtype) scores the held-out rows and the training probe; ``metrics.json``
     and ``predictions.jsonl`` as a trained run writes them. A checkpoint trained for another
     policy than the one the rows come from is refused."""
-    vcfg = cfg.value.model_copy(update={"model": checkpoint, "device": device, "batch_size": cfg.eval_batch_size})
+    # no policy engine shares this process's CPUs: auto threads (0) take them all, not serving's half
+    threads = cfg.value.threads or cpu_threads(exclusive=True)
+    vcfg = cfg.value.model_copy(update={"model": checkpoint, "device": device, "batch_size": cfg.eval_batch_size, "threads": threads})
     model = HFValueModel.load(vcfg)
     if not model.trained:
         raise ValueError(f"evaluate_checkpoint: {checkpoint} is not a trained value model")

@@ -73,14 +73,20 @@ def test_targets_on_a_hand_built_tree() -> None:
     # finished programs are canonical (`search.tree.rollout_code`): one trailing newline
     assert programs == {"a\nret1\n": 1.0, "a\nret2\n": 0.5, "b\nret3\n": 0.0, "a\nx\n": 1.0, "a\ny\nz\n": 0.0}
     assert all(r["problem_id"] == "p" for r in rows.values())
+    # `solved`: the share of the same rollouts that pass every test (0.5 is a partial pass, not solved)
+    assert rows[("expanded", "")]["solved"] == pytest.approx(2 / 5)
+    assert rows[("expanded", "a\n")]["solved"] == pytest.approx(1 / 2)
+    assert rows[("child", "b\n")]["solved"] == 0.0
+    assert {s: r["solved"] for (k, s), r in rows.items() if k == "program"} == {
+        "a\nret1\n": 1.0, "a\nret2\n": 0.0, "b\nret3\n": 0.0, "a\nx\n": 1.0, "a\ny\nz\n": 0.0}
     without = rows_from_trace(hand_trace(), include_children=False)
     assert {r["kind"] for r in without} == {"expanded", "program"}
 
 
 def test_dedupe_merges_same_kind_by_visits_and_prefers_programs() -> None:
     rows = [
-        {"problem_id": "p", "state": "s\n", "target": 1.0, "kind": "expanded", "visits": 3},
-        {"problem_id": "p", "state": "s\n", "target": 0.0, "kind": "expanded", "visits": 1},
+        {"problem_id": "p", "state": "s\n", "target": 1.0, "kind": "expanded", "visits": 3, "solved": 1.0},
+        {"problem_id": "p", "state": "s\n", "target": 0.0, "kind": "expanded", "visits": 1, "solved": 0.0},
         {"problem_id": "q", "state": "s\n", "target": 0.2, "kind": "expanded", "visits": 1},  # other problem: kept apart
         {"problem_id": "p", "state": "c", "target": 0.5, "kind": "child", "visits": 2},
         {"problem_id": "p", "state": "c", "target": 1.0, "kind": "program", "visits": 1},
@@ -89,6 +95,7 @@ def test_dedupe_merges_same_kind_by_visits_and_prefers_programs() -> None:
     out = {(r["problem_id"], r["state"]): r for r in dedupe_rows(rows)}
     assert len(out) == 3
     assert out[("p", "s\n")]["target"] == pytest.approx(0.75) and out[("p", "s\n")]["visits"] == 4
+    assert out[("p", "s\n")]["solved"] == pytest.approx(0.75)
     assert out[("q", "s\n")]["target"] == 0.2
     assert out[("p", "c")]["kind"] == "program" and out[("p", "c")]["target"] == 1.0
 
@@ -341,3 +348,23 @@ def test_top1_choice_needs_the_passing_program_above_every_failing_one() -> None
 
     assert pair_accuracy_by_depth(rows, preds)["all"]["accuracy"] == 0.625  # p: 2 of 3 pairs won, q: a tie; neither choice passes
     assert top1_choice([], [])["accuracy"] is None
+
+
+def test_target_solved_trains_on_the_solved_share_and_refuses_rows_without_it(tmp_path: Path) -> None:
+    """``target: solved`` swaps each row's target for its ``solved`` share; rows of an older release
+    (no ``solved``) are refused with the command that rebuilds them, not trained on a missing field."""
+    from training.value_train import ValueTrainConfig, _split_rows
+
+    rows = [{"problem_id": f"p{i % 5}", "state": f"s{i}", "target": 0.5, "solved": float(i % 2), "kind": "program",
+             "visits": 1, "depth": 0} for i in range(20)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    problems = {f"p{i}": None for i in range(5)}
+    for target, want in (("reward", [0.5] * 20), ("solved", [float(i % 2) for i in range(20)])):
+        train, held = _split_rows(ValueTrainConfig(rows_file=str(path), target=target), problems)  # type: ignore[arg-type]
+        got = {r["state"]: r["target"] for r in train + held}
+        assert [got[f"s{i}"] for i in range(20)] == want
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "solved"}) + "\n" for r in rows))
+    assert len(_split_rows(ValueTrainConfig(rows_file=str(path)), problems)[0]) > 0  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="collect-values"):
+        _split_rows(ValueTrainConfig(rows_file=str(path), target="solved"), problems)  # type: ignore[arg-type]
