@@ -135,7 +135,7 @@ class CollectConfig(BaseModel):
 # ------------------------------------------------------------------------------------ rows
 
 
-def _reward(ro: dict[str, Any]) -> float | None:
+def rollout_reward(ro: dict[str, Any]) -> float | None:
     """A rollout's executed reward: ``reward`` (recorded since value-guided collection), else its
     ``value`` (the same number under `search.TestEvaluator`)."""
     reward = ro.get("reward")
@@ -163,7 +163,7 @@ def rows_from_trace(trace: dict[str, Any], *, include_children: bool = True) -> 
         state = node["state"]
         kids = [nodes[c] for c in exp.get("children", [])]
         for ro in exp["rollouts"]:
-            reward = _reward(ro)
+            reward = rollout_reward(ro)
             if reward is None:
                 continue
             sample = exp["samples"][ro["sample"]]
@@ -209,11 +209,11 @@ def dedupe_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             out[key] = dict(row)
         elif row["kind"] == have["kind"]:
             total = have["visits"] + row["visits"]
-            for key in ("target", "solved"):
-                if key in have and key in row:
-                    have[key] = (have[key] * have["visits"] + row[key] * row["visits"]) / total
+            for field in ("target", "solved"):
+                if field in have and field in row:
+                    have[field] = (have[field] * have["visits"] + row[field] * row["visits"]) / total
                 else:  # rows of an older release: no `solved` to merge
-                    have.pop(key, None)
+                    have.pop(field, None)
             have["visits"] = total
     return list(out.values())
 

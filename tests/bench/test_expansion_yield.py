@@ -1,0 +1,39 @@
+"""bench.expansion_yield: the class of each expansion is what the search knew before it."""
+
+from __future__ import annotations
+
+import copy
+
+from bench.expansion_yield import expansion_yield, paired_yield
+from tests.training.test_value_data import hand_trace
+
+
+def _with_root_rewards(rewards: list[float]) -> dict:
+    trace = copy.deepcopy(hand_trace())
+    for ro, r in zip(trace["expansions"][0]["rollouts"], rewards, strict=True):
+        ro["value"] = r
+    return trace
+
+
+def test_an_expansion_is_classed_by_the_earlier_rollouts_through_its_state() -> None:
+    # root "" -> rollouts "a\nret1" 1.0, "a\nret2" 0.5, "b\nret3" 0.0; then "a\n" is expanded: x passes, y fails
+    assert expansion_yield(hand_trace()) == [("root", 0, True), ("root", 0, False), ("root", 0, False),
+                                             ("below_passing", 0, True), ("below_passing", 0, False)]
+    # the same tree when what went through "a\n" before passed some tests (0.5) or none
+    assert [c for c, _, _ in expansion_yield(_with_root_rewards([0.5, 0.25, 1.0]))][3:] == ["below_partial"] * 2
+    assert [c for c, _, _ in expansion_yield(_with_root_rewards([0.0, 0.0, 1.0]))][3:] == ["below_zero"] * 2
+
+
+def test_paired_yield_splits_by_the_tree_s_first_expansion() -> None:
+    def phase(results: dict[str, list[tuple[int, bool]]]) -> dict:
+        return {"results": [{"problem_id": p, "candidates": [{"step": s, "passed": ok} for s, ok in cands]}
+                            for p, cands in results.items()]}
+
+    tree = phase({"p": [(0, True), (1, True), (1, False)], "q": [(0, False), (1, False), (2, False), (3, True)]})
+    bon = phase({"p": [(0, True), (0, False)], "q": [(0, False), (0, False), (0, False), (0, False)]})
+    got = paired_yield(tree, bon)
+    assert got["root_passed"]["problems"] == 1 and got["root_passed"]["tree_after_first"]["pass_rate"] == 0.5
+    assert got["root_passed"]["best_of_n"]["pass_rate"] == 0.5
+    assert got["root_failed"]["tree_after_first"] == {"samples": 3, "passed": 1, "pass_rate": 1 / 3}
+    assert got["root_failed"]["best_of_n"] == {"samples": 4, "passed": 0, "pass_rate": 0.0}
+    assert got["all"]["problems"] == 2 and got["all"]["tree_after_first"]["samples"] == 5
