@@ -116,6 +116,14 @@ class CollectConfig(BaseModel):
         description="also search every problem with the decoding settings: the value model (value) values the tree at guided_c_uct, rollouts are still executed for the targets; same sample budget",
     )
     guided_c_uct: float = Field(default=0.1, ge=0, le=10, description="UCT constant of the value-guided searches (the decoding C)")
+    guided_seed_offset: int = Field(
+        default=0, ge=0, description="added to a guided search's seed: 0 = the tests-mode search's seed (their first"
+        " expansions sample the same programs); another value gives the guided searches samples of their own",
+    )
+    tests_mode: bool = Field(
+        default=True, description="search every problem with the tests as evaluator; false = only the guided searches (a ReST"
+        " iteration: the newest value model guides, the executed rollouts still give the targets)",
+    )
     value: ValueConfig = Field(default_factory=lambda: ValueConfig(dtype="bfloat16"),
                                description="the value model guiding the guided searches (model None: the one shipped for the default policy)")
     sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(timeout_s=4.0), description="the sandbox that runs the rollouts")
@@ -130,6 +138,12 @@ class CollectConfig(BaseModel):
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         return over_job_defaults(cls, move_renamed_keys(data, RENAMED, what="restrl train collect-values"))
+
+    @model_validator(mode="after")
+    def _some_search(self) -> CollectConfig:
+        if not (self.tests_mode or self.guided):
+            raise ValueError("tests_mode: false needs guided: true (else nothing is searched)")
+        return self
 
 
 # ------------------------------------------------------------------------------------ rows
@@ -250,13 +264,15 @@ def trace_path(output_dir: Path, problem_id: str, mode: Mode = "tests") -> Path:
 
 
 def modes(cfg: CollectConfig) -> tuple[Mode, ...]:
-    return ("tests", "guided") if cfg.guided else ("tests",)
+    both: tuple[Mode, ...] = ("tests", "guided")
+    return tuple(m for m in both if (cfg.tests_mode if m == "tests" else cfg.guided))
 
 
 def search_config(cfg: CollectConfig, index: int, mode: Mode = "tests") -> SearchConfig:
     s = cfg.search
     return s.model_copy(update={"strategy": "vm_mcts", "c_uct": s.c_uct if mode == "tests" else cfg.guided_c_uct,
-                                "seed": (s.seed or 0) + index, "record_trace": True, "top_candidates": 0})
+                                "seed": (s.seed or 0) + index + (cfg.guided_seed_offset if mode == "guided" else 0),
+                                "record_trace": True, "top_candidates": 0})
 
 
 # ------------------------------------------------------------------------------------ the job
@@ -358,12 +374,14 @@ def write_rows(problems: Sequence[Problem], cfg: CollectConfig, *, wall_s: float
     traced = 0
     searched: dict[str, int] = {}
     for p in problems:
+        found = False
         for m in modes(cfg):
             path = trace_path(out, p.id, m)
             if path.exists():
-                traced += m == "tests"
+                found = True
                 searched[m] = searched.get(m, 0) + 1
                 rows.extend(rows_from_trace(load_trace(path), include_children=cfg.include_children))
+        traced += found
     raw = len(rows)
     rows = dedupe_rows(rows)
     tmp = out / "rows.jsonl.tmp"

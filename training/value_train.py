@@ -61,7 +61,7 @@ from search.stack import trained_for_match, value_match
 from tasks import Problem
 from tasks.humaneval import check_trainable
 from tasks.jsonl import load_jsonl
-from training.value_data import CollectConfig, RowKind, read_rows, select_problems
+from training.value_data import CollectConfig, RowKind, dedupe_rows, read_rows, select_problems
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,13 @@ class ValueTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     renamed_keys: ClassVar[dict[str, tuple[str, ...]]] = RENAMED  # flat keys of earlier releases -> their place now
 
-    rows_file: str = Field(default="runs/value_data/rows.jsonl", description="rows written by collect-values")
-    problems_file: str = Field(default="runs/value_data/problems.jsonl", description="the problems those rows refer to")
+    rows_file: str | list[str] = Field(
+        default="runs/value_data/rows.jsonl", description="rows written by collect-values; a list trains on their union (a"
+        " ReST iteration's rows with the earlier ones), a state in two of them merged by its rollouts (`dedupe_rows`)",
+    )
+    problems_file: str | list[str] = Field(
+        default="runs/value_data/problems.jsonl", description="the problems those rows refer to (a list: each collection's)"
+    )
     output_dir: str = Field(default="runs/value_model", description="folder for final/, metrics.json, predictions, plot")
     policy: EngineConfig | None = Field(
         default=None,
@@ -150,8 +155,16 @@ class ValueTrainConfig(BaseModel):
     def _renamed(cls, data: Any) -> Any:
         return over_job_defaults(cls, move_renamed_keys(data, RENAMED, what="restrl train value"))
 
+    def rows_files(self) -> list[str]:
+        return [self.rows_file] if isinstance(self.rows_file, str) else list(self.rows_file)
+
+    def problems_files(self) -> list[str]:
+        return [self.problems_file] if isinstance(self.problems_file, str) else list(self.problems_file)
+
     @model_validator(mode="after")
     def _one_recipe(self) -> ValueTrainConfig:
+        if not self.rows_files() or not self.problems_files():
+            raise ValueError("rows_file and problems_file name at least one file each")
         if self.top_layers is not None and self.lora_layers:
             raise ValueError("top_layers (full fine-tune of the top layers) does not combine with lora_layers (a LoRA setting)")
         if self.evaluate_checkpoint and (self.top_layers is not None or self.init_from or self.lora_layers):
@@ -178,8 +191,15 @@ def split_by_problem(rows: Sequence[dict[str, Any]], *, holdout_fraction: float,
     return [r for r in rows if r["problem_id"] not in held], [r for r in rows if r["problem_id"] in held]
 
 
-def load_problems(path: str | Path) -> dict[str, Problem]:
-    return {p.id: p for p in check_trainable(load_jsonl(path))}
+def load_problems(*paths: str | Path) -> dict[str, Problem]:
+    """The trainable problems of every file, by id; one id defined two ways is refused."""
+    out: dict[str, Problem] = {}
+    for path in paths:
+        for p in check_trainable(load_jsonl(path)):
+            if p.id in out and out[p.id] != p:
+                raise ValueError(f"problems_file: {path} defines {p.id} otherwise than an earlier file")
+            out[p.id] = p
+    return out
 
 
 def encode_rows(rows: Sequence[dict[str, Any]], problems: dict[str, Problem], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
@@ -362,11 +382,20 @@ def trained_policy(cfg: ValueTrainConfig) -> EngineConfig:
     ``rows_file`` recorded (the embedded default when there is no record)."""
     if cfg.policy is not None:
         return cfg.policy
-    recorded = Path(cfg.rows_file).parent / "config.json"
-    if recorded.exists():
-        return CollectConfig.model_validate(json.loads(recorded.read_text())).policy
-    logger.warning("%s: no collect-values config beside the rows; taking them for the default policy's", recorded)
-    return EngineConfig()
+    found: list[tuple[str, EngineConfig]] = []
+    for rows_file in cfg.rows_files():
+        recorded = Path(rows_file).parent / "config.json"
+        if recorded.exists():
+            found.append((rows_file, CollectConfig.model_validate(json.loads(recorded.read_text())).policy))
+        else:
+            logger.warning("%s: no collect-values config beside the rows; taking them for the default policy's", recorded)
+            found.append((rows_file, EngineConfig()))
+    first_file, first = found[0]
+    for rows_file, policy in found[1:]:
+        if policy != first:
+            raise ValueError(f"rows_file: {rows_file} was collected with another policy ({policy.model}) than {first_file}"
+                             f" ({first.model}): one value model learns one policy's rollouts")
+    return first
 
 
 class ProblemBatchSampler:
@@ -456,7 +485,9 @@ def excluded_problems(source: str | Path) -> set[str]:
 
 def _split_rows(cfg: ValueTrainConfig, problems: dict[str, Problem]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train rows, held-out rows) of the configured kinds, split by problem (``holdout_exclude``'s never held out)."""
-    rows = [r for r in read_rows(cfg.rows_file) if r["kind"] in cfg.kinds and r["problem_id"] in problems]
+    files = cfg.rows_files()
+    every = read_rows(files[0]) if len(files) == 1 else dedupe_rows(r for f in files for r in read_rows(f))
+    rows = [r for r in every if r["kind"] in cfg.kinds and r["problem_id"] in problems]
     if not rows:
         raise ValueError(f"{cfg.rows_file}: no rows of kinds {list(cfg.kinds)} for the problems in {cfg.problems_file}")
     if cfg.target == "solved":
@@ -606,7 +637,7 @@ def _train_top(cfg: ValueTrainConfig, top: int, base_dir: Path, base_name: str, 
     cacher, tokenizer = load(dtype)
     n_layers = check_backbone(cacher, top)
     layer = n_layers - top
-    root = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else Path(cfg.rows_file).parent / "features"
+    root = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else Path(cfg.rows_files()[0]).parent / "features"
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in base_name + tag)
     cache = FeatureCache(root / f"{name}-layer{layer}-{dtype}-len{cfg.value.max_length}", layer=layer,
                          hidden=int(cacher.config.hidden_size), dtype=dtype)
@@ -728,7 +759,7 @@ def run_value_training(cfg: ValueTrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.value.device)
     policy = resolve_weights(trained_policy(cfg))
     base_dir, base_name = value_base(cfg, policy)
-    problems = load_problems(cfg.problems_file)
+    problems = load_problems(*cfg.problems_files())
     train_rows, held_rows = _split_rows(cfg, problems)
     logger.info("value model on %s for the policy %s, on %s", base_name, policy.version, device)
     torch.manual_seed(cfg.seed)

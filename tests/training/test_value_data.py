@@ -252,6 +252,50 @@ async def test_guided_collection_values_the_tree_with_the_value_model_and_target
         await collect(problems, SeededPolicy(), box, cfg.model_copy(update={"output_dir": str(tmp_path / "x")}))
 
 
+async def test_a_rest_iteration_collects_guided_searches_of_its_own_and_trains_on_the_union(tmp_path: Path) -> None:
+    """A ReST iteration (issue 20): ``tests_mode: false`` runs only the guided searches, with
+    ``guided_seed_offset`` their samples differ from the first collection's, and value training on
+    both rows files takes the union, a state found by both merged by its rollouts."""
+    from tasks import write_jsonl
+    from tests.search.doubles import HashValue
+    from training.value_train import ValueTrainConfig, _split_rows, load_problems, trained_policy
+
+    search = {"budget": {"samples": 10}, "k": 5, "max_tokens": 200}
+    problems = [_problem(f"p{i}") for i in range(3)]
+    first = CollectConfig(output_dir=str(tmp_path / "v1"), search=search, concurrency=2, guided=True)
+    await collect(problems, SeededPolicy(), HashSandbox(), first, value=HashValue())
+    again = CollectConfig(output_dir=str(tmp_path / "v2"), search=search, concurrency=2, guided=True, tests_mode=False,
+                          guided_seed_offset=1000)
+    summary = await collect(problems, SeededPolicy(), HashSandbox(), again, value=HashValue())
+    assert summary["searches_by_mode"] == {"guided": 3} and summary["problems_searched"] == 3
+    assert not trace_path(tmp_path / "v2", "p0").exists()
+    seeds = [load_trace(trace_path(tmp_path / d, "p1", "guided"))["expansions"][0]["seed"] for d in ("v1", "v2")]
+    assert seeds[0] != seeds[1]
+    with pytest.raises(ValueError, match="needs guided"):
+        CollectConfig(tests_mode=False)
+
+    for d in ("v1", "v2"):
+        write_jsonl(tmp_path / d / "problems.jsonl", problems)
+        (tmp_path / d / "config.json").write_text(json.dumps({"policy": {"model": None}}))
+    rows1, rows2 = read_rows(tmp_path / "v1" / "rows.jsonl"), read_rows(tmp_path / "v2" / "rows.jsonl")
+    cfg = ValueTrainConfig(rows_file=[str(tmp_path / "v1" / "rows.jsonl"), str(tmp_path / "v2" / "rows.jsonl")],
+                           problems_file=[str(tmp_path / "v1" / "problems.jsonl"), str(tmp_path / "v2" / "problems.jsonl")])
+    union = load_problems(*cfg.problems_files())
+    train, held = _split_rows(cfg, union)  # type: ignore[arg-type]
+    assert sorted((r["problem_id"], r["state"]) for r in train + held) == sorted(
+        {(r["problem_id"], r["state"]) for r in rows1 + rows2})
+    root = [r for r in train + held if r["problem_id"] == "p0" and r["depth"] == 0 and r["kind"] == "expanded"]
+    v1_root = next(r for r in rows1 if r["problem_id"] == "p0" and r["depth"] == 0 and r["kind"] == "expanded")
+    assert len(root) == 1 and root[0]["visits"] == v1_root["visits"] + 10  # both collections' rollouts behind it
+    assert trained_policy(cfg).model is None
+    (tmp_path / "v2" / "config.json").write_text(json.dumps({"policy": {"model": "HuggingFaceTB/another"}}))
+    with pytest.raises(ValueError, match="another policy"):
+        trained_policy(cfg)
+    write_jsonl(tmp_path / "v2" / "problems.jsonl", [make_problem("p0", tests=[TestCase(kind="call", args=[], expected=1, fn_name="f")])] + problems[1:])
+    with pytest.raises(ValueError, match="defines p0 otherwise"):
+        load_problems(*cfg.problems_files())
+
+
 def test_humaneval_is_refused_as_training_data(tmp_path: Path) -> None:
     from tasks import load_humaneval, write_jsonl
 
