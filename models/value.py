@@ -266,6 +266,32 @@ def save_value_checkpoint(
     )
 
 
+def store_value_weights(folder: str | Path, dtype: str = "bfloat16") -> Manifest:
+    """Rewrite a value checkpoint's full weights in ``dtype`` and re-hash its manifest
+    (``config.stored_dtype`` records it). LoRA matrices stay as they are: they are small, and a
+    load merges them in float32. In bfloat16 the full layers of a top-layers adapter take half their
+    float32 bytes; a model loaded in bfloat16 (the CPU serving dtype) casts them to that on load
+    anyway, so its scores there do not change."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    root = Path(folder)
+    manifest = verify_checkpoint(root, kind="value")
+    target = _torch_dtype(dtype)
+    for path in sorted(root.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata()
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is no mapping
+        cast = {k: t.to(target) if torch.is_floating_point(t) and "lora_" not in k else t for k, t in tensors.items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(cast, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    return write_manifest(root, kind="value", format=manifest.format, base=manifest.base, policy=manifest.policy,
+                          parent=manifest.parent, job=manifest.job, config={**manifest.config, "stored_dtype": dtype},
+                          metrics=manifest.metrics)
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):

@@ -105,6 +105,43 @@ def test_lora_round_trip(tmp_path, default_model_dir, value_model):
         HFValueModel.load(ValueConfig(model=str(out)))
 
 
+def test_store_in_bfloat16_halves_the_full_layers_and_serves_the_same_scores(tmp_path, default_model_dir):
+    """`restrl models store DIR --dtype bfloat16`: a top-layers adapter's full modules are rewritten in
+    bfloat16 (LoRA kept), the manifest re-hashed; loaded in bfloat16 (the CPU serving dtype) it
+    scores exactly as the float32-stored one, in float32 within bfloat16 rounding."""
+    import torch
+    from peft import get_peft_model
+
+    from models.value import build_value_backbone, top_layers_adapter_config
+    from restrl import main
+
+    backbone, tokenizer = build_value_backbone(default_model_dir, dtype="float32", seed=1)
+    adapter = get_peft_model(backbone, top_layers_adapter_config(backbone.config.num_hidden_layers, 1))
+    with torch.no_grad():  # a trained top layer in miniature
+        for name, p in adapter.named_parameters():
+            if p.requires_grad and "lora_" not in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.01)
+    out = tmp_path / "top1"
+    save_value_checkpoint(adapter, tokenizer, out, base=str(default_model_dir), job="test")
+    before = {dtype: HFValueModel.load(ValueConfig(model=str(out), batch_size=4, max_length=256, dtype=dtype)).score_sync(PROBLEM, STATES)
+              for dtype in ("bfloat16", "float32")}
+    size = (out / "adapter_model.safetensors").stat().st_size
+    assert main(["models", "store", str(out), "--dtype", "bfloat16"]) == 0
+    manifest = verify_checkpoint(out, kind="value")
+    assert manifest.config["stored_dtype"] == "bfloat16" and manifest.job == "test"
+    assert (out / "adapter_model.safetensors").stat().st_size < 0.55 * size
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as fh:
+        dtypes = {k: fh.get_tensor(k).dtype for k in fh.keys()}  # noqa: SIM118
+    assert {d for k, d in dtypes.items() if "lora_" in k} == {torch.float32}
+    assert {d for k, d in dtypes.items() if "lora_" not in k} == {torch.bfloat16}
+    after = {dtype: HFValueModel.load(ValueConfig(model=str(out), batch_size=4, max_length=256, dtype=dtype)).score_sync(PROBLEM, STATES)
+             for dtype in ("bfloat16", "float32")}
+    assert after["bfloat16"] == before["bfloat16"]
+    assert after["float32"] == pytest.approx(before["float32"], abs=2e-2)
+
+
 async def test_policy_checkpoint_is_refused_as_value(default_model_dir):
     with pytest.raises(CheckpointError, match="field 'kind'"):
         await load_value_model(ValueConfig(model=str(default_model_dir)))
