@@ -285,11 +285,9 @@ def regression_metrics(preds: Sequence[float], targets: Sequence[float], *, trai
     return out
 
 
-def pair_accuracy_by_depth(rows: Sequence[dict[str, Any]], preds: Sequence[float], *, max_depth: int = 4) -> dict[str, Any]:
+def _pair_accuracy(rows: Sequence[dict[str, Any]], preds: Sequence[float], keys_of: Any) -> dict[str, Any]:
     """How often, within one problem, a passing program (target 1) is scored above a failing one
-    (target < 1; ties count half), by the depth the failing program was sampled at (its row's
-    ``depth``; ``max_depth`` gathers the deeper ones) - the comparison a search's final choice makes,
-    and where deep near-duplicates of the states the model likes go wrong. ``"2+"`` pools depth >= 2."""
+    (target < 1; ties count half), tallied under every key ``keys_of(failing row)`` names."""
     by_problem: dict[str, list[tuple[dict[str, Any], float]]] = {}
     for r, p in zip(rows, preds, strict=True):
         if r["kind"] == "program":
@@ -300,13 +298,36 @@ def pair_accuracy_by_depth(rows: Sequence[dict[str, Any]], preds: Sequence[float
         for r, p_fail in items:
             if r["target"] >= 1.0:
                 continue
-            d = min(int(r.get("depth", 0)), max_depth)
-            keys = [str(d) if d < max_depth else f"{max_depth}+", "all"] + (["2+"] if d >= 2 else [])
+            keys = keys_of(r)
             for p_pass in passing:
                 score = 1.0 if p_pass > p_fail else 0.5 if p_pass == p_fail else 0.0
                 for k in keys:
                     tallies.setdefault(k, []).append(score)
     return {k: {"pairs": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(tallies.items())}
+
+
+def pair_accuracy_by_depth(rows: Sequence[dict[str, Any]], preds: Sequence[float], *, max_depth: int = 4) -> dict[str, Any]:
+    """Pair accuracy (`_pair_accuracy`) by the depth the failing program was sampled at (its row's
+    ``depth``; ``max_depth`` gathers the deeper ones) - the comparison a search's final choice makes,
+    and where deep near-duplicates of the states the model likes go wrong. ``"2+"`` pools depth >= 2."""
+
+    def keys(r: dict[str, Any]) -> list[str]:
+        d = min(int(r.get("depth", 0)), max_depth)
+        return [str(d) if d < max_depth else f"{max_depth}+", "all"] + (["2+"] if d >= 2 else [])
+
+    return _pair_accuracy(rows, preds, keys)
+
+
+def pair_accuracy_by_failing_reward(rows: Sequence[dict[str, Any]], preds: Sequence[float]) -> dict[str, Any]:
+    """Pair accuracy (`_pair_accuracy`) by how much of the tests the failing program passes, from
+    its ``reward`` (the pass fraction; a row trained on ``solved`` keeps it): ``zero``, ``some``
+    (under half) or ``most`` (half or more, not all) - the near-misses a final choice must still reject."""
+
+    def keys(r: dict[str, Any]) -> list[str]:
+        reward = r.get("reward", r["target"])
+        return ["zero" if reward <= 0 else "some" if reward < 0.5 else "most"]
+
+    return _pair_accuracy(rows, preds, keys)
 
 
 def top1_choice(rows: Sequence[dict[str, Any]], preds: Sequence[float]) -> dict[str, Any]:
@@ -494,7 +515,7 @@ def _split_rows(cfg: ValueTrainConfig, problems: dict[str, Problem]) -> tuple[li
         if any("solved" not in r for r in rows):
             raise ValueError(f"target solved: {cfg.rows_file} has rows without `solved` (written by an older release): rebuild it"
                              " from its traces with `restrl train collect-values --config <its config> --resume`")
-        rows = [{**r, "target": r["solved"]} for r in rows]
+        rows = [{**r, "target": r["solved"], "reward": r["target"]} for r in rows]
     never = excluded_problems(cfg.holdout_exclude) if cfg.holdout_exclude else set()
     if never:
         logger.info("value training: %d problems of %s are never held out (%d of them have rows)", len(never), cfg.holdout_exclude,
@@ -690,6 +711,7 @@ def _metrics(cfg: ValueTrainConfig, held_rows: list[dict[str, Any]], held_preds:
             for kind in cfg.kinds
         },
         "held_out_pair_accuracy_by_depth": pair_accuracy_by_depth(held_rows, held_preds),
+        "held_out_pair_accuracy_by_failing_reward": pair_accuracy_by_failing_reward(held_rows, held_preds),
         "held_out_top1_choice": top1_choice(held_rows, held_preds),
         "train_sample": regression_metrics(train_preds, [r["target"] for r in probe], train_mean=train_mean),
         "calibration": calibration_bins(held_preds, held_targets),

@@ -345,6 +345,23 @@ def test_pair_accuracy_by_depth_of_the_failing_program() -> None:
     assert acc["2+"] == acc["3"] and acc["all"] == {"pairs": 2, "accuracy": 0.75} and "4+" not in acc
 
 
+def test_pair_accuracy_by_how_much_the_failing_program_passes() -> None:
+    """The near-misses (most tests pass) are tallied apart; on `solved` rows the pass fraction is
+    ``reward`` (the target is then 0 for every failing program)."""
+    from training.value_train import pair_accuracy_by_failing_reward
+
+    rows = [
+        {"problem_id": "p", "kind": "program", "target": 1.0},
+        {"problem_id": "p", "kind": "program", "target": 0.0},
+        {"problem_id": "p", "kind": "program", "target": 0.25},
+        {"problem_id": "p", "kind": "program", "target": 0.75},
+    ]
+    acc = pair_accuracy_by_failing_reward(rows, [0.6, 0.1, 0.2, 0.7])
+    assert acc == {"zero": {"pairs": 1, "accuracy": 1.0}, "some": {"pairs": 1, "accuracy": 1.0}, "most": {"pairs": 1, "accuracy": 0.0}}
+    solved = [{**r, "target": float(r["target"] >= 1), "reward": r["target"]} for r in rows]
+    assert pair_accuracy_by_failing_reward(solved, [0.6, 0.1, 0.2, 0.7]) == acc
+
+
 async def test_a_snapshot_carries_finished_searches_to_a_fresh_checkout(tmp_path: Path) -> None:
     """The committed snapshot holds every finished trace: a resume with an empty output folder
     searches only what it lacks, and the rows equal an uninterrupted collection's."""
