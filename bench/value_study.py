@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 
 SETTING_KEYS = ("top_layers", "lora_r", "lora_layers", "init_from", "learning_rate", "epochs", "max_steps", "rank_weight",
-                "problems_per_batch", "max_train_rows", "kinds")
+                "problems_per_batch", "max_train_rows", "kinds", "target")
 
 
 def expected_calibration_error(bins: list[dict[str, float]]) -> float | None:
@@ -227,6 +227,7 @@ def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str,
         "pearson_r_by_kind": {k: v.get("pearson_r") for k, v in metrics.get("held_out_by_kind", {}).items()},
         "pair_accuracy_by_depth": {k: v["accuracy"] for k, v in pairs.items()},
         "pairs_by_depth": {k: v["pairs"] for k, v in pairs.items()},
+        "pair_accuracy_by_failing_reward": {k: v["accuracy"] for k, v in metrics.get("held_out_pair_accuracy_by_failing_reward", {}).items()},
         "top1_choice": metrics.get("held_out_top1_choice"),
         "ece": expected_calibration_error(metrics.get("calibration", [])),
         "selection": selection_of(folder, selection),
@@ -239,13 +240,14 @@ def _fmt(x: Any) -> str:
 
 def table(study: Path, selection: Selection | None, out: Path, command: str) -> list[dict[str, Any]]:
     runs = [summarize_run(f, selection) for f in sorted(study.iterdir()) if (f / "metrics.json").exists()] if study.is_dir() else []
-    head = ("run", "mse", "const", "r", "r prog", "r exp", "r child", "pair@0", "pair@1", "pair@2+", "top1", "ece", "rows", "bon", "bon+pub",
-            "prm")
+    head = ("run", "mse", "const", "r", "r prog", "r exp", "r child", "pair@0", "pair@1", "pair@2+", "pair:most", "top1", "ece", "rows",
+            "bon", "bon+pub", "prm")
     print(" ".join(f"{h:>10}" for h in head))
     for r in runs:
         by_kind, pa, sel = r["pearson_r_by_kind"], r["pair_accuracy_by_depth"], r["selection"] or {}
         cells = (r["name"][-10:], r["mse"], r["constant_mse"], r["pearson_r"], by_kind.get("program"), by_kind.get("expanded"),
-                 by_kind.get("child"), pa.get("0"), pa.get("1"), pa.get("2+"), (r["top1_choice"] or {}).get("accuracy"), r["ece"],
+                 by_kind.get("child"), pa.get("0"), pa.get("1"), pa.get("2+"), r["pair_accuracy_by_failing_reward"].get("most"),
+                 (r["top1_choice"] or {}).get("accuracy"), r["ece"],
                  r["train_rows"],
                  sel.get("best_of_n"), sel.get("best_of_n+public"), sel.get("prm_best_of_n"))
         print(" ".join(f"{_fmt(c):>10}" for c in cells))
@@ -266,11 +268,13 @@ def main() -> None:
     ap.add_argument("study", type=Path, nargs="?", help="folder whose subfolders are value training runs (the table only)")
     ap.add_argument("--run", type=Path, help="a study config (configs/value_study.yaml): train and select every setting not done, then the table")
     ap.add_argument("--only", nargs="+", help="with --run: these settings only")
+    ap.add_argument("--table", action="store_true", help="with --run: only the table of what is recorded (while a study runs)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/value_study.json"))
     args = ap.parse_args()
     if args.run:
         cfg = StudyConfig.model_validate(yaml.safe_load(args.run.read_text()))
-        run_study(cfg, only=args.only)
+        if not args.table:
+            run_study(cfg, only=args.only)
         table(Path(cfg.record_dir or cfg.study_dir), cfg.selection, args.out, f"python -m bench.value_study --run {args.run}")
     elif args.study:
         table(args.study, None, args.out, f"python -m bench.value_study {args.study}")
