@@ -74,6 +74,7 @@ def test_overrides_replace_dotted_fields(tmp_path: Path) -> None:
 OTHER_JOBS = {
     "value_data.yaml": ("training.value_data", "CollectConfig"),
     "value_data_v3.yaml": ("training.value_data", "CollectConfig"),
+    "value_data_v4.yaml": ("training.value_data", "CollectConfig"),
     "value.yaml": ("training.value_train", "ValueTrainConfig"),
     "eval.yaml": ("training.search_eval", "EvalConfig"),
     "value_study.yaml": ("bench.value_study", "StudyConfig"),
