@@ -29,7 +29,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -285,7 +285,7 @@ def regression_metrics(preds: Sequence[float], targets: Sequence[float], *, trai
     return out
 
 
-def _pair_accuracy(rows: Sequence[dict[str, Any]], preds: Sequence[float], keys_of: Any) -> dict[str, Any]:
+def _pair_accuracy(rows: Sequence[dict[str, Any]], preds: Sequence[float], keys_of: Callable[[dict[str, Any]], list[str]]) -> dict[str, Any]:
     """How often, within one problem, a passing program (target 1) is scored above a failing one
     (target < 1; ties count half), tallied under every key ``keys_of(failing row)`` names."""
     by_problem: dict[str, list[tuple[dict[str, Any], float]]] = {}
