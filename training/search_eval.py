@@ -736,7 +736,7 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
                     name = f"{dataset}.{strategy}.b{run_budget}"
                     path = phase_path(cfg, name)
                     if resume and path.exists():
-                        phases[name] = _checked(read_phase(path), cfg, path)
+                        phases[name] = _checked(read_phase(path), cfg, path, value_version=str(runners[0].value.version))
                     elif name in sources:
                         phases[name] = await _rescore_and_write(runners[0], problem_sets[dataset], sources[name], path)
                         loads.append(os.getloadavg())
@@ -835,14 +835,19 @@ def _phase_config(cfg: EvalConfig) -> dict[str, Any]:
     return flat
 
 
-def _checked(phase: dict[str, Any], cfg: EvalConfig, path: Path) -> dict[str, Any]:
-    """``phase`` when it was made with this configuration's settings; else a ValueError that says
-    which settings differ (mixing them in one report would compare unlike runs)."""
+def _checked(phase: dict[str, Any], cfg: EvalConfig, path: Path, *, value_version: str | None = None) -> dict[str, Any]:
+    """``phase`` when it was made with this configuration's settings (and, given ``value_version``,
+    the value model loaded now, unless the phase is greedy's, which never asks it); else a
+    ValueError that says what differs (mixing them in one report would compare unlike runs)."""
     made, now = phase.get("config", {}), _phase_config(cfg)
     differ = sorted(k for k in now if made.get(k) != now[k])
     if differ:
         raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={made.get(k)!r}, now {now[k]!r}' for k in differ)}): "
                          "use another output_dir, or remove the file to run that phase again")
+    if value_version is not None and phase.get("strategy") != "greedy" and phase.get("value_version") != value_version:
+        raise ValueError(f"{path} was made with the value model {phase.get('value_version')}, this run loads {value_version} (the"
+                         " same value setting names another model now, e.g. a newly shipped adapter): use another output_dir"
+                         " (rescore_from can reuse greedy's and best_of_n's samples), or remove the file to run that phase again")
     return phase
 
 

@@ -416,3 +416,20 @@ def test_restrl_eval_end_to_end_then_rescored_with_another_value_model(tmp_path,
         assert pairs and all(x["code"] == y["code"] and x["passed"] == y["passed"] for x, y in pairs)
         assert all(abs(x["value"] - y["value"]) < 0.05 for x, y in pairs if x["value"] is not None)
     assert "rescored_from" not in b["humaneval.vm_mcts.b5"]  # the value model steers its samples: searched again
+
+
+def test_a_resumed_phase_made_with_another_value_model_is_refused(tmp_path) -> None:
+    """`--resume` reuses a finished phase only when the value model loaded now made it: the config's
+    value setting (None = the shipped adapter) names a newly shipped model without changing, so the
+    phase's recorded value version decides. greedy never asks the value model: its phase is reused."""
+    from training.search_eval import _checked, _phase_config
+
+    cfg = EvalConfig(output_dir=str(tmp_path))
+    path = tmp_path / "gym_test.best_of_n.b40.json.gz"
+    phase = {"strategy": "best_of_n", "value_version": "value-value@a1c18840", "config": _phase_config(cfg)}
+    assert _checked(phase, cfg, path, value_version="value-value@a1c18840") is phase
+    assert _checked(phase, cfg, path) is phase  # the report alone loads no model
+    with pytest.raises(ValueError, match="value model value-value@a1c18840, this run loads value-value@deadbeef"):
+        _checked(phase, cfg, path, value_version="value-value@deadbeef")
+    greedy = {**phase, "strategy": "greedy"}
+    assert _checked(greedy, cfg, path, value_version="value-value@deadbeef") is greedy
