@@ -4,7 +4,8 @@ Each run folder (``restrl train value --set output_dir=<study>/<name> ...``) hol
 (held-out rows of gym train-split problems: never HumanEval, never the test split). Per setting:
 MSE vs the constant prediction, Pearson r overall and by row kind, within-problem pair accuracy by
 the depth of the failing program (the failure mode: deep near-duplicates), its pooled depth >= 2,
-and the expected calibration error of the binned predictions. Settings are read from each run's
+pair accuracy against near-misses (failing programs that pass half the tests or more), the top-1
+choice, and the expected calibration error of the binned predictions. Settings are read from each run's
 ``final/restrl.json`` config, so the table says what was tried.
 
     python -m bench.value_study runs/value_study [--out bench/results/value_study.json]
@@ -13,7 +14,7 @@ The study itself, one command, resumable (a setting whose folder has ``metrics.j
 trained again, one with ``selection/eval.json`` not selected again; one recorded in the config's
 ``record_dir``, committed, is done on a fresh checkout too, and the table reads the record):
 
-    python -m bench.value_study --run configs/value_study.yaml [--only NAME ...]
+    python -m bench.value_study --run configs/value_study.yaml [--only NAME ...] [--table]
 
 runs ``restrl train value --config <train_config> --set ...`` per setting of the study config, and,
 with ``selection.samples`` (best_of_n phases on the gym **validation** split sampled once with the
@@ -22,7 +23,8 @@ rescore_from=<samples> --set value.model=<run>/final`` - the same programs ranke
 value model, the final choice the product makes - paired against the shipped model on them.
 A study's ``baselines`` (name -> checkpoint, e.g. the shipped one) are scored, untrained, on the
 same held-out rows (``--set evaluate_checkpoint=...``) and selection samples: the bar each
-setting must clear, measured the same way.
+setting must clear, measured the same way. ``--table`` trains nothing: it prints and writes the
+table of what the record holds (safe while a study runs).
 """
 
 from __future__ import annotations
