@@ -412,8 +412,8 @@ def trained_policy(cfg: ValueTrainConfig) -> EngineConfig:
             logger.warning("%s: no collect-values config beside the rows; taking them for the default policy's", recorded)
             found.append((rows_file, EngineConfig()))
     first_file, first = found[0]
-    for rows_file, policy in found[1:]:
-        if policy != first:
+    for rows_file, policy in found[1:]:  # the weights and the prompt format; how the engine ran does not matter
+        if (policy.model, policy.adapter, policy.prompt_mode) != (first.model, first.adapter, first.prompt_mode):
             raise ValueError(f"rows_file: {rows_file} was collected with another policy ({policy.model}) than {first_file}"
                              f" ({first.model}): one value model learns one policy's rollouts")
     return first

@@ -288,6 +288,8 @@ async def test_a_rest_iteration_collects_guided_searches_of_its_own_and_trains_o
     v1_root = next(r for r in rows1 if r["problem_id"] == "p0" and r["depth"] == 0 and r["kind"] == "expanded")
     assert len(root) == 1 and root[0]["visits"] == v1_root["visits"] + 10  # both collections' rollouts behind it
     assert trained_policy(cfg).model is None
+    (tmp_path / "v2" / "config.json").write_text(json.dumps({"policy": {"model": None, "kv_cache_gib": 2.0}}))
+    assert trained_policy(cfg).model is None  # how the engine ran is not which policy it was
     (tmp_path / "v2" / "config.json").write_text(json.dumps({"policy": {"model": "HuggingFaceTB/another"}}))
     with pytest.raises(ValueError, match="another policy"):
         trained_policy(cfg)
