@@ -223,11 +223,11 @@ def dedupe_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             out[key] = dict(row)
         elif row["kind"] == have["kind"]:
             total = have["visits"] + row["visits"]
-            for field in ("target", "solved"):
-                if field in have and field in row:
-                    have[field] = (have[field] * have["visits"] + row[field] * row["visits"]) / total
-                else:  # rows of an older release: no `solved` to merge
-                    have.pop(field, None)
+            have["target"] = (have["target"] * have["visits"] + row["target"] * row["visits"]) / total
+            if "solved" in have and "solved" in row:
+                have["solved"] = (have["solved"] * have["visits"] + row["solved"] * row["visits"]) / total
+            else:  # a row of an older release: no `solved` to merge
+                have.pop("solved", None)
             have["visits"] = total
     return list(out.values())
 
@@ -264,8 +264,12 @@ def trace_path(output_dir: Path, problem_id: str, mode: Mode = "tests") -> Path:
 
 
 def modes(cfg: CollectConfig) -> tuple[Mode, ...]:
-    both: tuple[Mode, ...] = ("tests", "guided")
-    return tuple(m for m in both if (cfg.tests_mode if m == "tests" else cfg.guided))
+    chosen: list[Mode] = []
+    if cfg.tests_mode:
+        chosen.append("tests")
+    if cfg.guided:
+        chosen.append("guided")
+    return tuple(chosen)
 
 
 def search_config(cfg: CollectConfig, index: int, mode: Mode = "tests") -> SearchConfig:
@@ -393,9 +397,8 @@ def write_rows(problems: Sequence[Problem], cfg: CollectConfig, *, wall_s: float
     for kind in KIND_RANK:
         ts = [r["target"] for r in rows if r["kind"] == kind]
         if ts:
-            solved_share = [r["solved"] for r in rows if r["kind"] == kind]
             by_kind[kind] = {"rows": len(ts), "mean_target": sum(ts) / len(ts), "share_zero": sum(t == 0 for t in ts) / len(ts),
-                             "mean_solved": sum(solved_share) / len(solved_share)}
+                             "mean_solved": sum(r["solved"] for r in rows if r["kind"] == kind) / len(ts)}
     solved = {r["problem_id"] for r in rows if r["kind"] == "program" and r["target"] >= 1.0}
     failed = {r["problem_id"] for r in rows if r["kind"] == "program" and r["target"] < 1.0}
     depths: dict[str, dict[str, int]] = {}

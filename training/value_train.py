@@ -506,8 +506,7 @@ def excluded_problems(source: str | Path) -> set[str]:
 
 def _split_rows(cfg: ValueTrainConfig, problems: dict[str, Problem]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train rows, held-out rows) of the configured kinds, split by problem (``holdout_exclude``'s never held out)."""
-    files = cfg.rows_files()
-    every = read_rows(files[0]) if len(files) == 1 else dedupe_rows(r for f in files for r in read_rows(f))
+    every = dedupe_rows(r for f in cfg.rows_files() for r in read_rows(f))  # one file's rows are unique already: unchanged
     rows = [r for r in every if r["kind"] in cfg.kinds and r["problem_id"] in problems]
     if not rows:
         raise ValueError(f"{cfg.rows_file}: no rows of kinds {list(cfg.kinds)} for the problems in {cfg.problems_file}")
