@@ -59,12 +59,12 @@ def test_the_study_commands_are_real_configs_and_done_settings_are_skipped(tmp_p
     assert sel.prm_aggregates == ()  # the whole-program value only
 
     # the shipped model as a baseline: scored untrained on the same rows and split (data keys only), and on the same samples
-    assert cfg.baselines == {"shipped": "models/default/value"}
+    assert cfg.baselines == {"shipped": "models/previous/value-a1c18840"}  # VM_0, so the recorded rows stay reproducible
     shipped = parsed(ValueTrainConfig, vs.train_command(cfg, "shipped"))
-    assert shipped.evaluate_checkpoint == "models/default/value" and shipped.top_layers is None and shipped.rank_weight == 0
+    assert shipped.evaluate_checkpoint == "models/previous/value-a1c18840" and shipped.top_layers is None and shipped.rank_weight == 0
     assert (shipped.rows_file, shipped.holdout_exclude, shipped.split_seed) == (first.rows_file, first.holdout_exclude, first.split_seed)
     assert first.holdout_exclude == "configs/value_data.yaml"
-    assert parsed(EvalConfig, vs.selection_command(cfg, "shipped")).value.model == "models/default/value"
+    assert parsed(EvalConfig, vs.selection_command(cfg, "shipped")).value.model == "models/previous/value-a1c18840"
 
     ran: list[tuple[str, str]] = []
     monkeypatch.setattr(vs, "_run", lambda cmd, folder: ran.append((cmd[2], folder.name)))
