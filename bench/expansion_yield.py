@@ -19,9 +19,18 @@ modes), so they give no independent sample to compare with. ``--phases TREE BON`
 `restrl eval` phase files of the same problems (a tree strategy and best_of_n, independent
 samples): the share of the tree's distinct programs after its first expansion that pass, against
 best_of_n's distinct programs on the same problems, split by whether the tree's first expansion
-sampled a passing program. Never asserts anything.
+sampled a passing program.
 
-    python -m bench.expansion_yield runs/value_data3/traces [--phases TREE.json.gz BON.json.gz ...] [--out FILE]
+``--against OTHER_TRACES`` compares the guided searches of two collections on the problems both
+searched, paired by problem: one ReST iteration's value model guiding the search against the
+previous one's (e.g. v4's VM_1 against v3's VM_0), each search with samples of its own. Per
+search: does the value rule's final choice pass (the program the product would return at that
+budget), and was a passing program sampled at all. ``--held-out ROWS`` restricts a second table to
+the problems a value run with the default split (value.yaml: 20 %, seed 0, ``--holdout-exclude``)
+held out of those rows: the problems neither model trained on. Never asserts anything.
+
+    python -m bench.expansion_yield runs/value_data3/traces [--phases TREE.json.gz BON.json.gz ...]
+        [--against runs/value_data4/traces --held-out runs/value_data3/rows.jsonl] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from search.tree import rollout_code
-from training.search_eval import read_phase
+from training.paired import Bootstrap
+from training.search_eval import choose, read_phase, search_record
 from training.value_data import rollout_reward
 
 CLASSES = ("root", "below_passing", "below_partial", "below_zero", "unseen")
@@ -108,10 +118,62 @@ def paired_yield(tree_phase: dict[str, Any], bon_phase: dict[str, Any]) -> dict[
     return out
 
 
+def guided_outcome(trace: dict[str, Any]) -> dict[str, bool]:
+    """Of one executed search: whether the value rule's final choice passes every test
+    (``chosen``), whether any sampled program does (``any``), and whether the first expansion's did (``root``)."""
+    nodes = {n["id"]: n for n in trace["nodes"]}
+    reward: dict[str, float] = {}
+    for exp in trace["expansions"]:
+        state = nodes[exp["node"]]["state"]
+        for ro in exp["rollouts"]:
+            r = rollout_reward(ro)
+            if r is not None:
+                smp = exp["samples"][ro["sample"]]
+                code = rollout_code(state, smp["text"], smp["finish_reason"])
+                reward[code] = max(r, reward.get(code, 0.0))
+    record = search_record(trace, per_sample=False)
+    pick = choose(record, "value", unit="samples", limit=float("inf"))
+    return {"chosen": pick is not None and reward.get(pick["code"], 0.0) >= 1.0,
+            "any": any(r >= 1.0 for r in reward.values()),
+            "root": any(c["step"] == 0 and reward.get(c["code"], 0.0) >= 1.0 for c in record["candidates"])}
+
+
+def compare_guided(a: Path, b: Path, *, problems: set[str] | None = None) -> dict[str, Any]:
+    """The guided searches of folders ``a`` and ``b`` on the problems both hold (within
+    ``problems`` when given), paired: the value rule's choice and any passing program."""
+    def outcomes(folder: Path) -> dict[str, dict[str, Any]]:
+        out = {}
+        for path in sorted(folder.glob("*.guided.json")):
+            trace = json.loads(path.read_text())
+            out[trace["problem"]["id"]] = {**guided_outcome(trace), "value_version": trace["value_version"]}
+        return out
+
+    oa, ob = outcomes(a), outcomes(b)
+    ids = sorted(set(oa) & set(ob) & (problems if problems is not None else set(oa)))
+    boot = Bootstrap(len(ids))
+    return {"problems": len(ids),
+            "value_versions": [sorted({oa[i]["value_version"] for i in ids}), sorted({ob[i]["value_version"] for i in ids})],
+            **{key: boot.compare([oa[i][key] for i in ids], [ob[i][key] for i in ids]) for key in ("chosen", "any", "root")}}
+
+
+def held_out_problems(rows_file: Path, *, holdout_exclude: Path | None, fraction: float = 0.2, seed: int = 0) -> set[str]:
+    """The problems `restrl train value` holds out of these rows with that split (its defaults)."""
+    from training.value_data import read_rows
+    from training.value_train import excluded_problems, split_by_problem
+
+    rows = [{"problem_id": r["problem_id"]} for r in read_rows(rows_file)]
+    never = excluded_problems(holdout_exclude) if holdout_exclude else set()
+    return {r["problem_id"] for r in split_by_problem(rows, holdout_fraction=fraction, seed=seed, never=never)[1]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("traces", type=Path, help="a folder of executed search traces (collect-values' traces/)")
     ap.add_argument("--phases", type=Path, nargs="*", default=[], help="pairs of eval phase files: TREE BON [TREE BON ...]")
+    ap.add_argument("--against", type=Path, help="another collection's traces/: its guided searches paired with these by problem")
+    ap.add_argument("--held-out", type=Path, help="with --against: also on the problems a value run holds out of this rows file")
+    ap.add_argument("--holdout-exclude", type=Path, default=Path("configs/value_data.yaml"),
+                    help="with --held-out: the problems never held out (value training's holdout_exclude)")
     ap.add_argument("--out", type=Path, help="write the table as JSON here")
     args = ap.parse_args()
     if len(args.phases) % 2:
@@ -136,8 +198,21 @@ def main() -> None:
             t, b = row["tree_after_first"], row["best_of_n"]
             print(f"  {cond:<12} {row['problems']:>4} problems: tree after its first expansion {t['passed']}/{t['samples']} "
                   f"= {t['pass_rate'] or 0:.3f}, best_of_n {b['passed']}/{b['samples']} = {b['pass_rate'] or 0:.3f}")
+    against = {}
+    if args.against:
+        subsets: dict[str, set[str] | None] = {"all": None}
+        if args.held_out:
+            subsets["held_out"] = held_out_problems(args.held_out, holdout_exclude=args.holdout_exclude)
+        for name, ids in subsets.items():
+            against[name] = row = compare_guided(args.traces, args.against, problems=ids)
+            print(f"guided searches, {args.traces} ({', '.join(row['value_versions'][0])}) vs {args.against} "
+                  f"({', '.join(row['value_versions'][1])}), {name}: {row['problems']} problems")
+            for key, label in (("chosen", "value rule's choice passes"), ("root", "first expansion sampled a pass"), ("any", "a passing program sampled")):
+                c = row[key]
+                print(f"  {label:<32} {c['a_passed']:>4} vs {c['b_passed']:>4}  won {c['won']}, lost {c['lost']}, "
+                      f"{c['difference']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], p {c['mcnemar_p']:.2f}")
     if args.out:
-        args.out.write_text(json.dumps({"traces": str(args.traces), "modes": report, "phases": paired}, indent=2))
+        args.out.write_text(json.dumps({"traces": str(args.traces), "modes": report, "phases": paired, "against": against}, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 
-from bench.expansion_yield import expansion_yield, paired_yield
+from bench.expansion_yield import compare_guided, expansion_yield, guided_outcome, paired_yield
 from tests.training.test_value_data import hand_trace
 
 
@@ -37,3 +38,35 @@ def test_paired_yield_splits_by_the_tree_s_first_expansion() -> None:
     assert got["root_failed"]["tree_after_first"] == {"samples": 3, "passed": 1, "pass_rate": 1 / 3}
     assert got["root_failed"]["best_of_n"] == {"samples": 4, "passed": 0, "pass_rate": 0.0}
     assert got["all"]["problems"] == 2 and got["all"]["tree_after_first"]["samples"] == 5
+
+
+def _guided(problem: str, values: list[float], rewards: list[float], version: str) -> dict:
+    """hand_trace's root expansion only, its rollouts valued by a model (``value``) and executed (``reward``)."""
+    trace = copy.deepcopy(hand_trace())
+    trace["problem"] = {"id": problem}
+    trace["value_version"] = version
+    trace["expansions"] = trace["expansions"][:1]
+    for ro, v, r in zip(trace["expansions"][0]["rollouts"], values, rewards, strict=True):
+        ro["value"], ro["reward"] = v, r
+    return trace
+
+
+def test_guided_outcome_is_the_value_rule_s_choice_executed() -> None:
+    # the model likes the failing "b" program best: the search returns it, though a passing one was sampled
+    assert guided_outcome(_guided("p", [0.2, 0.3, 0.9], [1.0, 0.5, 0.0], "v")) == {"chosen": False, "any": True, "root": True}
+    assert guided_outcome(_guided("p", [0.9, 0.3, 0.2], [1.0, 0.5, 0.0], "v")) == {"chosen": True, "any": True, "root": True}
+    assert guided_outcome(_guided("p", [0.9, 0.3, 0.2], [0.5, 0.5, 0.0], "v"))["any"] is False
+
+
+def test_compare_guided_pairs_two_collections_by_problem(tmp_path) -> None:
+    for folder, version, picks in (("old", "vm0", {"p": False, "q": False, "r": True}), ("new", "vm1", {"p": True, "q": False, "s": True})):
+        (tmp_path / folder).mkdir()
+        for pid, good in picks.items():
+            values = [0.9, 0.3, 0.2] if good else [0.2, 0.3, 0.9]
+            (tmp_path / folder / f"{pid}.guided.json").write_text(json.dumps(_guided(pid, values, [1.0, 0.5, 0.0], version)))
+        (tmp_path / folder / "p.json").write_text(json.dumps(_guided("p", [0.0] * 3, [0.0] * 3, "tests")))  # tests mode: not compared
+    got = compare_guided(tmp_path / "new", tmp_path / "old")
+    assert got["problems"] == 2 and got["value_versions"] == [["vm1"], ["vm0"]]  # p and q: in both
+    assert (got["chosen"]["won"], got["chosen"]["lost"], got["chosen"]["a_passed"]) == (1, 0, 1)
+    assert got["any"]["won"] == got["any"]["lost"] == 0
+    assert compare_guided(tmp_path / "new", tmp_path / "old", problems={"q"})["problems"] == 1
