@@ -79,6 +79,7 @@ OTHER_JOBS = {
     "eval.yaml": ("training.search_eval", "EvalConfig"),
     "value_study.yaml": ("bench.value_study", "StudyConfig"),
     "value_study_pilot.yaml": ("bench.value_study", "StudyConfig"),
+    "value_study_v4.yaml": ("bench.value_study", "StudyConfig"),
 }
 
 
