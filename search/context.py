@@ -256,8 +256,10 @@ class SearchRun:
                 self.candidates[r.code] = cand
                 self._order[r.code] = (exp.seq, r.sample)
                 new.append(cand)
-            elif cand.value is None and value is not None:
-                cand.value = value
+            else:
+                cand.samples += 1
+                if cand.value is None and value is not None:
+                    cand.value = value
         if self.config.record_trace:
             self.trace_expansions.append(
                 {

@@ -76,6 +76,7 @@ class Candidate(BaseModel):
     program: str  # what the sandbox executes (`models.prompting.assemble_program`)
     value: float | None = None
     pass_fraction: float | None = None  # set when re-ranked with public tests
+    samples: int = 1  # how many of the search's samples ended in this program (self-consistency: bench.choice_rules)
 
 
 class SearchResult(BaseModel):

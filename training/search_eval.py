@@ -235,7 +235,8 @@ def search_record(trace: dict[str, Any], *, per_sample: bool) -> dict[str, Any]:
     """What a phase keeps of one search: its *steps* (cumulative [samples, policy tokens, value
     calls] after each expansion, or after each sample of a one-request strategy with
     ``per_sample``) and its distinct candidates in first-sampled order, each with the step that
-    first sampled it, its code and value."""
+    first sampled it, its code, value and the step of every sample that ended in it (``sampled_at``:
+    a snapshot at a smaller budget counts the ones before it)."""
     nodes = {n["id"]: n for n in trace["nodes"]}
     steps: list[list[int]] = []
     cands: list[dict[str, Any]] = []
@@ -251,12 +252,13 @@ def search_record(trace: dict[str, Any], *, per_sample: bool) -> dict[str, Any]:
             if i in values:
                 code = rollout_code(state, smp["text"], smp["finish_reason"])
                 if code not in seen:
-                    seen[code] = {"code": code, "step": len(steps), "value": values[i]}
+                    seen[code] = {"code": code, "step": len(steps), "value": values[i], "sampled_at": []}
                     cands.append(seen[code])
                     if per_sample:
                         calls += 1  # one-request strategies score each distinct program once
                 elif seen[code]["value"] is None and values[i] is not None:
                     seen[code]["value"] = values[i]
+                seen[code]["sampled_at"].append(len(steps))
             if per_sample:
                 steps.append([samples, tokens, calls])
         if not per_sample:

@@ -65,6 +65,14 @@ async def test_best_of_n_one_request_picks_highest_value():
     assert [c.n for c in policy.calls] == [6]
     assert r.code.rstrip().endswith("return 3") and r.value == 0.9 and r.stop_reason == "samples"
     assert len(r.candidates) == 3 and r.candidates[0].code == r.code
+    assert all(c.samples == 1 for c in r.candidates)
+
+
+async def test_a_program_sampled_again_is_one_candidate_that_counts_its_samples():
+    texts = ["def f():\n    return 1", "def f():\n    return 2", "def f():\n    return 1", "def f():\n    return 1"]
+    policy = ScriptedPolicy(script=lambda s, n, i: texts[:n])
+    r = await run_search(make_problem(), policy, HashValue(), config("best_of_n", samples=4, top_candidates=5))
+    assert sorted((c.code.rstrip()[-1], c.samples) for c in r.candidates) == [("1", 3), ("2", 1)]
 
 
 def test_step_prefixes_cut_after_each_generated_non_blank_line():

@@ -93,10 +93,17 @@ async def test_search_record_steps_and_candidates() -> None:
     codes = [c["code"] for c in rec["candidates"]]
     assert len(codes) == len(set(codes)) and set(codes) == {c.code for c in r.candidates} | set(codes)
     assert min(rec["candidates"], key=selector_key("value"))["code"] == r.code
+    # every rollout is counted on its program, at the step that sampled it; the search's candidates say the same
+    rollouts = sum(len(e["rollouts"]) for e in r.trace["expansions"])
+    assert sum(len(c["sampled_at"]) for c in rec["candidates"]) == rollouts
+    assert all(c["sampled_at"][0] == c["step"] and c["sampled_at"] == sorted(c["sampled_at"]) for c in rec["candidates"])
+    by_code = {c["code"]: len(c["sampled_at"]) for c in rec["candidates"]}
+    assert r.candidates and all(c.samples == by_code[c.code] for c in r.candidates)
     bon = await run_search(make_problem(), SeededPolicy(), HashValue(), cfg.model_copy(update={"strategy": "best_of_n"}))
     per = search_record(bon.trace, per_sample=True)
     assert [st[0] for st in per["steps"]] == list(range(1, 21)) and per["steps"][-1][1] == bon.usage.policy_tokens
     assert per["steps"][-1][2] == bon.usage.value_calls == len(per["candidates"])
+    assert sum(len(c["sampled_at"]) for c in per["candidates"]) == 20  # best_of_n: every sample is a rollout
 
 
 def _record(pid: str, cands: list[dict], *, per: int = 1, tokens: int = 10) -> dict:
