@@ -144,6 +144,10 @@ class EvalConfig(BaseModel):
     token_budgets: tuple[int, ...] | None = Field(default=None, description="policy-token budgets to compare at; None = best_of_n's mean tokens at each sample budget")
     prm_aggregates: tuple[Literal["min", "mean", "last"], ...] = Field(default=("min", "mean", "last"), description="PRM-BoN rules read from best_of_n's samples")
     public_selector: bool = Field(default=True, description="also rank every strategy's candidates by public tests, then value (the +public arms)")
+    count_weights: tuple[float, ...] = Field(
+        default=(), description="also rank every strategy's candidates by value x (times the search sampled the program)^w, one"
+        " `+count^w` arm per w (self-consistency: bench.choice_rules); read from the phases, no model runs. Phases sampled"
+        " before candidates kept their counts have no such arms (the report lists them under count_arms_missing)")
     bootstrap: int = Field(default=10_000, ge=100, description="bootstrap resamples for the intervals")
     snapshots: bool = Field(default=True, description="read smaller budgets from the largest budget's run (see the module doc)")
     concurrency: int = Field(default=32, ge=1, description="searches in flight at once")
@@ -281,7 +285,15 @@ def selector_key(selector: str) -> Any:
     if selector.startswith("prm:"):
         how = selector.split(":", 1)[1]
         return lambda c: -(c["prm"][how] if c.get("prm") else -1.0)
+    if selector.startswith("count:"):  # value x count^w; a candidate the search gave no value ranks last
+        w = float(selector.split(":", 1)[1])
+        return lambda c: (c["value"] is None, -(c["value"] or 0.0) * c["count"] ** w)
     raise ValueError(f"unknown final-answer rule {selector!r}")
+
+
+def has_counts(phase: dict[str, Any]) -> bool:
+    """Whether a phase's candidates keep the step of each sample (``sampled_at``: phases since the counts)."""
+    return all("sampled_at" in c for r in phase["results"] for c in r["candidates"])
 
 
 def snapshot_of(record: dict[str, Any], *, unit: Literal["samples", "tokens"], limit: float) -> tuple[int, list[dict[str, Any]]]:
@@ -293,7 +305,9 @@ def snapshot_of(record: dict[str, Any], *, unit: Literal["samples", "tokens"], l
 
 def choose(record: dict[str, Any], selector: str, *, unit: Literal["samples", "tokens"], limit: float) -> dict[str, Any] | None:
     """The candidate an arm returns at that limit (None when nothing was sampled by then)."""
-    _, cands = snapshot_of(record, unit=unit, limit=limit)
+    taken, cands = snapshot_of(record, unit=unit, limit=limit)
+    if selector.startswith("count:"):  # the samples the snapshot had taken, not the whole search's
+        cands = [{**c, "count": sum(1 for st in c["sampled_at"] if st < taken)} for c in cands]
     return min(cands, key=selector_key(selector)) if cands else None
 
 
@@ -505,6 +519,18 @@ def arms_of(strategy: str, cfg: EvalConfig) -> list[tuple[str, str]]:
         arms.append((f"{strategy}+public", "public"))
     if strategy == "best_of_n":
         arms += [("prm_best_of_n" if how == "min" else f"prm_best_of_n:{how}", f"prm:{how}") for how in cfg.prm_aggregates]
+    if strategy != "greedy":
+        arms += [(f"{strategy}+count^{w:g}", f"count:{w:g}") for w in cfg.count_weights]
+    return arms
+
+
+def _readable_arms(phase: dict[str, Any], cfg: EvalConfig, missing: list[str]) -> list[tuple[str, str]]:
+    """`arms_of` the phase's strategy, less the count arms of a phase without counts (named in ``missing``)."""
+    arms = arms_of(phase["strategy"], cfg)
+    if any(sel.startswith("count:") for _, sel in arms) and not has_counts(phase):
+        missing.append(f"{phase['dataset']}.{phase['strategy']}.b{phase['run_budget']}")
+        logger.warning("eval: phase %s predates candidate counts: no +count arms for it", missing[-1])
+        arms = [(a, sel) for a, sel in arms if not sel.startswith("count:")]
     return arms
 
 
@@ -539,6 +565,7 @@ def summarize(phases: dict[str, dict[str, Any]], cfg: EvalConfig) -> dict[str, A
     paired: dict[str, Any] = {}
     tokens: dict[str, Any] = {}
     power: dict[str, Any] = {}
+    count_missing: list[str] = []
     for d in cfg.datasets:
         mine = [ph for ph in phases.values() if ph["dataset"] == d]
         if not mine:
@@ -556,11 +583,12 @@ def summarize(phases: dict[str, dict[str, Any]], cfg: EvalConfig) -> dict[str, A
                 logger.warning("eval %s: phase %s.b%s covers %d of %d problems: left out", d, s, ph["run_budget"], len(recs), len(ids))
                 continue
             rows = [recs[i] for i in ids]
+            arms = _readable_arms(ph, cfg, count_missing)
             top = ph["run_budget"] == max(plan_runs(cfg, s) or [0])
             for b in ph["answers"]:
                 oracle.setdefault(d, {}).setdefault(s, {})[str(b)] = sum(
                     any(c["passed"] for c in snapshot_of(r, unit="samples", limit=b)[1]) for r in rows) / len(rows)
-                for arm, sel in arms_of(s, cfg):
+                for arm, sel in arms:
                     picks = [choose(r, sel, unit="samples", limit=b) for r in rows]
                     ok = [bool(p is not None and p["passed"]) for p in picks]
                     by_budget.setdefault(b, {})[arm] = ok
@@ -574,7 +602,7 @@ def summarize(phases: dict[str, dict[str, Any]], cfg: EvalConfig) -> dict[str, A
                     }
             if top or s == "greedy":
                 for t in token_grid:
-                    for arm, sel in arms_of(s, cfg):
+                    for arm, sel in arms:
                         picks = [choose(r, sel, unit="tokens", limit=t) for r in rows]
                         by_tokens.setdefault(t, {})[arm] = [bool(p is not None and p["passed"]) for p in picks]
                         tok_samples.setdefault(arm, {})[str(t)] = sum(_cost(r, sel, unit="tokens", limit=t)[0] for r in rows) / len(rows)
@@ -592,7 +620,8 @@ def summarize(phases: dict[str, dict[str, Any]], cfg: EvalConfig) -> dict[str, A
             for b in sorted(by_budget) if f"vm_mcts@{b} vs best_of_n@{b}" in paired[d]
         }}
     ordered = {d: {a: v[a] for a in sorted(v, key=_arm_rank)} for d, v in pass1.items()}
-    return {"pass1": ordered, "oracle": oracle, "intervals": intervals, "cost": cost, "paired": paired, "tokens": tokens, "power": power}
+    out = {"pass1": ordered, "oracle": oracle, "intervals": intervals, "cost": cost, "paired": paired, "tokens": tokens, "power": power}
+    return {**out, "count_arms_missing": count_missing} if count_missing else out
 
 
 def _pairs(by_limit: dict[int, dict[str, list[bool]]], boot: Bootstrap) -> dict[str, Any]:

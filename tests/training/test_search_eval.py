@@ -14,6 +14,7 @@ from training.paired import Bootstrap, mcnemar_exact
 from training.search_eval import (
     EvalConfig,
     _phase_config,
+    choose,
     eval_problems,
     phase_path,
     plan_runs,
@@ -148,6 +149,32 @@ def _phases() -> dict:
         "humaneval.best_of_n.b10": phase("best_of_n", bon, [5, 10], 1, 10),
         "humaneval.greedy.b1": phase("greedy", {k: [_c(0, 0.5, k == "b")] for k in "abcd"}, [5, 10], 1, 10),
     }
+
+
+def test_count_rule_counts_only_the_samples_its_snapshot_took() -> None:
+    # a (value 0.5) is sampled at steps 0, 2 and 3; b (value 0.6) at step 1
+    rec = _record("p", [{**_c(0, 0.5, True), "sampled_at": [0, 2, 3]}, {**_c(1, 0.6, False), "sampled_at": [1]}])
+    rec["steps"] = [[i + 1, (i + 1) * 10, i + 1] for i in range(4)]  # one sample per step, 4 steps
+    assert choose(rec, "value", unit="samples", limit=4)["passed"] is False
+    assert choose(rec, "count:1", unit="samples", limit=2)["passed"] is False  # 2 samples taken: 0.5 x 1 < 0.6 x 1
+    assert choose(rec, "count:0.5", unit="samples", limit=3)["passed"] is True  # 3 taken: 0.5 x 2^0.5 = 0.71 > 0.6
+    assert choose(rec, "count:0.25", unit="samples", limit=3)["passed"] is False  # 0.5 x 2^0.25 = 0.59 < 0.6
+    assert choose(rec, "count:0.25", unit="samples", limit=4)["passed"] is True  # 4 taken: 0.5 x 3^0.25 = 0.66
+    assert choose(rec, "count:0", unit="samples", limit=4)["passed"] is False  # w = 0 is the value rule
+
+
+def test_count_arms_read_phases_with_counts_and_name_those_without() -> None:
+    phases = _phases()
+    for rec in phases["humaneval.best_of_n.b10"]["results"]:  # one sample per distinct program
+        for c in rec["candidates"]:
+            c["sampled_at"] = [c["step"]]
+    cfg = EvalConfig(datasets=("humaneval",), budgets=(5, 10), max_budget={}, bootstrap=200, count_weights=(0.5,))
+    s = summarize(phases, cfg)
+    p1 = s["pass1"]["humaneval"]
+    assert p1["best_of_n+count^0.5"] == p1["best_of_n"]  # every count is 1: the value rule's picks
+    assert "vm_mcts+count^0.5" not in p1 and "greedy+count^0.5" not in p1
+    assert s["count_arms_missing"] == ["humaneval.vm_mcts.b10"]  # said, not silently read as counts of 1
+    assert "count_arms_missing" not in summarize(_phases(), EvalConfig(datasets=("humaneval",), budgets=(5, 10), max_budget={}, bootstrap=200))
 
 
 def test_summary_arms_intervals_pairs_and_token_budgets() -> None:
