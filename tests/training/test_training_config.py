@@ -76,6 +76,7 @@ OTHER_JOBS = {
     "value_data_v3.yaml": ("training.value_data", "CollectConfig"),
     "value_data_v4.yaml": ("training.value_data", "CollectConfig"),
     "value.yaml": ("training.value_train", "ValueTrainConfig"),
+    "eval_validation.yaml": ("training.search_eval", "EvalConfig"),
     "eval.yaml": ("training.search_eval", "EvalConfig"),
     "value_study.yaml": ("bench.value_study", "StudyConfig"),
     "value_study_pilot.yaml": ("bench.value_study", "StudyConfig"),
