@@ -22,10 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.expansion_yield import held_out_problems
-from search.tree import rollout_code
+from bench.expansion_yield import held_out_problems, trace_programs
 from training.paired import Bootstrap
-from training.value_data import rollout_reward
 
 Program = dict[str, Any]
 
@@ -40,20 +38,9 @@ RULES: dict[str, Callable[[Program], Any]] = {
 
 
 def programs(trace: dict[str, Any]) -> list[Program]:
-    """Distinct programs of one executed search in first-sampled order: value (the model's score;
-    0 when it has none), times sampled, executed reward."""
-    nodes = {n["id"]: n for n in trace["nodes"]}
-    out: dict[str, Program] = {}
-    for exp in trace["expansions"]:
-        state = nodes[exp["node"]]["state"]
-        for ro in exp["rollouts"]:
-            smp = exp["samples"][ro["sample"]]
-            code = rollout_code(state, smp["text"], smp["finish_reason"])
-            p = out.setdefault(code, {"count": 0, "value": None, "reward": 0.0})
-            p["count"] += 1
-            p["value"] = p["value"] if p["value"] is not None else ro["value"]
-            p["reward"] = max(p["reward"], rollout_reward(ro) or 0.0)
-    return [{**p, "value": p["value"] or 0.0} for p in out.values()]
+    """Distinct programs of one executed search in first-sampled order (`trace_programs`), a
+    program without a value scored 0."""
+    return [{**p, "value": p["value"] or 0.0} for p in trace_programs(trace).values()]
 
 
 def choice(progs: list[Program], rule: str) -> Program:

@@ -118,24 +118,32 @@ def paired_yield(tree_phase: dict[str, Any], bon_phase: dict[str, Any]) -> dict[
     return out
 
 
-def guided_outcome(trace: dict[str, Any]) -> dict[str, bool]:
-    """Of one executed search: whether the value rule's final choice passes every test
-    (``chosen``), whether any sampled program does (``any``), and whether the first expansion's did (``root``)."""
+def trace_programs(trace: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Distinct programs of one executed search, in first-sampled order, by code: the value model's
+    score of the first rollout that had one (None if none did), times sampled, executed reward."""
     nodes = {n["id"]: n for n in trace["nodes"]}
-    reward: dict[str, float] = {}
-    for exp in trace["expansions"]:
+    out: dict[str, dict[str, Any]] = {}
+    for exp in sorted(trace["expansions"], key=lambda e: e["seq"]):
         state = nodes[exp["node"]]["state"]
         for ro in exp["rollouts"]:
-            r = rollout_reward(ro)
-            if r is not None:
-                smp = exp["samples"][ro["sample"]]
-                code = rollout_code(state, smp["text"], smp["finish_reason"])
-                reward[code] = max(r, reward.get(code, 0.0))
+            smp = exp["samples"][ro["sample"]]
+            p = out.setdefault(rollout_code(state, smp["text"], smp["finish_reason"]), {"count": 0, "value": None, "reward": 0.0})
+            p["count"] += 1
+            p["value"] = p["value"] if p["value"] is not None else ro["value"]
+            p["reward"] = max(p["reward"], rollout_reward(ro) or 0.0)
+    return out
+
+
+def guided_outcome(trace: dict[str, Any]) -> dict[str, bool]:
+    """Of one executed search: whether the value rule's final choice (the search's own rule,
+    `training.search_eval.choose`) passes every test (``chosen``), whether any sampled program does
+    (``any``), and whether the first expansion's did (``root``)."""
+    progs = trace_programs(trace)
     record = search_record(trace, per_sample=False)
     pick = choose(record, "value", unit="samples", limit=float("inf"))
-    return {"chosen": pick is not None and reward.get(pick["code"], 0.0) >= 1.0,
-            "any": any(r >= 1.0 for r in reward.values()),
-            "root": any(c["step"] == 0 and reward.get(c["code"], 0.0) >= 1.0 for c in record["candidates"])}
+    return {"chosen": pick is not None and progs[pick["code"]]["reward"] >= 1.0,
+            "any": any(p["reward"] >= 1.0 for p in progs.values()),
+            "root": any(c["step"] == 0 and progs[c["code"]]["reward"] >= 1.0 for c in record["candidates"])}
 
 
 def compare_guided(a: Path, b: Path, *, problems: set[str] | None = None) -> dict[str, Any]:
