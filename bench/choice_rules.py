@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("traces", type=Path, help="collect-values' traces/ (its guided searches are compared)")
     ap.add_argument("--problems", choices=["all", "unseen", "held-out"], default="all")
     ap.add_argument("--exclude", type=Path, help="unseen: the problems the value model trained on (a collect-values config or problems JSONL)")
-    ap.add_argument("--rows", type=Path, help="held-out: the rows file whose default split (value.yaml) held the problems out")
+    ap.add_argument("--rows", type=Path, help="held-out: the rows file whose split (configs/value.yaml's) held the problems out")
     ap.add_argument("--holdout-exclude", type=Path, default=Path("configs/value_data.yaml"))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

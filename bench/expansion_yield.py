@@ -26,7 +26,7 @@ searched, paired by problem: one ReST iteration's value model guiding the search
 previous one's (e.g. v4's VM_1 against v3's VM_0), each search with samples of its own. Per
 search: does the value rule's final choice pass (the program the product would return at that
 budget), and was a passing program sampled at all. ``--held-out ROWS`` restricts a second table to
-the problems a value run with the default split (value.yaml: 20 %, seed 0, ``--holdout-exclude``)
+the problems a value run with configs/value.yaml's split (and ``--holdout-exclude``)
 held out of those rows: the problems neither model trained on. Never asserts anything.
 
     python -m bench.expansion_yield runs/value_data3/traces [--phases TREE.json.gz BON.json.gz ...]
@@ -164,14 +164,17 @@ def compare_guided(a: Path, b: Path, *, problems: set[str] | None = None) -> dic
             **{key: boot.compare([oa[i][key] for i in ids], [ob[i][key] for i in ids]) for key in ("chosen", "any", "root")}}
 
 
-def held_out_problems(rows_file: Path, *, holdout_exclude: Path | None, fraction: float = 0.2, seed: int = 0) -> set[str]:
-    """The problems `restrl train value` holds out of these rows with that split (its defaults)."""
+def held_out_problems(rows_file: Path, *, holdout_exclude: Path | None, train_config: Path = Path("configs/value.yaml")) -> set[str]:
+    """The problems `restrl train value --config train_config` holds out of these rows (its
+    ``holdout_fraction`` and ``split_seed``; ``holdout_exclude``'s problems are never held out)."""
+    from training.cli import load_job_config
     from training.value_data import read_rows
-    from training.value_train import excluded_problems, split_by_problem
+    from training.value_train import ValueTrainConfig, excluded_problems, split_by_problem
 
+    cfg = load_job_config(ValueTrainConfig, str(train_config), [])
     rows = [{"problem_id": r["problem_id"]} for r in read_rows(rows_file)]
     never = excluded_problems(holdout_exclude) if holdout_exclude else set()
-    return {r["problem_id"] for r in split_by_problem(rows, holdout_fraction=fraction, seed=seed, never=never)[1]}
+    return {r["problem_id"] for r in split_by_problem(rows, holdout_fraction=cfg.holdout_fraction, seed=cfg.split_seed, never=never)[1]}
 
 
 def main() -> None:
