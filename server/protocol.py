@@ -53,7 +53,7 @@ class BudgetIn(BaseModel):
 # (`option`); unset means SearchConfig's default. One table: `search_options_table` prints it for
 # docs/api.md, tests/server/test_api.py checks that every field here is SearchConfig's.
 SEARCH_OPTIONS = ("k", "num_decision", "c_uct", "temperature", "top_p", "max_tokens", "beam_width", "parallel_expansions",
-                  "step_lines", "prompt_mode", "prm_aggregate", "top_candidates", "seed")
+                  "step_lines", "prompt_mode", "prm_aggregate", "top_candidates", "count_weight", "seed")
 # SearchConfig fields the wire sets with SearchConfig's own default rather than None
 SEARCH_SWITCHES = ("strategy", "rerank_with_tests", "stop_when_solved")
 
@@ -130,6 +130,7 @@ class SearchParams(BaseModel):
     prompt_mode: Literal["continue", "rewrite"] | None = option("prompt_mode")
     prm_aggregate: Literal["min", "mean", "last"] | None = option("prm_aggregate")
     top_candidates: int | None = option("top_candidates")
+    count_weight: float | None = option("count_weight")
     seed: Seed | None = option("seed")
     rerank_with_tests: bool = _search_default("rerank_with_tests")
     stop_when_solved: bool = _search_default("stop_when_solved")

@@ -75,6 +75,18 @@ async def test_a_program_sampled_again_is_one_candidate_that_counts_its_samples(
     assert sorted((c.code.rstrip()[-1], c.samples) for c in r.candidates) == [("1", 3), ("2", 1)]
 
 
+@pytest.mark.parametrize(("weight", "chosen"), [(0.0, "2"), (0.5, "2"), (1.0, "1")])
+async def test_count_weight_chooses_by_value_times_samples_to_the_weight(weight, chosen):
+    """`SearchConfig.count_weight` = w ranks by value x samples^w (the rule of `restrl eval`'s
+    count:w arms): "1" is sampled 3 times at 0.4, "2" once at 0.9; 0.4 x 3^0.5 = 0.69 < 0.9 < 1.2."""
+    texts = ["def f():\n    return 1", "def f():\n    return 2", "def f():\n    return 1", "def f():\n    return 1"]
+    policy = ScriptedPolicy(script=lambda s, n, i: texts[:n])
+    value = HashValue(fn=lambda s: 0.9 if s.rstrip().endswith("return 2") else 0.4)
+    r = await run_search(make_problem(), policy, value, config("best_of_n", samples=4, count_weight=weight))
+    assert r.code.rstrip()[-1] == chosen and r.candidates[0].code == r.code
+    assert r.value == (0.9 if chosen == "2" else 0.4)  # the reported value stays the model's
+
+
 def test_step_prefixes_cut_after_each_generated_non_blank_line():
     code = "def f():\n    x = 1\n\n    return x\n"
     assert step_prefixes(code, "") == ["def f():\n", "def f():\n    x = 1\n", code]  # the blank line is no step
