@@ -9,7 +9,9 @@ What runs, dataset by dataset (``order``), strategy by strategy in ``phases`` or
 of a phase are searched concurrently on one engine, value calls batched across searches by
 `search.ValueBatcher`. Without ``time_limit_s`` the phases overlap at their edges (every phase is
 queued at once on one gate per engine, in order, so the next phase's searches fill the engine while
-a phase's last ones finish); with it, phases run one after the other and none starts after the limit:
+a phase's last ones finish; ``interleave`` makes them take turns problem by problem instead, so a run
+stopped early leaves every phase over the same first problems); with it, phases run one after the
+other and none starts after the limit:
 
 * ``greedy`` runs once: it spends one sample at any budget.
 * every other strategy runs once at its largest budget (``budgets``, capped per strategy by
@@ -55,15 +57,17 @@ on identical samples. The tree strategies, whose samples the value model steers,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import gzip
+import heapq
 import itertools
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -176,11 +180,24 @@ class EvalConfig(BaseModel):
         default=("greedy", "vm_mcts", "best_of_n", "orm_mcts", "beam"),
         description="strategy order within each dataset (what runs first when time is short)",
     )
+    interleave: bool = Field(
+        default=False,
+        description="the queued phases take turns problem by problem (problem 0 of every phase, then problem 1, ...) instead of"
+        " phase by phase: a run stopped early leaves partial files of every phase over about the same first problems, so"
+        " they pair; each phase's wall_s then spans the others' searches too (without time_limit_s only)",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         return over_job_defaults(cls, move_renamed_keys(data, RENAMED, what="restrl eval"))
+
+    @model_validator(mode="after")
+    def _interleave_needs_overlap(self) -> EvalConfig:
+        if self.interleave and self.time_limit_s is not None:
+            raise ValueError("interleave: phases take turns only when they are queued at once, and time_limit_s runs them one"
+                             " after the other: set one of the two")
+        return self
 
     @property
     def seed(self) -> int:
@@ -462,20 +479,58 @@ class PartialPhase:
         self.path.unlink(missing_ok=True)
 
 
-def engine_gates(runners: Sequence[_Runner]) -> dict[int, asyncio.Semaphore]:
-    """One gate of ``concurrency`` searches per engine; phases that share them queue in order."""
-    return {id(r): asyncio.Semaphore(r.cfg.concurrency) for r in runners}
+class Gate:
+    """At most ``slots`` holders at once; waiters get in by lowest key, ties first come. The eval gives
+    every search the same key (first come: phase by phase, as queued) or (problem, phase) to interleave."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self._waiting: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: tuple[int, int]) -> AsyncIterator[None]:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+        else:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (key, next(self._arrivals), waiter))
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # handed the slot, then cancelled: pass it on
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, waiter = heapq.heappop(self._waiting)
+            if not waiter.done():  # a cancelled waiter is skipped
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
+def engine_gates(runners: Sequence[_Runner]) -> dict[int, Gate]:
+    """One gate of ``concurrency`` searches per engine; phases that share them queue in order (or take
+    turns by problem: ``interleave``)."""
+    return {id(r): Gate(r.cfg.concurrency) for r in runners}
 
 
 async def _run_phase(runners: Sequence[_Runner], problems: list[Problem], strategy: str, run_budget: int, desc: str,
-                     partial: PartialPhase | None = None, gates: dict[int, asyncio.Semaphore] | None = None,
+                     partial: PartialPhase | None = None, gates: dict[int, Gate] | None = None, rank: int = 0,
                      ) -> tuple[list[dict[str, Any]], float]:
     """Every problem's record, in problem order, and the phase's wall seconds: from its first search's
     start to its last one's end (summed over the runs that contributed to ``partial``). Problem ``i``
     runs on runner (engine) ``i mod len(runners)`` (`search.replicas.shard`), each engine running
     ``concurrency`` searches at once; with shared ``gates`` (`engine_gates`) phases started one after
-    the other queue behind each other (asyncio's semaphores wake in FIFO order), so the next phase's
-    searches fill the engine while this one's last searches finish."""
+    the other queue behind each other (first come), so the next phase's searches fill the engine while
+    this one's last searches finish; with ``interleave`` they take turns problem by problem instead
+    (``rank``: the phase's place in the queue)."""
     mode = resolve_mode(runners[0].policy, runners[0].search_config(strategy, run_budget, 0))
     gates = gates if gates is not None else engine_gates(runners)
     done = dict(partial.done) if partial is not None else {}
@@ -489,7 +544,7 @@ async def _run_phase(runners: Sequence[_Runner], problems: list[Problem], strate
         return before + (time.monotonic() - started[0] if started else 0.0)
 
     async def go(runner: _Runner, i: int, p: Problem) -> None:
-        async with gates[id(runner)]:
+        async with gates[id(runner)].slot((i, rank) if runner.cfg.interleave else (0, 0)):  # (0, 0): first come
             if not started:
                 started.append(time.monotonic())
             r = await runner.one(p, i, strategy, run_budget, mode)
@@ -775,7 +830,7 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
                         skipped.append(name)
                     else:
                         job = _run_and_write(runners, problem_sets[dataset], dataset, strategy, run_budget, answers, path,
-                                             resume=resume, gates=gates)
+                                             resume=resume, gates=gates, rank=len(running))
                         if overlap:
                             running[name] = asyncio.ensure_future(job)
                             await asyncio.sleep(0)  # its searches take their places in the queue before the next phase's
@@ -795,7 +850,7 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
 
 async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], dataset: str, strategy: str, run_budget: int,
                          answers: list[int], path: Path, *, resume: bool,
-                         gates: dict[int, asyncio.Semaphore] | None = None) -> dict[str, Any]:
+                         gates: dict[int, Gate] | None = None, rank: int = 0) -> dict[str, Any]:
     """Run one phase and write its file; its finished problems go to a partial file on the way, which
     ``resume`` continues (`PartialPhase`) and a fresh run starts over."""
     name = path.name.removesuffix(".json.gz")
@@ -806,7 +861,7 @@ async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], da
     if not resume:  # a fresh run starts the phase over, and can itself be resumed
         partial_path.unlink(missing_ok=True)
     partial = PartialPhase(partial_path, header)
-    results, wall_s = await _run_phase(runners, problems, strategy, run_budget, name, partial, gates)
+    results, wall_s = await _run_phase(runners, problems, strategy, run_budget, name, partial, gates, rank)
     phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
              "answers": answers, "problems": [p.id for p in problems], "wall_s": wall_s,
              "loadavg_after": os.getloadavg(), "policy_version": str(runner.policy.version),

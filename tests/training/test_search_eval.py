@@ -417,6 +417,66 @@ async def test_phases_on_shared_gates_queue_in_order_and_overlap_at_their_edges(
     assert 0 < wall_b <= total - 0.05  # a phase's wall runs from its first search's start, not from when it was queued
 
 
+async def test_gate_admits_by_lowest_key_then_first_come_and_survives_cancelled_waiters() -> None:
+    import asyncio
+
+    from training.search_eval import Gate
+
+    gate, order = Gate(1), []
+    release = asyncio.Event()
+
+    async def hold(name, key, wait=None):
+        async with gate.slot(key):
+            order.append(name)
+            if wait is not None:
+                await wait.wait()
+
+    first = asyncio.ensure_future(hold("first", (9, 9), release))
+    await asyncio.sleep(0)
+    tasks = {n: asyncio.ensure_future(hold(n, k)) for n, k in [("b", (1, 0)), ("a", (0, 5)), ("c", (1, 0)), ("gone", (0, 0))]}
+    await asyncio.sleep(0)
+    tasks["gone"].cancel()  # cancelled while waiting: skipped, its place not lost
+    release.set()
+    await asyncio.gather(first, *tasks.values(), return_exceptions=True)
+    assert order == ["first", "a", "b", "c"] and gate.free == 1
+
+
+async def test_interleaved_phases_take_turns_problem_by_problem() -> None:
+    """`interleave`: two phases queued on one gate run problem 0 of each, then problem 1, ... (after the
+    slots the first phase filled at once), so a run stopped early leaves both phases' partial files
+    over the same first problems; the records equal a phase run alone."""
+    import asyncio
+
+    from tests.training.test_value_data import HashSandbox, _problem
+    from training.search_eval import _run_phase, _Runner, engine_gates
+
+    cfg = EvalConfig(concurrency=2, search={"k": 5, "max_tokens": 200}, prm_aggregates=[], interleave=True)
+    problems = [_problem(f"p{i}") for i in range(5)]
+    alone = {s: (await _run_phase([_Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())], problems, s, 10, s))[0]
+             for s in ("vm_mcts", "best_of_n")}
+    runner = _Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())
+    real_one, starts = runner.one, []
+
+    async def one(p, i, strategy, *args):
+        starts.append((i, strategy))
+        await asyncio.sleep(0.01)
+        return await real_one(p, i, strategy, *args)
+
+    runner.one = one  # type: ignore[method-assign]
+    gates = engine_gates([runner])
+    first = asyncio.ensure_future(_run_phase([runner], problems, "vm_mcts", 10, "first", gates=gates, rank=0))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(_run_phase([runner], problems, "best_of_n", 10, "second", gates=gates, rank=1))
+    (a, _), (b, _) = await first, await second
+    # the first phase took both slots at once; from then on the lowest (problem, phase) goes next
+    assert starts == [(0, "vm_mcts"), (1, "vm_mcts"), (0, "best_of_n"), (1, "best_of_n"), (2, "vm_mcts"), (2, "best_of_n"),
+                      (3, "vm_mcts"), (3, "best_of_n"), (4, "vm_mcts"), (4, "best_of_n")]
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]  # noqa: E731
+    assert strip(a) == strip(alone["vm_mcts"]) and strip(b) == strip(alone["best_of_n"])
+    with pytest.raises(ValueError, match="interleave"):
+        EvalConfig(interleave=True, time_limit_s=60)
+
+
 @pytest.mark.vllm
 def test_restrl_eval_end_to_end_then_rescored_with_another_value_model(tmp_path, default_model_dir) -> None:
     """`restrl eval` on the real engine, value model and sandbox: the phases (queued at once, run in
