@@ -44,3 +44,27 @@ def test_wins_losses_and_costs_on_the_problems_both_finished(tmp_path: Path) -> 
     assert out["one"]["value_misses"] == {"problems": 1, "chosen_by_step": {0: 1}, "median_value_gap": pytest.approx(0.8)}
     assert out["samples"]["value_misses"]["problems"] == 1
     assert at_five["one"]["value_misses"]["problems"] == 0  # at 5 samples nothing passing was sampled there
+
+
+def counted(repeated_passes: bool) -> dict:
+    """One expansion of 5 samples: a 0.9-valued failing program sampled once, a 0.5-valued program
+    sampled four times (passing or not): value x count^0.5 = 1.0 picks the repeated one."""
+    return {"steps": [[5, 100, 5]],
+            "candidates": [{"step": 0, "value": 0.9, "passed": False, "public": 0.0, "sampled_at": [0]},
+                           {"step": 0, "value": 0.5, "passed": repeated_passes, "public": 0.0, "sampled_at": [0, 0, 0, 0]}]}
+
+
+def test_count_rules_pair_against_the_value_rule_and_are_left_out_without_counts(tmp_path: Path) -> None:
+    ids = [f"p{i}" for i in range(3)]
+    a, b = tmp_path / "vm.json.gz", tmp_path / "bon.json.gz"
+    write_phase(a, {"config": {}, "problems": ids, "results": [counted(True), counted(True), counted(False)]})
+    write_phase(b, {"config": {}, "problems": ids, "results": [counted(False)] * 3})
+    out = compare(a, b, budget=5, names=("vm", "bon"), rules=("value", "count:0.5", "count:0.25"))
+    assert out["rules"]["value"]["a_passed"] == 0 and out["rules"]["count:0.5"]["a_passed"] == 2
+    assert out["against_value"]["vm"]["count:0.5"]["won"] == 2 and out["against_value"]["bon"]["count:0.5"]["won"] == 0
+    assert out["rules"]["count:0.25"]["a_passed"] == 0  # 0.5 x 4^0.25 = 0.71 < 0.9
+    assert out["rules_without_counts"] == []
+    old = tmp_path / "old.json.gz"  # a phase from before the counts: count rules are named, not read as 1
+    write_phase(old, {"config": {}, "problems": ids, "results": [record(True, 100)] * 3})
+    out = compare(old, old, budget=10, names=("x", "y"), rules=("value", "count:0.5"))
+    assert list(out["rules"]) == ["value"] and out["rules_without_counts"] == ["count:0.5"]
