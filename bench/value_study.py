@@ -20,7 +20,9 @@ runs ``restrl train value --config <train_config> --set ...`` per setting of the
 with ``selection.samples`` (best_of_n phases on the gym **validation** split sampled once with the
 shipped value model: the command is in configs/value_study.yaml), ``restrl eval --set
 rescore_from=<samples> --set value.model=<run>/final`` - the same programs ranked by each setting's
-value model, the final choice the product makes - paired against the shipped model on them.
+value model, the final choice the product makes - paired against the model that scored the samples
+(``scorer``: the shipped model when they were sampled, named by its version) and against each
+baseline's ranking of the same programs (``vs_baselines``).
 A study's ``baselines`` (name -> checkpoint, e.g. the shipped one) are scored, untrained, on the
 same held-out rows (``--set evaluate_checkpoint=...``) and selection samples: the bar each
 setting must clear, measured the same way. ``--table`` trains nothing: it prints and writes the
@@ -36,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,11 +187,13 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None) -> None:
             record(folder, recorded, cfg.selection)
 
 
-def selection_of(folder: Path, selection: Selection | None) -> dict[str, Any] | None:
+def selection_of(folder: Path, selection: Selection | None, baselines: dict[str, Path] | None = None) -> dict[str, Any] | None:
     """The setting's value model as the product uses it: pass@1 of best_of_n's validation samples
-    ranked by it (value; public tests, then value; PRM-BoN), and the value rule paired against the
-    shipped model on the same programs (`bench.compare_phases`)."""
+    ranked by it (value; public tests, then value; PRM-BoN), and the value rule paired on the same
+    programs (`bench.compare_phases`) against the model that scored the samples (``vs_scorer``) and
+    against each of ``baselines`` (name -> its run folder) whose selection is there (``vs_baselines``)."""
     from bench.compare_phases import compare
+    from training.search_eval import read_phase
 
     report_path = folder / "selection" / "eval.json"
     if selection is not None and not report_path.exists() and scored_the_samples(folder, selection):
@@ -200,15 +205,21 @@ def selection_of(folder: Path, selection: Selection | None) -> dict[str, Any] | 
     out: dict[str, Any] = {arm: report[arm][at] for arm in ("best_of_n", "best_of_n+public", "prm_best_of_n") if arm in report}
     top = max(selection.budgets)
     name = f"{selection.dataset}.best_of_n.b{top}.json.gz"
-    shipped, mine = Path(selection.samples) / name, folder / "selection" / name
-    if shipped.exists() and mine.exists():
-        # the setting first: won / lost / difference are the setting's against the shipped model
-        paired = compare(mine, shipped, budget=selection.budget, names=(folder.name, "shipped"))["rules"]["value"]
-        out["vs_shipped"] = {k: paired[k] for k in ("won", "lost", "difference", "ci95", "mcnemar_p")}
+    scorer, mine = Path(selection.samples) / name, folder / "selection" / name
+    if not mine.exists():
+        return out
+    keys = ("won", "lost", "difference", "ci95", "mcnemar_p")
+    if scorer.exists():
+        # the setting first: won / lost / difference are the setting's against the samples' scorer
+        paired = compare(mine, scorer, budget=selection.budget, names=(folder.name, "scorer"))["rules"]["value"]
+        out["vs_scorer"] = {"value_version": read_phase(scorer).get("value_version"), **{k: paired[k] for k in keys}}
+    theirs = {b: f / "selection" / name for b, f in (baselines or {}).items() if f.resolve() != folder.resolve()}
+    out["vs_baselines"] = {b: {k: v for k, v in compare(mine, path, budget=selection.budget, names=(folder.name, b))["rules"]["value"].items()
+                               if k in keys} for b, path in theirs.items() if path.exists()}
     return out
 
 
-def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str, Any]:
+def summarize_run(folder: Path, selection: Selection | None = None, baselines: dict[str, Path] | None = None) -> dict[str, Any]:
     metrics = json.loads((folder / "metrics.json").read_text())
     manifest = folder / "final" / "restrl.json"
     config = json.loads(manifest.read_text()).get("config", {}) if manifest.exists() else {}
@@ -232,7 +243,7 @@ def summarize_run(folder: Path, selection: Selection | None = None) -> dict[str,
         "pair_accuracy_by_failing_reward": {k: v["accuracy"] for k, v in metrics.get("held_out_pair_accuracy_by_failing_reward", {}).items()},
         "top1_choice": metrics.get("held_out_top1_choice"),
         "ece": expected_calibration_error(metrics.get("calibration", [])),
-        "selection": selection_of(folder, selection),
+        "selection": selection_of(folder, selection, baselines),
     }
 
 
@@ -240,8 +251,11 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def table(study: Path, selection: Selection | None, out: Path, command: str) -> list[dict[str, Any]]:
-    runs = [summarize_run(f, selection) for f in sorted(study.iterdir()) if (f / "metrics.json").exists()] if study.is_dir() else []
+def table(study: Path, selection: Selection | None, out: Path, command: str, baselines: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Print and write the study's table; each run's selection is paired against the samples' scorer
+    and against the ``baselines`` (names of runs in ``study``)."""
+    folders = {b: study / b for b in baselines}
+    runs = [summarize_run(f, selection, folders) for f in sorted(study.iterdir()) if (f / "metrics.json").exists()] if study.is_dir() else []
     head = ("run", "mse", "const", "r", "r prog", "r exp", "r child", "pair@0", "pair@1", "pair@2+", "pair:most", "top1", "ece", "rows",
             "bon", "bon+pub", "prm")
     print(" ".join(f"{h:>10}" for h in head))
@@ -253,13 +267,15 @@ def table(study: Path, selection: Selection | None, out: Path, command: str) -> 
                  r["train_rows"],
                  sel.get("best_of_n"), sel.get("best_of_n+public"), sel.get("prm_best_of_n"))
         print(" ".join(f"{_fmt(c):>10}" for c in cells))
-    shipped = None
+    scorer = None
     if selection is not None and (Path(selection.samples) / "eval.json").exists():
-        report = json.loads((Path(selection.samples) / "eval.json").read_text())[selection.dataset]
-        shipped = {arm: report[arm][str(selection.budget)] for arm in ("best_of_n", "best_of_n+public", "prm_best_of_n") if arm in report}
-        print(f"shipped value model on the same samples @{selection.budget}: {shipped}")
+        whole = json.loads((Path(selection.samples) / "eval.json").read_text())
+        report = whole[selection.dataset]
+        scorer = {arm: report[arm][str(selection.budget)] for arm in ("best_of_n", "best_of_n+public", "prm_best_of_n") if arm in report}
+        scorer["value_version"] = whole.get("meta", {}).get("value_version")
+        print(f"the value model that scored the samples ({scorer['value_version']}) @{selection.budget}: {scorer}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "selection": selection.model_dump() if selection else None, "shipped": shipped,
+    out.write_text(json.dumps({"command": command, "selection": selection.model_dump() if selection else None, "scorer": scorer,
                                "runs": runs}, indent=1))
     return runs
 
@@ -277,7 +293,8 @@ def main() -> None:
         cfg = StudyConfig.model_validate(yaml.safe_load(args.run.read_text()))
         if not args.table:
             run_study(cfg, only=args.only)
-        table(Path(cfg.record_dir or cfg.study_dir), cfg.selection, args.out, f"python -m bench.value_study --run {args.run}")
+        table(Path(cfg.record_dir or cfg.study_dir), cfg.selection, args.out, f"python -m bench.value_study --run {args.run}",
+              baselines=list(cfg.baselines))
     elif args.study:
         table(args.study, None, args.out, f"python -m bench.value_study {args.study}")
     else:

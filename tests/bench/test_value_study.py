@@ -110,9 +110,14 @@ def test_selection_pairs_a_setting_with_the_shipped_model_on_the_same_programs(t
     write_phase(run / "selection" / name, {**phase([[0.1, 0.9], [0.1, 0.9], [0.2, 0.8]]), "config": {"value_model": "mine"}})
     report = {"gym_validation": {"best_of_n": {"2": 1.0}, "best_of_n+public": {"2": 1.0}, "prm_best_of_n": {"2": 0.0}}}
     (run / "selection" / "eval.json").write_text(json.dumps(report))
-    out = selection_of(run, Selection(samples=str(samples), budgets=[1, 2], budget=2))
+    base = tmp_path / "study" / "vm1"  # a baseline that ranked the same programs as the setting does
+    write_phase(base / "selection" / name, {**phase([[0.1, 0.9], [0.9, 0.1], [0.2, 0.8]]), "config": {"value_model": "vm1"}})
+    sel = Selection(samples=str(samples), budgets=[1, 2], budget=2)
+    out = selection_of(run, sel, {"vm1": base, "mine": run, "absent": tmp_path / "study" / "absent"})
     assert out is not None and out["best_of_n"] == 1.0 and out["prm_best_of_n"] == 0.0
-    assert out["vs_shipped"]["won"] == 2 and out["vs_shipped"]["lost"] == 0 and out["vs_shipped"]["difference"] > 0  # the setting's
+    assert out["vs_scorer"]["won"] == 2 and out["vs_scorer"]["lost"] == 0 and out["vs_scorer"]["difference"] > 0  # the setting's
+    # against each baseline with a selection, never itself
+    assert list(out["vs_baselines"]) == ["vm1"] and (out["vs_baselines"]["vm1"]["won"], out["vs_baselines"]["vm1"]["lost"]) == (1, 0)
     assert selection_of(run, None) is None
 
 
