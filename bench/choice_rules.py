@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.expansion_yield import held_out_problems, trace_programs
+from search.types import count_weighted
 from training.paired import Bootstrap
 
 Program = dict[str, Any]
@@ -30,9 +31,9 @@ Program = dict[str, Any]
 RULES: dict[str, Callable[[Program], Any]] = {
     "value": lambda p: p["value"],  # the search's rule (`search_eval.choose` with "value")
     "value+0.05log(count)": lambda p: p["value"] + 0.05 * math.log(p["count"]),
-    "value*count^0.25": lambda p: p["value"] * p["count"] ** 0.25,
-    "value*count^0.5": lambda p: p["value"] * p["count"] ** 0.5,
-    "value*count": lambda p: p["value"] * p["count"],
+    "value*count^0.25": lambda p: count_weighted(p["value"], p["count"], 0.25),
+    "value*count^0.5": lambda p: count_weighted(p["value"], p["count"], 0.5),
+    "value*count": lambda p: count_weighted(p["value"], p["count"], 1.0),
     "count,value": lambda p: (p["count"], p["value"]),
 }
 

@@ -47,7 +47,15 @@ from models.prompting import (
 from sandbox.api import ProgramRunner
 from search.evaluators import Evaluation, Evaluator
 from search.tree import ChildSpec, Node, RolloutSpec, Tree, rollout_code, split_continuations
-from search.types import Candidate, SearchConfig, SearchProgress, SearchResult, StopReason, Usage
+from search.types import (
+    Candidate,
+    SearchConfig,
+    SearchProgress,
+    SearchResult,
+    StopReason,
+    Usage,
+    count_weighted,
+)
 from tasks import Problem
 
 logger = logging.getLogger(__name__)
@@ -320,8 +328,8 @@ class SearchRun:
     def _rank_key(self, cand: Candidate) -> tuple[float, float, int, int]:
         seq, idx = self._order[cand.code]
         value = cand.value if cand.value is not None else -1.0
-        if self.config.count_weight and cand.value is not None:  # the same rule as `restrl eval`'s count:w arms
-            value = cand.value * cand.samples**self.config.count_weight
+        if self.config.count_weight and cand.value is not None:
+            value = count_weighted(cand.value, cand.samples, self.config.count_weight)
         if self.reranked:
             return (-(cand.pass_fraction or 0.0), -value, seq, idx)
         return (0.0, -value, seq, idx)

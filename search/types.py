@@ -65,6 +65,12 @@ class SearchConfig(BaseModel):
     )
 
 
+def count_weighted(value: float, samples: int, weight: float) -> float:
+    """The final-choice score with self-consistency (`SearchConfig.count_weight`): value x samples^w.
+    One rule for the search, `restrl eval`'s ``count:w`` arms and `bench.choice_rules`."""
+    return value * samples**weight
+
+
 class Usage(BaseModel):
     samples: int = 0
     policy_requests: int = 0

@@ -82,6 +82,7 @@ from search import Budget, SearchConfig, ValueBatcher, open_replicas, run_search
 from search.context import resolve_mode
 from search.evaluators import aggregate_steps, step_prefixes
 from search.tree import rollout_code
+from search.types import count_weighted
 from tasks import Problem
 from tasks.gym import make_gym
 from tasks.humaneval import load_humaneval
@@ -304,7 +305,7 @@ def selector_key(selector: str) -> Any:
         return lambda c: -(c["prm"][how] if c.get("prm") else -1.0)
     if selector.startswith("count:"):  # value x count^w; a candidate the search gave no value ranks last
         w = float(selector.split(":", 1)[1])
-        return lambda c: (c["value"] is None, -(c["value"] or 0.0) * c["count"] ** w)
+        return lambda c: (c["value"] is None, -count_weighted(c["value"] or 0.0, c["count"], w))
     raise ValueError(f"unknown final-answer rule {selector!r}")
 
 
