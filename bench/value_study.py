@@ -193,7 +193,6 @@ def selection_of(folder: Path, selection: Selection | None, baselines: dict[str,
     programs (`bench.compare_phases`) against the model that scored the samples (``vs_scorer``) and
     against each of ``baselines`` (name -> its run folder) whose selection is there (``vs_baselines``)."""
     from bench.compare_phases import compare
-    from training.search_eval import read_phase
 
     report_path = folder / "selection" / "eval.json"
     if selection is not None and not report_path.exists() and scored_the_samples(folder, selection):
@@ -208,14 +207,15 @@ def selection_of(folder: Path, selection: Selection | None, baselines: dict[str,
     scorer, mine = Path(selection.samples) / name, folder / "selection" / name
     if not mine.exists():
         return out
-    keys = ("won", "lost", "difference", "ci95", "mcnemar_p")
+
+    def against(other: Path, label: str) -> dict[str, Any]:  # the setting first: won / lost / difference are the setting's
+        paired = compare(mine, other, budget=selection.budget, names=(folder.name, label))["rules"]["value"]
+        return {k: paired[k] for k in ("won", "lost", "difference", "ci95", "mcnemar_p")}
+
     if scorer.exists():
-        # the setting first: won / lost / difference are the setting's against the samples' scorer
-        paired = compare(mine, scorer, budget=selection.budget, names=(folder.name, "scorer"))["rules"]["value"]
-        out["vs_scorer"] = {"value_version": read_phase(scorer).get("value_version"), **{k: paired[k] for k in keys}}
+        out["vs_scorer"] = {"value_version": samples_value_version(selection), **against(scorer, "scorer")}
     theirs = {b: f / "selection" / name for b, f in (baselines or {}).items() if f.resolve() != folder.resolve()}
-    out["vs_baselines"] = {b: {k: v for k, v in compare(mine, path, budget=selection.budget, names=(folder.name, b))["rules"]["value"].items()
-                               if k in keys} for b, path in theirs.items() if path.exists()}
+    out["vs_baselines"] = {b: against(path, b) for b, path in theirs.items() if path.exists()}
     return out
 
 
@@ -269,15 +269,42 @@ def table(study: Path, selection: Selection | None, out: Path, command: str, bas
         print(" ".join(f"{_fmt(c):>10}" for c in cells))
     scorer = None
     if selection is not None and (Path(selection.samples) / "eval.json").exists():
-        whole = json.loads((Path(selection.samples) / "eval.json").read_text())
-        report = whole[selection.dataset]
+        report = json.loads((Path(selection.samples) / "eval.json").read_text())[selection.dataset]
         scorer = {arm: report[arm][str(selection.budget)] for arm in ("best_of_n", "best_of_n+public", "prm_best_of_n") if arm in report}
-        scorer["value_version"] = whole.get("meta", {}).get("value_version")
+        scorer["value_version"] = samples_value_version(selection)
         print(f"the value model that scored the samples ({scorer['value_version']}) @{selection.budget}: {scorer}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": command, "selection": selection.model_dump() if selection else None, "scorer": scorer,
                                "runs": runs}, indent=1))
     return runs
+
+
+def paired_predictions(a: Path, b: Path) -> dict[str, Any]:
+    """Two runs' held-out ``predictions.jsonl`` on the rows both predicted with the same target (e.g.
+    VM_2's union split against VM_1's v3 split: v3's rows of the same held-out problems): per run,
+    MSE and Pearson r, pair accuracy by the failing member's depth and the top-1 choice, all on the
+    same rows (`training.value_train`'s metrics)."""
+    from training.value_train import pair_accuracy_by_depth, regression_metrics, top1_choice
+
+    def rows(path: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
+        out = {}
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            out[(r["problem_id"], r["kind"], r["state"], r["target"])] = r
+        return out
+
+    ra, rb = rows(a), rows(b)
+    keys = sorted(set(ra) & set(rb))
+    result: dict[str, Any] = {"files": [str(a), str(b)], "rows": [len(ra), len(rb)], "common_rows": len(keys)}
+    for name, got in (("a", ra), ("b", rb)):
+        common = [got[k] for k in keys]
+        preds = [r["prediction"] for r in common]
+        pairs = pair_accuracy_by_depth(common, preds)
+        result[name] = {"regression": regression_metrics(preds, [r["target"] for r in common]),
+                        "pair_accuracy_by_depth": {k: v["accuracy"] for k, v in pairs.items()},
+                        "pairs_by_depth": {k: v["pairs"] for k, v in pairs.items()},
+                        "top1_choice": top1_choice(common, preds)}
+    return result
 
 
 def main() -> None:
@@ -287,16 +314,29 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="a study config (configs/value_study.yaml): train and select every setting not done, then the table")
     ap.add_argument("--only", nargs="+", help="with --run: these settings only")
     ap.add_argument("--table", action="store_true", help="with --run: only the table of what is recorded (while a study runs)")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/value_study.json"))
+    ap.add_argument("--predictions", nargs=2, type=Path, metavar=("A", "B"),
+                    help="two runs' predictions.jsonl, compared on the held-out rows both predicted (prints; JSON with --out)")
+    ap.add_argument("--out", type=Path, help="the table's JSON (default bench/results/value_study.json); with --predictions, theirs")
     args = ap.parse_args()
-    if args.run:
+    table_out = args.out or Path("bench/results/value_study.json")
+    if args.predictions:
+        res = paired_predictions(*args.predictions)
+        print(f"{res['common_rows']} rows both predicted ({res['rows'][0]} and {res['rows'][1]})")
+        for name, path in zip(("a", "b"), args.predictions, strict=True):
+            r = res[name]
+            print(f"{path}: MSE {r['regression']['mse']:.4f}, r {r['regression']['pearson_r']:.3f}, pair accuracy by depth "
+                  f"{ {k: round(v, 3) for k, v in r['pair_accuracy_by_depth'].items()} }, top-1 "
+                  f"{r['top1_choice']['accuracy']:.3f} of {r['top1_choice']['problems']}")
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1))
+    elif args.run:
         cfg = StudyConfig.model_validate(yaml.safe_load(args.run.read_text()))
         if not args.table:
             run_study(cfg, only=args.only)
-        table(Path(cfg.record_dir or cfg.study_dir), cfg.selection, args.out, f"python -m bench.value_study --run {args.run}",
+        table(Path(cfg.record_dir or cfg.study_dir), cfg.selection, table_out, f"python -m bench.value_study --run {args.run}",
               baselines=list(cfg.baselines))
     elif args.study:
-        table(args.study, None, args.out, f"python -m bench.value_study {args.study}")
+        table(args.study, None, table_out, f"python -m bench.value_study {args.study}")
     else:
         ap.error("give a study folder or --run CONFIG")
 

@@ -162,3 +162,20 @@ def test_a_recorded_setting_is_done_on_a_fresh_checkout_and_the_table_reads_the_
     assert [r["name"] for r in rows] == ["a", "b"] and rows[0]["setting"] == {"learning_rate": 1e-4}
     assert rows[0]["selection"]["best_of_n"] == 0.25
     assert vs.table(tmp_path / "nothing", cfg.selection, tmp_path / "t2.json", "cmd") == []
+
+
+def test_paired_predictions_compare_two_runs_on_the_rows_both_predicted(tmp_path: Path) -> None:
+    from bench.value_study import paired_predictions
+
+    def row(state: str, target: float, pred: float, depth: int = 2) -> dict:
+        return {"problem_id": "p", "kind": "program", "state": state, "target": target, "depth": depth, "prediction": pred}
+
+    shared = [row("pass", 1.0, 0.9), row("fail", 0.0, 0.2)]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(json.dumps(r) for r in [*shared, row("only a", 0.0, 0.5)]))
+    b.write_text("\n".join(json.dumps(r) for r in [{**shared[0], "prediction": 0.1}, {**shared[1], "prediction": 0.6},
+                                                     {**shared[1], "state": "retargeted", "target": 0.5}]))
+    out = paired_predictions(a, b)
+    assert out["rows"] == [3, 3] and out["common_rows"] == 2
+    assert out["a"]["pair_accuracy_by_depth"]["all"] == 1.0 and out["b"]["pair_accuracy_by_depth"]["all"] == 0.0
+    assert out["a"]["regression"]["mse"] < out["b"]["regression"]["mse"]
