@@ -378,16 +378,16 @@ async def test_rescoring_a_phase_equals_sampling_it_again_with_the_other_value_m
         rescore_sources(cfg_b, {"humaneval": problems[:3]}, resume=True)
 
 
-async def test_phases_on_shared_gates_queue_in_order_and_overlap_at_their_edges() -> None:
-    """`restrl eval` queues every phase at once on one gate per engine: the second phase's searches
-    start only after all of the first phase's have started, and fill the engine while the first
-    phase's last searches run; each phase's records equal those of a phase run alone."""
+async def _two_phases_on_one_gate(cfg: EvalConfig, delay) -> tuple[list, list, float, float]:
+    """vm_mcts and then best_of_n queued on one engine's gate (as `restrl eval` queues them, ranks 0
+    and 1), each search held ``delay(i)`` s first: the (start|end, strategy, problem) events, both
+    phases' records - checked equal to the same phase run alone - and the second phase's wall and
+    the total wall."""
     import asyncio
 
     from tests.training.test_value_data import HashSandbox, _problem
     from training.search_eval import _run_phase, _Runner, engine_gates
 
-    cfg = EvalConfig(concurrency=2, search={"k": 5, "max_tokens": 200}, prm_aggregates=[])
     problems = [_problem(f"p{i}") for i in range(5)]
     alone = {s: (await _run_phase([_Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())], problems, s, 10, s))[0]
              for s in ("vm_mcts", "best_of_n")}
@@ -396,7 +396,7 @@ async def test_phases_on_shared_gates_queue_in_order_and_overlap_at_their_edges(
 
     async def one(p, i, strategy, *args):
         events.append(("start", strategy, i))
-        await asyncio.sleep(0.05 if i < 4 else 0.3)  # each phase's last search is slow
+        await asyncio.sleep(delay(i))
         out = await real_one(p, i, strategy, *args)
         events.append(("end", strategy, i))
         return out
@@ -404,16 +404,24 @@ async def test_phases_on_shared_gates_queue_in_order_and_overlap_at_their_edges(
     runner.one = one  # type: ignore[method-assign]
     gates = engine_gates([runner])
     t0 = asyncio.get_running_loop().time()
-    first = asyncio.ensure_future(_run_phase([runner], problems, "vm_mcts", 10, "first", gates=gates))
+    first = asyncio.ensure_future(_run_phase([runner], problems, "vm_mcts", 10, "first", gates=gates, rank=0))
     await asyncio.sleep(0)
-    second = asyncio.ensure_future(_run_phase([runner], problems, "best_of_n", 10, "second", gates=gates))
+    second = asyncio.ensure_future(_run_phase([runner], problems, "best_of_n", 10, "second", gates=gates, rank=1))
     (a, _), (b, wall_b) = await first, await second
     total = asyncio.get_running_loop().time() - t0
-    starts = [(s, i) for kind, s, i in events if kind == "start"]
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]  # noqa: E731
+    assert strip(a) == strip(alone["vm_mcts"]) and strip(b) == strip(alone["best_of_n"])  # as if each ran alone
+    return events, [(s, i) for kind, s, i in events if kind == "start"], wall_b, total
+
+
+async def test_phases_on_shared_gates_queue_in_order_and_overlap_at_their_edges() -> None:
+    """`restrl eval` queues every phase at once on one gate per engine: the second phase's searches
+    start only after all of the first phase's have started, and fill the engine while the first
+    phase's last searches run; each phase's records equal those of a phase run alone."""
+    cfg = EvalConfig(concurrency=2, search={"k": 5, "max_tokens": 200}, prm_aggregates=[])
+    events, starts, wall_b, total = await _two_phases_on_one_gate(cfg, lambda i: 0.05 if i < 4 else 0.3)  # each phase's last is slow
     assert [s for s, _ in starts] == ["vm_mcts"] * 5 + ["best_of_n"] * 5 and [i for _, i in starts[:5]] == list(range(5))
     assert events.index(("start", "best_of_n", 0)) < events.index(("end", "vm_mcts", 4))  # overlap at the edge
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]  # noqa: E731
-    assert strip(a) == strip(alone["vm_mcts"]) and strip(b) == strip(alone["best_of_n"])
     assert 0 < wall_b <= total - 0.05  # a phase's wall runs from its first search's start, not from when it was queued
 
 
@@ -445,34 +453,11 @@ async def test_interleaved_phases_take_turns_problem_by_problem() -> None:
     """`interleave`: two phases queued on one gate run problem 0 of each, then problem 1, ... (after the
     slots the first phase filled at once), so a run stopped early leaves both phases' partial files
     over the same first problems; the records equal a phase run alone."""
-    import asyncio
-
-    from tests.training.test_value_data import HashSandbox, _problem
-    from training.search_eval import _run_phase, _Runner, engine_gates
-
     cfg = EvalConfig(concurrency=2, search={"k": 5, "max_tokens": 200}, prm_aggregates=[], interleave=True)
-    problems = [_problem(f"p{i}") for i in range(5)]
-    alone = {s: (await _run_phase([_Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())], problems, s, 10, s))[0]
-             for s in ("vm_mcts", "best_of_n")}
-    runner = _Runner(cfg, SeededPolicy(), HashValue(), HashSandbox())
-    real_one, starts = runner.one, []
-
-    async def one(p, i, strategy, *args):
-        starts.append((i, strategy))
-        await asyncio.sleep(0.01)
-        return await real_one(p, i, strategy, *args)
-
-    runner.one = one  # type: ignore[method-assign]
-    gates = engine_gates([runner])
-    first = asyncio.ensure_future(_run_phase([runner], problems, "vm_mcts", 10, "first", gates=gates, rank=0))
-    await asyncio.sleep(0)
-    second = asyncio.ensure_future(_run_phase([runner], problems, "best_of_n", 10, "second", gates=gates, rank=1))
-    (a, _), (b, _) = await first, await second
+    _, starts, _, _ = await _two_phases_on_one_gate(cfg, lambda i: 0.01)
     # the first phase took both slots at once; from then on the lowest (problem, phase) goes next
-    assert starts == [(0, "vm_mcts"), (1, "vm_mcts"), (0, "best_of_n"), (1, "best_of_n"), (2, "vm_mcts"), (2, "best_of_n"),
-                      (3, "vm_mcts"), (3, "best_of_n"), (4, "vm_mcts"), (4, "best_of_n")]
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]  # noqa: E731
-    assert strip(a) == strip(alone["vm_mcts"]) and strip(b) == strip(alone["best_of_n"])
+    assert starts == [("vm_mcts", 0), ("vm_mcts", 1), ("best_of_n", 0), ("best_of_n", 1), ("vm_mcts", 2), ("best_of_n", 2),
+                      ("vm_mcts", 3), ("best_of_n", 3), ("vm_mcts", 4), ("best_of_n", 4)]
     with pytest.raises(ValueError, match="interleave"):
         EvalConfig(interleave=True, time_limit_s=60)
 
