@@ -108,7 +108,7 @@ class SearchRun:
         self.sandbox = sandbox
         self.on_progress = on_progress
         self.mode: PromptMode = resolve_mode(policy, config)
-        self.tree = Tree(root_state(problem, self.mode))
+        self.tree = Tree(root_state(problem, self.mode), widen=config.widen)
         self.rng = random.Random(config.seed)
         self.usage = Usage()
         self.candidates: dict[str, Candidate] = {}

@@ -164,6 +164,9 @@ class Node:
     children: list[Node] = field(default_factory=list)
     selectable: list[Node] = field(default_factory=list)
     rollout_values: list[float] = field(default_factory=list)  # values of rollouts sampled here
+    expansions: int = 0  # policy requests answered from this state
+    drawn: int = 0  # samples drawn here that reached a child
+    drawn_value: float = 0.0  # the sum of those samples' children's values (`widen_value`)
 
     @property
     def value(self) -> float:
@@ -206,12 +209,34 @@ def uct(parent: Node, child: Node, *, c: float, eps: float) -> float:
     return v + c * math.sqrt((1.0 + math.log(max(n_parent, 1))) / (eps + n_child))
 
 
-class Tree:
-    """A search tree rooted at ``root_state``; node ids are creation order."""
+def widen_value(node: Node) -> float:
+    """What one more expansion of ``node`` is worth: the mean value of the children its samples
+    reached so far (a child counted once per sample that chose it) - the expected value of a fresh
+    sample's child, on the same scale as the children's values it competes with."""
+    return node.drawn_value / node.drawn if node.drawn else 0.0
 
-    def __init__(self, root_state: str) -> None:
+
+def widen_uct(node: Node, *, c: float, eps: float) -> float:
+    """UCT of expanding ``node`` again (`Tree` with ``widen``): `widen_value` and one visit per
+    expansion, an in-flight one counted as a pending zero-value visit."""
+    n_arm = node.expansions + (1 if node.busy else 0)
+    v = widen_value(node) * node.expansions / n_arm if n_arm else 0.0
+    n_parent = node.visits + node.pending
+    return v + c * math.sqrt((1.0 + math.log(max(n_parent, 1))) / (eps + n_arm))
+
+
+class Tree:
+    """A search tree rooted at ``root_state``; node ids are creation order.
+
+    With ``widen`` (`SearchConfig.widen`) an expanded node competes in selection with its own
+    children: expanding it again (`widen_uct`) samples K more continuations from its state; lines it
+    already has merge into their children, new ones become children. An expanded node is then never
+    exhausted (it can always be sampled again): the budget ends the search."""
+
+    def __init__(self, root_state: str, *, widen: bool = False) -> None:
         self.root = Node(id=0, parent=None, line="", state=root_state, depth=0)
         self.nodes: list[Node] = [self.root]
+        self.widen = widen
 
     @property
     def max_depth(self) -> int:
@@ -237,16 +262,24 @@ class Tree:
         self, node: Node, specs: Sequence[ChildSpec], values: Sequence[float], *, num_decision: int, per_sample: bool = False
     ) -> list[Node]:
         """Attach the evaluated children of ``node``, keep the best ``num_decision`` selectable and
-        back the children's visits and values up to the root."""
-        new = [
-            self.add_child(node, spec, v, visits=len(spec.samples) if per_sample else 1)
-            for spec, v in zip(specs, values, strict=True)
-        ]
+        back the new children's visits and values up to the root. A node expanded again (``widen``)
+        keeps its children: a spec with the line (and terminality) of one of them merges into it."""
+        known = {(ch.line, ch.terminal): ch for ch in node.children}
+        new: list[Node] = []
+        for spec, v in zip(specs, values, strict=True):
+            child = known.get((spec.line, spec.terminal))
+            if child is None:
+                child = self.add_child(node, spec, v, visits=len(spec.samples) if per_sample else 1)
+                known[(spec.line, spec.terminal)] = child
+                new.append(child)
+            node.drawn += len(spec.samples)
+            node.drawn_value += len(spec.samples) * (child.initial_value or 0.0)
         node.expanded = True
-        ranked = sorted(new, key=lambda ch: -(ch.initial_value or 0.0))  # stable: ties keep order
+        node.expansions += 1
+        ranked = sorted(node.children, key=lambda ch: -(ch.initial_value or 0.0))  # stable: ties keep order
         node.selectable = ranked[:num_decision]
         self.backup(node, n=sum(ch.visits for ch in new), total=sum(ch.value_sum for ch in new))
-        if not node.selectable:
+        if not node.selectable and not self.widen:
             self.exhaust(node)
         return new
 
@@ -256,12 +289,12 @@ class Tree:
             a.visits += n
             a.value_sum += total
 
-    @staticmethod
-    def exhaust(node: Node) -> None:
-        """Mark ``node`` exhausted and every ancestor whose selectable children all are."""
+    def exhaust(self, node: Node) -> None:
+        """Mark ``node`` exhausted and every ancestor whose selectable children all are (none with
+        ``widen``: an expanded node can be sampled again)."""
         node.exhausted = True
         parent = node.parent
-        while parent is not None and parent.expanded and all(ch.exhausted for ch in parent.selectable):
+        while not self.widen and parent is not None and parent.expanded and all(ch.exhausted for ch in parent.selectable):
             parent.exhausted = True
             parent = parent.parent
 
@@ -297,13 +330,22 @@ class Tree:
                 return _TERMINAL_HIT
             return BLOCKED if node.busy else node
         options = [ch for ch in node.selectable if not ch.exhausted]
-        if not options:
+        if not options and not self.widen:
             self.exhaust(node)
             return None
         rng.shuffle(options)  # seeded tie-break: the sort below is stable
         options.sort(key=lambda ch: -uct(node, ch, c=c, eps=eps))
+        if self.widen:  # expanding this node again competes with its children (ties: the children first)
+            arm = widen_uct(node, c=c, eps=eps)
+            at = next((i for i, ch in enumerate(options) if uct(node, ch, c=c, eps=eps) < arm), len(options))
+            options.insert(at, node)
         blocked = False
         for ch in options:
+            if ch is node:
+                if not node.busy:
+                    return node
+                blocked = True
+                continue
             found = self._descend(ch, rng, c, eps)
             if found is _TERMINAL_HIT:
                 return found

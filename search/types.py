@@ -59,6 +59,12 @@ class SearchConfig(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="seeds the search's random choices and its policy requests (signed 64-bit)")
     record_trace: bool = Field(default=False, description="keep the search's full trace (tree, samples, values) in the result")
     top_candidates: int = Field(default=5, ge=0, le=100, description="candidates returned besides the chosen program")
+    widen: bool = Field(
+        default=False,
+        description="tree strategies: an expanded node may be expanded again (K more samples from its state) when UCT rates a fresh"
+        " sample from it, worth the mean value of the children its samples reached, above its remaining children; off = the spec's"
+        " tree, where a node is expanded once and the search descends past exhausted terminal children",
+    )
     count_weight: float = Field(
         default=0.0, ge=0, le=4,
         description="final choice by value x samples^w, samples = how many of the search's samples ended in that program (self-consistency); 0 = value alone, the spec's rule",

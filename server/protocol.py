@@ -55,7 +55,7 @@ class BudgetIn(BaseModel):
 SEARCH_OPTIONS = ("k", "num_decision", "c_uct", "temperature", "top_p", "max_tokens", "beam_width", "parallel_expansions",
                   "step_lines", "prompt_mode", "prm_aggregate", "top_candidates", "count_weight", "seed")
 # SearchConfig fields the wire sets with SearchConfig's own default rather than None
-SEARCH_SWITCHES = ("strategy", "rerank_with_tests", "stop_when_solved")
+SEARCH_SWITCHES = ("strategy", "widen", "rerank_with_tests", "stop_when_solved")
 
 
 def option(name: str) -> Any:
@@ -132,6 +132,7 @@ class SearchParams(BaseModel):
     top_candidates: int | None = option("top_candidates")
     count_weight: float | None = option("count_weight")
     seed: Seed | None = option("seed")
+    widen: bool = _search_default("widen")
     rerank_with_tests: bool = _search_default("rerank_with_tests")
     stop_when_solved: bool = _search_default("stop_when_solved")
 

@@ -447,7 +447,7 @@ class PartialPhase:
                 made = lines[0]["header"]
                 config, made_config = header.get("config", {}), made.get("config", {})
                 differ = sorted([k for k in header if k != "config" and made.get(k) != header[k]]
-                                + [k for k in config if made_config.get(k) != config[k]])  # a key added since: unset then
+                                + settings_differ(made_config, config))
                 if differ:
                     raise ValueError(f"{path} was made with other settings ({', '.join(differ)}): "
                                      "use another output_dir, or remove the file to run that phase again")
@@ -773,7 +773,6 @@ def rescore_sources(cfg: EvalConfig, problem_sets: dict[Dataset, list[Problem]],
     if folder.resolve() == Path(cfg.output_dir).resolve():
         raise ValueError(f"rescore_from {folder} is output_dir: give the rescored phases another output_dir")
     out: dict[str, tuple[Path, dict[str, Any]]] = {}
-    now = _phase_config(cfg)
     for dataset, strategy in _phase_order(cfg):
         if strategy not in RESCORABLE:
             continue
@@ -785,8 +784,8 @@ def rescore_sources(cfg: EvalConfig, problem_sets: dict[Dataset, list[Problem]],
             if not path.exists():
                 raise ValueError(f"rescore_from: {path} does not exist (run that phase there first, or drop rescore_from)")
             source = read_phase(path)
-            made = source.get("config", {})
-            differ = sorted(k for k in now if k not in VALUE_KEYS and made.get(k) != now[k])
+            made, now = source.get("config", {}), _phase_config(cfg, strategy)
+            differ = settings_differ(made, now, skip=VALUE_KEYS)
             if source.get("format") != PHASE_FORMAT or differ:
                 raise ValueError(f"rescore_from: {path} was made with other settings "
                                  f"({', '.join(differ) or 'phase format'}): only the value model may differ")
@@ -856,7 +855,7 @@ async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], da
     ``resume`` continues (`PartialPhase`) and a fresh run starts over."""
     name = path.name.removesuffix(".json.gz")
     runner = runners[0]
-    header = {"config": _phase_config(runner.cfg), "problems": [p.id for p in problems], "run_budget": run_budget,
+    header = {"config": _phase_config(runner.cfg, strategy), "problems": [p.id for p in problems], "run_budget": run_budget,
               "policy_version": str(runner.policy.version), "value_version": str(runner.value.version)}
     partial_path = path.with_name(f"{name}.partial.jsonl.gz")
     if not resume:  # a fresh run starts the phase over, and can itself be resumed
@@ -866,7 +865,7 @@ async def _run_and_write(runners: Sequence[_Runner], problems: list[Problem], da
     phase = {"format": PHASE_FORMAT, "dataset": dataset, "strategy": strategy, "run_budget": run_budget,
              "answers": answers, "problems": [p.id for p in problems], "wall_s": wall_s,
              "loadavg_after": os.getloadavg(), "policy_version": str(runner.policy.version),
-             "value_version": str(runner.value.version), "config": _phase_config(runner.cfg), "results": results}
+             "value_version": str(runner.value.version), "config": _phase_config(runner.cfg, strategy), "results": results}
     write_phase(path, phase)
     partial.remove()
     logger.info("eval phase %s: %.0f s", name, phase["wall_s"])
@@ -890,7 +889,7 @@ async def _rescore_and_write(runner: _Runner, problems: list[Problem], source: t
 
     t0 = time.monotonic()
     results = await asyncio.gather(*(go(p, r) for p, r in zip(problems, src["results"], strict=True)))
-    phase = {**src, "results": list(results), "value_version": str(runner.value.version), "config": _phase_config(runner.cfg),
+    phase = {**src, "results": list(results), "value_version": str(runner.value.version), "config": _phase_config(runner.cfg, strategy),
              "rescored_from": {"path": str(src_path), "value_version": src["value_version"], "config": src["config"]},
              "rescore_wall_s": time.monotonic() - t0, "loadavg_after": os.getloadavg()}
     write_phase(path, phase)
@@ -909,9 +908,12 @@ def _phase_order(cfg: EvalConfig) -> list[tuple[Dataset, str]]:
 # those of the flat config of earlier releases, so that committed phase files stay reusable.
 _PHASE_KEYS = ("gym_seed", "gym_n_per_tier", "humaneval_seed", "k", "c_uct", "step_lines", "merged_visits", "temperature",
                "max_tokens", "beam_width", "seed", "value_model", "value_dtype", "policy_adapter", "prm_aggregates", "policy_model")
+# settings added since, recorded only where they apply and differ from their default (so phases made
+# before them, and phases of strategies they do not touch, stay reusable): name -> strategies
+_PHASE_OPTIONAL_KEYS = {"widen": ("vm_mcts", "orm_mcts")}
 
 
-def _phase_config(cfg: EvalConfig) -> dict[str, Any]:
+def _phase_config(cfg: EvalConfig, strategy: str | None = None) -> dict[str, Any]:
     s = cfg.search
     flat = {"gym_seed": cfg.gym_seed, "gym_n_per_tier": cfg.gym_n_per_tier, "humaneval_seed": cfg.humaneval_seed,
             "k": s.k, "c_uct": s.c_uct, "step_lines": s.step_lines, "merged_visits": s.merged_visits,
@@ -919,17 +921,28 @@ def _phase_config(cfg: EvalConfig) -> dict[str, Any]:
             "value_model": cfg.value.model, "value_dtype": cfg.value.dtype, "policy_adapter": cfg.policy.adapter,
             "prm_aggregates": list(cfg.prm_aggregates), "policy_model": cfg.policy.model}
     assert tuple(flat) == _PHASE_KEYS
+    for key, strategies in _PHASE_OPTIONAL_KEYS.items():
+        value = getattr(s, key)
+        if strategy in strategies and value != SearchConfig.model_fields[key].default:
+            flat[key] = value
     return flat
+
+
+def settings_differ(made: dict[str, Any], now: dict[str, Any], *, skip: tuple[str, ...] = ()) -> list[str]:
+    """The phase settings (`_phase_config`) in which ``made`` and ``now`` differ; an optional key
+    one of them lacks is at its default there, a base key ``made`` lacks is unset."""
+    keys = [*now, *(k for k in _PHASE_OPTIONAL_KEYS if k in made and k not in now)]
+    return sorted(k for k in keys if k not in skip and made.get(k) != now.get(k))
 
 
 def _checked(phase: dict[str, Any], cfg: EvalConfig, path: Path, *, value_version: str | None = None) -> dict[str, Any]:
     """``phase`` when it was made with this configuration's settings (and, given ``value_version``,
     the value model loaded now, unless the phase is greedy's, which never asks it); else a
     ValueError that says what differs (mixing them in one report would compare unlike runs)."""
-    made, now = phase.get("config", {}), _phase_config(cfg)
-    differ = sorted(k for k in now if made.get(k) != now[k])
+    made, now = phase.get("config", {}), _phase_config(cfg, phase.get("strategy"))
+    differ = settings_differ(made, now)
     if differ:
-        raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={made.get(k)!r}, now {now[k]!r}' for k in differ)}): "
+        raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={made.get(k)!r}, now {now.get(k)!r}' for k in differ)}): "
                          "use another output_dir, or remove the file to run that phase again")
     if value_version is not None and phase.get("strategy") != "greedy" and phase.get("value_version") != value_version:
         raise ValueError(f"{path} was made with the value model {phase.get('value_version')}, this run loads {value_version} (the"

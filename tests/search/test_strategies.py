@@ -131,10 +131,12 @@ async def test_prm_value_call_budget_reserves_every_prefix():
     parallel=st.integers(1, 4),
     max_tokens=st.integers(5, 60),
     seed=st.integers(0, 3),
+    widen=st.booleans(),
 )
-def test_budget_is_never_exceeded(strategy, samples, k, tokens, value_calls, parallel, max_tokens, seed):
+def test_budget_is_never_exceeded(strategy, samples, k, tokens, value_calls, parallel, max_tokens, seed, widen):
     budget = Budget(samples=samples, tokens=tokens, value_calls=value_calls)
-    cfg = SearchConfig(strategy=strategy, budget=budget, k=k, parallel_expansions=parallel, max_tokens=max_tokens, seed=seed)
+    cfg = SearchConfig(strategy=strategy, budget=budget, k=k, parallel_expansions=parallel, max_tokens=max_tokens, seed=seed,
+                       widen=widen)
     policy = ScriptedPolicy()
     r = asyncio.run(run_search(make_problem(), policy, HashValue(), cfg))
     u = r.usage
@@ -151,15 +153,16 @@ def test_budget_is_never_exceeded(strategy, samples, k, tokens, value_calls, par
     assert (r.program is None) == (u.samples == 0)
 
 
+@pytest.mark.parametrize("widen", [False, True])
 @pytest.mark.parametrize("parallel", [1, 3])
-async def test_vm_mcts_visit_counts_and_values(parallel):
+async def test_vm_mcts_visit_counts_and_values(parallel, widen):
     policy = ScriptedPolicy()
     value = HashValue()
     from search.context import SearchRun
     from search.evaluators import VMEvaluator
     from search.strategies import VMMCTS
 
-    cfg = config("vm_mcts", samples=40, parallel_expansions=parallel, seed=1)
+    cfg = config("vm_mcts", samples=40, parallel_expansions=parallel, seed=1, widen=widen)
     run = SearchRun(make_problem(), policy, VMEvaluator(value), cfg)
     await VMMCTS().run(run)
     tree = run.tree
@@ -196,6 +199,37 @@ async def test_terminal_children_exhaust_without_spending_budget():
     assert r.stop_reason == "exhausted"
     assert r.usage.samples == 3 and len(policy.calls) == 1
     assert r.nodes == 4 and r.max_depth == 1
+
+
+@pytest.mark.parametrize("strategy", ["vm_mcts", "orm_mcts"])
+async def test_a_widened_search_samples_again_where_the_spec_tree_stops_exhausted(strategy):
+    """Every root sample a finished program: the spec's tree stops after one expansion (above); with
+    `widen` the root is sampled again until the budget is spent, new programs become new children."""
+    policy = ScriptedPolicy(script=lambda s, n, i: [f"return {3 * i + j}" for j in range(n)])
+    r = await run_search(make_problem(), policy, HashValue(), config(strategy, samples=20, k=3, widen=True, record_trace=True))
+    assert r.stop_reason == "samples" and r.usage.samples == 20
+    assert [c.n for c in policy.calls] == [3] * 6 + [2] and {c.state for c in policy.calls} == {""}
+    assert {e["node"] for e in r.trace["expansions"]} == {0} and r.nodes == 21 and r.max_depth == 1
+    programs = [c["code"] for c in r.trace["candidates"]]
+    assert len(set(programs)) == 20 and r.value == pytest.approx(max(hash_value(code) for code in programs))
+
+
+async def test_widen_samples_the_parent_of_a_good_terminal_rather_than_a_worse_branch():
+    """The mechanism the gym traces showed (bench/RESULTS.md): the best child a finished program, the
+    other a worse unfinished one. The spec's tree spends its next expansion in the worse branch; the
+    widened tree samples the root again."""
+    def script(state, n, i):
+        return ["return 1", "    x = 0\n    return x"][:n] if state == "" else ["    return x"] * n
+
+    def value(s):
+        return 0.9 if s.rstrip().endswith("return 1") else 0.1
+
+    spec = ScriptedPolicy(script=script)
+    await run_search(make_problem(), spec, HashValue(fn=value), config("vm_mcts", samples=4, k=2))
+    assert [c.state for c in spec.calls] == ["", "    x = 0\n"]
+    widened = ScriptedPolicy(script=script)
+    await run_search(make_problem(), widened, HashValue(fn=value), config("vm_mcts", samples=4, k=2, widen=True))
+    assert [c.state for c in widened.calls] == ["", ""]
 
 
 async def test_orm_mcts_values_come_from_rollouts_only():
@@ -290,9 +324,9 @@ async def test_deadline_during_value_call_keeps_the_unscored_sample():
     assert r.program is not None and r.value is None
 
 
-@pytest.mark.parametrize("strategy", ALL)
-async def test_trace_replay_reproduces_the_search(strategy, tmp_path):
-    cfg = config(strategy, samples=25, parallel_expansions=2, seed=3, record_trace=True)
+@pytest.mark.parametrize(("strategy", "widen"), [(s, False) for s in ALL] + [("vm_mcts", True)])
+async def test_trace_replay_reproduces_the_search(strategy, widen, tmp_path):
+    cfg = config(strategy, samples=25, parallel_expansions=2, seed=3, record_trace=True, widen=widen)
     r = await run_search(make_problem(), ScriptedPolicy(delay=0.001), HashValue(), cfg)
     path = save_trace(r.trace, tmp_path / "t.json")
     trace = load_trace(path)

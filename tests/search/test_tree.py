@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from search.tree import BLOCKED, ChildSpec, Tree, split_continuations, uct
+from search.tree import BLOCKED, ChildSpec, Tree, split_continuations, uct, widen_uct, widen_value
 
 
 def test_split_merges_first_lines_and_makes_terminals():
@@ -216,3 +216,58 @@ def test_merged_child_counts_its_samples_when_asked():
     one = Tree("")
     a1, _ = one.expand(one.root, specs, [0.5, 0.2], num_decision=2)
     assert (a1.visits, one.root.visits) == (1, 2)  # the spec's rule: one visit per child
+
+
+def test_widen_expands_a_node_again_when_a_fresh_sample_is_worth_more_than_its_children():
+    """`SearchConfig.widen`: once the best child is an exhausted terminal, the spec's tree descends
+    into the worse child; a widened tree samples its parent again when a fresh sample (the mean value
+    of the children its samples reached) is worth more."""
+    specs, values = [_spec("a", True), _spec("b\n")], [0.9, 0.1]
+    spec_tree = Tree("")
+    spec_tree.expand(spec_tree.root, specs, values, num_decision=2)
+    assert spec_tree.select(random.Random(0), c=0.0, eps=0.1).line == "b\n"
+    t = Tree("", widen=True)
+    a, b = t.expand(t.root, specs, values, num_decision=2)
+    assert widen_value(t.root) == pytest.approx(0.5) and t.root.expansions == 1
+    assert t.select(random.Random(0), c=0.0, eps=0.1) is t.root
+    assert a.exhausted and not t.root.exhausted
+    # b's value above what a fresh sample is worth: descend into b
+    t2 = Tree("", widen=True)
+    t2.expand(t2.root, [_spec("a", True), _spec("b\n")], [0.3, 0.8], num_decision=2)
+    assert t2.select(random.Random(0), c=0.0, eps=0.1).line == "b\n"
+
+
+def test_expanding_again_merges_known_lines_and_keeps_the_visit_invariant():
+    t = Tree("", widen=True)
+    a, b = t.expand(t.root, [_spec("a", True), ChildSpec(line="b\n", state="b\n", terminal=False, samples=(1, 2))], [0.9, 0.3],
+                    num_decision=5)
+    assert (t.root.drawn, t.root.drawn_value) == (3, pytest.approx(0.9 + 2 * 0.3))
+    new = t.expand(t.root, [_spec("b\n"), _spec("c\n"), _spec("a", True)], [0.3, 0.6, 0.9], num_decision=5)
+    assert [n.line for n in new] == ["c\n"] and [ch.line for ch in t.root.children] == ["a", "b\n", "c\n"]
+    assert t.root.expansions == 2 and t.root.drawn == 6 and widen_value(t.root) == pytest.approx((0.9 * 2 + 0.3 * 3 + 0.6) / 6)
+    assert [ch.line for ch in t.root.selectable] == ["a", "c\n", "b\n"]
+    # N(root) = its descendants, each counted once: a merged line adds no visit
+    assert (t.root.visits, t.root.value_sum) == (3, pytest.approx(0.9 + 0.3 + 0.6))
+    assert b.visits == 1 and len(t.nodes) == 4
+
+
+def test_a_widened_tree_is_never_exhausted_and_an_inflight_node_blocks():
+    t = Tree("", widen=True)
+    a, b = t.expand(t.root, [_spec("a", True), _spec("b", True)], [0.9, 0.1], num_decision=2)
+    assert t.select(random.Random(0), c=0.1, eps=0.1) is t.root  # the spec's tree: None (exhausted)
+    assert a.exhausted and not t.root.exhausted
+    Tree.add_virtual_loss(t.root)
+    assert t.select(random.Random(0), c=0.1, eps=0.1) is BLOCKED
+    Tree.remove_virtual_loss(t.root)
+    empty = Tree("", widen=True)
+    empty.expand(empty.root, [], [], num_decision=5)
+    assert not empty.root.exhausted and empty.select(random.Random(0), c=0.1, eps=0.1) is empty.root
+
+
+def test_widen_uct_counts_an_expansion_as_a_visit_and_an_inflight_one_as_a_loss():
+    t = Tree("", widen=True)
+    t.expand(t.root, [_spec("a\n"), _spec("b\n")], [0.2, 0.6], num_decision=2)  # root N=2, one expansion
+    c, eps = 0.1, 0.1
+    assert widen_uct(t.root, c=c, eps=eps) == pytest.approx(0.4 + c * math.sqrt((1 + math.log(2)) / (eps + 1)))
+    Tree.add_virtual_loss(t.root)  # an expansion of the root in flight: N(arm) = 2 with one zero-value visit
+    assert widen_uct(t.root, c=c, eps=eps) == pytest.approx(0.2 + c * math.sqrt((1 + math.log(3)) / (eps + 2)))

@@ -522,10 +522,11 @@ def test_search_options_reach_the_search_config() -> None:
     from server.protocol import ServerLimits, SolveRequest
 
     limits = ServerLimits(max_samples=64, max_tokens_budget=100_000, max_deadline_s=60.0, max_new_tokens=512)
-    request = SolveRequest.model_validate({"problem": PROBLEM, "step_lines": 3, "k": 4, "c_uct": 0.3, "count_weight": 0.5})
+    request = SolveRequest.model_validate({"problem": PROBLEM, "step_lines": 3, "k": 4, "c_uct": 0.3, "count_weight": 0.5, "widen": True})
     config, capped = request.to_config(limits)
-    assert (config.step_lines, config.k, config.c_uct, config.count_weight, capped) == (3, 4, 0.3, 0.5, [])
-    assert SolveRequest.model_validate({"problem": PROBLEM}).to_config(limits)[0].step_lines == 1
+    assert (config.step_lines, config.k, config.c_uct, config.count_weight, config.widen, capped) == (3, 4, 0.3, 0.5, True, [])
+    default = SolveRequest.model_validate({"problem": PROBLEM}).to_config(limits)[0]
+    assert default.step_lines == 1 and default.widen is False
 
 
 def test_the_wire_search_options_are_search_config_fields() -> None:

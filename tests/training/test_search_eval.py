@@ -512,3 +512,25 @@ def test_a_resumed_phase_made_with_another_value_model_is_refused(tmp_path) -> N
         _checked(phase, cfg, path, value_version="value-value@deadbeef")
     greedy = {**phase, "strategy": "greedy"}
     assert _checked(greedy, cfg, path, value_version="value-value@deadbeef") is greedy
+
+
+def test_widen_is_a_phase_setting_of_the_mcts_phases_only(tmp_path) -> None:
+    """`search.widen` changes what vm_mcts and orm_mcts sample, not greedy's or best_of_n's: their
+    phases (and every phase made before the setting existed, widen off) stay reusable, a vm_mcts
+    phase made without it is refused and one made with it is refused by a run without it."""
+    from training.search_eval import _checked, _phase_config
+
+    spec, widened = EvalConfig(output_dir=str(tmp_path)), EvalConfig(output_dir=str(tmp_path), search={"widen": True})
+    assert "widen" not in _phase_config(spec, "vm_mcts") and "widen" not in _phase_config(widened, "best_of_n")
+    assert _phase_config(widened, "vm_mcts")["widen"] is True
+    path = tmp_path / "gym_test.vm_mcts.b40.json.gz"
+    for strategy in ("greedy", "best_of_n"):
+        phase = {"strategy": strategy, "config": _phase_config(spec, strategy)}
+        assert _checked(phase, widened, path) is phase
+    old_tree = {"strategy": "vm_mcts", "config": _phase_config(spec, "vm_mcts")}
+    with pytest.raises(ValueError, match="widen=None, now True"):
+        _checked(old_tree, widened, path)
+    new_tree = {"strategy": "vm_mcts", "config": _phase_config(widened, "vm_mcts")}
+    assert _checked(new_tree, widened, path) is new_tree
+    with pytest.raises(ValueError, match="widen=True, now None"):
+        _checked(new_tree, spec, path)
