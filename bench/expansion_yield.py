@@ -11,7 +11,9 @@ pass every test, by the expanded node:
 * ``below_zero``: every earlier rollout through it passed none;
 * ``unseen``: no earlier rollout went through it (a merged state);
 
-and by the node's depth. A tree search beats independent sampling only where its later expansions
+by the node's depth, split by whether the sample finished within one step of the node (it became
+a finished child, which the spec's tree never samples from again; ``SearchConfig.widen`` can), and
+by the expansion's order in the search. A tree search beats independent sampling only where its later expansions
 yield more than the root's; the value model chooses which states those are.
 
 Collection searches of one problem share their seeds (the root's samples are the same in both
@@ -51,9 +53,17 @@ CLASSES = ("root", "below_passing", "below_partial", "below_zero", "unseen")
 
 def expansion_yield(trace: dict[str, Any]) -> list[tuple[str, int, bool]]:
     """(class, node depth, passed every test) of every sample with an executed reward, in search order."""
+    return [(s["class"], s["depth"], s["passed"]) for s in sample_yield(trace)]
+
+
+def sample_yield(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every sample with an executed reward, in search order: its expansion's class, node depth and
+    order (``seq``), whether it finished within one step of the expanded state (``one_step``: it
+    became a finished child, which the spec's tree never expands again) and whether it passed."""
     nodes = {n["id"]: n for n in trace["nodes"]}
+    step_lines = int(trace.get("config", {}).get("step_lines", 1))
     seen: list[tuple[str, float]] = []  # (program, reward) of the rollouts so far
-    out: list[tuple[str, int, bool]] = []
+    out: list[dict[str, Any]] = []
     for exp in trace["expansions"]:
         node = nodes[exp["node"]]
         state = node["state"]
@@ -69,8 +79,11 @@ def expansion_yield(trace: dict[str, Any]) -> list[tuple[str, int, bool]]:
             if reward is None:
                 continue
             sample = exp["samples"][ro["sample"]]
-            out.append((cls, node["depth"], reward >= 1.0))
-            seen.append((rollout_code(state, sample["text"], sample["finish_reason"]), reward))
+            code = rollout_code(state, sample["text"], sample["finish_reason"])
+            rest = code[len(state):] if code.startswith(state) else code
+            out.append({"class": cls, "depth": node["depth"], "seq": exp["seq"], "passed": reward >= 1.0,
+                        "one_step": sample["finish_reason"] == "stop" and rest.strip("\n").count("\n") < step_lines})
+            seen.append((code, reward))
     return out
 
 
@@ -83,18 +96,20 @@ def summarize(folder: Path) -> dict[str, Any]:
     problems: dict[str, dict[str, int]] = defaultdict(lambda: {"searches": 0, "root_passed": 0, "any_passed": 0})
     for path in sorted(folder.glob("*.json")):
         mode = "guided" if path.name.endswith(".guided.json") else "tests"
-        samples = expansion_yield(json.loads(path.read_text()))
+        samples = sample_yield(json.loads(path.read_text()))
         if not samples:
             continue
         p = problems[mode]
         p["searches"] += 1
-        p["root_passed"] += any(ok for cls, _, ok in samples if cls == "root")
-        p["any_passed"] += any(ok for _, _, ok in samples)
-        for cls, depth, ok in samples:
-            for key in (f"class:{cls}", f"depth:{min(depth, 4)}" + ("+" if depth >= 4 else ""), "all"):
+        p["root_passed"] += any(s["passed"] for s in samples if s["class"] == "root")
+        p["any_passed"] += any(s["passed"] for s in samples)
+        for s in samples:
+            depth = f"depth:{min(s['depth'], 4)}" + ("+" if s["depth"] >= 4 else "")
+            finish = "one_step" if s["one_step"] else "longer"
+            for key in (f"class:{s['class']}", depth, f"{depth},{finish}", f"expansion:{min(s['seq'], 8)}" + ("+" if s["seq"] >= 8 else ""), "all"):
                 t = tallies[mode][key]
                 t[0] += 1
-                t[1] += ok
+                t[1] += s["passed"]
     return {mode: {"problems": problems[mode], **{k: _share(*v) for k, v in sorted(t.items())}} for mode, t in sorted(tallies.items())}
 
 
@@ -194,7 +209,8 @@ def main() -> None:
         p = rows["problems"]
         print(f"{mode}: {p['searches']} searches; a passing program among the root's samples in {p['root_passed']}, anywhere in {p['any_passed']}")
         print(f"  {'drawn from':<22} {'samples':>8} {'pass rate':>10}")
-        for key in [f"class:{c}" for c in CLASSES] + sorted(k for k in rows if k.startswith("depth:")) + ["all"]:
+        for key in ([f"class:{c}" for c in CLASSES] + sorted(k for k in rows if k.startswith("depth:"))
+                    + sorted(k for k in rows if k.startswith("expansion:")) + ["all"]):
             if key in rows:
                 print(f"  {key:<22} {rows[key]['samples']:>8} {rows[key]['pass_rate']:>10.3f}")
     paired = {}

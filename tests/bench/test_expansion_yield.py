@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
-from bench.expansion_yield import compare_guided, expansion_yield, guided_outcome, paired_yield
+from bench.expansion_yield import compare_guided, expansion_yield, guided_outcome, paired_yield, sample_yield
 from tests.training.test_value_data import hand_trace
 
 
@@ -23,6 +23,13 @@ def test_an_expansion_is_classed_by_the_earlier_rollouts_through_its_state() -> 
     # the same tree when what went through "a\n" before passed some tests (0.5) or none
     assert [c for c, _, _ in expansion_yield(_with_root_rewards([0.5, 0.25, 1.0]))][3:] == ["below_partial"] * 2
     assert [c for c, _, _ in expansion_yield(_with_root_rewards([0.0, 0.0, 1.0]))][3:] == ["below_zero"] * 2
+
+
+def test_every_sample_knows_its_expansion_and_whether_it_finished_within_one_step() -> None:
+    # root "": "a\nret1", "a\nret2", "b\nret3" take two lines; below "a\n": "x" finishes in one, "y\nz" in two
+    samples = sample_yield(hand_trace())
+    assert [(s["seq"], s["one_step"], s["passed"]) for s in samples] == [
+        (0, False, True), (0, False, False), (0, False, False), (1, True, True), (1, False, False)]
 
 
 def test_paired_yield_splits_by_the_tree_s_first_expansion() -> None:
