@@ -928,11 +928,18 @@ def _phase_config(cfg: EvalConfig, strategy: str | None = None) -> dict[str, Any
     return flat
 
 
+def setting(config: dict[str, Any], key: str) -> Any:
+    """A phase setting as recorded (`_phase_config`): an optional key left out is at its default, a
+    base key left out (a phase of an earlier release) is unset."""
+    if key in _PHASE_OPTIONAL_KEYS:
+        return config.get(key, SearchConfig.model_fields[key].default)
+    return config.get(key)
+
+
 def settings_differ(made: dict[str, Any], now: dict[str, Any], *, skip: tuple[str, ...] = ()) -> list[str]:
-    """The phase settings (`_phase_config`) in which ``made`` and ``now`` differ; an optional key
-    one of them lacks is at its default there, a base key ``made`` lacks is unset."""
+    """The phase settings (`_phase_config`) in which ``made`` and ``now`` differ."""
     keys = [*now, *(k for k in _PHASE_OPTIONAL_KEYS if k in made and k not in now)]
-    return sorted(k for k in keys if k not in skip and made.get(k) != now.get(k))
+    return sorted(k for k in keys if k not in skip and setting(made, k) != setting(now, k))
 
 
 def _checked(phase: dict[str, Any], cfg: EvalConfig, path: Path, *, value_version: str | None = None) -> dict[str, Any]:
@@ -942,7 +949,7 @@ def _checked(phase: dict[str, Any], cfg: EvalConfig, path: Path, *, value_versio
     made, now = phase.get("config", {}), _phase_config(cfg, phase.get("strategy"))
     differ = settings_differ(made, now)
     if differ:
-        raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={made.get(k)!r}, now {now.get(k)!r}' for k in differ)}): "
+        raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={setting(made, k)!r}, now {setting(now, k)!r}' for k in differ)}): "
                          "use another output_dir, or remove the file to run that phase again")
     if value_version is not None and phase.get("strategy") != "greedy" and phase.get("value_version") != value_version:
         raise ValueError(f"{path} was made with the value model {phase.get('value_version')}, this run loads {value_version} (the"

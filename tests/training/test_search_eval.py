@@ -528,9 +528,9 @@ def test_widen_is_a_phase_setting_of_the_mcts_phases_only(tmp_path) -> None:
         phase = {"strategy": strategy, "config": _phase_config(spec, strategy)}
         assert _checked(phase, widened, path) is phase
     old_tree = {"strategy": "vm_mcts", "config": _phase_config(spec, "vm_mcts")}
-    with pytest.raises(ValueError, match="widen=None, now True"):
+    with pytest.raises(ValueError, match="widen=False, now True"):
         _checked(old_tree, widened, path)
     new_tree = {"strategy": "vm_mcts", "config": _phase_config(widened, "vm_mcts")}
     assert _checked(new_tree, widened, path) is new_tree
-    with pytest.raises(ValueError, match="widen=True, now None"):
+    with pytest.raises(ValueError, match="widen=True, now False"):
         _checked(new_tree, spec, path)
