@@ -43,7 +43,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from search.tree import rollout_code
+from search.tree import rollout_code, split_continuations
 from training.paired import Bootstrap
 from training.search_eval import choose, read_phase, search_record
 from training.value_data import rollout_reward
@@ -67,6 +67,9 @@ def sample_yield(trace: dict[str, Any]) -> list[dict[str, Any]]:
     for exp in trace["expansions"]:
         node = nodes[exp["node"]]
         state = node["state"]
+        children, rollouts = split_continuations(state, [x["text"] for x in exp["samples"]],
+                                                 [x["finish_reason"] for x in exp["samples"]], step_lines=step_lines)
+        finished = {r.sample for r in rollouts if r.child is not None and children[r.child].terminal}
         before = [r for code, r in seen if code.startswith(state)]
         if node["parent"] is None:
             cls = "root"
@@ -79,11 +82,9 @@ def sample_yield(trace: dict[str, Any]) -> list[dict[str, Any]]:
             if reward is None:
                 continue
             sample = exp["samples"][ro["sample"]]
-            code = rollout_code(state, sample["text"], sample["finish_reason"])
-            rest = code[len(state):] if code.startswith(state) else code
             out.append({"class": cls, "depth": node["depth"], "seq": exp["seq"], "passed": reward >= 1.0,
-                        "one_step": sample["finish_reason"] == "stop" and rest.strip("\n").count("\n") < step_lines})
-            seen.append((code, reward))
+                        "one_step": ro["sample"] in finished})  # a finished child, as the tree splits it
+            seen.append((rollout_code(state, sample["text"], sample["finish_reason"]), reward))
     return out
 
 

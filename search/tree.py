@@ -334,13 +334,12 @@ class Tree:
             self.exhaust(node)
             return None
         rng.shuffle(options)  # seeded tie-break: the sort below is stable
-        options.sort(key=lambda ch: -uct(node, ch, c=c, eps=eps))
-        if self.widen:  # expanding this node again competes with its children (ties: the children first)
-            arm = widen_uct(node, c=c, eps=eps)
-            at = next((i for i, ch in enumerate(options) if uct(node, ch, c=c, eps=eps) < arm), len(options))
-            options.insert(at, node)
+        scored = [(uct(node, ch, c=c, eps=eps), ch) for ch in options]
+        if self.widen:  # expanding this node again competes with its children (last: ties go to the children)
+            scored.append((widen_uct(node, c=c, eps=eps), node))
+        scored.sort(key=lambda sc: -sc[0])
         blocked = False
-        for ch in options:
+        for _, ch in scored:
             if ch is node:
                 if not node.busy:
                     return node
