@@ -14,14 +14,19 @@ pass every test, by the expanded node:
 by the node's depth, split by whether the sample finished within one step of the node (it became
 a finished child, which the spec's tree never samples from again; ``SearchConfig.widen`` can), and
 by the expansion's order in the search. A tree search beats independent sampling only where its later expansions
-yield more than the root's; the value model chooses which states those are.
+yield more than the root's; the value model chooses which states those are. Per mode also the
+tree's shape (how many roots have a single child: in rewrite mode the signature line) and the
+Pearson r between the value of an expanded state and the pass rate of its own expansion (does the
+value model send the search where the passes are).
 
 Collection searches of one problem share their seeds (the root's samples are the same in both
 modes), so they give no independent sample to compare with. ``--phases TREE BON`` does that on two
-`restrl eval` phase files of the same problems (a tree strategy and best_of_n, independent
-samples): the share of the tree's distinct programs after its first expansion that pass, against
-best_of_n's distinct programs on the same problems, split by whether the tree's first expansion
-sampled a passing program.
+`restrl eval` phase files (a tree strategy and best_of_n, independent samples; finished phases or
+``.partial.jsonl.gz``, read on the problems both finished): the share of the tree's distinct
+programs after its first expansion that pass, against best_of_n's distinct programs on the same
+problems, split by whether the tree's first expansion sampled a passing program; and for each of the two phases the pass rate of its samples by order,
+in blocks of ``--block`` samples (an expansion's k: the tree's expansions against best_of_n's
+draws in the same positions), with its distinct programs per problem.
 
 ``--against OTHER_TRACES`` compares the guided searches of two collections on the problems both
 searched, paired by problem: one ReST iteration's value model guiding the search against the
@@ -31,7 +36,7 @@ budget), and was a passing program sampled at all. ``--held-out ROWS`` restricts
 the problems a value run with configs/value.yaml's split (and ``--holdout-exclude``)
 held out of those rows: the problems neither model trained on. Never asserts anything.
 
-    python -m bench.expansion_yield runs/value_data3/traces [--phases TREE.json.gz BON.json.gz ...]
+    python -m bench.expansion_yield runs/value_data3/traces [--phases TREE.json.gz BON.json.gz ... --block 5]
         [--against runs/value_data4/traces --held-out runs/value_data3/rows.jsonl] [--out FILE]
 """
 
@@ -39,13 +44,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.compare_phases import load_records
 from search.tree import rollout_code, split_continuations
 from training.paired import Bootstrap
-from training.search_eval import choose, read_phase, search_record
+from training.search_eval import choose, search_record
 from training.value_data import rollout_reward
 
 CLASSES = ("root", "below_passing", "below_partial", "below_zero", "unseen")
@@ -92,16 +99,46 @@ def _share(n: int, k: int) -> dict[str, Any]:
     return {"samples": n, "passed": k, "pass_rate": k / n if n else None}
 
 
+def tree_shape(trace: dict[str, Any]) -> dict[str, Any]:
+    """Of one executed search: how many children its root has, and per expansion of a state the
+    value model scored (``initial_value``) that state's value and the share of the expansion's
+    executed samples that pass every test."""
+    nodes = {n["id"]: n for n in trace["nodes"]}
+    root = next(n["id"] for n in trace["nodes"] if n["parent"] is None)
+    pairs = []
+    for exp in trace["expansions"]:
+        value = nodes[exp["node"]].get("initial_value")
+        rewards = [r for r in (rollout_reward(ro) for ro in exp["rollouts"]) if r is not None]
+        if value is not None and rewards:
+            pairs.append((float(value), sum(r >= 1.0 for r in rewards) / len(rewards)))
+    return {"root_children": sum(1 for n in trace["nodes"] if n["parent"] == root), "value_and_pass_rate": pairs}
+
+
+def _pearson(pairs: list[tuple[float, float]]) -> float | None:
+    if len(pairs) < 2:
+        return None
+    xs, ys = zip(*pairs, strict=True)
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:  # a constant column
+        return None
+
+
 def summarize(folder: Path) -> dict[str, Any]:
     tallies: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
-    problems: dict[str, dict[str, int]] = defaultdict(lambda: {"searches": 0, "root_passed": 0, "any_passed": 0})
+    problems: dict[str, dict[str, int]] = defaultdict(lambda: {"searches": 0, "root_passed": 0, "any_passed": 0, "single_child_roots": 0})
+    value_pairs: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for path in sorted(folder.glob("*.json")):
         mode = "guided" if path.name.endswith(".guided.json") else "tests"
-        samples = sample_yield(json.loads(path.read_text()))
+        trace = json.loads(path.read_text())
+        samples = sample_yield(trace)
         if not samples:
             continue
         p = problems[mode]
         p["searches"] += 1
+        shape = tree_shape(trace)
+        p["single_child_roots"] += shape["root_children"] == 1
+        value_pairs[mode] += shape["value_and_pass_rate"]
         p["root_passed"] += any(s["passed"] for s in samples if s["class"] == "root")
         p["any_passed"] += any(s["passed"] for s in samples)
         for s in samples:
@@ -111,7 +148,29 @@ def summarize(folder: Path) -> dict[str, Any]:
                 t = tallies[mode][key]
                 t[0] += 1
                 t[1] += s["passed"]
-    return {mode: {"problems": problems[mode], **{k: _share(*v) for k, v in sorted(t.items())}} for mode, t in sorted(tallies.items())}
+    return {mode: {"problems": problems[mode],
+                   "value_vs_pass_rate": {"expansions": len(value_pairs[mode]), "pearson_r": _pearson(value_pairs[mode])},
+                   **{k: _share(*v) for k, v in sorted(t.items())}} for mode, t in sorted(tallies.items())}
+
+
+def order_yield(phase: dict[str, Any], *, block: int) -> dict[str, Any]:
+    """Of one `restrl eval` phase: the pass rate of its samples by their order, in blocks of
+    ``block`` samples (block i: the samples numbered i*block to (i+1)*block - 1 over the search,
+    whether the strategy records a step per expansion or per sample), and its distinct programs
+    per problem."""
+    tally: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    distinct = 0
+    for r in phase["results"]:
+        distinct += len(r["candidates"])
+        for c in r["candidates"]:
+            for st in c["sampled_at"]:
+                first = r["steps"][st - 1][0] if st else 0  # samples taken before this step
+                t = tally[first // block]
+                t[0] += 1
+                t[1] += bool(c["passed"])
+    n = len(phase["results"])
+    return {"block": block, "distinct_per_problem": distinct / n if n else None,
+            "by_block": {str(i): _share(*v) for i, v in sorted(tally.items())}}
 
 
 def paired_yield(tree_phase: dict[str, Any], bon_phase: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +256,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("traces", type=Path, help="a folder of executed search traces (collect-values' traces/)")
     ap.add_argument("--phases", type=Path, nargs="*", default=[], help="pairs of eval phase files: TREE BON [TREE BON ...]")
+    ap.add_argument("--block", type=int, default=5, help="with --phases: samples per block of the order table (an expansion's k)")
     ap.add_argument("--against", type=Path, help="another collection's traces/: its guided searches paired with these by problem")
     ap.add_argument("--held-out", type=Path, help="with --against: also on the problems a value run holds out of this rows file")
     ap.add_argument("--holdout-exclude", type=Path, default=Path("configs/value_data.yaml"),
@@ -208,7 +268,10 @@ def main() -> None:
     report = summarize(args.traces)
     for mode, rows in report.items():
         p = rows["problems"]
-        print(f"{mode}: {p['searches']} searches; a passing program among the root's samples in {p['root_passed']}, anywhere in {p['any_passed']}")
+        vp = rows["value_vs_pass_rate"]
+        print(f"{mode}: {p['searches']} searches; a passing program among the root's samples in {p['root_passed']}, anywhere in {p['any_passed']}; "
+              f"{p['single_child_roots']} roots with a single child; r(value of the expanded state, its expansion's pass rate) "
+              f"{'n/a' if vp['pearson_r'] is None else format(vp['pearson_r'], '.3f')} over {vp['expansions']} expansions")
         print(f"  {'drawn from':<22} {'samples':>8} {'pass rate':>10}")
         for key in ([f"class:{c}" for c in CLASSES] + sorted(k for k in rows if k.startswith("depth:"))
                     + sorted(k for k in rows if k.startswith("expansion:")) + ["all"]):
@@ -216,16 +279,25 @@ def main() -> None:
                 print(f"  {key:<22} {rows[key]['samples']:>8} {rows[key]['pass_rate']:>10.3f}")
     paired = {}
     for tree_path, bon_path in zip(args.phases[::2], args.phases[1::2], strict=True):
-        tree, bon = read_phase(tree_path), read_phase(bon_path)
-        if tree["problems"] != bon["problems"]:
-            raise SystemExit(f"{tree_path} and {bon_path} hold different problems")
+        (_, tree_recs), (_, bon_recs) = load_records(tree_path), load_records(bon_path)
+        common = [pid for pid in tree_recs if pid in bon_recs]  # a partial phase: the problems both finished
+        if not common:
+            raise SystemExit(f"{tree_path} and {bon_path} share no finished problem")
+        tree, bon = ({"results": [{**recs[pid], "problem_id": pid} for pid in common]} for recs in (tree_recs, bon_recs))
         key = f"{tree_path.name} vs {bon_path.name}"
-        paired[key] = paired_yield(tree, bon)
+        print(f"{key}: {len(common)} problems both finished (of {len(tree_recs)} and {len(bon_recs)})")
+        paired[key] = {**paired_yield(tree, bon),
+                       "order": {"tree": order_yield(tree, block=args.block), "best_of_n": order_yield(bon, block=args.block)}}
         print(f"{key}: pass rate of distinct programs")
         for cond, row in paired[key].items():
+            if cond == "order":
+                continue
             t, b = row["tree_after_first"], row["best_of_n"]
             print(f"  {cond:<12} {row['problems']:>4} problems: tree after its first expansion {t['passed']}/{t['samples']} "
                   f"= {t['pass_rate'] or 0:.3f}, best_of_n {b['passed']}/{b['samples']} = {b['pass_rate'] or 0:.3f}")
+        for name, o in paired[key]["order"].items():
+            rates = " / ".join(f"{v['pass_rate']:.3f}" for v in o["by_block"].values())
+            print(f"  {name}: samples' pass rate by block of {o['block']}: {rates}; {o['distinct_per_problem']:.1f} distinct programs per problem")
     against = {}
     if args.against:
         subsets: dict[str, set[str] | None] = {"all": None}

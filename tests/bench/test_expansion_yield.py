@@ -5,7 +5,18 @@ from __future__ import annotations
 import copy
 import json
 
-from bench.expansion_yield import compare_guided, expansion_yield, guided_outcome, paired_yield, sample_yield
+import pytest
+
+from bench.expansion_yield import (
+    compare_guided,
+    expansion_yield,
+    guided_outcome,
+    order_yield,
+    paired_yield,
+    sample_yield,
+    summarize,
+    tree_shape,
+)
 from tests.training.test_value_data import hand_trace
 
 
@@ -45,6 +56,44 @@ def test_paired_yield_splits_by_the_tree_s_first_expansion() -> None:
     assert got["root_failed"]["tree_after_first"] == {"samples": 3, "passed": 1, "pass_rate": 1 / 3}
     assert got["root_failed"]["best_of_n"] == {"samples": 4, "passed": 0, "pass_rate": 0.0}
     assert got["all"]["problems"] == 2 and got["all"]["tree_after_first"]["samples"] == 5
+
+
+def test_tree_shape_counts_the_root_s_children_and_pairs_a_state_s_value_with_its_expansion() -> None:
+    shape = tree_shape(hand_trace())
+    assert shape["root_children"] == 2  # "a\n" and "b\n"
+    # the root has no value of its own; "a\n" (0.75) was expanded into one pass and one failure
+    assert shape["value_and_pass_rate"] == [(0.75, 0.5)]
+
+
+def test_summarize_reports_single_child_roots_and_the_value_pass_rate_correlation(tmp_path) -> None:
+    for i, (value, rewards) in enumerate(((0.2, [0.0, 0.0]), (0.5, [1.0, 0.0]), (0.9, [1.0, 1.0]))):
+        trace = copy.deepcopy(hand_trace())
+        trace["nodes"][1]["initial_value"] = value
+        for ro, r in zip(trace["expansions"][1]["rollouts"], rewards, strict=True):
+            ro["value"] = r
+        if i == 0:  # a root with one child: drop "b\n" and its sample
+            trace["nodes"] = [n for n in trace["nodes"] if n["id"] != 2]
+            trace["expansions"][0]["samples"] = trace["expansions"][0]["samples"][:2]
+            trace["expansions"][0]["rollouts"] = trace["expansions"][0]["rollouts"][:2]
+        (tmp_path / f"p{i}.guided.json").write_text(json.dumps(trace))
+    got = summarize(tmp_path)["guided"]
+    assert got["problems"]["searches"] == 3 and got["problems"]["single_child_roots"] == 1
+    # values 0.2, 0.5, 0.9 against pass rates 0, 0.5, 1: nearly a line
+    assert got["value_vs_pass_rate"]["expansions"] == 3
+    assert got["value_vs_pass_rate"]["pearson_r"] == pytest.approx(0.9966, abs=1e-4)
+
+
+def test_order_yield_blocks_samples_by_their_number_for_both_kinds_of_step() -> None:
+    # a tree phase: a step per expansion of 2 samples; best_of_n: a step per sample
+    tree = {"results": [{"steps": [[2, 0, 0], [4, 0, 0]],
+                         "candidates": [{"sampled_at": [0, 0], "passed": False}, {"sampled_at": [1], "passed": True},
+                                        {"sampled_at": [1], "passed": False}]}]}
+    bon = {"results": [{"steps": [[1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0]],
+                        "candidates": [{"sampled_at": [0, 3], "passed": True}, {"sampled_at": [1, 2], "passed": False}]}]}
+    t, b = order_yield(tree, block=2), order_yield(bon, block=2)
+    assert t["by_block"] == {"0": {"samples": 2, "passed": 0, "pass_rate": 0.0}, "1": {"samples": 2, "passed": 1, "pass_rate": 0.5}}
+    assert b["by_block"] == {"0": {"samples": 2, "passed": 1, "pass_rate": 0.5}, "1": {"samples": 2, "passed": 1, "pass_rate": 0.5}}
+    assert t["distinct_per_problem"] == 3 and b["distinct_per_problem"] == 2
 
 
 def _guided(problem: str, values: list[float], rewards: list[float], version: str) -> dict:
