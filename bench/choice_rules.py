@@ -39,14 +39,15 @@ RULES: dict[str, Callable[[Program], Any]] = {
 
 
 def programs(trace: dict[str, Any]) -> list[Program]:
-    """Distinct programs of one executed search in first-sampled order (`trace_programs`), a
-    program without a value scored 0."""
-    return [{**p, "value": p["value"] or 0.0} for p in trace_programs(trace).values()]
+    """Distinct programs of one executed search in first-sampled order (`trace_programs`); a
+    program the search gave no value is scored 0 for the rules' arithmetic and marked ``unvalued``."""
+    return [{**p, "value": p["value"] or 0.0, "unvalued": p["value"] is None} for p in trace_programs(trace).values()]
 
 
 def choice(progs: list[Program], rule: str) -> Program:
-    """The program a rule returns; the first sampled on ties, as the search does."""
-    return max(progs, key=RULES[rule])  # max returns the first of equal keys: the earliest sampled
+    """The program a rule returns: an unvalued program only when nothing else was valued, as in the
+    search and `restrl eval`'s rules; the first sampled on ties, as the search does."""
+    return max(progs, key=lambda p: (not p["unvalued"], RULES[rule](p)))  # max keeps the first of equal keys
 
 
 def compare_rules(folder: Path, problems: set[str] | None) -> dict[str, Any]:

@@ -31,3 +31,13 @@ def test_a_program_sampled_twice_counts_twice_and_can_win_on_count() -> None:
 def test_ties_go_to_the_first_sampled_program_under_every_rule() -> None:
     progs = programs(_trace(["a\nx", "b\ny"], [0.5, 0.5], [1.0, 0.0]))
     assert all(choice(progs, rule)["reward"] == 1.0 for rule in RULES)
+
+
+def test_a_program_without_a_value_ranks_last_under_every_rule_as_in_the_search() -> None:
+    # "a" got no value (sampled first, three times); "b" is valued 0.0: the search returns "b"
+    trace = _trace(["a\nx", "a\nx", "a\nx", "b\ny"], [None, None, None, 0.0], [1.0, 1.0, 1.0, 0.0])
+    progs = programs(trace)
+    assert guided_outcome(trace)["chosen"] is False
+    assert all(choice(progs, rule)["reward"] == 0.0 for rule in RULES)
+    # with nothing valued, the first sampled program is still returned
+    assert choice(programs(_trace(["a\nx", "b\ny"], [None, None], [1.0, 0.0])), "value")["reward"] == 1.0
