@@ -24,9 +24,10 @@ modes), so they give no independent sample to compare with. ``--phases TREE BON`
 `restrl eval` phase files (a tree strategy and best_of_n, independent samples; finished phases or
 ``.partial.jsonl.gz``, read on the problems both finished): the share of the tree's distinct
 programs after its first expansion that pass, against best_of_n's distinct programs on the same
-problems, split by whether the tree's first expansion sampled a passing program; and for each of the two phases the pass rate of its samples by order,
-in blocks of ``--block`` samples (an expansion's k: the tree's expansions against best_of_n's
-draws in the same positions), with its distinct programs per problem.
+problems, split by whether the tree's first expansion sampled a passing program; and for each of
+the two phases the pass rate of its samples by order, in blocks of ``--block`` samples (an
+expansion's k: the tree's expansions against best_of_n's draws in the same positions), with its
+distinct programs per problem.
 
 ``--against OTHER_TRACES`` compares the guided searches of two collections on the problems both
 searched, paired by problem: one ReST iteration's value model guiding the search against the
@@ -52,7 +53,7 @@ from typing import Any
 from bench.compare_phases import load_records
 from search.tree import rollout_code, split_continuations
 from training.paired import Bootstrap
-from training.search_eval import choose, search_record
+from training.search_eval import choose, has_counts, search_record
 from training.value_data import rollout_reward
 
 CLASSES = ("root", "below_passing", "below_partial", "below_zero", "unseen")
@@ -286,8 +287,8 @@ def main() -> None:
         tree, bon = ({"results": [{**recs[pid], "problem_id": pid} for pid in common]} for recs in (tree_recs, bon_recs))
         key = f"{tree_path.name} vs {bon_path.name}"
         print(f"{key}: {len(common)} problems both finished (of {len(tree_recs)} and {len(bon_recs)})")
-        paired[key] = {**paired_yield(tree, bon),
-                       "order": {"tree": order_yield(tree, block=args.block), "best_of_n": order_yield(bon, block=args.block)}}
+        paired[key] = {**paired_yield(tree, bon),  # phases from before `sampled_at` have no order table
+                       "order": {name: order_yield(ph, block=args.block) for name, ph in (("tree", tree), ("best_of_n", bon)) if has_counts(ph)}}
         print(f"{key}: pass rate of distinct programs")
         for cond, row in paired[key].items():
             if cond == "order":
