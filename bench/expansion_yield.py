@@ -194,6 +194,19 @@ def paired_yield(tree_phase: dict[str, Any], bon_phase: dict[str, Any]) -> dict[
     return out
 
 
+def phase_pair(tree_path: Path, bon_path: Path, *, block: int) -> dict[str, Any]:
+    """`paired_yield` of two phase files (finished or partial) on the problems both finished, with
+    each phase's `order_yield` (``order``; a phase from before ``sampled_at`` has none) and how many
+    problems each had finished (``finished``)."""
+    (_, tree_recs), (_, bon_recs) = load_records(tree_path), load_records(bon_path)
+    common = [pid for pid in tree_recs if pid in bon_recs]
+    if not common:
+        raise SystemExit(f"{tree_path} and {bon_path} share no finished problem")
+    tree, bon = ({"results": [{**recs[pid], "problem_id": pid} for pid in common]} for recs in (tree_recs, bon_recs))
+    return {**paired_yield(tree, bon), "finished": [len(tree_recs), len(bon_recs)],
+            "order": {name: order_yield(ph, block=block) for name, ph in (("tree", tree), ("best_of_n", bon)) if has_counts(ph)}}
+
+
 def trace_programs(trace: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Distinct programs of one executed search, in first-sampled order, by code: the value model's
     score of the first rollout that had one (None if none did), times sampled, executed reward."""
@@ -280,18 +293,12 @@ def main() -> None:
                 print(f"  {key:<22} {rows[key]['samples']:>8} {rows[key]['pass_rate']:>10.3f}")
     paired = {}
     for tree_path, bon_path in zip(args.phases[::2], args.phases[1::2], strict=True):
-        (_, tree_recs), (_, bon_recs) = load_records(tree_path), load_records(bon_path)
-        common = [pid for pid in tree_recs if pid in bon_recs]  # a partial phase: the problems both finished
-        if not common:
-            raise SystemExit(f"{tree_path} and {bon_path} share no finished problem")
-        tree, bon = ({"results": [{**recs[pid], "problem_id": pid} for pid in common]} for recs in (tree_recs, bon_recs))
         key = f"{tree_path.name} vs {bon_path.name}"
-        print(f"{key}: {len(common)} problems both finished (of {len(tree_recs)} and {len(bon_recs)})")
-        paired[key] = {**paired_yield(tree, bon),  # phases from before `sampled_at` have no order table
-                       "order": {name: order_yield(ph, block=args.block) for name, ph in (("tree", tree), ("best_of_n", bon)) if has_counts(ph)}}
+        paired[key] = phase_pair(tree_path, bon_path, block=args.block)
+        print(f"{key}: {paired[key]['all']['problems']} problems both finished (of {paired[key]['finished'][0]} and {paired[key]['finished'][1]})")
         print(f"{key}: pass rate of distinct programs")
         for cond, row in paired[key].items():
-            if cond == "order":
+            if cond in ("order", "finished"):
                 continue
             t, b = row["tree_after_first"], row["best_of_n"]
             print(f"  {cond:<12} {row['problems']:>4} problems: tree after its first expansion {t['passed']}/{t['samples']} "

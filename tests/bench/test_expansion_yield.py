@@ -13,6 +13,7 @@ from bench.expansion_yield import (
     guided_outcome,
     order_yield,
     paired_yield,
+    phase_pair,
     sample_yield,
     summarize,
     tree_shape,
@@ -94,6 +95,25 @@ def test_order_yield_blocks_samples_by_their_number_for_both_kinds_of_step() -> 
     assert t["by_block"] == {"0": {"samples": 2, "passed": 0, "pass_rate": 0.0}, "1": {"samples": 2, "passed": 1, "pass_rate": 0.5}}
     assert b["by_block"] == {"0": {"samples": 2, "passed": 1, "pass_rate": 0.5}, "1": {"samples": 2, "passed": 1, "pass_rate": 0.5}}
     assert t["distinct_per_problem"] == 3 and b["distinct_per_problem"] == 2
+
+
+def test_phase_pair_reads_the_problems_both_phases_finished(tmp_path) -> None:
+    from training.search_eval import write_phase
+
+    def cand(step: int, passed: bool, counts: bool) -> dict:
+        return {"step": step, "passed": passed, **({"sampled_at": [step]} if counts else {})}
+
+    tree = {"config": {}, "problems": ["p", "q"], "results": [
+        {"problem_id": "p", "steps": [[2, 0, 0], [4, 0, 0]], "candidates": [cand(0, False, True), cand(1, True, True)]},
+        {"problem_id": "q", "steps": [[2, 0, 0]], "candidates": [cand(0, True, True)]}]}
+    bon = {"config": {}, "problems": ["p"], "results": [  # an older phase: no sampled_at, and only "p"
+        {"problem_id": "p", "steps": [[1, 0, 0], [2, 0, 0]], "candidates": [cand(0, True, False), cand(1, False, False)]}]}
+    write_phase(tmp_path / "t.json.gz", tree)
+    write_phase(tmp_path / "b.json.gz", bon)
+    got = phase_pair(tmp_path / "t.json.gz", tmp_path / "b.json.gz", block=2)
+    assert got["finished"] == [2, 1] and got["all"]["problems"] == 1  # "q" is the tree's alone
+    assert list(got["order"]) == ["tree"]  # best_of_n's phase predates sampled_at: no order table
+    assert got["order"]["tree"]["by_block"]["1"] == {"samples": 1, "passed": 1, "pass_rate": 1.0}
 
 
 def _guided(problem: str, values: list[float], rewards: list[float], version: str) -> dict:
