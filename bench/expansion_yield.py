@@ -297,9 +297,8 @@ def main() -> None:
         paired[key] = phase_pair(tree_path, bon_path, block=args.block)
         print(f"{key}: {paired[key]['all']['problems']} problems both finished (of {paired[key]['finished'][0]} and {paired[key]['finished'][1]})")
         print(f"{key}: pass rate of distinct programs")
-        for cond, row in paired[key].items():
-            if cond in ("order", "finished"):
-                continue
+        for cond in ("root_passed", "root_failed", "all"):
+            row = paired[key][cond]
             t, b = row["tree_after_first"], row["best_of_n"]
             print(f"  {cond:<12} {row['problems']:>4} problems: tree after its first expansion {t['passed']}/{t['samples']} "
                   f"= {t['pass_rate'] or 0:.3f}, best_of_n {b['passed']}/{b['samples']} = {b['pass_rate'] or 0:.3f}")
