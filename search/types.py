@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 StrategyName = Literal["greedy", "best_of_n", "prm_best_of_n", "beam", "orm_mcts", "vm_mcts"]
+# the strategies that select in their tree by UCT (``widen`` applies to them only)
+MCTS_STRATEGIES: tuple[StrategyName, ...] = ("vm_mcts", "orm_mcts")
 StopReason = Literal[
     "samples", "tokens", "value_calls", "deadline", "exhausted", "solved", "cancelled", "done"
 ]
@@ -61,14 +63,28 @@ class SearchConfig(BaseModel):
     top_candidates: int = Field(default=5, ge=0, le=100, description="candidates returned besides the chosen program")
     widen: bool = Field(
         default=False,
-        description="tree strategies: an expanded node may be expanded again (K more samples from its state) when UCT rates a fresh"
-        " sample from it, worth the mean value of the children its samples reached, above its remaining children; off = the spec's"
-        " tree, where a node is expanded once and the search descends past exhausted terminal children",
+        description="MCTS strategies (vm_mcts, orm_mcts; refused for the others): an expanded node may be expanded again (K more"
+        " samples from its state) when UCT rates a fresh sample from it, worth the mean value of the children its samples reached,"
+        " above its remaining children; off = the spec's tree, where a node is expanded once and the search descends past exhausted"
+        " terminal children",
     )
     count_weight: float = Field(
         default=0.0, ge=0, le=4,
         description="final choice by value x samples^w, samples = how many of the search's samples ended in that program (self-consistency); 0 = value alone, the spec's rule",
     )
+
+    @field_validator("widen")
+    @classmethod
+    def _widen_needs_mcts(cls, widen: bool, info: ValidationInfo) -> bool:
+        return check_widen(widen, info.data.get("strategy"))
+
+
+def check_widen(widen: bool, strategy: str | None) -> bool:
+    """``widen`` as given, or a ValueError when ``strategy`` does not select by UCT (not ignored:
+    a request that asks for it would otherwise run another search than it asked for)."""
+    if widen and strategy is not None and strategy not in MCTS_STRATEGIES:
+        raise ValueError(f"widen applies to the MCTS strategies ({', '.join(MCTS_STRATEGIES)}); {strategy} has no UCT selection to widen")
+    return widen
 
 
 def count_weighted(value: float, samples: int, weight: float) -> float:

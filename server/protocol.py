@@ -13,9 +13,9 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from search.types import Budget, Candidate, SearchConfig, StopReason, StrategyName, Usage
+from search.types import Budget, Candidate, SearchConfig, StopReason, StrategyName, Usage, check_widen
 from tasks import Problem, TestCase
 
 MAX_TEXT = 100_000  # characters of a statement / starter code / prompt
@@ -135,6 +135,11 @@ class SearchParams(BaseModel):
     widen: bool = _search_default("widen")
     rerank_with_tests: bool = _search_default("rerank_with_tests")
     stop_when_solved: bool = _search_default("stop_when_solved")
+
+    @field_validator("widen")
+    @classmethod
+    def _widen_needs_mcts(cls, widen: bool, info: ValidationInfo) -> bool:
+        return check_widen(widen, info.data.get("strategy"))
 
     def to_config(self, limits: ServerLimits, *, record_trace: bool = False) -> tuple[SearchConfig, list[str]]:
         """The `SearchConfig` to run and the budget fields reduced to the server's limits."""

@@ -82,7 +82,7 @@ from search import Budget, SearchConfig, ValueBatcher, open_replicas, run_search
 from search.context import resolve_mode
 from search.evaluators import aggregate_steps, step_prefixes
 from search.tree import rollout_code
-from search.types import count_weighted
+from search.types import MCTS_STRATEGIES, count_weighted
 from tasks import Problem
 from tasks.gym import make_gym
 from tasks.humaneval import load_humaneval
@@ -379,6 +379,7 @@ class _Runner:
         return self.cfg.search.model_copy(update={
             "strategy": strategy, "budget": Budget(samples=budget), "parallel_expansions": 1, "seed": self.cfg.seed + index,
             "record_trace": True, "top_candidates": 0,
+            "widen": self.cfg.search.widen and strategy in MCTS_STRATEGIES,  # the MCTS arms' setting (`_PHASE_OPTIONAL_KEYS`)
         })
 
     async def one(self, problem: Problem, index: int, strategy: str, run_budget: int, mode: PromptMode) -> dict[str, Any]:
@@ -910,7 +911,7 @@ _PHASE_KEYS = ("gym_seed", "gym_n_per_tier", "humaneval_seed", "k", "c_uct", "st
                "max_tokens", "beam_width", "seed", "value_model", "value_dtype", "policy_adapter", "prm_aggregates", "policy_model")
 # settings added since, recorded only where they apply and differ from their default (so phases made
 # before them, and phases of strategies they do not touch, stay reusable): name -> strategies
-_PHASE_OPTIONAL_KEYS = {"widen": ("vm_mcts", "orm_mcts")}
+_PHASE_OPTIONAL_KEYS = {"widen": MCTS_STRATEGIES}
 
 
 def _phase_config(cfg: EvalConfig, strategy: str | None = None) -> dict[str, Any]:

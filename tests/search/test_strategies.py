@@ -8,6 +8,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from search import (
     STRATEGIES,
@@ -22,6 +23,7 @@ from search import (
 )
 from search.evaluators import step_prefixes
 from search.tree import rollout_code
+from search.types import MCTS_STRATEGIES
 from tests.search.doubles import HashValue, ScriptedPolicy, hash_value, make_problem, random_script
 
 ALL = sorted(STRATEGIES)
@@ -136,7 +138,7 @@ async def test_prm_value_call_budget_reserves_every_prefix():
 def test_budget_is_never_exceeded(strategy, samples, k, tokens, value_calls, parallel, max_tokens, seed, widen):
     budget = Budget(samples=samples, tokens=tokens, value_calls=value_calls)
     cfg = SearchConfig(strategy=strategy, budget=budget, k=k, parallel_expansions=parallel, max_tokens=max_tokens, seed=seed,
-                       widen=widen)
+                       widen=widen and strategy in MCTS_STRATEGIES)
     policy = ScriptedPolicy()
     r = asyncio.run(run_search(make_problem(), policy, HashValue(), cfg))
     u = r.usage
@@ -151,6 +153,15 @@ def test_budget_is_never_exceeded(strategy, samples, k, tokens, value_calls, par
         assert u.samples == samples
     assert r.stop_reason in {"samples", "tokens", "value_calls", "exhausted", "done"}
     assert (r.program is None) == (u.samples == 0)
+
+
+def test_widen_is_refused_where_nothing_selects_by_uct() -> None:
+    """`widen` changes only UCT selection: asked of another strategy it is an error, not ignored."""
+    for strategy in ("greedy", "best_of_n", "prm_best_of_n", "beam"):
+        with pytest.raises(ValidationError, match=f"widen applies to the MCTS strategies .*; {strategy} has no UCT selection"):
+            SearchConfig(strategy=strategy, widen=True)
+        assert SearchConfig(strategy=strategy).widen is False
+    assert all(SearchConfig(strategy=s, widen=True).widen for s in MCTS_STRATEGIES)
 
 
 @pytest.mark.parametrize("widen", [False, True])

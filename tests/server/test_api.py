@@ -117,6 +117,7 @@ async def test_budget_is_capped_and_reported(api: tuple[Services, httpx.AsyncCli
     ({"problem": PROBLEM, "bogus": 1}, "bogus"),
     ({"problem": {**PROBLEM, "public_tests": [{"kind": "call"}]}}, "problem.public_tests.0"),
     ({"problem": PROBLEM, "rerank_with_tests": True}, "rerank_with_tests"),
+    ({"problem": PROBLEM, "strategy": "best_of_n", "widen": True}, "widen"),  # no UCT selection to widen: not ignored
 ])
 async def test_bad_inputs_name_the_field(api: tuple[Services, httpx.AsyncClient], payload: dict[str, Any],
                                          field: str) -> None:
@@ -546,6 +547,8 @@ def test_the_wire_search_options_are_search_config_fields() -> None:
             model.model_validate({"problem": {"statement": "s"}, "c_uct": 11} if model is SolveRequest else {"c_uct": 11})
     with pytest.raises(ValidationError):
         SearchConfig(c_uct=11)
+    with pytest.raises(ValidationError, match="widen applies to the MCTS strategies"):
+        SearchSpec.model_validate({"strategy": "beam", "widen": True})
 
 
 async def test_openai_search_takes_the_top_level_sampling_fields_and_answers_with_the_code(

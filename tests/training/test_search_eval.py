@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -518,11 +519,15 @@ def test_widen_is_a_phase_setting_of_the_mcts_phases_only(tmp_path) -> None:
     """`search.widen` changes what vm_mcts and orm_mcts sample, not greedy's or best_of_n's: their
     phases (and every phase made before the setting existed, widen off) stay reusable, a vm_mcts
     phase made without it is refused and one made with it is refused by a run without it."""
-    from training.search_eval import _checked, _phase_config
+    from training.search_eval import _checked, _phase_config, _Runner
 
     spec, widened = EvalConfig(output_dir=str(tmp_path)), EvalConfig(output_dir=str(tmp_path), search={"widen": True})
     assert "widen" not in _phase_config(spec, "vm_mcts") and "widen" not in _phase_config(widened, "best_of_n")
     assert _phase_config(widened, "vm_mcts")["widen"] is True
+    # and the phases run it so: the MCTS arms widened, best_of_n's and greedy's searches as asked of them
+    runner = SimpleNamespace(cfg=widened)
+    assert [_Runner.search_config(runner, s, 20, 0).widen for s in ("vm_mcts", "orm_mcts", "best_of_n", "greedy", "beam")] == \
+        [True, True, False, False, False]
     path = tmp_path / "gym_test.vm_mcts.b40.json.gz"
     for strategy in ("greedy", "best_of_n"):
         phase = {"strategy": strategy, "config": _phase_config(spec, strategy)}
