@@ -13,6 +13,9 @@ Per dataset:
   against both): won / lost, the pass@1 difference with its paired-bootstrap 95 % interval, the
   exact McNemar p;
 * the same at equal policy-token budgets (the snapshot of each arm whose cumulative tokens fit).
+
+A report with planned phases that have no file (a sitting stopped by ``time_limit_s``, or
+``report_only`` before every phase ran) says so first: an absent arm is not run, not zero.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ def token_table(report: dict[str, Any], dataset: str, reference: str) -> list[st
 
 
 def tables(report: dict[str, Any], *, reference: str = "vm_mcts", datasets: list[str] | None = None) -> str:
-    out: list[str] = []
+    missing = report["meta"].get("phases_not_run") or []
+    out: list[str] = [f"Phases not run (no file; their arms are absent below): {', '.join(missing)}.", ""] if missing else []
     for dataset in datasets or [d for d in report if d in report["power"]]:
         if dataset not in report:
             continue

@@ -817,27 +817,34 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
         overlap = cfg.time_limit_s is None
         gates = engine_gates(runners)
         running: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        planned = [(dataset, strategy, run_budget, answers, f"{dataset}.{strategy}.b{run_budget}")
+                   for dataset, strategy in _phase_order(cfg)
+                   for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0])]
         try:
-            for dataset, strategy in _phase_order(cfg):
-                for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0]):
-                    name = f"{dataset}.{strategy}.b{run_budget}"
-                    path = phase_path(cfg, name)
-                    if resume and path.exists():
-                        phases[name] = _checked(read_phase(path), cfg, path, value_version=str(runners[0].value.version))
-                    elif name in sources:
-                        phases[name] = await _rescore_and_write(runners[0], problem_sets[dataset], sources[name], path)
-                        loads.append(os.getloadavg())
-                    elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
-                        skipped.append(name)
+            # rescoring first, alone: it shares the value batcher (and pauses the engine), so a search
+            # phase beside it would wait behind it and count that wait in its wall time
+            for dataset, _, _, _, name in planned:
+                path = phase_path(cfg, name)
+                if name in sources and not (resume and path.exists()):
+                    phases[name] = await _rescore_and_write(runners[0], problem_sets[dataset], sources[name], path)
+                    loads.append(os.getloadavg())
+            for dataset, strategy, run_budget, answers, name in planned:
+                path = phase_path(cfg, name)
+                if name in phases:
+                    continue
+                if resume and path.exists():
+                    phases[name] = _checked(read_phase(path), cfg, path, value_version=str(runners[0].value.version))
+                elif cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s:
+                    skipped.append(name)
+                else:
+                    job = _run_and_write(runners, problem_sets[dataset], dataset, strategy, run_budget, answers, path,
+                                         resume=resume, gates=gates, rank=len(running))
+                    if overlap:
+                        running[name] = asyncio.ensure_future(job)
+                        await asyncio.sleep(0)  # its searches take their places in the queue before the next phase's
                     else:
-                        job = _run_and_write(runners, problem_sets[dataset], dataset, strategy, run_budget, answers, path,
-                                             resume=resume, gates=gates, rank=len(running))
-                        if overlap:
-                            running[name] = asyncio.ensure_future(job)
-                            await asyncio.sleep(0)  # its searches take their places in the queue before the next phase's
-                        else:
-                            phases[name] = await job
-                            loads.append(os.getloadavg())
+                        phases[name] = await job
+                        loads.append(os.getloadavg())
             finished = await asyncio.gather(*running.values())  # the first failure raises at once
             phases.update(zip(running, finished, strict=True))
             if running:
@@ -996,7 +1003,7 @@ def write_report(
             "policy_version": policy_version,
             "value_version": value_version,
             "phases_run": sorted(phases),
-            "phases_skipped_time_limit": skipped,
+            "phases_not_run": skipped,  # planned, no file: past time_limit_s, or (report_only) not run yet
             "phase_wall_s": {k: round(v["wall_s"], 1) for k, v in phases.items()},
             "phases_rescored": {k: v["rescored_from"]["path"] for k, v in phases.items() if "rescored_from" in v},
             "phase_loadavg_after": {k: v.get("loadavg_after") for k, v in phases.items()},

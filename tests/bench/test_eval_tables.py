@@ -17,6 +17,7 @@ def test_tables_read_solved_counts_costs_and_like_with_like_pairs_from_the_repor
     run_eval(cfg)
     text = tables(json.loads((tmp_path / "eval.json").read_text()))
     lines = text.splitlines()
+    assert lines[0] == "Phases not run (no file; their arms are absent below): humaneval.orm_mcts.b10, humaneval.beam.b10."
     vm = next(line for line in lines if line.startswith("| vm_mcts |"))
     assert vm.split("|")[2].strip().startswith("1 [") and vm.split("|")[3].strip().startswith("2 [")  # 1 then 2 of 4 solved
     assert "| oracle: vm_mcts | 1 | 3 |" in lines

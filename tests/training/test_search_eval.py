@@ -464,13 +464,14 @@ async def test_interleaved_phases_take_turns_problem_by_problem() -> None:
 
 
 @pytest.mark.vllm
-def test_restrl_eval_end_to_end_then_rescored_with_another_value_model(tmp_path, default_model_dir) -> None:
+def test_restrl_eval_end_to_end_then_rescored_with_another_value_model(tmp_path, default_model_dir, monkeypatch) -> None:
     """`restrl eval` on the real engine, value model and sandbox: the phases (queued at once, run in
     order) write files that keep every candidate's program, and the report; a second run naming
-    another value model takes greedy's and best_of_n's samples from the first (`rescore_from`) and
-    searches vm_mcts again."""
+    another value model takes greedy's and best_of_n's samples from the first (`rescore_from`),
+    before any search starts (they share the value batcher), and searches vm_mcts again."""
     from models.default import SHIPPED_VALUE_DIR
     from tests.conftest import TEST_ENGINE
+    from training import search_eval
     from training.search_eval import read_phase
 
     common = {"datasets": ("humaneval",), "humaneval_n": 2, "strategies": ("greedy", "best_of_n", "vm_mcts"), "budgets": (5,),
@@ -487,7 +488,22 @@ def test_restrl_eval_end_to_end_then_rescored_with_another_value_model(tmp_path,
     assert all("code" in c for ph in a.values() for r in ph["results"] for c in r["candidates"])
     assert json.loads((tmp_path / "a" / "eval.json").read_text())["meta"]["snapshot_self_check_mismatches"] == 0
 
+    events: list[str] = []  # the real functions, recorded: rescorings end before the first search of run b
+    rescore, one = search_eval._rescore_and_write, search_eval._Runner.one
+
+    async def recorded_rescore(*args, **kwargs):
+        phase = await rescore(*args, **kwargs)
+        events.append("rescored")
+        return phase
+
+    async def recorded_one(self, *args, **kwargs):
+        events.append("search")
+        return await one(self, *args, **kwargs)
+
+    monkeypatch.setattr(search_eval, "_rescore_and_write", recorded_rescore)
+    monkeypatch.setattr(search_eval._Runner, "one", recorded_one)
     run_eval(config("b", value={"model": str(SHIPPED_VALUE_DIR), "dtype": "bfloat16"}, rescore_from=str(tmp_path / "a")))
+    assert events[:2] == ["rescored", "rescored"] and set(events[2:]) == {"search"}
     b = {n: read_phase(tmp_path / "b" / f"{n}.json.gz") for n in names}
     for n in names[:2]:  # the same programs and verdicts, scored by the named model (here the same adapter: near-equal values)
         assert b[n]["rescored_from"]["path"].endswith(f"{n}.json.gz") and b[n]["config"]["value_model"] == str(SHIPPED_VALUE_DIR)
