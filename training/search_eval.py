@@ -817,9 +817,7 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
         overlap = cfg.time_limit_s is None
         gates = engine_gates(runners)
         running: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        planned = [(dataset, strategy, run_budget, answers, f"{dataset}.{strategy}.b{run_budget}")
-                   for dataset, strategy in _phase_order(cfg)
-                   for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0])]
+        planned = _planned_phases(cfg)
         try:
             # rescoring first, alone: it shares the value batcher (and pauses the engine), so a search
             # phase beside it would wait behind it and count that wait in its wall time
@@ -903,6 +901,14 @@ async def _rescore_and_write(runner: _Runner, problems: list[Problem], source: t
     write_phase(path, phase)
     logger.info("eval phase %s: %s's samples rescored in %.0f s", name, src_path, phase["rescore_wall_s"])
     return phase
+
+
+def _planned_phases(cfg: EvalConfig) -> list[tuple[Dataset, str, int, list[int], str]]:
+    """(dataset, strategy, run budget, answer budgets, phase name) of every phase, in run order (a
+    strategy's largest run first)."""
+    return [(dataset, strategy, run_budget, answers, f"{dataset}.{strategy}.b{run_budget}")
+            for dataset, strategy in _phase_order(cfg)
+            for run_budget, answers in sorted(plan_runs(cfg, strategy).items(), key=lambda kv: -kv[0])]
 
 
 def _phase_order(cfg: EvalConfig) -> list[tuple[Dataset, str]]:
@@ -1025,6 +1031,6 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
     """The ``restrl eval`` job (blocking); with ``report_only`` only the report is rebuilt."""
     if cfg.report_only:
         found = phase_files(cfg)
-        planned = [f"{d}.{s}.b{b}" for d, s in _phase_order(cfg) for b in sorted(plan_runs(cfg, s), reverse=True)]
+        planned = [name for *_, name in _planned_phases(cfg)]
         return write_report(cfg, found, skipped=[n for n in planned if n not in found], wall_s=None, loads=[os.getloadavg()])
     return asyncio.run(_run(cfg, resume=resume))
