@@ -376,10 +376,12 @@ class _Runner:
         return scores, new
 
     def search_config(self, strategy: str, budget: int, index: int) -> SearchConfig:
+        # a setting of some strategies only (`_PHASE_OPTIONAL_KEYS`: widen) runs at its default in the others' phases
+        not_theirs = {key: SearchConfig.model_fields[key].default for key, strategies in _PHASE_OPTIONAL_KEYS.items()
+                      if strategy not in strategies}
         return self.cfg.search.model_copy(update={
             "strategy": strategy, "budget": Budget(samples=budget), "parallel_expansions": 1, "seed": self.cfg.seed + index,
-            "record_trace": True, "top_candidates": 0,
-            "widen": self.cfg.search.widen and strategy in MCTS_STRATEGIES,  # the MCTS arms' setting (`_PHASE_OPTIONAL_KEYS`)
+            "record_trace": True, "top_candidates": 0, **not_theirs,
         })
 
     async def one(self, problem: Problem, index: int, strategy: str, run_budget: int, mode: PromptMode) -> dict[str, Any]:
@@ -774,27 +776,23 @@ def rescore_sources(cfg: EvalConfig, problem_sets: dict[Dataset, list[Problem]],
     if folder.resolve() == Path(cfg.output_dir).resolve():
         raise ValueError(f"rescore_from {folder} is output_dir: give the rescored phases another output_dir")
     out: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for dataset, strategy in _phase_order(cfg):
-        if strategy not in RESCORABLE:
+    for dataset, strategy, _, _, name in _planned_phases(cfg):
+        if strategy not in RESCORABLE or (resume and phase_path(cfg, name).exists()):
             continue
-        for run_budget in plan_runs(cfg, strategy):
-            name = f"{dataset}.{strategy}.b{run_budget}"
-            if resume and phase_path(cfg, name).exists():
-                continue
-            path = folder / f"{name}.json.gz"
-            if not path.exists():
-                raise ValueError(f"rescore_from: {path} does not exist (run that phase there first, or drop rescore_from)")
-            source = read_phase(path)
-            made, now = source.get("config", {}), _phase_config(cfg, strategy)
-            differ = settings_differ(made, now, skip=VALUE_KEYS)
-            if source.get("format") != PHASE_FORMAT or differ:
-                raise ValueError(f"rescore_from: {path} was made with other settings "
-                                 f"({', '.join(differ) or 'phase format'}): only the value model may differ")
-            if source["problems"] != [p.id for p in problem_sets[dataset]]:
-                raise ValueError(f"rescore_from: {path} holds other problems than this configuration's {dataset} set")
-            if any("code" not in c for r in source["results"] for c in r["candidates"]):
-                raise ValueError(f"rescore_from: {path} predates phase files that keep the sampled programs: run that phase again")
-            out[name] = (path, source)
+        path = folder / f"{name}.json.gz"
+        if not path.exists():
+            raise ValueError(f"rescore_from: {path} does not exist (run that phase there first, or drop rescore_from)")
+        source = read_phase(path)
+        made, now = source.get("config", {}), _phase_config(cfg, strategy)
+        differ = settings_differ(made, now, skip=VALUE_KEYS)
+        if source.get("format") != PHASE_FORMAT or differ:
+            raise ValueError(f"rescore_from: {path} was made with other settings "
+                             f"({', '.join(differ) or 'phase format'}): only the value model may differ")
+        if source["problems"] != [p.id for p in problem_sets[dataset]]:
+            raise ValueError(f"rescore_from: {path} holds other problems than this configuration's {dataset} set")
+        if any("code" not in c for r in source["results"] for c in r["candidates"]):
+            raise ValueError(f"rescore_from: {path} predates phase files that keep the sampled programs: run that phase again")
+        out[name] = (path, source)
     return out
 
 
@@ -821,10 +819,9 @@ async def _run(cfg: EvalConfig, *, resume: bool) -> dict[str, Any]:
         try:
             # rescoring first, alone: it shares the value batcher (and pauses the engine), so a search
             # phase beside it would wait behind it and count that wait in its wall time
-            for dataset, _, _, _, name in planned:
-                path = phase_path(cfg, name)
-                if name in sources and not (resume and path.exists()):
-                    phases[name] = await _rescore_and_write(runners[0], problem_sets[dataset], sources[name], path)
+            for dataset, _, _, _, name in planned:  # `rescore_sources` leaves out phases already done
+                if name in sources:
+                    phases[name] = await _rescore_and_write(runners[0], problem_sets[dataset], sources[name], phase_path(cfg, name))
                     loads.append(os.getloadavg())
             for dataset, strategy, run_budget, answers, name in planned:
                 path = phase_path(cfg, name)
