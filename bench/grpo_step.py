@@ -13,9 +13,11 @@ read back; the first step of each run is reported apart (the engine arm's first 
 trainer's first generate) and the ratio is taken over the later steps. Prints a table and writes
 JSON; never asserts a time.
 
-``--arms`` compares other settings the same way: an arm is ``trainer`` or ``engine``, optionally
-with ``-bf16`` (``grpo.bf16=true``: the update in bfloat16, LoRA weights in float32), e.g.
-``--arms engine engine-bf16``; the ratios are the first arm's times over each other arm's.
+``--arms`` compares other settings the same way: an arm is ``trainer`` or ``engine``; an engine arm
+may name its weight sync, ``-adapter`` or ``-merged`` (``grpo.weight_sync``; unnamed = auto, which
+merges on the CPU build); either may end in ``-bf16`` (``grpo.bf16=true``: the update in bfloat16,
+LoRA weights in float32), e.g. ``--arms engine-adapter-bf16 engine-merged-bf16``; the ratios are the
+first arm's times over each other arm's.
 """
 
 from __future__ import annotations
@@ -66,11 +68,15 @@ def write_config(folder: Path, args: argparse.Namespace) -> Path:
 
 
 def arm_settings(arm: str) -> list[str]:
-    """``--set`` items of an arm: ``trainer``/``engine`` rollouts, ``-bf16`` for a bfloat16 update."""
-    rollouts, _, suffix = arm.partition("-")
-    if rollouts not in ARMS or arm not in (rollouts, f"{rollouts}-bf16"):
-        raise SystemExit(f"arm {arm!r}: trainer or engine, optionally with -bf16")
-    return [f"grpo.rollouts={rollouts}", f"grpo.bf16={'true' if suffix else 'false'}"]
+    """``--set`` items of an arm: ``trainer``/``engine`` rollouts, an engine arm's ``-adapter`` /
+    ``-merged`` weight sync, ``-bf16`` for a bfloat16 update."""
+    rollouts, *rest = arm.split("-")
+    bf16 = rest[-1:] == ["bf16"]
+    sync = rest[:-1] if bf16 else rest
+    if rollouts not in ARMS or len(sync) > 1 or (sync and (rollouts != "engine" or sync[0] not in ("adapter", "merged"))):
+        raise SystemExit(f"arm {arm!r}: trainer or engine (engine optionally -adapter or -merged), optionally ending in -bf16")
+    items = [f"grpo.rollouts={rollouts}", f"grpo.bf16={'true' if bf16 else 'false'}"]
+    return items + [f"grpo.weight_sync={sync[0]}"] if sync else items
 
 
 def run_arm(arm: str, config: Path, run_dir: Path) -> dict[str, Any]:
@@ -84,7 +90,7 @@ def run_arm(arm: str, config: Path, run_dir: Path) -> dict[str, Any]:
     steps = [{k.removeprefix("time/"): r[k] for k in r if k.startswith("time/")} | {"step": r["step"]}
              for r in rows if "time/step_s" in r]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"arm": arm, "wall_s": wall, "steps": steps, "rollouts": summary.get("rollouts"),
+    return {"arm": arm, "wall_s": wall, "steps": steps, "rollouts": summary.get("rollouts"), "weight_sync": summary.get("weight_sync"),
             "engine_start_s": summary.get("timings", {}).get("rollout_engine_start_s"),
             "tokens_mean": mean(r["completions/mean_length"] for r in rows if "completions/mean_length" in r)}
 

@@ -192,6 +192,11 @@ class RolloutPolicy(Protocol):
         """Load this view's adapter into the engine now (else its first request does)."""
         ...
 
+    async def load_linear_weights(self, path: str) -> int:
+        """Replace the engine's own weights of the linear layers in the safetensors file ``path``
+        (every view samples with them); the number of layers replaced."""
+        ...
+
     async def close(self) -> None: ...
 
 

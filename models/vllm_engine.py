@@ -137,6 +137,7 @@ def engine_kwargs(config: EngineConfig, *, model_dir: str, on_gpu: bool, bf16: b
         enable_prefix_caching=True,
         enable_lora=config.enable_lora,
         disable_log_stats=True,
+        worker_extension_cls=f"{__name__}.LinearWeightsExtension",  # `VLLMPolicy.load_linear_weights`
     )
     if config.enable_lora:
         kwargs.update(max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
@@ -292,6 +293,55 @@ async def _abort(engine: Any, request_id: str) -> None:
 def _in_background(coro: Any) -> None:
     """Run ``coro`` as a task nobody awaits; its error is retrieved (`resume` logs its own)."""
     asyncio.ensure_future(coro).add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+class LinearWeightsExtension:
+    """vLLM worker extension (`worker_extension_cls` of every engine we start): new weights for some
+    linear layers, read in the worker from a safetensors file named by path (tensors passed through
+    `collective_rpc` kill the CPU engine, ENVIRONMENT.md). A layer vLLM packs from several checkpoint
+    projections (``qkv_proj`` from q/k/v) is rebuilt from all of them, in the model's
+    ``packed_modules_mapping`` order, so the file must hold every projection of such a group. After
+    the copy the layer's quantisation method reprocesses it: on the CPU build that repacks the matrix
+    for oneDNN and drops the plain copy, which is why the weight is replaced rather than updated in
+    place there (the stale-``lm_head`` pitfall of in-place reloads comes from skipping that step)."""
+
+    model_runner: Any
+
+    def restrl_load_linear_weights(self, path: str) -> int:
+        import torch
+        from safetensors.torch import load_file
+
+        model = self.model_runner.get_model()
+        tensors = load_file(path)
+        packed: dict[str, list[str]] = dict(getattr(model, "packed_modules_mapping", None) or {})
+        member_of = {leaf: (group, parts) for group, parts in packed.items() for leaf in parts}
+        layers: dict[str, torch.Tensor] = {}
+        for name in tensors:
+            prefix, _, leaf = name.rpartition(".")
+            if leaf not in member_of:
+                layers[name] = tensors[name]
+                continue
+            group, parts = member_of[leaf]
+            target = f"{prefix}.{group}"
+            if target in layers:
+                continue
+            missing = [p for p in parts if f"{prefix}.{p}" not in tensors]
+            if missing:
+                raise ValueError(f"{target} packs {', '.join(parts)}: the weights of {', '.join(missing)} are missing"
+                                 " (hand over every projection of a packed layer)")
+            layers[target] = torch.cat([tensors[f"{prefix}.{p}"] for p in parts], dim=0)
+        with torch.no_grad():
+            for target, weight in layers.items():
+                layer = model.get_submodule(target)
+                layer = getattr(layer, "base_layer", layer)  # a LoRA wrapper's own linear
+                current = layer.weight
+                weight = weight.to(dtype=current.dtype, device=current.device)
+                if current.shape == weight.shape:
+                    current.data.copy_(weight)  # kept in place (its storage may be referenced, e.g. by CUDA graphs)
+                else:  # the CPU build packed the matrix at load and left an empty weight
+                    layer.weight = torch.nn.Parameter(weight.contiguous(), requires_grad=False)
+                layer.quant_method.process_weights_after_loading(layer)
+        return len(layers)
 
 
 _REAPER_SOURCE = """
@@ -667,6 +717,21 @@ class VLLMPolicy:
 
     async def reset_prefix_cache(self) -> None:
         await self.engine.reset_prefix_cache()
+
+    async def load_linear_weights(self, path: str) -> int:
+        """`models.base.RolloutPolicy`: replace the engine's own weights of the linear layers in the
+        safetensors file ``path`` (Hugging Face module names, e.g. ``model.layers.0.self_attn.q_proj``,
+        full unsharded matrices) and drop the prefix cache computed with the old ones. Every view of
+        the engine samples with them from its next step; returns the number of layers replaced.
+        One engine process only (no tensor or pipeline parallelism); CUDA is not exercised yet."""
+        if self._shared.closed:
+            raise EngineDeadError("the engine of this policy is closed")
+        if self.config.tensor_parallel_size > 1 or self.config.pipeline_parallel_size > 1:
+            raise ModelError("load_linear_weights replaces whole matrices: it needs tensor_parallel_size ="
+                             " pipeline_parallel_size = 1 (hand the weights over as a LoRA adapter instead)")
+        counts = await self.engine.collective_rpc("restrl_load_linear_weights", args=(str(path),))
+        await self.engine.reset_prefix_cache()
+        return int(counts[0])
 
     async def close(self) -> None:
         """Release this policy; the engine shuts down when its last view is closed."""

@@ -75,6 +75,17 @@ class LoraSettings(_Strict):
     target_modules: tuple[str, ...] = Field(default=("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1)
 
 
+PACKED_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # one vLLM layer each (Llama, Qwen2)
+
+
+def split_packed_groups(targets: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The first packed group (`PACKED_PROJECTIONS`) that ``targets`` name only part of; () if none."""
+    for group in PACKED_PROJECTIONS:
+        if 0 < sum(p in targets for p in group) < len(group):
+            return group
+    return ()
+
+
 class GRPOUpdateConfig(_Strict):
     """Step 5: the GRPO update with TRL's GRPOTrainer on the curated prompt set. ``rest_dpo`` reads
     the settings every update shares from here too (max_steps, learning_rate, lora, save/logging,
@@ -99,6 +110,13 @@ class GRPOUpdateConfig(_Strict):
         " trainer's current LoRA weights handed over as a new adapter version every step (training.rollouts); trainer ="
         " TRL's transformers generation inside the trainer (full fine-tuning, or no vLLM); auto = engine when"
         " policy.engine is vllm, vLLM is installed and the update is LoRA, else trainer",
+    )
+    weight_sync: Literal["auto", "adapter", "merged"] = Field(
+        default="auto",
+        description="how engine rollouts get the trainer's weights each step (training.rollouts): adapter = a new LoRA"
+        " adapter version; merged = the merged weights of the LoRA layers copied into the engine's own layers (sampling"
+        " without LoRA: 2.2x faster on vLLM's CPU build); auto = merged on a CPU engine when the LoRA targets cover"
+        " whole packed groups (q/k/v, gate/up), else adapter",
     )
     lora: LoraSettings | None = Field(default_factory=LoraSettings, description="null = full fine-tuning")
     save_steps: int = Field(default=1, ge=1, description="checkpoint (resumable state) every N steps")
@@ -213,6 +231,10 @@ class RestGRPOConfig(_Strict):
             if g.lora is None and self.policy.adapter is None:
                 raise ValueError("grpo.rollouts 'engine' hands the trainer's LoRA adapter to the engine each step; full"
                                  " fine-tuning (grpo.lora: null) has none: set grpo.rollouts to trainer or give grpo.lora")
+        if g.weight_sync == "merged" and g.lora is not None and (split := split_packed_groups(g.lora.target_modules)):
+            raise ValueError(
+                f"grpo.weight_sync 'merged' copies whole layers into the engine, which packs {' + '.join(split)} into one:"
+                f" grpo.lora.target_modules must name all of them or none (or set grpo.weight_sync to adapter)")
         if g.rollouts != "trainer" and self.policy.engine == "vllm" and g.lora is not None and g.lora.r > self.policy.max_lora_rank:
             raise ValueError(f"grpo.lora.r={g.lora.r} exceeds policy.max_lora_rank={self.policy.max_lora_rank}, the largest"
                              f" adapter the rollout engine takes: raise policy.max_lora_rank to at least {g.lora.r}")

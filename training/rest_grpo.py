@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 
 from tqdm.auto import tqdm
 
@@ -67,7 +67,7 @@ from search.stack import open_sandbox, open_stack
 from tasks import Problem
 from tasks.humaneval import is_eval_only
 from tasks.jsonl import load_jsonl
-from training.config import FilterConfig, RestGRPOConfig
+from training.config import FilterConfig, RestGRPOConfig, split_packed_groups
 from training.curation import CuratedPrompt, CurationStats, ProblemSamples, curate
 from training.rewards import SandboxReward, TestRewarder
 from training.rollouts import EngineRollouts, StepTimer, step_timer_callback
@@ -329,6 +329,15 @@ def engine_rollouts(config: RestGRPOConfig, weights: ResolvedWeights) -> bool:
         return g.rollouts == "engine"
     lora = g.lora is not None or weights.adapter_dir is not None
     return config.policy.engine == "vllm" and lora and importlib.util.find_spec("vllm") is not None
+
+
+def rollout_weight_sync(config: RestGRPOConfig) -> Literal["auto", "adapter", "merged"]:
+    """``grpo.weight_sync``, with auto narrowed to adapter when the LoRA targets split a layer the
+    engine packs (a merge could not rebuild it); auto is left for `EngineRollouts` to resolve by device."""
+    g = config.grpo
+    if g.weight_sync == "auto" and g.lora is not None and split_packed_groups(g.lora.target_modules):
+        return "adapter"
+    return g.weight_sync
 
 
 def timed_grpo_trainer() -> Any:
@@ -599,6 +608,7 @@ class _Iteration:
     timings: dict[str, float] = field(default_factory=dict)
     stats: CurationStats | None = None
     rollouts: str | None = None  # GRPO: who generated the completions (engine | trainer)
+    weight_sync: str | None = None  # engine rollouts: how the trainer's weights reached the engine (adapter | merged)
 
     @property
     def mode(self) -> PromptMode:
@@ -682,14 +692,17 @@ class _Iteration:
         timer = StepTimer()
         rollouts = None
         if engine_rollouts(self.config, self.weights):
-            rollouts = EngineRollouts(self.config.policy, adapter_root=self.paths.root / "rollout_adapters", timer=timer)
+            rollouts = EngineRollouts(self.config.policy, adapter_root=self.paths.root / "rollout_adapters", timer=timer,
+                                      weight_sync=rollout_weight_sync(self.config))
         self.rollouts = "engine" if rollouts else "trainer"
-        logger.info("GRPO rollouts: %s", "the vLLM engine (a new LoRA version each step)" if rollouts else "the trainer (transformers)")
         try:
             if rollouts is not None:
                 t0 = time.perf_counter()
                 rollouts.start()
                 self.timings["rollout_engine_start_s"] = time.perf_counter() - t0
+                self.weight_sync = rollouts.sync_mode
+            logger.info("GRPO rollouts: %s", f"the vLLM engine (weight sync: {self.weight_sync})" if rollouts
+                        else "the trainer (transformers)")
             trainer = build_trainer(self.config, weights=self.weights, rows=rows, reward=reward, paths=self.paths,
                                     tokenizer=self.tokenizer, rollouts=rollouts, timer=timer)
             trainer, result = self.train(trainer)
@@ -759,6 +772,8 @@ class _Iteration:
                                       for k in (("pair",) if self.spec.update == "dpo" else ("base", "partial"))})
         if self.rollouts is not None:
             summary["rollouts"] = self.rollouts
+        if self.weight_sync is not None:
+            summary["weight_sync"] = self.weight_sync
         step_times = [r for r in logged if "time/step_s" in r]
         if step_times:  # mean wall-time split of the logged steps
             summary["step_time"] = {k.removeprefix("time/"): sum(r[k] for r in step_times) / len(step_times)

@@ -8,13 +8,23 @@ engine we serve with). A stop token (EOS or a token holding the closing code fen
 completion and is kept in it, exactly as in TRL's transformers generation, so the rewards, the
 masks and the loss see the same kind of completion either way.
 
-Weight sync. The engine keeps the base weights it started with; before the first generation of
-every optimizer step the trainer's LoRA weights (the PEFT model's trainable adapter, a few hundred
-KB) are saved to a new folder ``RUN/rollout_adapters/step-N`` and loaded as a new adapter version
-(a new ``LoRARequest`` id) of the engine. Nothing is reloaded in place, so the CPU build's packed
-copy of a tied ``lm_head`` (ENVIRONMENT.md: in-place reloads of tied models give wrong output)
-never goes stale, and no tensor crosses ``collective_rpc``. Full fine-tuning (``grpo.lora: null``)
-has no adapter to hand over: it generates with the trainer (``policy.engine: hf``).
+Weight sync, before the first generation of every optimizer step, one of two ways
+(``grpo.weight_sync``):
+
+* ``adapter``: the trainer's LoRA weights (the PEFT model's trainable adapter, a few hundred KB) are
+  saved to a new folder ``RUN/rollout_adapters/step-N`` and loaded as a new adapter version (a new
+  ``LoRARequest`` id) of the engine, which keeps the base weights it started with.
+* ``merged``: the merged weights ``W + scale * B @ A`` of every LoRA layer (base weights included:
+  the adapter of an earlier iteration too) are written to one safetensors file and copied into the
+  engine's own linear layers in its worker (`models.vllm_engine.LinearWeightsExtension`), which then
+  samples without a LoRA request. On vLLM's CPU build (no punica kernels) sampling 8 sequences with a
+  LoRA request ran 2.2x slower than with plain weights (2026-12-06), so ``auto`` merges there; on
+  CUDA it keeps adapters, and merging there is not exercised yet.
+
+Neither way reloads the whole model in place, so the CPU build's packed copy of a tied ``lm_head``
+(ENVIRONMENT.md: in-place reloads of tied models give wrong output) never goes stale, and no tensor
+crosses ``collective_rpc``. Full fine-tuning (``grpo.lora: null``) has no adapter to hand over: it
+generates with the trainer (``policy.engine: hf``).
 
 Departures from TRL's own vLLM modes: TRL's colocate mode merges the adapter into the base weights
 and pushes every tensor with ``load_weights`` (wrong for tied embeddings on the CPU build, see
@@ -41,10 +51,12 @@ from collections import defaultdict
 from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from models.base import RolloutPolicy, SharedEnginePolicy
 from models.config import EngineConfig
+
+WeightSync = Literal["auto", "adapter", "merged"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,17 +159,23 @@ class _LoopThread:
 class EngineRollouts:
     """TRL ``rollout_func``: completions from the engine with the trainer's current LoRA weights.
 
-    `start` launches the engine on the base weights (``engine``'s model, no adapter); `close` shuts
-    it down and removes the adapter folders. ``keep`` adapter folders stay on disk (the engine
-    reads a folder when it first uses it)."""
+    `start` launches the engine on the base weights (``engine``'s model, no adapter) and resolves
+    ``weight_sync`` (auto: ``merged`` on a CPU engine, else ``adapter``; `sync_mode`); `close` shuts it
+    down and removes the adapter folders. ``keep`` adapter folders stay on disk (the engine reads a
+    folder when it first uses it)."""
 
-    def __init__(self, engine: EngineConfig, *, adapter_root: Path, timer: StepTimer | None = None, keep: int = 2) -> None:
+    def __init__(
+        self, engine: EngineConfig, *, adapter_root: Path, timer: StepTimer | None = None, keep: int = 2,
+        weight_sync: WeightSync = "adapter",
+    ) -> None:
         if engine.engine != "vllm":
             raise ValueError(f"engine rollouts need the vllm engine (policy.engine is {engine.engine!r})")
         self.engine_config = engine.model_copy(update={"adapter": None})
         self.adapter_root = adapter_root
         self.timer = timer or StepTimer()
         self.keep = keep
+        self.weight_sync = weight_sync
+        self.sync_mode: Literal["adapter", "merged"] | None = None  # resolved by `start`
         self._loop: _LoopThread | None = None
         self._base: RolloutPolicy | None = None
         self._view: RolloutPolicy | None = None
@@ -188,6 +206,10 @@ class EngineRollouts:
         if not isinstance(policy, RolloutPolicy):
             raise TypeError(f"{type(policy).__name__} cannot serve rollouts (no sample_tokens / with_adapter)")
         self._base = policy
+        if self.weight_sync == "auto":
+            self.sync_mode = "merged" if getattr(policy, "on_cpu", False) else "adapter"
+        else:
+            self.sync_mode = self.weight_sync
         if self.adapter_root.exists():
             shutil.rmtree(self.adapter_root)  # folders of an earlier process: never reused by this engine
         self.adapter_root.mkdir(parents=True)
@@ -213,12 +235,26 @@ class EngineRollouts:
         return self._loop.run(coro)
 
     def sync(self, model: Any, step: int) -> None:
-        """Hand the PEFT ``model``'s current adapter to the engine as a new version (step ``step``)."""
+        """Hand the PEFT ``model``'s current weights to the engine (step ``step``): a new adapter
+        version, or its merged linear weights (`sync_mode`)."""
         from peft import PeftModel
 
         if not isinstance(model, PeftModel):
             raise TypeError("engine rollouts need a PEFT (LoRA) model: with full fine-tuning set policy.engine to hf")
         assert self._base is not None
+        if self.sync_mode == "merged":
+            with self.timer.phase("weight_sync"):
+                from safetensors.torch import save_file
+
+                path = self.adapter_root / f"step-{step}-{self.syncs}.safetensors"
+                save_file(merged_lora_weights(model), str(path))
+                try:
+                    self._run(self._base.load_linear_weights(str(path)))
+                finally:
+                    path.unlink(missing_ok=True)
+                self._synced_step = step
+                self.syncs += 1
+            return
         with self.timer.phase("weight_sync"):
             folder = self.adapter_root / f"step-{step}-{self.syncs}"
             model.save_pretrained(str(folder), safe_serialization=True)
@@ -272,3 +308,29 @@ class EngineRollouts:
             stop_token_ids=list(trainer.eos_token_ids),
         )
         return {"prompt_ids": [list(p) for p in prompt_ids], "completion_ids": completion_ids, "logprobs": None}
+
+
+def merged_lora_weights(model: Any) -> dict[str, Any]:
+    """The merged weight ``W + scale * B @ A`` of every LoRA layer of the PEFT ``model``'s active
+    adapter, float32, keyed by the base model's module name (``model.layers.0.self_attn.q_proj``).
+    Refused for what a merge of these layers would not carry (DoRA, ``modules_to_save``)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    adapter = model.active_adapter
+    if getattr(model.peft_config[adapter], "modules_to_save", None):
+        raise ValueError("merged weight sync hands over LoRA layers only: this adapter also trains modules_to_save"
+                         " (set grpo.weight_sync to adapter)")
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        for name, layer in model.base_model.model.named_modules():
+            if not isinstance(layer, LoraLayer) or adapter not in layer.lora_A:
+                continue
+            module: Any = layer  # a LoRA linear (get_delta_weight is defined per layer type)
+            if module.use_dora.get(adapter, False):
+                raise ValueError(f"{name}: DoRA layers do not merge into a plain weight here (set grpo.weight_sync to adapter)")
+            base = module.get_base_layer().weight
+            out[name] = (base.float() + module.get_delta_weight(adapter).float()).contiguous()
+    if not out:
+        raise ValueError(f"the PEFT model has no LoRA layer of adapter {adapter!r} to hand over")
+    return out

@@ -7,10 +7,12 @@ import pytest
 from bench.grpo_step import arm_settings, summarize
 
 
-def test_arms_name_their_rollouts_and_precision():
+def test_arms_name_their_rollouts_weight_sync_and_precision():
     assert arm_settings("engine") == ["grpo.rollouts=engine", "grpo.bf16=false"]
     assert arm_settings("trainer-bf16") == ["grpo.rollouts=trainer", "grpo.bf16=true"]
-    for bad in ("vllm", "engine-fp8", "engine-"):
+    assert arm_settings("engine-merged-bf16") == ["grpo.rollouts=engine", "grpo.bf16=true", "grpo.weight_sync=merged"]
+    assert arm_settings("engine-adapter") == ["grpo.rollouts=engine", "grpo.bf16=false", "grpo.weight_sync=adapter"]
+    for bad in ("vllm", "engine-fp8", "engine-", "trainer-merged", "engine-merged-adapter", "engine-bf16-merged"):
         with pytest.raises(SystemExit, match="trainer or engine"):
             arm_settings(bad)
 

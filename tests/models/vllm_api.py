@@ -33,6 +33,10 @@ _USED_FIXED: dict[str, tuple[str, list[str]]] = {
     "vllm.v1.engine.async_llm.AsyncLLM.get_tokenizer": ("params", []),
     "vllm.v1.engine.async_llm.AsyncLLM.get_num_unfinished_requests": ("params", []),
     "vllm.v1.engine.async_llm.AsyncLLM.shutdown": ("params", []),
+    "vllm.v1.engine.async_llm.AsyncLLM.collective_rpc": ("params", ["method", "args"]),
+    # inside the worker (`LinearWeightsExtension`, the engine's worker_extension_cls)
+    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.get_model": ("params", []),
+    "vllm.model_executor.layers.linear.LinearMethodBase.process_weights_after_loading": ("params", ["layer"]),
     "vllm.v1.engine.async_llm.AsyncLLM": ("members", ["errored", "from_engine_args"]),
     "vllm.sampling_params.SamplingParams": ("fields", ["n", "max_tokens", "stop", "temperature", "top_p", "seed", "output_kind"]),
     "vllm.sampling_params.RequestOutputKind": ("members", ["DELTA", "FINAL_ONLY"]),

@@ -123,9 +123,11 @@ def _update(model: Any, tokenizer: Any, text: str, *, steps: int, lr: float) -> 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # an engine start and 3 x 3 greedy completions each side: minutes on 2 loaded cores
-def test_engine_samples_with_the_trainers_current_weights(default_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("weight_sync", ["adapter", "merged"])
+def test_engine_samples_with_the_trainers_current_weights(default_model_dir: Path, tmp_path: Path, weight_sync: str) -> None:
     """After each update the engine's greedy completions equal transformers + PEFT's (float32 both
-    sides, so equality is exact), and they moved away from the base model's."""
+    sides), and they moved away from the base model's: with the adapter handed over as a new LoRA
+    version, and with the merged weights copied into the engine's own layers."""
     if __import__("importlib").util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed")
     import torch
@@ -143,7 +145,8 @@ def test_engine_samples_with_the_trainers_current_weights(default_model_dir: Pat
     eos = [tokenizer.eos_token_id, *stop_token_ids(tokenizer)]
     prompt_ids = tokenizer(text=_prompts(tokenizer))["input_ids"]
     engine = EngineConfig(kv_cache_gib=0.25, max_model_len=1024, max_num_seqs=8, max_lora_rank=8, dtype="float32")
-    rollouts = EngineRollouts(engine, adapter_root=tmp_path / "adapters", keep=1).start()
+    rollouts = EngineRollouts(engine, adapter_root=tmp_path / "adapters", keep=1, weight_sync=weight_sync).start()  # type: ignore[arg-type]
+    assert rollouts.sync_mode == weight_sync
     try:
         def greedy_both(step: int) -> tuple[list[list[int]], list[list[int]]]:
             rollouts.sync(model, step)
@@ -161,7 +164,49 @@ def test_engine_samples_with_the_trainers_current_weights(default_model_dir: Pat
         got2, want2 = greedy_both(2)
         assert got2 == want2 and got2 != got  # a second version replaces the first
         assert rollouts.syncs == 3
-        assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["step-2-2"]  # keep=1
+        kept = sorted(p.name for p in (tmp_path / "adapters").iterdir())
+        assert kept == (["step-2-2"] if weight_sync == "adapter" else [])  # keep=1; merged weights leave no file
     finally:
         rollouts.close()
     assert not (tmp_path / "adapters").exists()
+
+
+def _tiny_peft(**lora: Any) -> Any:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, tie_word_embeddings=True)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", **lora))
+    with torch.no_grad():  # B starts at 0: give it values, so the merge has something to add
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return model
+
+
+def test_merged_lora_weights_are_peft_merge_of_every_lora_layer() -> None:
+    import torch
+
+    from training.rollouts import merged_lora_weights
+
+    model = _tiny_peft(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    got = merged_lora_weights(model)
+    assert sorted(got) == sorted(f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    base = {name: model.base_model.model.get_submodule(name).get_base_layer().weight.detach().clone() for name in got}
+    merged = model.merge_and_unload().state_dict()
+    for name, weight in got.items():
+        assert weight.dtype == torch.float32
+        assert torch.allclose(weight, merged[f"{name}.weight"], atol=1e-6)  # PEFT's own merge
+        assert (weight - base[name]).abs().max() > 1e-3  # the adapter's delta is in it
+
+
+def test_merged_lora_weights_refuse_what_a_merge_does_not_carry() -> None:
+    from training.rollouts import merged_lora_weights
+
+    with pytest.raises(ValueError, match="DoRA"):
+        merged_lora_weights(_tiny_peft(target_modules=["q_proj", "k_proj", "v_proj"], use_dora=True))
+    with pytest.raises(ValueError, match="modules_to_save"):
+        merged_lora_weights(_tiny_peft(target_modules=["q_proj", "k_proj", "v_proj"], modules_to_save=["lm_head"]))

@@ -182,3 +182,20 @@ def test_rest_dpo_settings(tmp_path: Path) -> None:
     assert cfg.algorithm == "rest_dpo" and (cfg.dpo.beta, cfg.dpo.pairs_per_problem, cfg.dpo.loss_type) == (0.2, 2, "sigmoid")
     with pytest.raises(ValueError, match="loss_type"):
         RestGRPOConfig.model_validate(base(tmp_path, algorithm="rest_dpo", dpo={"loss_type": "kto"}))
+
+
+def test_merged_weight_sync_needs_whole_packed_groups(tmp_path: Path) -> None:
+    from training.rest_grpo import rollout_weight_sync
+
+    assert RestGRPOConfig.model_validate(base(tmp_path)).grpo.weight_sync == "auto"
+    with pytest.raises(ValueError, match=r"packs q_proj \+ k_proj \+ v_proj into one.*grpo.weight_sync to adapter"):
+        RestGRPOConfig.model_validate(base(tmp_path, grpo={"weight_sync": "merged", "lora": {"target_modules": ["q_proj", "v_proj"]}}))
+    with pytest.raises(ValueError, match=r"gate_proj \+ up_proj"):
+        RestGRPOConfig.model_validate(base(tmp_path, grpo={"weight_sync": "merged", "lora": {"target_modules": ["up_proj", "o_proj"]}}))
+    whole = RestGRPOConfig.model_validate(base(tmp_path, grpo={"weight_sync": "merged", "lora": {
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}}))
+    assert rollout_weight_sync(whole) == "merged"
+    # auto: a split group narrows to adapter (a merge could not rebuild the packed layer); whole groups stay auto (by device)
+    split = RestGRPOConfig.model_validate(base(tmp_path, grpo={"lora": {"target_modules": ["q_proj", "v_proj"]}}))
+    assert rollout_weight_sync(split) == "adapter"
+    assert rollout_weight_sync(RestGRPOConfig.model_validate(base(tmp_path))) == "auto"
