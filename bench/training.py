@@ -4,7 +4,7 @@ from the default model on the gym's train split at equal optimizer steps, evalua
 intervals against the base model and against GRPO.
 
     python -m bench.training gym                                   # runs/training/gym/{train,validation,test}.jsonl
-    python -m bench.training lr [--lrs 3e-5 1e-4 3e-4] [--steps 60] # GRPO at each rate, greedy pass@1 on validation
+    python -m bench.training lr [--lrs 1e-4 3e-4 1e-3] [--steps 60] # GRPO at each rate, greedy pass@1 on validation
     python -m bench.training train [ARMS] [--steps 300] [--lr LR] [--resume]
     python -m bench.training eval [MODELS] [--split test|validation]
     python -m bench.training snapshot [ARMS]                       # commit what --resume needs on a fresh checkout
@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="train: arms (default: all); snapshot: runs (ARM or lr/LR/ARM); eval: models (base, ARM, lr/LR/ARM)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (train: 300; lr: 60)")
     parser.add_argument("--lr", type=float, default=None, help="train: the rate (default: the one `lr` chose, else 1e-4)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4], help="lr: the candidates")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3],
+                        help="lr: the candidates (20 LoRA steps at 1e-4 moved no greedy pass: nothing below it)")
     parser.add_argument("--split", choices=list(SPLITS), default="test", help="eval: test (gym test + HumanEval) or validation")
     parser.add_argument("--resume", action="store_true", help="continue stopped runs (from the committed snapshot on a fresh checkout)")
     args = parser.parse_args(argv)

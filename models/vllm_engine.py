@@ -303,7 +303,9 @@ class LinearWeightsExtension:
     ``packed_modules_mapping`` order, so the file must hold every projection of such a group. After
     the copy the layer's quantisation method reprocesses it: on the CPU build that repacks the matrix
     for oneDNN and drops the plain copy, which is why the weight is replaced rather than updated in
-    place there (the stale-``lm_head`` pitfall of in-place reloads comes from skipping that step)."""
+    place there (the stale-``lm_head`` pitfall of in-place reloads comes from skipping that step).
+    Module names are the checkpoint's; models whose vLLM module tree renames them (a
+    ``hf_to_vllm_mapper``) are not mapped, and such a name fails the call (Llama and Qwen2 need none)."""
 
     model_runner: Any
 
