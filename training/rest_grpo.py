@@ -742,6 +742,16 @@ class _Iteration:
             for stale in (paths.metrics, paths.groups):
                 stale.unlink(missing_ok=True)
         t2 = time.perf_counter()
+        if checkpoint is not None and int(checkpoint.name.split("-")[-1]) >= trainer.args.max_steps:
+            # finished already: transformers' Trainer would run one step past max_steps when resumed here
+            from transformers.trainer_callback import TrainerState
+            from transformers.trainer_utils import TrainOutput
+
+            logger.info("%s is at max_steps=%d: nothing left to train, exporting it", checkpoint, trainer.args.max_steps)
+            trainer._load_from_checkpoint(str(checkpoint))
+            trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+            self.timings["update_s"] = 0.0
+            return trainer, TrainOutput(trainer.state.global_step, float("nan"), {})
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except KeyboardInterrupt:

@@ -133,7 +133,12 @@ async def test_rest_grpo_iteration_end_to_end(tmp_path: Path, vllm_policy) -> No
 
     # resuming a finished run reuses every stage on disk: no resampling, same curated set
     before = (run / "samples.jsonl").stat().st_mtime_ns, (run / "curated.jsonl").read_text()
+    checkpoints = sorted(p.name for p in (run / "trainer").glob("checkpoint-*"))
+    adapter = (out / "adapter_model.safetensors").read_bytes()
     again = await asyncio.to_thread(run_iteration, cfg, resume=True)
     assert again == out
     assert ((run / "samples.jsonl").stat().st_mtime_ns, (run / "curated.jsonl").read_text()) == before
+    # ... and trains no step past max_steps (transformers' Trainer, resumed at max_steps, would run one more)
+    assert sorted(p.name for p in (run / "trainer").glob("checkpoint-*")) == checkpoints
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
     assert EngineConfig  # imported for the adapter view's config type
