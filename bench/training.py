@@ -209,7 +209,9 @@ async def _evaluate(names: list[str], datasets: dict[str, list[Any]]) -> dict[tu
     from training.evaluate import greedy_completions, score_pass1
     from training.rewards import TestRewarder
 
-    engine = EngineConfig(kv_cache_gib=1.0, max_lora_rank=16)
+    # every adapter resident at once: with fewer slots than adapters in flight the views take turns
+    # (2026-12-06: three adapters with max_loras=2 were 20 minutes in and one had 15 of 207 problems)
+    engine = EngineConfig(kv_cache_gib=1.0, max_lora_rank=16, max_loras=max(1, sum(model_dir(n) is not None for n in names)))
     async with open_stack(engine, None, SandboxConfig(workers=2)) as stack, AsyncExitStack() as views:
         assert stack.sandbox is not None
         base, mode = stack.policy, stack.policy.prompt_mode

@@ -55,6 +55,9 @@ class FakeTokenPolicy:
     async def load_adapter(self) -> None:
         return None
 
+    async def load_linear_weights(self, path: str) -> int:
+        return 0
+
     async def close(self) -> None:
         return None
 
