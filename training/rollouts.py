@@ -242,32 +242,37 @@ class EngineRollouts:
         if not isinstance(model, PeftModel):
             raise TypeError("engine rollouts need a PEFT (LoRA) model: with full fine-tuning set policy.engine to hf")
         assert self._base is not None
-        if self.sync_mode == "merged":
-            with self.timer.phase("weight_sync"):
-                from safetensors.torch import save_file
-
-                path = self.adapter_root / f"step-{step}-{self.syncs}.safetensors"
-                save_file(merged_lora_weights(model), str(path))
-                try:
-                    self._run(self._base.load_linear_weights(str(path)))
-                finally:
-                    path.unlink(missing_ok=True)
-                self._synced_step = step
-                self.syncs += 1
-            return
         with self.timer.phase("weight_sync"):
-            folder = self.adapter_root / f"step-{step}-{self.syncs}"
-            model.save_pretrained(str(folder), safe_serialization=True)
-            view = self._base.with_adapter(str(folder), version=f"rollouts@step{step}")
-            self._run(view.load_adapter())
-            old, self._view = self._view, view
-            if old is not None:
-                self._run(old.close())
-            self._folders.append(folder)
-            while len(self._folders) > self.keep:
-                shutil.rmtree(self._folders.pop(0), ignore_errors=True)
+            if self.sync_mode == "merged":
+                self._sync_merged(model, step)
+            else:
+                self._sync_adapter(model, step)
             self._synced_step = step
             self.syncs += 1
+
+    def _sync_merged(self, model: Any, step: int) -> None:
+        from safetensors.torch import save_file
+
+        assert self._base is not None
+        path = self.adapter_root / f"step-{step}-{self.syncs}.safetensors"
+        save_file(merged_lora_weights(model), str(path))
+        try:
+            self._run(self._base.load_linear_weights(str(path)))
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _sync_adapter(self, model: Any, step: int) -> None:
+        assert self._base is not None
+        folder = self.adapter_root / f"step-{step}-{self.syncs}"
+        model.save_pretrained(str(folder), safe_serialization=True)
+        view = self._base.with_adapter(str(folder), version=f"rollouts@step{step}")
+        self._run(view.load_adapter())
+        old, self._view = self._view, view
+        if old is not None:
+            self._run(old.close())
+        self._folders.append(folder)
+        while len(self._folders) > self.keep:
+            shutil.rmtree(self._folders.pop(0), ignore_errors=True)
 
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], *, temperature: float, top_p: float, max_tokens: int,
